@@ -1,0 +1,5 @@
+import sys
+
+from dmlsynth.cli import main
+
+sys.exit(main())

@@ -1,0 +1,145 @@
+"""The ``dmlsynth`` command: one subcommand per workflow stage.
+
+Snakemake rules (and DVC stages through them) call these; each reads the
+validated config file it is given, so a job runs with exactly the params
+the workflow resolved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dmlsynth import config as cfg
+
+log = logging.getLogger("dmlsynth")
+
+
+def _config(path: str) -> dict:
+    return cfg.load(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args.config)
+    print(
+        f"{args.config}: valid — datasets {config['datasets']}, methods {config['methods']}, "
+        f"losses {config['losses']}, seeds {config['seeds']}"
+    )
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from dmlsynth.data.prepare import prepare_dataset
+
+    manifest = prepare_dataset(_config(args.config), args.dataset)
+    print(manifest)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dmlsynth.train import train_run
+
+    config = _config(args.config)
+    params = cfg.run_params(config, args.dataset, args.method, args.loss, args.seed)
+    train_run(
+        params,
+        manifest=args.manifest,
+        run_dir=args.run_dir,
+        synthetic_manifest=args.synthetic_manifest,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dmlsynth.evaluate import evaluate_run
+
+    config = _config(args.config)
+    metrics = evaluate_run(args.embeddings, args.out, ks=config["evaluation"]["ks"])
+    log.info("metrics: %s", metrics)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from dmlsynth.table import write_table
+
+    table = write_table(args.metrics, args.out_csv, args.out_json, args.out_figure)
+    log.info("table with %d rows written to %s", len(table), args.out_csv)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmlsynth", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate a params file and print what it runs")
+    p.add_argument("config", nargs="?", default="params.yaml")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("prepare-data", help="download/extract a dataset and write its manifest")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("train", help="train one dataset x method x loss x seed run")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--loss", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--synthetic-manifest", type=Path, default=None)
+    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="retrieval metrics of a run's test embeddings")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--embeddings", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("table", help="aggregate runs' metrics over seeds into the results table")
+    p.add_argument("--out-csv", required=True, type=Path)
+    p.add_argument("--out-json", required=True, type=Path)
+    p.add_argument("--out-figure", required=True, type=Path)
+    p.add_argument("metrics", nargs="+", type=Path)
+    p.set_defaults(func=cmd_table)
+    return parser
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    from dmlsynth import registry
+
+    for attr, table in (("dataset", registry.DATASETS), ("method", registry.METHODS), ("loss", registry.LOSSES)):
+        value = getattr(args, attr, None)
+        if value is not None and value not in table:
+            raise cfg.ConfigError(f"unknown {attr} {value!r}; known: {', '.join(sorted(table))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # faiss announces every CPU-feature probe at INFO; only its problems matter here.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from dmlsynth.data.manifest import ManifestError
+
+    try:
+        _check_names(args)
+        return args.func(args)
+    except (cfg.ConfigError, ManifestError, FileNotFoundError) as exc:
+        print(f"dmlsynth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

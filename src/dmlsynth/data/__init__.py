@@ -1,0 +1,1 @@
+"""Datasets: preparation (download, extraction, manifest) and loading."""

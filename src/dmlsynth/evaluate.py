@@ -1,0 +1,113 @@
+"""Zero-shot retrieval metrics on the test split (METHODS.md §2).
+
+Every test image is a query against all other test images (itself
+excluded); similarity is the inner product of L2-normalised embeddings,
+searched exactly with faiss ``IndexFlatIP``; ties are broken by index.
+A query whose class has no other image cannot retrieve anything relevant
+and is left out of every metric (as pytorch-metric-learning does).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterable
+
+import faiss
+import numpy as np
+from sklearn.metrics import normalized_mutual_info_score
+
+from dmlsynth.config import atomic_write_text
+
+METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
+
+
+def _normalised(embeddings: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"embeddings must be a (N >= 2, D) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    x = x.copy()
+    faiss.normalize_L2(x)
+    return x
+
+
+def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` nearest neighbours of every row of ``x`` in ``x``, self excluded."""
+    n = len(x)
+    k = min(k, n - 1)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    scores, neighbours = index.search(x, k + 1)
+    # Ties broken by index: order each row by (score desc, index asc).
+    order = np.lexsort((neighbours, -scores), axis=1)
+    neighbours = np.take_along_axis(neighbours, order, axis=1)
+    # Drop the query itself; where duplicates pushed it out of the list, drop the last entry instead.
+    is_self = neighbours == np.arange(n)[:, None]
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True
+    return neighbours[~is_self].reshape(n, k)
+
+
+def retrieval_metrics(
+    embeddings: np.ndarray,
+    labels: Iterable[int],
+    ks: Iterable[int] = (1, 2, 4, 8),
+    include_nmi: bool = True,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Recall@K, MAP@R, R-Precision and NMI of ``embeddings`` as floats in [0, 1]."""
+    x = _normalised(embeddings)
+    labels = np.asarray(list(labels) if not isinstance(labels, np.ndarray) else labels).reshape(-1)
+    if len(labels) != len(x):
+        raise ValueError(f"{len(x)} embeddings but {len(labels)} labels")
+    ks = sorted(set(int(k) for k in ks))
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    relevant_total = counts[inverse] - 1  # R: same-class references of each query
+    keep = relevant_total > 0
+    if not keep.any():
+        raise ValueError("no class has two or more images; retrieval metrics are undefined")
+
+    k = max(max(ks), int(relevant_total.max()))
+    neighbours = nearest_neighbours(x, k)[keep]
+    r = relevant_total[keep]
+    relevant = labels[neighbours] == labels[keep][:, None]
+
+    metrics: dict[str, float] = {}
+    for kk in ks:
+        metrics[f"recall@{kk}"] = float(relevant[:, :kk].any(axis=1).mean())
+    ranks = np.arange(1, relevant.shape[1] + 1)
+    within_r = ranks[None, :] <= r[:, None]
+    hits_in_r = relevant & within_r
+    metrics["r_precision"] = float((hits_in_r.sum(axis=1) / r).mean())
+    precision_at_i = np.cumsum(relevant, axis=1) / ranks[None, :]
+    metrics["map@r"] = float(((precision_at_i * hits_in_r).sum(axis=1) / r).mean())
+    if include_nmi:
+        metrics["nmi"] = nmi(x, labels, seed=seed)
+    return metrics
+
+
+def nmi(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """NMI between k-means clusters (k = number of classes) and the labels."""
+    n_classes = len(np.unique(labels))
+    kmeans = faiss.Kmeans(x.shape[1], n_classes, niter=50, seed=seed, verbose=False, min_points_per_centroid=1)
+    kmeans.train(x)
+    _, assignment = kmeans.index.search(x, 1)
+    return float(normalized_mutual_info_score(labels, assignment.reshape(-1)))
+
+
+def evaluate_run(embeddings_file: str | Path, out: str | Path, ks: Iterable[int] = (1, 2, 4, 8)) -> dict[str, float]:
+    """Metrics of a run's test embeddings, written to ``out`` as JSON."""
+    embeddings_file = Path(embeddings_file)
+    if not embeddings_file.is_file():
+        raise FileNotFoundError(f"{embeddings_file} does not exist: run the training job first")
+    started = time.perf_counter()
+    with np.load(embeddings_file, allow_pickle=False) as data:
+        embeddings, labels = data["embeddings"], data["labels"]
+    metrics = retrieval_metrics(embeddings, labels, ks=ks)
+    metrics["queries"] = int(len(labels))
+    metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
