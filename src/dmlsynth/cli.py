@@ -71,6 +71,109 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_split(manifest: Path):
+    from dmlsynth.data.manifest import read_manifest
+
+    frame = read_manifest(manifest)
+    return frame[frame.split == "train"].reset_index(drop=True)
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from dmlsynth.generate.prompts import build_prompts, write_prompts
+
+    document = build_prompts(args.dataset, _train_split(args.manifest), [args.manifest.parent, *args.search_dir])
+    write_prompts(document, args.out)
+    log.info("prompts of %d classes written to %s", len(document["classes"]), args.out)
+    return 0
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from dmlsynth import registry
+    from dmlsynth.generate.embedded import train_embedded
+    from dmlsynth.generate.settings import generation_settings
+
+    config = _config(args.config)
+    settings = generation_settings(config, args.dataset)
+    spec = registry.DATASETS[args.dataset]
+    if settings["generator"] != "embedded":
+        raise cfg.ConfigError(f"generation.{args.dataset}.generator is {settings['generator']!r}; only 'embedded' is trained")
+    if spec.image_mode != "L":
+        raise cfg.ConfigError(
+            f"the embedded generator makes small grayscale images; dataset {args.dataset!r} is {spec.image_mode}: "
+            f"set generation.{args.dataset}.generator: stable-diffusion"
+        )
+    size = cfg.dataset_settings(config, args.dataset)["image_size"]
+    train_embedded(_train_split(args.manifest), args.out_dir, settings["embedded"], settings["seed"], args.threads, size)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from dmlsynth.generate.run import generate_class
+    from dmlsynth.generate.settings import generation_settings, image_sets
+    from dmlsynth.generate.stable_diffusion import load_generator
+
+    config = _config(args.config)
+    settings = generation_settings(config, args.dataset)
+    torch.set_num_threads(max(1, args.threads))
+    train = _train_split(args.manifest)
+    labels = sorted(int(l) for l in train["label"].unique())
+    if not 0 <= args.class_index < len(labels):
+        raise cfg.ConfigError(f"--class-index {args.class_index} out of range: {args.dataset} has {len(labels)} training classes")
+    components = load_generator(settings, args.generator_dir)
+    generate_class(
+        components, args.prompts, labels[args.class_index], labels, image_sets(config, args.dataset), settings,
+        args.generated_dir, args.out_part,
+    )
+    return 0
+
+
+def cmd_merge_generated(args: argparse.Namespace) -> int:
+    from dmlsynth.generate.run import merge_parts
+
+    frame = merge_parts(args.parts, args.image_set, args.out)
+    log.info("%s: %d images of %d classes -> %s", args.image_set, len(frame), frame["label"].nunique(), args.out)
+    return 0
+
+
+def cmd_generation_report(args: argparse.Namespace) -> int:
+    import os
+
+    from dmlsynth import registry
+    from dmlsynth.data.manifest import read_manifest
+    from dmlsynth.generate.quality import log_to_mlflow, quality_rows, sample_grid, write_report
+    from dmlsynth.generate.settings import GRID_ORDER, generation_settings
+
+    config = _config(args.config)
+    by_dataset: dict[str, dict[str, Path]] = {}
+    for manifest in args.manifests:
+        # {data}/{dataset}/generated/{image_set}/manifest.csv
+        by_dataset.setdefault(manifest.parent.parent.parent.name, {})[manifest.parent.name] = manifest
+    rows = []
+    for dataset, sets in sorted(by_dataset.items()):
+        if dataset not in registry.DATASETS:
+            raise cfg.ConfigError(f"{dataset!r} (from {next(iter(sets.values()))}) is not a known dataset")
+        spec = registry.DATASETS[dataset]
+        real_manifest = next(iter(sets.values())).parent.parent.parent / "manifest.csv"
+        real = _train_split(real_manifest)
+        generated = {name: read_manifest(path) for name, path in sets.items()}
+        settings = cfg.dataset_settings(config, dataset)
+        rows.append(
+            quality_rows(
+                dataset, real, generated, spec.image_mode, settings["image_size"],
+                generation_settings(config, dataset)["generator"], settings["pretrained"],
+            )
+        )
+        sample_grid(real, generated, GRID_ORDER, args.figure_dir / f"generated_{dataset}.png", spec.image_mode)
+    table = write_report(rows, args.out_csv)
+    print(table.to_string(index=False))
+    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        log_to_mlflow(table, uri)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmlsynth", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -110,6 +213,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-figure", required=True, type=Path)
     p.add_argument("metrics", nargs="+", type=Path)
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("prompts", help="write the editable per-class prompts file of a dataset (BLenDeR)")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--search-dir", type=Path, action="append", default=[], help="where attribute tables may lie")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_prompts)
+
+    p = sub.add_parser("train-generator", help="train the embedded prompt-conditioned diffusion model")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_train_generator)
+
+    p = sub.add_parser("generate", help="generate every image set of one training class")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--class-index", required=True, type=int, help="index into the sorted training classes")
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--prompts", required=True, type=Path)
+    p.add_argument("--generator-dir", type=Path, default=None, help="trained embedded generator")
+    p.add_argument("--generated-dir", required=True, type=Path, help="{data}/{dataset}/generated")
+    p.add_argument("--out-part", required=True, type=Path)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("merge-generated", help="join the class parts of an image set into its manifest")
+    p.add_argument("--image-set", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("parts", nargs="+", type=Path)
+    p.set_defaults(func=cmd_merge_generated)
+
+    p = sub.add_parser("generation-report", help="fidelity/diversity of generated images and sample grids")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--out-csv", required=True, type=Path)
+    p.add_argument("--figure-dir", required=True, type=Path)
+    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else none)")
+    p.add_argument("manifests", nargs="+", type=Path, help="{data}/{dataset}/generated/{set}/manifest.csv files")
+    p.set_defaults(func=cmd_generation_report)
     return parser
 
 

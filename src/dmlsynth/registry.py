@@ -132,6 +132,24 @@ METHODS: dict[str, MethodSpec] = {
             module="dmlsynth.methods.baseline:Baseline",
             description="the base loss alone, no synthetic samples",
         ),
+        # BLenDeR (METHODS.md §7) works on the data: real images plus generated images of the same
+        # class (dmlsynth.data.synthetic.mix_synthetic), trained with the base loss alone.
+        *[
+            MethodSpec(
+                name=name,
+                module="dmlsynth.methods.baseline:Baseline",
+                description=description,
+                params_schema={"synthetic_per_real": {"type": "number", "minimum": 0}},
+                defaults={"synthetic_per_real": 0.5},
+                synthetic_images=image_set,
+            )
+            for name, image_set, description in [
+                ("blender", "blender", "BLenDeR: diffusion images from blended attribute prompts, union and intersection mixed"),
+                ("blender_union", "union", "BLenDeR ablation: union operator only"),
+                ("blender_intersection", "intersection", "BLenDeR ablation: intersection operator only"),
+                ("sd_plain", "plain", "ablation: one class prompt, ordinary classifier-free guidance, same image budget"),
+            ]
+        ],
     ]
 }
 
