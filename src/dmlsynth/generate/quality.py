@@ -7,7 +7,8 @@
   5-fold cross-validated accuracy on the real images is reported as
   ``real_accuracy`` (the ceiling), and ``chance`` is 1 / classes.
 - **diversity**: per class, the mean pairwise Euclidean distance of the
-  generated images' (standardised) features, divided by the same quantity
+  generated images' features (pixels in [0, 1], or ResNet-50 features; not
+  standardised, so near-constant background pixels do not inflate it), divided by the same quantity
   for the real images of that class; averaged over classes. 1 means as
   varied as the real images, 0 means one image repeated.
 
@@ -114,9 +115,7 @@ def quality_rows(
     folds = min(5, int(pd.Series(real_y).value_counts().min()))
     real_accuracy = float(cross_val_score(classifier, real_x, real_y, cv=folds).mean()) if folds >= 2 else float("nan")
     classifier.fit(real_x, real_y)
-    scaler = classifier.named_steps["standardscaler"]
-    real_z = scaler.transform(real_x)
-    real_diversity = {c: mean_pairwise_distance(real_z[real_y == c]) for c in np.unique(real_y)}
+    real_diversity = {c: mean_pairwise_distance(real_x[real_y == c]) for c in np.unique(real_y)}
     chance = 1.0 / len(np.unique(real_y))
 
     rows = []
@@ -127,13 +126,12 @@ def quality_rows(
         x = features(frame["file"].tolist(), image_mode, image_size, pretrained)
         y = frame["label"].to_numpy()
         predicted = classifier.predict(x)
-        z = scaler.transform(x)
         operators = frame["operator"].to_numpy() if "operator" in frame else np.array(["all"] * len(frame))
         groups = [("all", np.ones(len(frame), bool))] if len(set(operators)) > 1 else []
         groups += [(name, operators == name) for name in sorted(set(operators))]
         for name, mask in groups:
             per_class = [
-                (mean_pairwise_distance(z[mask & (y == c)]), real_diversity[c]) for c in np.unique(y[mask])
+                (mean_pairwise_distance(x[mask & (y == c)]), real_diversity[c]) for c in np.unique(y[mask])
             ]
             generated_div = float(np.nanmean([g for g, _ in per_class]))
             real_div = float(np.nanmean([r for _, r in per_class]))
