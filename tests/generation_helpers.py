@@ -61,7 +61,9 @@ def save_tiny_stable_diffusion(folder: Path) -> Path:
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
     tokenizer.save_pretrained(folder / "tokenizer")
-    DDIMScheduler(num_train_timesteps=100, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
+    DDIMScheduler(
+        num_train_timesteps=100, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, clip_sample=False
+    ).save_pretrained(
         folder / "scheduler"
     )
     return folder

@@ -5,7 +5,7 @@ import torch
 
 from dmlsynth.generate.sampler import blend_embeddings, encode_prompts, make_scheduler, sample
 
-from generation_helpers import tiny_pixel_components
+from tests.generation_helpers import tiny_pixel_components
 
 
 @pytest.fixture(scope="module")
