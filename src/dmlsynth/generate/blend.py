@@ -105,6 +105,8 @@ def combine(residuals: torch.Tensor, operators: list[str] | tuple[str, ...]) -> 
     total = residuals.to(_work_dtype(residuals)).sum(dim=0)
     if k == 1:
         return total.to(residuals.dtype)  # plain classifier-free guidance for every operator
+    if set(operators) == {"conjunction"}:
+        return total.to(residuals.dtype)  # no shared part needed
     shared = intersection(residuals).to(_work_dtype(residuals))
     choices = {"conjunction": total, "intersection": shared, "union": total - (k - 1) * shared}
     pick = torch.stack([choices[name][i] for i, name in enumerate(operators)])

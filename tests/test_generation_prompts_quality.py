@@ -1,0 +1,83 @@
+"""Prompts from attributes, the generation config block and the quality report's measures."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dmlsynth import config as cfg
+from dmlsynth.data.manifest import read_manifest
+from dmlsynth.generate.prompts import build_prompts, digit_measurements, read_prompts, write_prompts
+from dmlsynth.generate.quality import mean_pairwise_distance, quality_rows, sample_grid
+from dmlsynth.generate.settings import generation_settings, image_sets, set_recipe
+
+
+def test_digit_measurements_follow_thickness_slant_and_size():
+    image = np.zeros((8, 8), np.uint8)
+    image[1:7, 3] = 255
+    thick = image.copy()
+    thick[1:7, 4] = 255
+    lean_right = np.zeros((8, 8), np.uint8)
+    for row, col in zip(range(1, 7), [6, 5, 5, 4, 3, 2]):  # top to the right
+        lean_right[row, col] = 255
+    small = np.zeros((8, 8), np.uint8)
+    small[3:5, 3] = 255
+    m = digit_measurements(np.stack([image, thick, lean_right, small]))
+    assert m.thickness[1] > m.thickness[0]
+    assert m.slant[2] > 0.3 and abs(m.slant[0]) < 1e-9
+    assert m["size"][3] < m["size"][0]
+
+
+def test_cub_and_cars_prompts(tmp_path):
+    root = tmp_path / "raw" / "CUB_200_2011"
+    (root / "attributes").mkdir(parents=True)
+    (root / "attributes.txt").write_text("1 has_wing_color::blue\n2 has_bill_shape::cone\n3 has_size::small_(5_-_9_in)\n")
+    scores = np.array([[90.0, 10.0, 50.0], [0.0, 80.0, 20.0]])
+    np.savetxt(root / "attributes" / "class_attribute_labels_continuous.txt", scores)
+    train = pd.DataFrame({"label": [1, 2], "class_name": ["001.Black_footed_Albatross", "002.Laysan_Albatross"], "split": "train"})
+    doc = build_prompts("cub", train, [tmp_path / "raw"])
+    first = doc["classes"][0]
+    assert first["plain"] == "a photo of a Black footed Albatross, a bird"
+    assert first["prompts"][1].endswith("blue wing color") and first["prompts"][2].endswith("small size")
+    assert doc["classes"][1]["prompts"][1].endswith("cone bill shape")
+    with pytest.raises(ValueError, match="class_attribute_labels_continuous"):
+        build_prompts("cub", train, [tmp_path / "elsewhere"])
+    cars = build_prompts("cars", pd.DataFrame({"label": [1], "class_name": ["AM General Hummer SUV 2000"], "split": "train"}))
+    assert any("side view" in p for p in cars["classes"][0]["prompts"])
+    path = write_prompts(cars, tmp_path / "prompts.yaml")
+    assert read_prompts(path, [1])[1]["plain"] == "a photo of a AM General Hummer SUV 2000, a car"
+    path.write_text("classes:\n  - {label: 1, class_name: x, plain: y, prompts: []}\n")
+    with pytest.raises(ValueError, match="non-empty list"):
+        read_prompts(path)
+
+
+def test_generation_config_block(default_params):
+    config = cfg.validate({**default_params, "methods": ["baseline", "blender", "sd_plain"]})
+    assert image_sets(config) == ["blender", "plain"]
+    settings = generation_settings(config, "digits")
+    assert settings["generator"] == "embedded" and settings["images_per_class"] == 80
+    assert set_recipe("blender", settings)["operators"] == {"intersection": 0.5, "union": 0.5}
+    assert set_recipe("plain", settings) == {"operators": {"conjunction": 1.0}, "prompts_per_image": 1, "prompts_per_condition": 1, "plain": True}
+    bad = {**default_params, "generation": {"digits": {"generator": "dall-e"}}}
+    with pytest.raises(cfg.ConfigError, match="embedded, stable-diffusion"):
+        cfg.validate(bad)
+    with pytest.raises(cfg.ConfigError, match="steps"):
+        cfg.validate({**default_params, "generation": {"digits": {"steps": 0}}})
+
+
+def test_quality_measures(digits_manifest, tmp_path):
+    frame = read_manifest(digits_manifest)
+    train = frame[frame.split == "train"].reset_index(drop=True)
+    held = train.groupby("label").head(20)
+    wrong = held.assign(label=(held.label + 1) % 5)  # every image claims the next class
+    repeated = held.groupby("label").head(1).loc[lambda f: f.index.repeat(5)].reset_index(drop=True)
+    rows = quality_rows("digits", train, {"real": held.assign(operator="union"), "wrong": wrong.assign(operator="union"),
+                                          "repeated": repeated.assign(operator="union")}, "L", 8, "embedded")
+    by = rows.set_index("image_set")
+    assert by.loc["real", "fidelity"] > 0.95 and by.loc["wrong", "fidelity"] < 0.1
+    assert by.loc["repeated", "diversity"] == pytest.approx(0.0, abs=1e-6)
+    assert 0.8 < by.loc["real", "diversity"] < 1.2 and 0.9 < by.loc["real", "real_accuracy"] <= 1
+    assert by.loc["real", "chance"] == pytest.approx(0.2)
+    out = sample_grid(train, {"union": held}, ["plain", "union"], tmp_path / "grid.png", "L")
+    assert Image.open(out).size[0] > 100
+    assert mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == 5.0
