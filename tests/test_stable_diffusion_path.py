@@ -42,10 +42,11 @@ def test_loads_through_from_pretrained_and_generates_rgb_images(model_dir, tmp_p
     assert len(part) == 4 and set(part.image_set) == {"blender", "plain"}
     for image_set, path in zip(part.image_set, part.path):
         with Image.open(tmp_path / "gen" / image_set / path) as image:
-            assert image.mode == "RGB" and image.size == (16, 16)
+            assert image.mode == "RGB" and image.size == (16, 16) and image.format == "JPEG"
     # Same settings, same images.
     again = generate_class(components, prompts, 1, [1], ["blender"], sd_settings(model_dir), tmp_path / "gen2", tmp_path / "p2.csv")
     for path in again.path:
+        assert path.endswith(".jpg")
         assert (tmp_path / "gen/blender" / path).read_bytes() == (tmp_path / "gen2/blender" / path).read_bytes()
 
 

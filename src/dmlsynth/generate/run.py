@@ -93,8 +93,9 @@ def initial_noise(components: Components, seed: int) -> torch.Tensor:
 def save_image(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    options = {"quality": 95} if path.suffix == ".jpg" else {}
+    image.save(tmp, **options)
     tmp.replace(path)
 
 
@@ -146,7 +147,9 @@ def generate_class(
             )
             for offset, array in enumerate(to_uint8(images).numpy()):
                 index = start + offset
-                relative = f"images/{int(label)}/{index:04d}.png"
+                # Grayscale stays lossless PNG (like the digits); photos are JPEG (512 px PNGs are ~0.4 MB each).
+                suffix = "png" if array.shape[-1] == 1 else "jpg"
+                relative = f"images/{int(label)}/{index:04d}.{suffix}"
                 save_image(array, generated_dir / image_set / relative)
                 plan = batch[offset]
                 rows.append(
