@@ -81,3 +81,13 @@ def test_quality_measures(digits_manifest, tmp_path):
     out = sample_grid(train, {"union": held}, ["plain", "union"], tmp_path / "grid.png", "L")
     assert Image.open(out).size[0] > 100
     assert mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == 5.0
+
+
+def test_cli_reports_generation_errors_without_traceback(tmp_path, capsys):
+    from dmlsynth.cli import main
+
+    part = tmp_path / "class0.csv"
+    part.write_text("image_set,path,label,class_name,split,operator,prompts,seed,params_hash\nplain,images/0/0000.png,0,zero,train,conjunction,{},1,x\n")
+    assert main(["merge-generated", "--image-set", "union", "--out", str(tmp_path / "m.csv"), str(part)]) == 2
+    assert "no images of image set 'union'" in capsys.readouterr().err
+    assert not (tmp_path / "m.csv").exists()

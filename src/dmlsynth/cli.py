@@ -267,6 +267,14 @@ def _check_names(args: argparse.Namespace) -> None:
             raise cfg.ConfigError(f"unknown {attr} {value!r}; known: {', '.join(sorted(table))}")
 
 
+def _generation_errors() -> tuple[type[Exception], ...]:
+    """Bad prompts files and impossible generation requests are user errors, reported without a traceback."""
+    from dmlsynth.generate.prompts import PromptsError
+    from dmlsynth.generate.run import GenerationError
+
+    return (PromptsError, GenerationError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -281,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_names(args)
         return args.func(args)
-    except (cfg.ConfigError, ManifestError, FileNotFoundError) as exc:
+    except (cfg.ConfigError, ManifestError, FileNotFoundError, *_generation_errors()) as exc:
         print(f"dmlsynth {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

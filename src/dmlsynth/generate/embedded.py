@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -248,10 +247,3 @@ def load_embedded(folder: str | Path, device: str | torch.device = "cpu") -> Com
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     return Components(unet, text_encoder, tokenizer, scheduler, vae=None, image_channels=int(metadata["image_channels"]))
 
-
-def generator_metadata(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / METADATA).read_text())
-
-
-def steps_for_budget(seconds: float, seconds_per_step: float) -> int:
-    return max(1, math.floor(seconds / seconds_per_step))
