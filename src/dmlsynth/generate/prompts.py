@@ -186,9 +186,9 @@ def build_prompts(dataset: str, train_frame: pd.DataFrame, search_dirs: Sequence
         raise ValueError("prompts are built from the training split only")
     if dataset == "digits":
         classes = digits_prompts(train_frame)
-    elif dataset == "cub":
+    elif dataset.startswith("cub"):  # cub, cub200, ...
         classes = cub_prompts(train_frame, search_dirs)
-    elif dataset == "cars":
+    elif dataset.startswith("cars"):
         classes = cars_prompts(train_frame)
     else:
         classes = generic_prompts(train_frame)
