@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmlsynth.methods.sgar import graded_positives, ranking_loss
+from dmlsynth.methods.sgar import graded_positives, graded_similarity_matrix, ranking_loss
 from methods_helpers import (  # noqa: F401
     backbone,
     batch,
@@ -58,21 +58,39 @@ def test_ranking_loss_is_zero_when_the_order_holds_and_positive_otherwise():
     assert ranking_loss(swapped, margin=0.01) == pytest.approx(0.055)
 
 
-def test_rank_loss_uses_only_pairs_above_the_median():
-    inputs, labels = batch()
-    method = build("sgar", "multi_similarity")
-    emb = backbone()(inputs)
-    seen = []
-    import dmlsynth.methods.sgar as sgar_module
+def test_closed_form_similarities_equal_the_explicit_graded_samples_with_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 6, generator=g, dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    closed = graded_similarity_matrix(x1, 3, 0.2, torch.Generator().manual_seed(9))
+    graded = graded_positives(x2, 3, 0.2, torch.Generator().manual_seed(9))  # (3, N, D)
+    x_hat = F.normalize(x2, dim=1)
+    explicit = torch.cat([(x_hat @ x_hat.T)[None], torch.einsum("id,jkd->jik", x_hat, graded)])
+    assert torch.allclose(closed, explicit)
+    weights = torch.randn(closed.shape, generator=g, dtype=torch.float64)
+    (closed * weights).sum().backward()
+    (explicit * weights).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad)
 
-    original = sgar_module.graded_positives
-    try:
-        sgar_module.graded_positives = lambda p, *a, **k: seen.append(p.shape[0]) or original(p, *a, **k)
-        method.rank_loss(emb, labels)
-    finally:
-        sgar_module.graded_positives = original
-    pairs = 5 * 8 * 7
-    assert seen == [pairs // 2]  # strictly above the median of 280 distinct similarities
+
+def test_rank_loss_equals_a_direct_evaluation_over_pairs_above_the_median():
+    inputs, labels = batch()
+    method = build("sgar", "multi_similarity", {"margin": 0.05})
+    emb = backbone()(inputs).detach().double()
+    got = method.rank_loss(emb, labels)
+    graded = graded_positives(emb, 4, 0.1, torch.Generator().manual_seed(0))  # the method's seed-0 stream
+    x_hat = F.normalize(emb, dim=1)
+    pairs = [(i, k) for i in range(len(labels)) for k in range(len(labels)) if i != k and labels[i] == labels[k]]
+    sims = torch.tensor([float(x_hat[i] @ x_hat[k]) for i, k in pairs], dtype=torch.float64)
+    median = sims.median() if len(sims) % 2 else sims.sort().values[len(sims) // 2 - 1 : len(sims) // 2 + 1].mean()
+    terms = []
+    for (i, k), s_ap in zip(pairs, sims):
+        if s_ap <= median:
+            continue
+        chain = [float(s_ap)] + [float(x_hat[i] @ graded[j, k]) for j in range(4)]
+        terms.append(sum(max(0.0, chain[j + 1] - chain[j] + 0.05) for j in range(4)))
+    assert len(terms) == len(pairs) // 2  # strictly above the median of 280 distinct similarities
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-9)
 
 
 @pytest.mark.parametrize("loss", ["multi_similarity", "contrastive", "triplet", "proxy_anchor"])
