@@ -8,7 +8,7 @@ overhead scales: the embedded default's ``small_cnn`` on a digits batch
 (80 x 1 x 8 x 8, 64-d) and a torchvision ResNet-18 on 80 x 3 x 64 x 64
 images (512-d), where the backbone dominates as it does on real datasets.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_method_step.py [--reps 15] [--threads 1]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_method_step.py [--reps 15] [--small-reps 150] [--threads 1]
 """
 
 from __future__ import annotations
@@ -71,28 +71,32 @@ def time_steps(model: nn.Module, methods: dict[str, nn.Module], images, labels, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=15, help="timed steps per method on resnet18")
+    parser.add_argument("--small-reps", type=int, default=150, help="timed steps per method on small_cnn (cheap, noisier)")
+    parser.add_argument("--backbones", nargs="+", default=["small_cnn", "resnet18"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--losses", nargs="+", default=["multi_similarity", "contrastive", "triplet", "proxy_anchor"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     labels = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
     setups = [
-        ("small_cnn, digits batch 80x1x8x8, 64-d", lambda: small_cnn(64), (1, 8, 8), 64),
-        ("resnet18, batch 80x3x64x64, 512-d", lambda: resnet18(512), (3, 64, 64), 512),
+        ("small_cnn", "small_cnn, digits batch 80x1x8x8, 64-d", lambda: small_cnn(64), (1, 8, 8), 64, args.small_reps),
+        ("resnet18", "resnet18, batch 80x3x64x64, 512-d", lambda: resnet18(512), (3, 64, 64), 512, args.reps),
     ]
-    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.reps} steps, batch {len(labels)}")
-    print("backbone | loss | method | step ms | ratio to baseline")
-    for title, make, shape, dim in setups:
+    print(f"torch {torch.__version__}, {args.threads} thread(s), median over timed steps, batch {len(labels)}")
+    print("backbone | loss | method | step ms | ratio to baseline | timed steps")
+    for key, title, make, shape, dim, reps in setups:
+        if key not in args.backbones:
+            continue
         torch.manual_seed(0)
         model = make()
         model.train()
         images = torch.randn(len(labels), *shape, generator=torch.Generator().manual_seed(1))
         for loss in args.losses:
             methods = build_methods(loss, dim, model, images, labels)
-            medians = time_steps(model, methods, images, labels, args.reps)
+            medians = time_steps(model, methods, images, labels, reps)
             for name, seconds in medians.items():
-                print(f"{title} | {loss} | {name} | {seconds * 1000:.1f} | {seconds / medians['baseline']:.3f}", flush=True)
+                print(f"{title} | {loss} | {name} | {seconds * 1000:.1f} | {seconds / medians['baseline']:.3f} | {reps}", flush=True)
 
 
 if __name__ == "__main__":
