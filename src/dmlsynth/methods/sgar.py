@@ -9,7 +9,11 @@ unit vector ⟂ p̂) are made and
 
     L_rank = mean over (a, p) of Σ_{j=0..J−1} [ s(a, g_{j+1}) − s(a, g_j) + m ]₊ ,  g_0 = p̂
 
-is added to the base loss with weight w. The ranking term uses only the
+is added to the base loss with weight w. One direction u is drawn per
+sample and step (``context.generator``) and shared by every anchor that has
+that sample as positive; the similarities s(a, g_j) are evaluated in closed
+form (:func:`graded_similarity_matrix`, equal in value and gradient to
+dotting the explicit :func:`graded_positives`). The ranking term uses only the
 batch's labels, so it works with every base loss (the paper used it on
 Proxy-Anchor).
 """
