@@ -33,6 +33,8 @@ class DatasetSpec:
     default_embedding_dim: int
     default_image_size: int
     description: str
+    # What prepare() leaves in {paths.data}/{name}/ (versioned by DVC).
+    outputs: tuple[str, ...] = ("manifest.csv", "images")
 
 
 @dataclass(frozen=True)
