@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dmlsynth.config import atomic_write_text
+from dmlsynth.evaluate import METRIC_KEYS
 
 RUN_PATTERN = re.compile(r"(?P<dataset>[^/]+)/(?P<method>[^/]+)/(?P<loss>[^/]+)/seed(?P<seed>\d+)/metrics\.json$")
 BOOKKEEPING = {"queries", "eval_seconds"}
@@ -43,7 +44,16 @@ def collect(metric_files: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def metric_names(runs: pd.DataFrame) -> list[str]:
-    return [c for c in runs.columns if c not in {"dataset", "method", "loss", "seed"}]
+    """Metric columns, in the order of METRIC_KEYS first (recall@K ascending), then any others."""
+    names = [c for c in runs.columns if c not in {"dataset", "method", "loss", "seed"}]
+    known = {key: i for i, key in enumerate(METRIC_KEYS)}
+
+    def order(name: str) -> tuple:
+        if name.startswith("recall@"):
+            return (0, int(name.split("@")[1]), name)
+        return (1, known.get(name, len(known)), name)
+
+    return sorted(names, key=order)
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
@@ -56,11 +66,10 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         table[f"{name}_std"] = stats["std"].fillna(0.0).to_numpy()
     baseline = table[table.method == "baseline"].set_index(["dataset", "loss"])
     for name in metrics:
-        reference = [
-            baseline[f"{name}_mean"].get((d, l), np.nan) for d, l in zip(table["dataset"], table["loss"])
-        ]
+        reference = [baseline[f"{name}_mean"].get((d, l), np.nan) for d, l in zip(table["dataset"], table["loss"])]
         table[f"{name}_delta"] = table[f"{name}_mean"] - np.asarray(reference, dtype=float)
-    return table
+    columns = ["dataset", "method", "loss", "seeds"] + [f"{n}_{s}" for n in metrics for s in ("mean", "std", "delta")]
+    return table[columns]
 
 
 def write_table(
