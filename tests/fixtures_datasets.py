@@ -176,7 +176,7 @@ class FileServer:
     """Serves ``files`` (URL path -> bytes) on 127.0.0.1; ``mode`` picks the behaviour.
 
     modes: ``range`` (honours Range with 206), ``ignore_range`` (always 200 with
-    the whole file), ``truncate`` (every body cut in half), ``truncate_once``
+    the whole file), ``truncate`` (honours Range, every body cut in half), ``truncate_once``
     (the first body cut in half, then ``range``).
     """
 
@@ -206,7 +206,7 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 return
             start = 0
             status = 200
-            if header and server.mode in ("range", "truncate_once"):
+            if header and server.mode in ("range", "truncate", "truncate_once"):
                 start = int(header.removeprefix("bytes=").split("-")[0])
                 if start >= len(data):
                     self.send_response(416)

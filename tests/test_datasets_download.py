@@ -15,6 +15,7 @@ import pytest
 
 from dmlsynth.data import cars, cub, download
 from dmlsynth.data.archive import ArchiveError, safe_extract
+from dmlsynth.data.errors import DataError
 from dmlsynth.data.download import ChecksumError, DownloadError, MissingFileError, fetch, md5sum
 from dmlsynth.data.manifest import read_manifest
 from dmlsynth.data.sources import DatasetError
@@ -105,15 +106,29 @@ def test_fetch_resumes_after_connection_drop(tmp_path):
     assert server.bytes_sent() == len(data)
 
 
-def test_fetch_keeps_partial_file_when_connection_keeps_dropping(tmp_path):
-    data = payload()
+def test_fetch_keeps_resuming_while_data_arrives(tmp_path):
+    """Every body is cut in half: each resume makes progress (and is not counted as a failure) until
+    one byte remains, whose half is nothing; then the attempts without progress run out."""
+    data = payload(1000)
     with serve({"/f.bin": data}, mode="truncate") as server:
-        with pytest.raises(DownloadError, match="Run again to resume") as error:
+        with pytest.raises(DownloadError, match="failed 2 times in a row") as error:
             fetch(server.url("/f.bin"), tmp_path / "f.bin", md5_of(data), config_key="k", attempts=2, progress=False)
-    assert "f.bin.part" in str(error.value)
+    assert "Run again to resume" in str(error.value) and "f.bin.part" in str(error.value)
     assert not (tmp_path / "f.bin").exists()
     part = (tmp_path / "f.bin.part").read_bytes()
-    assert 0 < len(part) < len(data) and data.startswith(part)
+    assert len(part) == len(data) - 1 and data.startswith(part)  # every delivered byte was kept
+    ranges = [r.range for r in server.requests]
+    assert ranges[0] is None and ranges[1] == "bytes=500-"  # resumed where the data stopped
+    assert server.requests[-1].body_bytes == 0 and server.requests[-2].body_bytes == 0
+
+
+def test_fetch_gives_up_after_attempts_without_progress(tmp_path):
+    with serve({"/f.bin": payload(1000)}, mode="truncate") as server:
+        place(tmp_path, "f.bin.part", payload(1000)[:999])
+        with pytest.raises(DownloadError, match="failed 3 times in a row"):
+            fetch(server.url("/f.bin"), tmp_path / "f.bin", md5_of(payload(1000)), config_key="k", progress=False)
+    assert len(server.requests) == 3 and all(r.range == "bytes=999-" for r in server.requests)
+    assert (tmp_path / "f.bin.part").stat().st_size == 999
 
 
 def test_fetch_wrong_md5_deletes_download_and_says_so(tmp_path):
@@ -136,6 +151,7 @@ def test_fetch_missing_file_without_url_says_where_to_put_it(tmp_path):
     with pytest.raises(MissingFileError) as error:
         fetch(None, tmp_path / "raw" / "car_ims.tgz", "a" * 32, config_key="dataset_settings.cars196.urls.images")
     message = str(error.value)
+    assert isinstance(error.value, DataError)  # the CLI prints these without a traceback
     assert str(tmp_path / "raw" / "car_ims.tgz") in message and "dataset_settings.cars196.urls.images" in message
 
 

@@ -24,13 +24,15 @@ import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from dmlsynth.data.errors import DataError
+
 
 # What reading a truncated or corrupt archive raises (gzip: EOFError / BadGzipFile, bz2/xz: OSError
 # subclasses / EOFError, tar: ReadError).
 _READ_ERRORS = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(DataError):
     """An archive is damaged or contains members that must not be extracted."""
 
 

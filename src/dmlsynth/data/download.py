@@ -36,16 +36,20 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from dmlsynth.data.errors import DataError
+
 log = logging.getLogger("dmlsynth.data.download")
 
 CHUNK = 1 << 20
 # Pause before resuming a dropped transfer (module-level so tests can shorten it).
 RETRY_WAIT_SECONDS = 2.0
+# Connections one fetch may use when each dropped one still delivered data.
+MAX_TRANSFERS = 100
 USER_AGENT = "dmlsynth-dataset-download/1.0 (+https://github.com/)"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-class DatasetFileError(RuntimeError):
+class DatasetFileError(DataError):
     """A dataset file is missing, damaged or could not be fetched; the message says what to do."""
 
 
@@ -106,20 +110,29 @@ def fetch(
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(1, attempts + 1):
+    # `attempts` counts transfers in a row that added nothing; a dropped connection that still
+    # delivered data is resumed for free (up to MAX_TRANSFERS transfers in all).
+    failures = 0
+    for _ in range(MAX_TRANSFERS):
+        before = part.stat().st_size if part.exists() else 0
         try:
             _download(url, part, timeout=timeout, progress=progress, desc=dest.name)
             break
         except _Retryable as exc:
-            if attempt == attempts:
-                size = part.stat().st_size if part.exists() else 0
+            size = part.stat().st_size if part.exists() else 0
+            failures = 0 if size > before else failures + 1
+            if failures >= attempts:
                 raise DownloadError(
-                    f"downloading {url} failed {attempts} times ({exc}); {size} bytes are kept in {part}. "
+                    f"downloading {url} failed {attempts} times in a row ({exc}); {size} bytes are kept in {part}. "
                     "Run again to resume, or download the file yourself and place it at "
                     f"{dest} (md5 {md5})."
                 ) from exc
-            log.warning("download of %s interrupted (%s); resuming (attempt %d of %d)", url, exc, attempt + 1, attempts)
+            log.warning("download of %s interrupted (%s); resuming at byte %d", url, exc, size)
             time.sleep(RETRY_WAIT_SECONDS if retry_wait is None else retry_wait)
+    else:
+        raise DownloadError(
+            f"downloading {url} needed more than {MAX_TRANSFERS} connections; {part} is kept: run again to resume."
+        )
     actual = md5sum(part)
     if actual != md5:
         part.unlink()

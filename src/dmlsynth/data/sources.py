@@ -19,11 +19,13 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from dmlsynth.data.errors import DataError
+
 # Counts a prepared dataset is checked against.
 COUNT_KEYS = ("images", "classes", "train_images", "test_images")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(DataError):
     """The raw data does not have the expected layout, counts or readable images."""
 
 
