@@ -182,6 +182,7 @@ class FileServer:
 
     files: dict[str, bytes] = field(default_factory=dict)
     mode: str = "range"
+    redirects: dict[str, str] = field(default_factory=dict)  # URL path -> path it redirects to (302)
     requests: list[Request] = field(default_factory=list)
     port: int = 0
 
@@ -198,8 +199,15 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
-            data = server.files.get(self.path.split("?")[0])
             header = self.headers.get("Range")
+            if self.path in server.redirects:  # like the Caltech data record's ?download=1 link
+                self.send_response(302)
+                self.send_header("Location", server.redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                server.requests.append(Request(self.path, header, 302, 0))
+                return
+            data = server.files.get(self.path.split("?")[0])
             if data is None:
                 self.send_error(404)
                 server.requests.append(Request(self.path, header, 404, 0))
@@ -237,8 +245,8 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
 class serve:
     """Context manager: ``with serve(files) as server: fetch(server.url('/x'), ...)``."""
 
-    def __init__(self, files: dict[str, bytes], mode: str = "range"):
-        self.state = FileServer(dict(files), mode)
+    def __init__(self, files: dict[str, bytes], mode: str = "range", redirects: dict[str, str] | None = None):
+        self.state = FileServer(dict(files), mode, dict(redirects or {}))
 
     def __enter__(self) -> FileServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))

@@ -77,6 +77,18 @@ def test_fetch_resumes_partial_download_with_range(tmp_path):
     assert server.bytes_sent() == len(data) - done
 
 
+def test_fetch_follows_redirects_and_resumes_through_them(tmp_path):
+    data = payload()
+    place(tmp_path, "f.bin.part", data[:1000])
+    with serve({"/store/f.bin": data}, redirects={"/record/f.bin?download=1": "/store/f.bin"}) as server:
+        fetch(server.url("/record/f.bin?download=1"), tmp_path / "f.bin", md5_of(data), config_key="k", progress=False)
+    assert (tmp_path / "f.bin").read_bytes() == data
+    assert [(r.path, r.range, r.status) for r in server.requests] == [
+        ("/record/f.bin?download=1", "bytes=1000-", 302),
+        ("/store/f.bin", "bytes=1000-", 206),
+    ]
+
+
 def test_fetch_restarts_cleanly_when_server_ignores_range(tmp_path):
     data = payload()
     place(tmp_path, "f.bin.part", b"\x00" * 50_000)  # wrong bytes: appending to them would corrupt the file
