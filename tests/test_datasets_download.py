@@ -232,11 +232,13 @@ def test_not_an_archive_is_reported(tmp_path):
         safe_extract(archive, tmp_path / "out" / "x")
 
 
-def test_safe_extract_replaces_an_older_extraction(tmp_path):
+def test_safe_extract_replaces_an_older_extraction_and_killed_leftovers(tmp_path):
     archive = place(tmp_path, "a.tgz", tar_bytes([("d", None, tarfile.DIRTYPE), ("d/new.txt", b"new")]))
     target = place(tmp_path / "out" / "x", "old.txt", b"old").parent
+    place(tmp_path / "out" / ".x.k1ll3d.partial", "half.bin", b"half")  # an extraction killed earlier
     safe_extract(archive, target)
     assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["d", "d/new.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x"]
 
 
 # ------------------------------------------------------------------- CUB-200

@@ -85,6 +85,9 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) 
         tar = tarfile.open(archive, "r:*")
     except (*_READ_ERRORS, OSError) as exc:
         raise _damaged(archive, exc) from exc
+    # Left over by an extraction that was killed (the except clause below never ran): remove.
+    for stale in dest.parent.glob(f".{dest.name}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
     try:
         with tar:
