@@ -236,7 +236,8 @@ def _copy(
     expected_body = None if total is None else total - offset
     try:
         with open(part, mode) as handle, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+            disable=not progress, mininterval=1.0,  # logs of cluster jobs get one update a second
         ) as bar:
             for block in iter(_reader(response), b""):
                 handle.write(block)
