@@ -1,0 +1,85 @@
+"""End to end: the real Snakemake workflow on a tiny config."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import small_config
+
+
+def snakemake(repo_root, workdir, *args, check=True):
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(repo_root / "Snakefile"),
+        "--directory", str(workdir),
+        "--cores", "2",
+        *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.mark.slow
+def test_workflow_runs_to_the_table_and_then_has_nothing_to_do(repo_root, default_params, tmp_path):
+    config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
+    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
+    config["losses"] = ["multi_similarity", "contrastive"]
+    config["seeds"] = [0, 1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+
+    snakemake(repo_root, tmp_path, "results/table.csv")
+
+    table = pd.read_csv(tmp_path / "results" / "table.csv")
+    expected_rows = {("digits", m, l) for m in config["methods"] for l in config["losses"]}
+    assert set(zip(table.dataset, table.method, table.loss)) == expected_rows
+    assert (table.seeds == 2).all()
+    for column in [c for c in table.columns if c.endswith("_mean")]:
+        assert table[column].between(0, 1).all(), column
+    assert table["recall@1_mean"].min() > 0.3  # far above chance (0.2) even after one short epoch
+    baseline = table[table.method == "baseline"]
+    assert (baseline["recall@1_delta"] == 0).all()
+    for run in ("digits/baseline/contrastive/seed1",):
+        for name in ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv", "metrics.json"):
+            assert (tmp_path / "results" / "runs" / run / name).is_file()
+    assert (tmp_path / "results" / "figures" / "recall_at_1.png").is_file()
+    assert (tmp_path / "logs" / "train" / "digits" / "baseline" / "contrastive" / "seed1.log").is_file()
+
+    again = snakemake(repo_root, tmp_path, "results/table.csv")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_invalid_config_stops_before_any_job(repo_root, default_params, tmp_path):
+    config = dict(default_params, methods=["baseline", "magic"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(repo_root, tmp_path, "results/table.csv", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "at methods[1]: 'magic' is not allowed; allowed values: baseline" in output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_cli_reports_a_missing_manifest(repo_root, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "train", "--config", str(repo_root / "params.yaml"),
+         "--dataset", "digits", "--method", "baseline", "--loss", "multi_similarity", "--seed", "0",
+         "--manifest", str(tmp_path / "missing.csv"), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "does not exist: prepare the dataset first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_rejects_unknown_names(repo_root, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "evaluate", "--config", str(tmp_path / "nope.yaml"),
+         "--embeddings", "x.npz", "--out", "y.json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "nope.yaml does not exist" in result.stderr
