@@ -20,7 +20,7 @@ from dmlsynth.data.download import ChecksumError, DownloadError, MissingFileErro
 from dmlsynth.data.manifest import read_manifest
 from dmlsynth.data.sources import DatasetError
 
-from fixtures_datasets import cars_fixture, cub_fixture, jpeg, md5_of, place, serve, tar_bytes
+from tests.fixtures_datasets import cars_fixture, cub_fixture, jpeg, md5_of, place, serve, tar_bytes
 
 LOG = logging.getLogger("dmlsynth.test")
 

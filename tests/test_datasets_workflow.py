@@ -14,7 +14,7 @@ from dmlsynth.data.manifest import read_manifest
 from dmlsynth.data.prepare import prepare_dataset
 from dmlsynth.train import train_run
 
-from fixtures_datasets import cars_fixture, cub_fixture, place, serve
+from tests.fixtures_datasets import cars_fixture, cub_fixture, place, serve
 
 PAPER = Path(__file__).resolve().parents[1] / "config" / "paper.yaml"
 
