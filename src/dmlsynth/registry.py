@@ -84,6 +84,28 @@ DATASETS: dict[str, DatasetSpec] = {
             default_image_size=8,
             description="UCI handwritten digits shipped inside scikit-learn (1,797 8x8 images); 0-4 train, 5-9 test",
         ),
+        DatasetSpec(
+            name="cub200",
+            prepare="dmlsynth.data.cub:prepare",
+            num_classes=200,
+            train_classes=100,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="CUB-200-2011 birds (11,788 images, downloaded from Caltech); classes 1-100 train, 101-200 test",
+        ),
+        DatasetSpec(
+            name="cars196",
+            prepare="dmlsynth.data.cars:prepare",
+            num_classes=196,
+            train_classes=98,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="Cars-196 (16,185 images; mirror URL or files placed by hand); classes 1-98 train, 99-196 test",
+        ),
     ]
 }
 
