@@ -188,12 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     # faiss announces every CPU-feature probe at INFO; only its problems matter here.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from dmlsynth.data.errors import DataError
     from dmlsynth.data.manifest import ManifestError
 
     try:
         _check_names(args)
         return args.func(args)
-    except (cfg.ConfigError, ManifestError, FileNotFoundError) as exc:
+    except (cfg.ConfigError, ManifestError, DataError, FileNotFoundError) as exc:
         print(f"dmlsynth {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

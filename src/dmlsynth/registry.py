@@ -94,6 +94,7 @@ DATASETS: dict[str, DatasetSpec] = {
             default_embedding_dim=512,
             default_image_size=224,
             description="CUB-200-2011 birds (11,788 images, downloaded from Caltech); classes 1-100 train, 101-200 test",
+            outputs=("manifest.csv", "extracted", "class_attributes.csv"),
         ),
         DatasetSpec(
             name="cars196",
@@ -105,6 +106,7 @@ DATASETS: dict[str, DatasetSpec] = {
             default_embedding_dim=512,
             default_image_size=224,
             description="Cars-196 (16,185 images; mirror URL or files placed by hand); classes 1-98 train, 99-196 test",
+            outputs=("manifest.csv", "extracted"),
         ),
     ]
 }
