@@ -66,6 +66,11 @@ def test_workflow_runs_to_the_table_and_then_has_nothing_to_do(repo_root, defaul
     again = snakemake(repo_root, tmp_path, "results/table.csv")
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    snakemake(repo_root, tmp_path, "--report", "results/report.html")
+    html = (tmp_path / "results" / "report.html").read_text()
+    for expected in ("Results table: one row", "recall_at_1.png", "Training curves", "Test embeddings"):
+        assert expected in html, expected
+
 
 @pytest.mark.slow
 def test_invalid_config_stops_before_any_job(repo_root, default_params, tmp_path):

@@ -175,3 +175,13 @@ def loss_params(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+
+
+def compatibility_table() -> str:
+    """The README's method x loss table (markdown), derived from the registry."""
+    losses = list(LOSSES)
+    lines = ["| method | " + " | ".join(f"`{l}`" for l in losses) + " |", "|---|" + "---|" * len(losses)]
+    for name, spec in METHODS.items():
+        cells = ["yes" if spec.is_compatible(loss) else "—" for loss in losses]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
