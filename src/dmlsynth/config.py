@@ -140,6 +140,9 @@ def dataset_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     return settings
 
 
+NOT_RUN_PARAMS = ("resources", "urls", "md5", "expected")
+
+
 def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, seed: int) -> dict[str, Any]:
     """Everything that determines the numbers of one training run, fully resolved.
 
@@ -151,7 +154,10 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
         "method": method,
         "loss": loss,
         "seed": int(seed),
-        "dataset_settings": {k: v for k, v in dataset_settings(config, dataset).items() if k != "resources"},
+        # Where the data came from (mirror URLs, checksums) and cluster resources don't change the numbers.
+        "dataset_settings": {
+            k: v for k, v in dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
+        },
         "training": dict(config["training"]),
         "loss_params": registry.loss_params(loss, config),
         "method_params": registry.method_params(registry.METHODS[method], config),

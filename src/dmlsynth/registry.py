@@ -33,6 +33,8 @@ class DatasetSpec:
     default_embedding_dim: int
     default_image_size: int
     description: str
+    # What prepare() leaves in {paths.data}/{name}/ (versioned by DVC).
+    outputs: tuple[str, ...] = ("manifest.csv", "images")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,30 @@ DATASETS: dict[str, DatasetSpec] = {
             default_embedding_dim=64,
             default_image_size=8,
             description="UCI handwritten digits shipped inside scikit-learn (1,797 8x8 images); 0-4 train, 5-9 test",
+        ),
+        DatasetSpec(
+            name="cub200",
+            prepare="dmlsynth.data.cub:prepare",
+            num_classes=200,
+            train_classes=100,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="CUB-200-2011 birds (11,788 images, downloaded from Caltech); classes 1-100 train, 101-200 test",
+            outputs=("manifest.csv", "extracted", "class_attributes.csv"),
+        ),
+        DatasetSpec(
+            name="cars196",
+            prepare="dmlsynth.data.cars:prepare",
+            num_classes=196,
+            train_classes=98,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="Cars-196 (16,185 images; mirror URL or files placed by hand); classes 1-98 train, 99-196 test",
+            outputs=("manifest.csv", "extracted"),
         ),
     ]
 }
@@ -204,3 +230,13 @@ def loss_params(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+
+
+def compatibility_table() -> str:
+    """The README's method x loss table (markdown), derived from the registry."""
+    losses = list(LOSSES)
+    lines = ["| method | " + " | ".join(f"`{l}`" for l in losses) + " |", "|---|" + "---|" * len(losses)]
+    for name, spec in METHODS.items():
+        cells = ["yes" if spec.is_compatible(loss) else "—" for loss in losses]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

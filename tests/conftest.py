@@ -1,0 +1,61 @@
+"""Shared fixtures: a prepared digits dataset and small configs that train in seconds."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tests must not depend on how many cores the machine has (float reductions differ by thread count).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def small_config(base: dict, data_dir: Path, results_dir: Path, **training) -> dict:
+    """params.yaml with tmp paths and a training budget of a few seconds."""
+    config = copy.deepcopy(base)
+    config["paths"] = {"data": str(data_dir), "results": str(results_dir), "logs": str(results_dir / "logs")}
+    config["training"].update({"epochs": 2, "batches_per_epoch": 3, **training})
+    config["tracking"] = {"enabled": True, "uri": f"sqlite:///{results_dir / 'mlflow.db'}"}
+    return config
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory, default_params) -> Path:
+    """The digits dataset prepared once for the whole session: {data}/digits/manifest.csv."""
+    from dmlsynth.data.prepare import prepare_dataset
+
+    data = tmp_path_factory.mktemp("data")
+    config = small_config(default_params, data, data / "results")
+    prepare_dataset(config, "digits")
+    return data
+
+
+@pytest.fixture(scope="session")
+def digits_manifest(digits_dir) -> Path:
+    return digits_dir / "digits" / "manifest.csv"
+
+
+@pytest.fixture
+def config(default_params, digits_dir, tmp_path) -> dict:
+    return small_config(default_params, digits_dir, tmp_path / "results")
+
+
+@pytest.fixture
+def quiet_log() -> logging.Logger:
+    return logging.getLogger("dmlsynth.test")

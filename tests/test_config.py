@@ -1,0 +1,100 @@
+import copy
+
+import pytest
+import yaml
+
+from dmlsynth import config as cfg
+from dmlsynth import registry
+
+
+def test_default_params_are_valid(repo_root):
+    config = cfg.load(repo_root / "params.yaml")
+    assert config["datasets"] == ["digits"]
+    assert set(config["methods"]) <= set(registry.METHODS)
+    assert "baseline" in config["methods"]
+    assert config["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("methods", ["baseline", "nonsense"], "at methods[1]: 'nonsense' is not allowed; allowed values: "),
+        ("losses", ["arcface"], "at losses[0]: 'arcface' is not allowed; allowed values: contrastive"),
+        ("datasets", ["mnist"], "at datasets[0]: 'mnist' is not allowed; allowed values: "),
+        ("seeds", [-1], "at seeds[0]"),
+        ("seeds", [], "at seeds"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_allowed_values(default_params, key, value, expected):
+    config = copy.deepcopy(default_params)
+    config[key] = value
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert expected in str(info.value)
+
+
+def test_unknown_key_lists_the_allowed_keys(default_params):
+    config = copy.deepcopy(default_params)
+    config["training"]["epochz"] = 3
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    message = str(info.value)
+    assert "at training" in message and "'epochz' was unexpected" in message and "allowed keys: batch_size" in message
+
+
+def test_wrong_type_is_reported(default_params):
+    config = copy.deepcopy(default_params)
+    config["training"]["lr"] = "fast"
+    with pytest.raises(cfg.ConfigError, match=r"at training.lr: 'fast' is not of type 'number'"):
+        cfg.validate(config)
+
+
+def test_all_problems_are_reported_at_once(default_params):
+    config = copy.deepcopy(default_params)
+    config["methods"] = ["nope"]
+    config["losses"] = ["nope"]
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert "at methods[0]" in str(info.value) and "at losses[0]" in str(info.value)
+
+
+def test_batch_must_be_composable_from_the_training_classes(default_params):
+    config = copy.deepcopy(default_params)
+    config["training"].update(batch_size=96, m_per_class=16)  # 6 classes needed, digits has 5
+    with pytest.raises(cfg.ConfigError, match="needs at least 6 training classes"):
+        cfg.validate(config)
+    config["training"].update(batch_size=90, m_per_class=16)
+    with pytest.raises(cfg.ConfigError, match="not a multiple of"):
+        cfg.validate(config)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("datasets: [digits\nmethods: baseline: x")
+    with pytest.raises(cfg.ConfigError, match="is not valid YAML"):
+        cfg.load(bad)
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.load(tmp_path / "absent.yaml")
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(cfg.ConfigError, match="expected a mapping"):
+        cfg.load(bad)
+
+
+def test_run_params_resolve_defaults_and_overrides(default_params):
+    config = copy.deepcopy(default_params)
+    config["loss_params"]["multi_similarity"]["beta"] = 40.0
+    params = cfg.run_params(cfg.validate(config), "digits", "baseline", "multi_similarity", 1)
+    assert params["loss_params"] == {"alpha": 2.0, "beta": 40.0, "base": 0.5, "miner_epsilon": 0.1}
+    assert params["dataset_settings"]["backbone"] == "small_cnn"
+    assert params["seed"] == 1
+    other = cfg.run_params(cfg.validate(config), "digits", "baseline", "multi_similarity", 2)
+    assert cfg.params_hash(params) != cfg.params_hash(other)
+
+
+def test_effective_config_is_content_addressed(tmp_path, default_params):
+    first = cfg.write_effective(default_params, tmp_path)
+    assert cfg.write_effective(copy.deepcopy(default_params), tmp_path) == first
+    assert yaml.safe_load(first.read_text()) == default_params
+    changed = copy.deepcopy(default_params)
+    changed["seeds"] = [7]
+    assert cfg.write_effective(changed, tmp_path) != first

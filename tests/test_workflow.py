@@ -1,0 +1,104 @@
+"""End to end: the real Snakemake workflow on a tiny config."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import small_config
+
+
+def snakemake(repo_root, workdir, *args, check=True):
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(repo_root / "Snakefile"),
+        "--directory", str(workdir),
+        "--cores", "4",
+        *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.mark.slow
+def test_workflow_runs_to_the_table_and_then_has_nothing_to_do(repo_root, default_params, tmp_path):
+    config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
+    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
+    config["losses"] = ["multi_similarity", "contrastive"]
+    config["seeds"] = [0, 1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+
+    snakemake(repo_root, tmp_path, "results/table.csv")
+
+    table = pd.read_csv(tmp_path / "results" / "table.csv")
+    expected_rows = {("digits", m, l) for m in config["methods"] for l in config["losses"]}
+    assert set(zip(table.dataset, table.method, table.loss)) == expected_rows
+    assert (table.seeds == 2).all()
+    for column in [c for c in table.columns if c.endswith("_mean")]:
+        assert table[column].between(0, 1).all(), column
+    assert table["recall@1_mean"].min() > 0.3  # far above chance (0.2) even after one short epoch
+    baseline = table[table.method == "baseline"]
+    assert (baseline["recall@1_delta"] == 0).all()
+    for run in ("digits/baseline/contrastive/seed1",):
+        for name in ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv", "metrics.json", "embeddings.png"):
+            assert (tmp_path / "results" / "runs" / run / name).is_file()
+    assert (tmp_path / "results" / "figures" / "recall_at_1.png").is_file()
+    assert (tmp_path / "logs" / "train" / "digits" / "baseline" / "contrastive" / "seed1.log").is_file()
+
+    # MLflow: exactly one run per training job, with its params and final metrics, plus the summary.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=config["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    expected_names = sorted(f"{m}/{l}/seed{s}" for m in config["methods"] for l in config["losses"] for s in config["seeds"])
+    assert sorted(r.info.run_name for r in runs) == expected_names
+    for run in runs:
+        assert run.data.params["training.epochs"] == "1"
+        assert 0 <= run.data.metrics["recall_at_1"] <= 1 and "map_at_r" in run.data.metrics
+        assert run.info.status == "FINISHED"
+    summary = client.search_runs([client.get_experiment_by_name("summary").experiment_id])
+    assert len(summary) == 1 and "table.csv" in {a.path for a in client.list_artifacts(summary[0].info.run_id)}
+
+    again = snakemake(repo_root, tmp_path, "results/table.csv")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    snakemake(repo_root, tmp_path, "--report", "results/report.html")
+    html = (tmp_path / "results" / "report.html").read_text()
+    for expected in ("Results table: one row", "recall_at_1.png", "Training curves", "Test embeddings"):
+        assert expected in html, expected
+
+
+@pytest.mark.slow
+def test_invalid_config_stops_before_any_job(repo_root, default_params, tmp_path):
+    config = dict(default_params, methods=["baseline", "magic"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(repo_root, tmp_path, "results/table.csv", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "at methods[1]: 'magic' is not allowed; allowed values: baseline" in output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_cli_reports_a_missing_manifest(repo_root, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "train", "--config", str(repo_root / "params.yaml"),
+         "--dataset", "digits", "--method", "baseline", "--loss", "multi_similarity", "--seed", "0",
+         "--manifest", str(tmp_path / "missing.csv"), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "does not exist: prepare the dataset first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_rejects_unknown_names(repo_root, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "evaluate", "--config", str(tmp_path / "nope.yaml"),
+         "--run-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "nope.yaml does not exist" in result.stderr
