@@ -75,34 +75,3 @@ def train_digits(method: str, loss: str, config: dict, manifest, run_dir, method
     params = run_params(config, "digits", method, loss, 0)
     return train_run(params, manifest, run_dir, progress=False, **kwargs)
 
-
-# Fixtures (imported by the method test modules; named apart from conftest's so both can coexist).
-import copy  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def methods_digits(tmp_path_factory) -> tuple[dict, Path]:
-    """params.yaml with tmp paths and a 2-epoch x 3-batch budget, and the prepared digits manifest."""
-    from dmlsynth.data.prepare import prepare_dataset
-
-    data = tmp_path_factory.mktemp("methods-data")
-    config = yaml.safe_load((ROOT / "params.yaml").read_text())
-    config["paths"] = {"data": str(data), "results": str(data / "results"), "logs": str(data / "logs")}
-    config["training"].update({"epochs": 2, "batches_per_epoch": 3, "device": "cpu"})
-    return config, prepare_dataset(config, "digits")
-
-
-@pytest.fixture
-def methods_config(methods_digits) -> dict:
-    return copy.deepcopy(methods_digits[0])
-
-
-@pytest.fixture
-def methods_manifest(methods_digits) -> Path:
-    return methods_digits[1]

@@ -9,16 +9,13 @@ import pytest
 import torch
 
 from dmlsynth.methods.iaa import class_statistics, corrected_variance, lambda_at, sample_synthetic
-from methods_helpers import (  # noqa: F401
+from tests.methods_helpers import (
     EMB_DIM,
     NUM_CLASSES,
     backbone,
     batch,
     build,
     loss_and_grad,
-    methods_config,
-    methods_digits,
-    methods_manifest,
     train_digits,
 )
 
@@ -227,12 +224,12 @@ def test_momentum_blends_new_estimates():
     assert torch.allclose(method.means, 0.25 * first + 0.75 * (first + 2.0))
 
 
-def test_iaa_trains_and_resumes_identically_on_digits(methods_config, methods_manifest, tmp_path):
+def test_iaa_trains_and_resumes_identically_on_digits(config, digits_manifest, tmp_path):
     from dmlsynth.train import Interrupted
 
-    full = train_digits("iaa", "multi_similarity", methods_config, methods_manifest, tmp_path / "full")
+    full = train_digits("iaa", "multi_similarity", config, digits_manifest, tmp_path / "full")
     assert len(full["history"]) == 2
     with pytest.raises(Interrupted):
-        train_digits("iaa", "multi_similarity", methods_config, methods_manifest, tmp_path / "cut", stop_after_epoch=1)
-    resumed = train_digits("iaa", "multi_similarity", methods_config, methods_manifest, tmp_path / "cut")
+        train_digits("iaa", "multi_similarity", config, digits_manifest, tmp_path / "cut", stop_after_epoch=1)
+    resumed = train_digits("iaa", "multi_similarity", config, digits_manifest, tmp_path / "cut")
     assert torch.equal(full["embeddings"], resumed["embeddings"])

@@ -9,14 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from dmlsynth.methods.sgar import graded_positives, graded_similarity_matrix, ranking_loss
-from methods_helpers import (  # noqa: F401
+from tests.methods_helpers import (
     backbone,
     batch,
     build,
     loss_and_grad,
-    methods_config,
-    methods_digits,
-    methods_manifest,
     train_digits,
 )
 
@@ -116,6 +113,6 @@ def test_total_is_base_plus_weighted_rank_loss_and_gradients_flow(loss):
     assert torch.isfinite(grad).all() and not torch.allclose(grad, base_grad)
 
 
-def test_sgar_trains_on_digits(methods_config, methods_manifest, tmp_path):
-    result = train_digits("sgar", "multi_similarity", methods_config, methods_manifest, tmp_path / "run")
+def test_sgar_trains_on_digits(config, digits_manifest, tmp_path):
+    result = train_digits("sgar", "multi_similarity", config, digits_manifest, tmp_path / "run")
     assert len(result["history"]) == 2 and all(row["loss"] > 0 for row in result["history"])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dmlsynth.config import ConfigError, validate
 from dmlsynth.methods.symmetric import hardest_negative_pairs, pair_units, symmetric_points
-from methods_helpers import batch, build, loss_and_grad, methods_config, methods_digits, methods_manifest, train_digits  # noqa: F401
+from tests.methods_helpers import batch, build, loss_and_grad, train_digits
 
 
 def test_symmetric_points_hand_example():
@@ -148,13 +148,13 @@ def test_gradients_flow_to_the_backbone(loss):
     assert value > 0 and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-def test_proxy_anchor_is_rejected_when_the_config_is_validated(methods_config):
-    config = dict(methods_config, methods=["baseline", "symm"], losses=["multi_similarity", "proxy_anchor"])
+def test_proxy_anchor_is_rejected_when_the_config_is_validated(config):
+    config = dict(config, methods=["baseline", "symm"], losses=["multi_similarity", "proxy_anchor"])
     with pytest.raises(ConfigError, match="method 'symm' does not work with loss 'proxy_anchor'"):
         validate(config)
 
 
-def test_symm_trains_on_digits(methods_config, methods_manifest, tmp_path):
-    result = train_digits("symm", "multi_similarity", methods_config, methods_manifest, tmp_path / "run")
+def test_symm_trains_on_digits(config, digits_manifest, tmp_path):
+    result = train_digits("symm", "multi_similarity", config, digits_manifest, tmp_path / "run")
     assert len(result["history"]) == 2 and all(row["loss"] > 0 for row in result["history"])
     assert (tmp_path / "run" / "embeddings.npz").exists()
