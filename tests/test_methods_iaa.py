@@ -10,8 +10,6 @@ import torch
 
 from dmlsynth.methods.iaa import class_statistics, corrected_variance, lambda_at, sample_synthetic
 from tests.methods_helpers import (
-    EMB_DIM,
-    NUM_CLASSES,
     backbone,
     batch,
     build,
