@@ -87,14 +87,16 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
 def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     """Rules the schema cannot express: method x loss compatibility and batch composition."""
     problems = []
+    excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
     for method in config["methods"]:
         spec = registry.METHODS[method]
         for loss in config["losses"]:
-            if not spec.is_compatible(loss):
+            if not spec.is_compatible(loss) and (method, loss) not in excluded:
                 allowed = ", ".join(sorted(spec.compatible_losses or ()))
                 problems.append(
                     f"  - at methods/losses: method {method!r} does not work with loss {loss!r} "
-                    f"(it works with: {allowed}); remove one of them or run them in separate configs"
+                    f"(it works with: {allowed}); remove one of them, or skip just this pair with "
+                    f"`exclude: [{{method: {method}, loss: {loss}}}]`"
                 )
     training = config["training"]
     if training["batch_size"] % training["m_per_class"]:

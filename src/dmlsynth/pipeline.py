@@ -37,10 +37,12 @@ STAGE_CODE = {
 
 
 def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every training run of the config: dataset x method x loss x seed."""
+    """Every training run of the config: dataset x method x loss x seed, less ``exclude``d pairs."""
+    excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
     return [
         {"dataset": d, "method": m, "loss": l, "seed": s}
         for d, m, l, s in itertools.product(config["datasets"], config["methods"], config["losses"], config["seeds"])
+        if (m, l) not in excluded
     ]
 
 
