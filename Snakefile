@@ -2,7 +2,7 @@
 # dataset x method x loss x seed -> evaluation -> results/table.csv.
 #
 #   snakemake --cores 8 results/table.csv                             # embedded default (params.yaml)
-#   snakemake --cores 8 --configfile config/paper.yaml results/table.csv   # paper benchmark
+#   snakemake --cores 8 --configfile=config/paper.yaml results/table.csv   # paper benchmark
 #
 # Rules are thin: each calls one `dmlsynth` subcommand; the logic lives in src/dmlsynth.
 

@@ -1,10 +1,9 @@
 # Shared definitions: the validated config, paths, the job matrix and helpers.
-import itertools
 import sys
 from pathlib import Path
 
 from dmlsynth import config as dmlsynth_config
-from dmlsynth import registry
+from dmlsynth import pipeline, registry
 
 try:
     CFG = dmlsynth_config.validate(config, source="the workflow config (params.yaml, --configfile, --config)")
@@ -20,11 +19,8 @@ PY = sys.executable
 # The merged config (params.yaml + --configfile + --config) that every job reads.
 EFFECTIVE_CONFIG = str(dmlsynth_config.write_effective(CFG, Path(".snakemake") / "dmlsynth"))
 
-RUNS = [
-    {"dataset": d, "method": m, "loss": l, "seed": s}
-    for d, m, l, s in itertools.product(CFG["datasets"], CFG["methods"], CFG["losses"], CFG["seeds"])
-]
-RUN_DIR = RESULTS + "/runs/{dataset}/{method}/{loss}/seed{seed}"
+RUNS = pipeline.runs(CFG)
+RUN_DIR = pipeline.RUN_DIR.format(results=RESULTS, dataset="{dataset}", method="{method}", loss="{loss}", seed="{seed}")
 
 # Other rule files append inputs the table waits for (e.g. the generation report).
 TABLE_EXTRA_INPUTS = []

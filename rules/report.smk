@@ -1,10 +1,6 @@
 # Stage 5: the results table over seeds, its JSON twin and the recall bar chart.
 
-TABLE_OUTPUTS = [
-    RESULTS + "/table.csv",
-    RESULTS + "/metrics.json",
-    RESULTS + "/figures/recall_at_1.png",
-]
+TABLE_OUTPUTS = [f"{RESULTS}/{name}" for name in pipeline.TABLE_FILES]
 
 
 rule table:
@@ -12,9 +8,9 @@ rule table:
         metrics=[(RUN_DIR + "/metrics.json").format(**run) for run in RUNS],
         extra=TABLE_EXTRA_INPUTS,
     output:
-        table=TABLE_OUTPUTS[0],
+        table=report(TABLE_OUTPUTS[0], caption="../report/table.rst", category="Results"),
         metrics=TABLE_OUTPUTS[1],
-        figure=TABLE_OUTPUTS[2],
+        figure=report(TABLE_OUTPUTS[2], caption="../report/recall.rst", category="Results"),
     log:
         LOGS + "/table.log",
     threads: 1
@@ -22,5 +18,5 @@ rule table:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{PY:q} -m dmlsynth table --out-csv {output.table:q} --out-json {output.metrics:q}"
-        " --out-figure {output.figure:q} {input.metrics:q} > {log:q} 2>&1"
+        "{PY:q} -m dmlsynth table --config {EFFECTIVE_CONFIG:q} --out-csv {output.table:q}"
+        " --out-json {output.metrics:q} --out-figure {output.figure:q} {input.metrics:q} > {log:q} 2>&1"

@@ -31,6 +31,7 @@ def small_config(base: dict, data_dir: Path, results_dir: Path, **training) -> d
     config = copy.deepcopy(base)
     config["paths"] = {"data": str(data_dir), "results": str(results_dir), "logs": str(results_dir / "logs")}
     config["training"].update({"epochs": 2, "batches_per_epoch": 3, **training})
+    config["tracking"] = {"enabled": True, "uri": f"sqlite:///{results_dir / 'mlflow.db'}"}
     return config
 
 

@@ -98,3 +98,18 @@ def test_effective_config_is_content_addressed(tmp_path, default_params):
     changed = copy.deepcopy(default_params)
     changed["seeds"] = [7]
     assert cfg.write_effective(changed, tmp_path) != first
+
+
+def test_incompatible_method_and_loss_is_rejected_unless_excluded(default_params):
+    from dmlsynth.pipeline import runs
+
+    config = copy.deepcopy(default_params)
+    config["methods"] = ["baseline", "symm"]
+    config["losses"] = ["multi_similarity", "proxy_anchor"]
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert "method 'symm' does not work with loss 'proxy_anchor'" in str(info.value)
+    assert "exclude: [{method: symm, loss: proxy_anchor}]" in str(info.value)
+    config["exclude"] = [{"method": "symm", "loss": "proxy_anchor"}]
+    matrix = {(r["method"], r["loss"]) for r in runs(cfg.validate(config))}
+    assert matrix == {("baseline", "multi_similarity"), ("baseline", "proxy_anchor"), ("symm", "multi_similarity")}

@@ -35,7 +35,9 @@ def test_table_aggregates_over_seeds_with_deltas(tmp_path):
     assert np.isnan(table.loc[("iaa", "triplet"), "recall@1_delta"])  # no baseline for triplet
     assert "queries_mean" not in table.columns
     payload = json.loads((out / "metrics.json").read_text())
-    assert len(payload["runs"]) == 5 and len(payload["table"]) == 3
+    assert payload["table"]["digits"]["iaa"]["ms"]["recall@1_mean"] == pytest.approx(0.85)
+    assert payload["runs"]["digits"]["baseline"]["ms"]["seed1"]["map@r"] == pytest.approx(0.4)
+    assert len(payload["runs"]["digits"]["iaa"]) == 2
     assert (out / "figures" / "r1.png").read_bytes()[:4] == b"\x89PNG"
 
 

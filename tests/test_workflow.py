@@ -15,7 +15,7 @@ def snakemake(repo_root, workdir, *args, check=True):
         sys.executable, "-m", "snakemake",
         "--snakefile", str(repo_root / "Snakefile"),
         "--directory", str(workdir),
-        "--cores", "2",
+        "--cores", "4",
         *args,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -44,13 +44,32 @@ def test_workflow_runs_to_the_table_and_then_has_nothing_to_do(repo_root, defaul
     baseline = table[table.method == "baseline"]
     assert (baseline["recall@1_delta"] == 0).all()
     for run in ("digits/baseline/contrastive/seed1",):
-        for name in ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv", "metrics.json"):
+        for name in ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv", "metrics.json", "embeddings.png"):
             assert (tmp_path / "results" / "runs" / run / name).is_file()
     assert (tmp_path / "results" / "figures" / "recall_at_1.png").is_file()
     assert (tmp_path / "logs" / "train" / "digits" / "baseline" / "contrastive" / "seed1.log").is_file()
 
+    # MLflow: exactly one run per training job, with its params and final metrics, plus the summary.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=config["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    expected_names = sorted(f"{m}/{l}/seed{s}" for m in config["methods"] for l in config["losses"] for s in config["seeds"])
+    assert sorted(r.info.run_name for r in runs) == expected_names
+    for run in runs:
+        assert run.data.params["training.epochs"] == "1"
+        assert 0 <= run.data.metrics["recall_at_1"] <= 1 and "map_at_r" in run.data.metrics
+        assert run.info.status == "FINISHED"
+    summary = client.search_runs([client.get_experiment_by_name("summary").experiment_id])
+    assert len(summary) == 1 and "table.csv" in {a.path for a in client.list_artifacts(summary[0].info.run_id)}
+
     again = snakemake(repo_root, tmp_path, "results/table.csv")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    snakemake(repo_root, tmp_path, "--report", "results/report.html")
+    html = (tmp_path / "results" / "report.html").read_text()
+    for expected in ("Results table: one row", "recall_at_1.png", "Training curves", "Test embeddings"):
+        assert expected in html, expected
 
 
 @pytest.mark.slow
@@ -79,7 +98,7 @@ def test_cli_reports_a_missing_manifest(repo_root, tmp_path):
 def test_cli_rejects_unknown_names(repo_root, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "dmlsynth", "evaluate", "--config", str(tmp_path / "nope.yaml"),
-         "--embeddings", "x.npz", "--out", "y.json"],
+         "--run-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2 and "nope.yaml does not exist" in result.stderr

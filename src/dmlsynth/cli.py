@@ -51,6 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress,
     )
+    _track_runs(config, [args.run_dir])
     return 0
 
 
@@ -58,16 +59,63 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dmlsynth.evaluate import evaluate_run
 
     config = _config(args.config)
-    metrics = evaluate_run(args.embeddings, args.out, ks=config["evaluation"]["ks"])
+    metrics = evaluate_run(args.run_dir, ks=config["evaluation"]["ks"])
     log.info("metrics: %s", metrics)
+    _track_runs(config, [args.run_dir])
+    return 0
+
+
+def _track_runs(config: dict, run_dirs: list[Path]) -> bool:
+    """Mirror run folders into MLflow; a tracking failure is reported, never fatal to results."""
+    from dmlsynth import tracking
+
+    if not tracking.tracking_enabled(config):
+        return True
+    uri = tracking.tracking_uri(config)
+    ok = True
+    for run_dir in run_dirs:
+        try:
+            run_id = tracking.track_run(run_dir, uri)
+            log.info("tracked %s as MLflow run %s in %s", run_dir, run_id, uri)
+        except Exception as exc:  # noqa: BLE001 - any store failure must leave the results alone
+            tracking.report_failure(exc, str(run_dir), f"dmlsynth track {run_dir}")
+            ok = False
+    return ok
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from dmlsynth import tracking
+
+    config = _config(args.config) if args.config else {}
+    run_dirs = sorted({p.parent for root in args.paths for p in Path(root).rglob("run.yaml")})
+    if not run_dirs:
+        raise FileNotFoundError(f"no run folders (with run.yaml) under {', '.join(map(str, args.paths))}")
+    if not _track_runs({**config, "tracking": {**config.get("tracking", {}), "enabled": True}}, run_dirs):
+        return 1
+    print(f"{len(run_dirs)} run(s) tracked in {tracking.tracking_uri(config)}")
     return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    from dmlsynth import tracking
     from dmlsynth.table import write_table
 
     table = write_table(args.metrics, args.out_csv, args.out_json, args.out_figure)
     log.info("table with %d rows written to %s", len(table), args.out_csv)
+    config = _config(args.config)
+    if tracking.tracking_enabled(config):
+        uri = tracking.tracking_uri(config)
+        try:
+            tracking.track_summary([args.out_csv, args.out_json, args.out_figure], uri)
+        except Exception as exc:  # noqa: BLE001
+            tracking.report_failure(exc, "the results table", "snakemake --forcerun table results/table.csv")
+    return 0
+
+
+def cmd_dvc_yaml(args: argparse.Namespace) -> int:
+    from dmlsynth.pipeline import dvc_yaml
+
+    sys.stdout.write(dvc_yaml(_config(args.config)))
     return 0
 
 
@@ -201,13 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="retrieval metrics of a run's test embeddings")
+    p = sub.add_parser("evaluate", help="retrieval metrics and plots of a run's test embeddings")
     p.add_argument("--config", default="params.yaml")
-    p.add_argument("--embeddings", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--run-dir", required=True, type=Path)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("track", help="log run folders to MLflow (idempotent; after tracking trouble)")
+    p.add_argument("--config", default=None, help="params file whose tracking.uri to use")
+    p.add_argument("paths", nargs="+", type=Path, help="run folders or folders containing them")
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("dvc-yaml", help="print the dvc.yaml that runs this config's pipeline through Snakemake")
+    p.add_argument("--config", default="params.yaml")
+    p.set_defaults(func=cmd_dvc_yaml)
+
     p = sub.add_parser("table", help="aggregate runs' metrics over seeds into the results table")
+    p.add_argument("--config", default="params.yaml")
     p.add_argument("--out-csv", required=True, type=Path)
     p.add_argument("--out-json", required=True, type=Path)
     p.add_argument("--out-figure", required=True, type=Path)
@@ -284,12 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     # faiss announces every CPU-feature probe at INFO; only its problems matter here.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from dmlsynth.data.errors import DataError
     from dmlsynth.data.manifest import ManifestError
 
     try:
         _check_names(args)
         return args.func(args)
-    except (cfg.ConfigError, ManifestError, FileNotFoundError, *_generation_errors()) as exc:
+    except (cfg.ConfigError, ManifestError, DataError, FileNotFoundError, *_generation_errors()) as exc:
         print(f"dmlsynth {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -87,14 +87,16 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
 def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     """Rules the schema cannot express: method x loss compatibility and batch composition."""
     problems = []
+    excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
     for method in config["methods"]:
         spec = registry.METHODS[method]
         for loss in config["losses"]:
-            if not spec.is_compatible(loss):
+            if not spec.is_compatible(loss) and (method, loss) not in excluded:
                 allowed = ", ".join(sorted(spec.compatible_losses or ()))
                 problems.append(
                     f"  - at methods/losses: method {method!r} does not work with loss {loss!r} "
-                    f"(it works with: {allowed}); remove one of them or run them in separate configs"
+                    f"(it works with: {allowed}); remove one of them, or skip just this pair with "
+                    f"`exclude: [{{method: {method}, loss: {loss}}}]`"
                 )
     training = config["training"]
     if training["batch_size"] % training["m_per_class"]:
@@ -140,6 +142,9 @@ def dataset_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     return settings
 
 
+NOT_RUN_PARAMS = ("resources", "urls", "md5", "expected")
+
+
 def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, seed: int) -> dict[str, Any]:
     """Everything that determines the numbers of one training run, fully resolved.
 
@@ -151,7 +156,10 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
         "method": method,
         "loss": loss,
         "seed": int(seed),
-        "dataset_settings": {k: v for k, v in dataset_settings(config, dataset).items() if k != "resources"},
+        # Where the data came from (mirror URLs, checksums) and cluster resources don't change the numbers.
+        "dataset_settings": {
+            k: v for k, v in dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
+        },
         "training": dict(config["training"]),
         "loss_params": registry.loss_params(loss, config),
         "method_params": registry.method_params(registry.METHODS[method], config),

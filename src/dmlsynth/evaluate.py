@@ -10,6 +10,7 @@ and is left out of every metric (as pytorch-metric-learning does).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Iterable
@@ -102,9 +103,10 @@ def nmi(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     return float(normalized_mutual_info_score(labels, assignment))
 
 
-def evaluate_run(embeddings_file: str | Path, out: str | Path, ks: Iterable[int] = (1, 2, 4, 8)) -> dict[str, float]:
-    """Metrics of a run's test embeddings, written to ``out`` as JSON."""
-    embeddings_file = Path(embeddings_file)
+def evaluate_run(run_dir: str | Path, ks: Iterable[int] = (1, 2, 4, 8)) -> dict[str, float]:
+    """Metrics of a run's test embeddings -> ``metrics.json``; plus its embedding and training plots."""
+    run_dir = Path(run_dir)
+    embeddings_file = run_dir / "embeddings.npz"
     if not embeddings_file.is_file():
         raise FileNotFoundError(f"{embeddings_file} does not exist: run the training job first")
     started = time.perf_counter()
@@ -113,5 +115,57 @@ def evaluate_run(embeddings_file: str | Path, out: str | Path, ks: Iterable[int]
     metrics = retrieval_metrics(embeddings, labels, ks=ks)
     metrics["queries"] = int(len(labels))
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
-    atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    plot_embeddings(embeddings, labels, run_dir / "embeddings.png", title=f"{run_dir.as_posix()} — R@1 {metrics[f'recall@{min(ks)}']:.3f}")
+    plot_training_curve(run_dir / "train_log.csv", run_dir / "train_curve.png")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def _save_figure(fig, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, out: Path, title: str = "") -> None:
+    """The test embeddings (L2-normalised) projected on their first two principal components."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = _normalised(embeddings)
+    x = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    xy = x @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for label in np.unique(labels):
+        chosen = labels == label
+        ax.scatter(xy[chosen, 0], xy[chosen, 1], s=6, alpha=0.7, label=str(label))
+    if len(np.unique(labels)) <= 20:
+        ax.legend(markerscale=2, fontsize=7, title="class")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    fig.tight_layout()
+    _save_figure(fig, out)
+
+
+def plot_training_curve(history_file: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    history = pd.read_csv(history_file)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(history["epoch"], history["loss"], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.set_title(history_file.parent.as_posix(), fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, out)

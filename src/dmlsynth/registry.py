@@ -33,6 +33,8 @@ class DatasetSpec:
     default_embedding_dim: int
     default_image_size: int
     description: str
+    # What prepare() leaves in {paths.data}/{name}/ (versioned by DVC).
+    outputs: tuple[str, ...] = ("manifest.csv", "images")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,30 @@ DATASETS: dict[str, DatasetSpec] = {
             default_embedding_dim=64,
             default_image_size=8,
             description="UCI handwritten digits shipped inside scikit-learn (1,797 8x8 images); 0-4 train, 5-9 test",
+        ),
+        DatasetSpec(
+            name="cub200",
+            prepare="dmlsynth.data.cub:prepare",
+            num_classes=200,
+            train_classes=100,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="CUB-200-2011 birds (11,788 images, downloaded from Caltech); classes 1-100 train, 101-200 test",
+            outputs=("manifest.csv", "extracted", "class_attributes.csv"),
+        ),
+        DatasetSpec(
+            name="cars196",
+            prepare="dmlsynth.data.cars:prepare",
+            num_classes=196,
+            train_classes=98,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="Cars-196 (16,185 images; mirror URL or files placed by hand); classes 1-98 train, 99-196 test",
+            outputs=("manifest.csv", "extracted"),
         ),
     ]
 }
@@ -132,6 +158,61 @@ METHODS: dict[str, MethodSpec] = {
             module="dmlsynth.methods.baseline:Baseline",
             description="the base loss alone, no synthetic samples",
         ),
+        MethodSpec(
+            name="symm",
+            module="dmlsynth.methods.symmetric:SymmetricalSynthesis",
+            description="Symmetrical Synthesis: reflected same-class pairs + hardest negative pair mining",
+            compatible_losses=PAIR_BASED_LOSSES,
+            params_schema={
+                "synthesis": {"type": "boolean", "description": "false: the base loss alone (ablation)"},
+            },
+            defaults={"synthesis": True},
+        ),
+        MethodSpec(
+            name="iaa",
+            module="dmlsynth.methods.iaa:IntraClassAdaptiveAugmentation",
+            description="IAA: Gaussian synthetic embeddings with neighbor-corrected class variances",
+            params_schema={
+                "num_synthetic": {"type": "integer", "minimum": 0, "description": "M synthetic samples per original"},
+                "lambda": {"type": "number", "minimum": 0, "description": "variance scale λ (annealed)"},
+                "beta": {"type": "number", "minimum": 0},
+                "gamma": {"type": "number", "minimum": 0, "maximum": 1},
+                "k": {"type": "integer", "minimum": 1, "description": "neighbour classes K (capped at the candidates)"},
+                "sigma_m": {"type": "number", "exclusiveMinimum": 0},
+                "sigma_cv": {"type": "number", "exclusiveMinimum": 0},
+                "tau": {"type": "number", "minimum": 0, "description": "classes with n <= tau are corrected"},
+                "update_every": {"type": "integer", "minimum": 1, "description": "epochs between re-estimates"},
+                "warmup_epochs": {"type": "integer", "minimum": 0},
+                "neighbor_correction": {"type": "boolean"},
+                "momentum": {"type": "number", "minimum": 0, "maximum": 1, "description": "weight of the old estimate"},
+            },
+            defaults={
+                "num_synthetic": 3,
+                "lambda": 0.8,
+                "beta": 0.1,
+                "gamma": 0.1,
+                "k": 25,
+                "sigma_m": 1.0,
+                "sigma_cv": 1.0,
+                "tau": 40,
+                "update_every": 2,
+                "warmup_epochs": 1,
+                "neighbor_correction": True,
+                "momentum": 0.5,
+            },
+        ),
+        MethodSpec(
+            name="sgar",
+            module="dmlsynth.methods.sgar:GradedRanking",
+            description="SGAR: ranking loss keeping graded synthetic positives in order",
+            params_schema={
+                "steps": {"type": "integer", "minimum": 1, "description": "J graded samples per pair"},
+                "delta": {"type": "number", "exclusiveMinimum": 0},
+                "margin": {"type": "number", "minimum": 0},
+                "weight": {"type": "number", "minimum": 0, "description": "0: the base loss alone"},
+            },
+            defaults={"steps": 4, "delta": 0.1, "margin": 0.01, "weight": 1.0},
+        ),
         # BLenDeR (METHODS.md §7) works on the data: real images plus generated images of the same
         # class (dmlsynth.data.synthetic.mix_synthetic), trained with the base loss alone.
         *[
@@ -167,3 +248,13 @@ def loss_params(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+
+
+def compatibility_table() -> str:
+    """The README's method x loss table (markdown), derived from the registry."""
+    losses = list(LOSSES)
+    lines = ["| method | " + " | ".join(f"`{l}`" for l in losses) + " |", "|---|" + "---|" * len(losses)]
+    for name, spec in METHODS.items():
+        cells = ["yes" if spec.is_compatible(loss) else "—" for loss in losses]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -78,13 +78,22 @@ def write_table(
     runs = collect(metric_files)
     table = aggregate(runs)
     atomic_write_text(out_csv, table.to_csv(index=False, float_format="%.6f"))
-    payload = {
-        "table": json.loads(table.to_json(orient="records")),
-        "runs": json.loads(runs.sort_values(["dataset", "method", "loss", "seed"]).to_json(orient="records")),
-    }
+    payload = {"table": nested(table, ["dataset", "method", "loss"]), "runs": nested(runs, ["dataset", "method", "loss", "seed"])}
     atomic_write_text(out_json, json.dumps(payload, indent=2) + "\n")
     plot_recall(table, out_figure)
     return table
+
+
+def nested(frame: pd.DataFrame, keys: list[str]) -> dict:
+    """``{dataset: {method: {loss: {...}}}}``: the shape ``dvc metrics show`` flattens into readable keys."""
+    out: dict = {}
+    for record in json.loads(frame.to_json(orient="records")):
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(str(record.pop(key)), {})
+        last = record.pop(keys[-1])
+        node[f"seed{last}" if keys[-1] == "seed" else str(last)] = record
+    return out
 
 
 def plot_recall(table: pd.DataFrame, out: str | Path, metric: str = "recall@1") -> None:

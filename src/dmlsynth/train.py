@@ -44,7 +44,7 @@ log = logging.getLogger("dmlsynth.train")
 
 CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("model.pt", "run.yaml", "train_log.csv", "embeddings.npz")
-# Datasets up to this many training images are decoded once and held in memory.
+# Grayscale datasets up to this many images are decoded once and held in memory.
 IN_MEMORY_LIMIT = 20_000
 
 
@@ -177,7 +177,8 @@ def train_run(
     sampler_rng = seed_everything(int(params["seed"]))
     method_generator = torch.Generator().manual_seed(int(params["seed"]) + 1)
 
-    cache = len(frame) <= IN_MEMORY_LIMIT
+    # Only small grayscale sets are decoded once and kept: photos would cost gigabytes per copy.
+    cache = dataset_spec.image_mode == "L" and len(frame) <= IN_MEMORY_LIMIT
     image_size = settings["image_size"]
     train_set = ImageDataset(
         train_frame["file"].tolist(),

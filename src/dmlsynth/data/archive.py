@@ -1,0 +1,121 @@
+"""Safe extraction of dataset archives.
+
+:func:`safe_extract` checks every member of a tar archive before writing
+anything, extracts into a temporary folder next to the destination and
+renames it into place only when everything was written, so a folder under
+the final name is always a complete extraction.
+
+Refused members (the whole archive is rejected, nothing is written):
+absolute paths, paths with ``..`` or that otherwise resolve outside the
+destination, symbolic and hard links, character/block devices, FIFOs and
+any other non-regular member. On top of these checks the standard
+library's ``data`` extraction filter (PEP 706) is applied as a second line
+of defence.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from dmlsynth.data.errors import DataError
+
+
+# What reading a truncated or corrupt archive raises (gzip: EOFError / BadGzipFile, bz2/xz: OSError
+# subclasses / EOFError, tar: ReadError).
+_READ_ERRORS = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+
+
+class ArchiveError(DataError):
+    """An archive is damaged or contains members that must not be extracted."""
+
+
+def check_member(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` must not be extracted, or ``None`` if it is a plain file or folder inside the target."""
+    name = member.name
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if ".." in parts:
+        return "path leaves the target folder ('..')"
+    if member.issym():
+        return f"symbolic link (to {member.linkname!r})"
+    if member.islnk():
+        return f"hard link (to {member.linkname!r})"
+    if member.ischr() or member.isblk():
+        return "device file"
+    if member.isfifo():
+        return "FIFO"
+    if not (member.isfile() or member.isdir()):
+        return "not a regular file or folder"
+    return None
+
+
+def _members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    try:
+        return tar.getmembers()  # reads (decompresses) the whole archive: damage shows up here
+    except (*_READ_ERRORS, OSError) as exc:
+        raise _damaged(archive, exc) from exc
+
+
+def _damaged(archive: Path, exc: BaseException) -> ArchiveError:
+    return ArchiveError(
+        f"{archive} is truncated or corrupt ({type(exc).__name__}: {exc}). Delete it and run again to download it "
+        "again (or replace it with a complete copy)."
+    )
+
+
+def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Extract the tar archive ``archive`` (any compression tarfile reads) to the folder ``dest``.
+
+    ``dest`` is replaced if it exists. On any error nothing is left under
+    ``dest`` or in the temporary folder.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise ArchiveError(f"archive {archive} does not exist")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (*_READ_ERRORS, OSError) as exc:
+        raise _damaged(archive, exc) from exc
+    # Left over by an extraction that was killed (the except clause below never ran): remove.
+    for stale in dest.parent.glob(f".{dest.name}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
+    try:
+        with tar:
+            members = _members(tar, archive)
+            refused = [(m.name, why) for m in members if (why := check_member(m)) is not None]
+            if refused:
+                listed = "; ".join(f"{name!r}: {why}" for name, why in refused[:5])
+                more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+                raise ArchiveError(
+                    f"{archive} contains {len(refused)} member(s) that are not extracted for safety: {listed}{more}. "
+                    "The file is not the expected dataset archive; delete it and get the file from the official "
+                    "source or a trusted mirror."
+                )
+            try:
+                tar.extractall(staging, members=members, filter="data")
+            except tarfile.FilterError as exc:
+                raise ArchiveError(f"{archive}: member refused by the tar safety filter ({exc})") from exc
+            except _READ_ERRORS as exc:
+                raise _damaged(archive, exc) from exc
+            except OSError as exc:
+                raise ArchiveError(
+                    f"cannot write the contents of {archive} to {dest.parent} ({exc}); check free disk space "
+                    "and permissions"
+                ) from exc
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest

@@ -1,0 +1,215 @@
+"""``iaa``: Intra-class Adaptive Augmentation with Neighbor Correction (Fu et al., TMM 2022; METHODS.md §5).
+
+Each training class is modelled as a Gaussian with diagonal covariance in
+the *un-normalised* embedding space, re-estimated over the whole training
+set every ``update_every`` epochs (eqs. 7–8, blended with the previous
+estimate by ``momentum``). Classes with few samples (n ≤ τ) borrow
+variance from their nearest classes and from the global average
+(eqs. 11–16, :func:`corrected_variance`; the paper's rule, which the
+released code never calls; switch with ``neighbor_correction``).
+
+Each original embedding z gets ``num_synthetic`` samples from
+N(z, λ Σ^cr_y). Only originals are anchors; originals and synthetics are
+the candidates, and an anchor's own synthetic copies (and itself) are not
+its positives. λ is annealed (×1.0 / 0.9 / 0.75 / 0.6 from 0 / 40 / 60 /
+80 % of training) and synthesis starts after ``warmup_epochs`` epochs.
+
+[project definition] details: ``momentum`` blends a new estimate with the
+previous one (new = momentum·old + (1 − momentum)·fresh; the first estimate
+is taken as is); a class with no candidate neighbour uses Σ_global as its
+neighbour variance; K is capped at the number of candidates (digits has
+five training classes). With Proxy-Anchor (whose anchors are the proxies)
+the synthetics simply join the batch as extra samples of their class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from dmlsynth.methods.base import Method, MethodContext
+
+# λ multipliers from these fractions of training on (METHODS.md §5).
+LAMBDA_SCHEDULE = ((0.0, 1.0), (0.4, 0.9), (0.6, 0.75), (0.8, 0.6))
+
+
+def class_statistics(embeddings: torch.Tensor, classes: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class mean (eq. 7), diagonal variance (eq. 8, biased 1/n) and count."""
+    embeddings = embeddings.double()
+    counts = torch.bincount(classes, minlength=num_classes).to(embeddings.dtype)
+    sums = torch.zeros(num_classes, embeddings.shape[1], dtype=embeddings.dtype).index_add_(0, classes, embeddings)
+    means = sums / counts.clamp(min=1)[:, None]
+    squares = torch.zeros_like(sums).index_add_(0, classes, (embeddings - means[classes]) ** 2)
+    variances = squares / counts.clamp(min=1)[:, None]
+    return means, variances, counts
+
+
+def corrected_variance(
+    means: torch.Tensor,
+    variances: torch.Tensor,
+    counts: torch.Tensor,
+    k: int = 25,
+    sigma_m: float = 1.0,
+    sigma_cv: float = 1.0,
+    tau: float = 40,
+    beta: float = 0.1,
+    gamma: float = 0.1,
+) -> torch.Tensor:
+    """Neighbor-corrected class variances Σ^cr (IAA eqs. 11–16), ``(C, D)``.
+
+    ``means`` and ``variances`` are ``(C, D)`` (diagonal covariances as
+    vectors), ``counts`` ``(C,)``. Classes with more than ``tau`` samples are
+    returned unchanged. For the others: candidates are the classes i ≠ k with
+    n_i > 1; D_m = ‖μ_i² − μ_k²‖², D_cv = ‖Σ_i − Σ_k‖², both min–max
+    normalised over the candidates; N_k = the ``k`` candidates with the
+    smallest D_m (all of them if fewer); w_i = n_i exp(−D̃_m/(2σ_m²) −
+    D̃_cv/(2σ_cv²)); Σ_nb = Σ w_i Σ_i / Σ w_i over N_k; Σ_global = Σ n Σ / Σ n;
+    α = 1/(1 + log(1 + β(n_k − 1))); Σ^cr = (1−α)Σ_k + α[(1−γ)Σ_nb + γΣ_global].
+    """
+    num_classes = means.shape[0]
+    if variances.shape != means.shape or counts.shape != (num_classes,):
+        raise ValueError(
+            f"means and variances must be (C, D) and counts (C,), got {tuple(means.shape)}, "
+            f"{tuple(variances.shape)}, {tuple(counts.shape)}"
+        )
+    counts = counts.to(variances.dtype)
+    global_variance = (counts[:, None] * variances).sum(0) / counts.sum().clamp(min=1e-12)  # (14)
+
+    squared_means = means**2
+    d_m = torch.cdist(squared_means, squared_means) ** 2  # (C, C): row k, column i
+    d_cv = torch.cdist(variances, variances) ** 2
+    candidate = (counts[None, :] > 1) & ~torch.eye(num_classes, dtype=torch.bool, device=means.device)
+
+    def min_max(d: torch.Tensor) -> torch.Tensor:
+        low = d.masked_fill(~candidate, float("inf")).min(dim=1, keepdim=True).values
+        high = d.masked_fill(~candidate, float("-inf")).max(dim=1, keepdim=True).values
+        span = (high - low).clamp(min=torch.finfo(d.dtype).tiny)
+        return ((d - low) / span).masked_fill(~candidate, 0.0)
+
+    d_m_norm, d_cv_norm = min_max(d_m), min_max(d_cv)
+    num_candidates = candidate.sum(dim=1)
+    # (11): the K candidates with the smallest D_m (non-candidates sort last).
+    k_eff = max(1, min(int(k), num_classes))
+    nearest = d_m.masked_fill(~candidate, float("inf")).topk(k_eff, dim=1, largest=False).indices
+    in_neighbourhood = torch.zeros_like(candidate).scatter_(1, nearest, True) & candidate
+    weights = counts[None, :] * torch.exp(-d_m_norm / (2 * sigma_m**2) - d_cv_norm / (2 * sigma_cv**2))  # (13)
+    weights = weights * in_neighbourhood
+    neighbour_variance = (weights @ variances) / weights.sum(dim=1, keepdim=True).clamp(min=1e-300)  # (12)
+    neighbour_variance = torch.where((num_candidates > 0)[:, None], neighbour_variance, global_variance[None, :])
+
+    few = counts <= tau
+    alpha = torch.where(
+        few, 1.0 / (1.0 + torch.log1p(beta * (counts - 1).clamp(min=0))), torch.zeros_like(counts)
+    )  # (16)
+    mixed = (1 - gamma) * neighbour_variance + gamma * global_variance[None, :]
+    corrected = (1 - alpha[:, None]) * variances + alpha[:, None] * mixed  # (15)
+    return torch.where(few[:, None], corrected, variances)
+
+
+def lambda_at(epoch: int, num_epochs: int, base: float) -> float:
+    """λ annealed by the fraction of training done (METHODS.md §5)."""
+    fraction = epoch / max(1, num_epochs)
+    factor = 1.0
+    for start, value in LAMBDA_SCHEDULE:
+        if fraction >= start:
+            factor = value
+    return base * factor
+
+
+def sample_synthetic(embeddings: torch.Tensor, variances: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
+    """``num`` draws from N(z_i, diag(variances_i)) per row, ``(N * num, D)`` in row-major order.
+
+    Reparameterised (z + σ ε), so gradients reach ``embeddings``; ε comes
+    from ``generator`` on the CPU (reproducible on every device).
+    """
+    n, d = embeddings.shape
+    noise = torch.randn((n, num, d), generator=generator, dtype=torch.float32).to(embeddings.device, embeddings.dtype)
+    std = variances.to(embeddings.dtype).sqrt()
+    return (embeddings[:, None, :] + std[:, None, :] * noise).reshape(n * num, d)
+
+
+class IntraClassAdaptiveAugmentation(Method):
+    """IAA: Gaussian synthetic embeddings with neighbor-corrected class variances."""
+
+    def __init__(self, base_loss, params: Mapping[str, Any], context: MethodContext):
+        super().__init__(base_loss, params, context)
+        p = self.params
+        self.num_synthetic = int(p.get("num_synthetic", 3))
+        self.base_lambda = float(p.get("lambda", 0.8))
+        self.update_every = int(p.get("update_every", 2))
+        self.warmup_epochs = int(p.get("warmup_epochs", 1))
+        self.momentum = float(p.get("momentum", 0.5))
+        self.neighbor_correction = bool(p.get("neighbor_correction", True))
+        self.correction = {
+            "k": int(p.get("k", 25)),
+            "sigma_m": float(p.get("sigma_m", 1.0)),
+            "sigma_cv": float(p.get("sigma_cv", 1.0)),
+            "tau": float(p.get("tau", 40)),
+            "beta": float(p.get("beta", 0.1)),
+            "gamma": float(p.get("gamma", 0.1)),
+        }
+        c, d = context.num_classes, context.embedding_dim
+        self.register_buffer("means", torch.zeros(c, d, dtype=torch.float64))
+        self.register_buffer("variances", torch.zeros(c, d, dtype=torch.float64))
+        self.register_buffer("counts", torch.zeros(c, dtype=torch.float64))
+        self.register_buffer("sampling_variances", torch.zeros(c, d))  # Σ^cr (or Σ), float32
+        self.register_buffer("estimated", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("current_lambda", torch.zeros(()))
+
+    @property
+    def active(self) -> bool:
+        return self.num_synthetic > 0 and bool(self.estimated) and float(self.current_lambda) > 0
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if epoch < self.warmup_epochs:
+            self.current_lambda.fill_(0.0)
+            return
+        if (epoch - self.warmup_epochs) % self.update_every == 0 and self.num_synthetic > 0 and self.base_lambda > 0:
+            embeddings, classes = self.context.embed_training_set()
+            self.update_statistics(embeddings, classes)
+        self.current_lambda.fill_(lambda_at(epoch, self.context.num_epochs, self.base_lambda))
+
+    @torch.no_grad()
+    def update_statistics(self, embeddings: torch.Tensor, classes: torch.Tensor) -> None:
+        means, variances, counts = class_statistics(embeddings.cpu(), classes.cpu().long(), self.context.num_classes)
+        means, variances, counts = means.to(self.means.device), variances.to(self.means.device), counts.to(self.means.device)
+        if bool(self.estimated):
+            means = self.momentum * self.means + (1 - self.momentum) * means
+            variances = self.momentum * self.variances + (1 - self.momentum) * variances
+        self.means.copy_(means)
+        self.variances.copy_(variances)
+        self.counts.copy_(counts)
+        sampling = corrected_variance(means, variances, counts, **self.correction) if self.neighbor_correction else variances
+        self.sampling_variances.copy_(sampling.float())
+        self.estimated.fill_(True)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return self.base_loss(embeddings, labels)
+        n, m = embeddings.shape[0], self.num_synthetic
+        synthetic = sample_synthetic(
+            embeddings, float(self.current_lambda) * self.sampling_variances[labels], m, self.context.generator
+        )
+        synthetic_labels = labels.repeat_interleave(m)
+        if not self.base_loss.pair_based:
+            # Proxy-based: the proxies are the anchors; synthetics are extra samples of their class.
+            return self.base_loss(torch.cat([embeddings, synthetic]), torch.cat([labels, synthetic_labels]))
+
+        candidates = torch.cat([embeddings, synthetic])
+        candidate_labels = torch.cat([labels, synthetic_labels])
+        owner = torch.cat([torch.arange(n, device=labels.device), torch.arange(n, device=labels.device).repeat_interleave(m)])
+        same = labels[:, None] == candidate_labels[None, :]
+        positive = same & (owner[None, :] != torch.arange(n, device=labels.device)[:, None])
+        negative = ~same
+        mined = self.base_loss.mine(embeddings, labels, candidates, candidate_labels)
+        if mined is not None:
+            # The miner sees every candidate; drop the anchor itself and its own copies from its positives.
+            a1, p, a2, neg = mined
+            keep = positive[a1, p]
+            indices = (a1[keep], p[keep], a2, neg)
+        elif self.base_loss.name == "triplet":
+            indices = torch.nonzero(positive[:, :, None] & negative[:, None, :], as_tuple=True)
+        else:
+            indices = (*torch.nonzero(positive, as_tuple=True), *torch.nonzero(negative, as_tuple=True))
+        return self.base_loss(embeddings, labels, indices_tuple=indices, ref_emb=candidates, ref_labels=candidate_labels)
