@@ -9,7 +9,7 @@ from dmlsynth import config as cfg
 from dmlsynth.data.manifest import read_manifest
 from dmlsynth.generate.prompts import build_prompts, digit_measurements, read_prompts, write_prompts
 from dmlsynth.generate.quality import mean_pairwise_distance, quality_rows, sample_grid
-from dmlsynth.generate.settings import generation_settings, image_sets, set_recipe
+from dmlsynth.generate.settings import generation_outputs, generation_settings, image_sets, set_recipe
 
 
 def test_digit_measurements_follow_thickness_slant_and_size():
@@ -40,6 +40,13 @@ def test_cub_and_cars_prompts(tmp_path):
     assert first["plain"] == "a photo of a Black footed Albatross, a bird"
     assert first["prompts"][1].endswith("blue wing color") and first["prompts"][2].endswith("small size")
     assert doc["classes"][1]["prompts"][1].endswith("cone bill shape")
+    # The table written by the cub200 preparation gives the same prompts.
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    pd.DataFrame({"class_id": [1, 2], "class_name": ["Black footed Albatross", "Laysan Albatross"],
+                  "has_wing_color::blue": [90.0, 0.0], "has_bill_shape::cone": [10.0, 80.0],
+                  "has_size::small_(5_-_9_in)": [50.0, 20.0]}).to_csv(prepared / "class_attributes.csv", index=False)
+    assert build_prompts("cub200", train, [prepared])["classes"] == doc["classes"]
     with pytest.raises(ValueError, match="class_attribute_labels_continuous"):
         build_prompts("cub", train, [tmp_path / "elsewhere"])
     cars = build_prompts("cars", pd.DataFrame({"label": [1], "class_name": ["AM General Hummer SUV 2000"], "split": "train"}))
@@ -58,6 +65,11 @@ def test_generation_config_block(default_params):
     assert settings["generator"] == "embedded" and settings["images_per_class"] == 80
     assert set_recipe("blender", settings)["operators"] == {"intersection": 0.5, "union": 0.5}
     assert set_recipe("plain", settings) == {"operators": {"conjunction": 1.0}, "prompts_per_image": 1, "prompts_per_condition": 1, "plain": True}
+    assert generation_outputs(config) == [
+        "data/digits/prompts.yaml", "data/digits/generator", "data/digits/generated",
+        "results/generation.csv", "results/figures/generated_digits.png",
+    ]
+    assert generation_outputs({**config, "methods": ["baseline"]}) == []
     bad = {**default_params, "generation": {"digits": {"generator": "dall-e"}}}
     with pytest.raises(cfg.ConfigError, match="embedded, stable-diffusion"):
         cfg.validate(bad)
@@ -91,3 +103,18 @@ def test_cli_reports_generation_errors_without_traceback(tmp_path, capsys):
     assert main(["merge-generated", "--image-set", "union", "--out", str(tmp_path / "m.csv"), str(part)]) == 2
     assert "no images of image set 'union'" in capsys.readouterr().err
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_report_goes_to_mlflow(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from dmlsynth.generate.quality import COLUMNS, log_to_mlflow
+
+    row = dict.fromkeys(COLUMNS, 1.0) | {"dataset": "digits", "image_set": "blender", "operator": "union", "generator": "embedded", "fidelity": 0.97}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_to_mlflow(pd.DataFrame([row]), uri)
+    log_to_mlflow(pd.DataFrame([row | {"fidelity": 0.99}]), uri)  # a re-run updates the same run
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("generation").experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["fidelity"] == 0.99
+    assert runs[0].data.tags["image_set"] == "blender"

@@ -186,9 +186,7 @@ def cmd_merge_generated(args: argparse.Namespace) -> int:
 
 
 def cmd_generation_report(args: argparse.Namespace) -> int:
-    import os
-
-    from dmlsynth import registry
+    from dmlsynth import registry, tracking
     from dmlsynth.data.manifest import read_manifest
     from dmlsynth.generate.quality import log_to_mlflow, quality_rows, sample_grid, write_report
     from dmlsynth.generate.settings import GRID_ORDER, generation_settings
@@ -216,9 +214,12 @@ def cmd_generation_report(args: argparse.Namespace) -> int:
         sample_grid(real, generated, GRID_ORDER, args.figure_dir / f"generated_{dataset}.png", spec.image_mode)
     table = write_report(rows, args.out_csv)
     print(table.to_string(index=False))
-    uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        log_to_mlflow(table, uri)
+    if tracking.tracking_enabled(config):
+        figures = [args.figure_dir / f"generated_{d}.png" for d in by_dataset]
+        try:
+            log_to_mlflow(table, tracking.tracking_uri(config), [args.out_csv, *figures])
+        except Exception as exc:  # tracking trouble must not lose the report on disk
+            tracking.report_failure(exc, "the generation report", "snakemake --forcerun generation_report results/generation.csv")
     return 0
 
 
@@ -309,7 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="params.yaml")
     p.add_argument("--out-csv", required=True, type=Path)
     p.add_argument("--figure-dir", required=True, type=Path)
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else none)")
     p.add_argument("manifests", nargs="+", type=Path, help="{data}/{dataset}/generated/{set}/manifest.csv files")
     p.set_defaults(func=cmd_generation_report)
     return parser

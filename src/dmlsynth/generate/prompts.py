@@ -137,7 +137,19 @@ def _cub_phrase(attribute: str) -> str:
 
 
 def cub_prompts(train_frame: pd.DataFrame, search_dirs: Sequence[Path], top: int = 6) -> list[dict[str, Any]]:
-    """CUB: ``a photo of a {bird}, {attribute}`` for the class's ``top`` strongest attributes."""
+    """CUB: ``a photo of a {bird}, {attribute}`` for the class's ``top`` strongest attributes.
+
+    Reads ``class_attributes.csv`` (written by the cub200 preparation: ``class_id``,
+    ``class_name``, one column per attribute) when present, else the raw
+    ``class_attribute_labels_continuous.txt`` + ``attributes.txt``.
+    """
+    for root in search_dirs:
+        prepared = Path(root) / "class_attributes.csv"
+        if prepared.is_file():
+            table = pd.read_csv(prepared)
+            attribute_columns = [c for c in table.columns if "::" in c]
+            scores = table.set_index("class_id")[attribute_columns]
+            return _cub_classes(train_frame, lambda label: scores.loc[int(label)].to_numpy(float), attribute_columns, top)
     table = names = None
     for root in search_dirs:
         table = table or _find(Path(root), "class_attribute_labels_continuous.txt")
@@ -147,12 +159,16 @@ def cub_prompts(train_frame: pd.DataFrame, search_dirs: Sequence[Path], top: int
             "CUB prompts need CUB_200_2011/attributes/class_attribute_labels_continuous.txt and attributes.txt "
             f"under one of {[str(d) for d in search_dirs]}; prepare the cub dataset first"
         )
-    scores = np.loadtxt(table)  # (200 classes, 312 attributes), class ids 1..200 in row order
+    matrix = np.loadtxt(table)  # (200 classes, 312 attributes), class ids 1..200 in row order
     attribute_names = [line.split(maxsplit=1)[1] for line in names.read_text().splitlines() if line.strip()]
+    return _cub_classes(train_frame, lambda label: matrix[int(label) - 1], attribute_names, top)
+
+
+def _cub_classes(train_frame: pd.DataFrame, scores_of, attribute_names: Sequence[str], top: int) -> list[dict[str, Any]]:
     classes = []
     for (label, class_name), _ in train_frame.groupby(["label", "class_name"]):
         name = str(class_name).split(".", 1)[-1].replace("_", " ")
-        order = np.argsort(-scores[int(label) - 1], kind="stable")[:top]
+        order = np.argsort(-scores_of(label), kind="stable")[:top]
         base = f"a photo of a {name}, a bird"
         prompts = [base] + [f"{base}, {_cub_phrase(attribute_names[i])}" for i in order]
         classes.append({"label": int(label), "class_name": str(class_name), "plain": base, "prompts": prompts})

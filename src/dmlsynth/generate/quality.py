@@ -205,17 +205,27 @@ def write_report(rows: Sequence[pd.DataFrame], out_csv: str | Path) -> pd.DataFr
     return table
 
 
-def log_to_mlflow(table: pd.DataFrame, tracking_uri: str | None, experiment: str = "dmlsynth-generation") -> None:
-    """One MLflow run per dataset x image set x operator with its fidelity and diversity."""
-    import mlflow
+def log_to_mlflow(table: pd.DataFrame, uri: str, artifacts: Sequence[str | Path] = (), experiment: str = "generation") -> None:
+    """One MLflow run per dataset x image set x operator (found again by its key, so re-runs update it)."""
+    from mlflow.tracking import MlflowClient
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
-    for row in table.to_dict("records"):
-        name = f"{row['dataset']}/{row['image_set']}/{row['operator']}"
-        with mlflow.start_run(run_name=name):
-            mlflow.log_params({k: row[k] for k in ("dataset", "image_set", "operator", "generator")})
-            mlflow.log_metrics(
-                {k: float(row[k]) for k in ("fidelity", "chance", "real_accuracy", "diversity", "images") if pd.notna(row[k])}
-            )
+    from dmlsynth.tracking import KEY_TAG, _experiment_id, store_lock
+
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, experiment)
+        for row in table.to_dict("records"):
+            key = f"generation/{row['dataset']}/{row['image_set']}/{row['operator']}"
+            existing = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'")
+            run_id = existing[0].info.run_id if existing else client.create_run(
+                experiment_id, run_name=key.removeprefix("generation/"), tags={KEY_TAG: key}
+            ).info.run_id
+            for name in ("dataset", "image_set", "operator", "generator"):
+                client.set_tag(run_id, name, str(row[name]))
+            for name in ("fidelity", "chance", "real_accuracy", "diversity", "diversity_generated", "diversity_real", "images"):
+                if pd.notna(row[name]):
+                    client.log_metric(run_id, name, float(row[name]))
+            for file in artifacts:
+                if Path(file).is_file() and Path(file).name in (f"generated_{row['dataset']}.png", "generation.csv"):
+                    client.log_artifact(run_id, str(file))
+            client.set_terminated(run_id, "FINISHED")

@@ -91,3 +91,24 @@ def set_recipe(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         "prompts_per_condition": 1 if plain else int(settings["prompts_per_condition"]),
         "plain": plain,
     }
+
+
+def generation_outputs(config: Mapping[str, Any]) -> list[str]:
+    """Every file/folder the generation rules produce (for dvc.yaml; empty when nothing is generated).
+
+    Per dataset: the prompts file, the embedded generator's folder (when used), the
+    ``generated/`` folder (class parts, images and one manifest per image set); then the
+    report and the sample grids.
+    """
+    if not needs_generation(config):
+        return []
+    data, results = config["paths"]["data"], config["paths"]["results"]
+    outputs: list[str] = []
+    for dataset in config["datasets"]:
+        outputs.append(f"{data}/{dataset}/prompts.yaml")
+        if generation_settings(config, dataset)["generator"] == "embedded":
+            outputs.append(f"{data}/{dataset}/generator")
+        outputs.append(f"{data}/{dataset}/generated")
+    outputs.append(f"{results}/generation.csv")
+    outputs += [f"{results}/figures/generated_{dataset}.png" for dataset in config["datasets"]]
+    return outputs
