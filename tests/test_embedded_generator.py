@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 from PIL import Image
@@ -133,3 +134,15 @@ def test_test_classes_never_get_synthetic_images(real, trained, prompts_file, tm
     with pytest.raises(GenerationError, match="not a training class"):
         generate_class(components, prompts_file, test_label, labels, ["union"], settings(), tmp_path, tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_training_is_reproducible(real, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    train, _ = real
+    folder, metadata = trained
+    again = train_embedded(train, tmp_path / "again", TINY, seed=0)
+    assert again["final_loss"] == metadata["final_loss"]
+    first = load_file(str(next((folder / "unet").glob("*.safetensors"))))
+    second = load_file(str(next((tmp_path / "again" / "unet").glob("*.safetensors"))))
+    assert all(torch.equal(first[k], second[k]) for k in first)
