@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from dmlsynth import config as cfg
+from dmlsynth.generate.settings import generated_image_dirs
 from dmlsynth.pipeline import dvc_yaml
 from tests.conftest import small_config
 
@@ -35,7 +36,20 @@ def _snakemake_outputs(repo_root, workdir) -> set[str]:
     return {row[column] for row in lines[1:]}
 
 
-@pytest.mark.parametrize("methods", [["baseline"], None])
+GENERATION_WIRED = "rules/generate.smk" in (Path(__file__).resolve().parents[1] / "Snakefile").read_text()
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        ["baseline"],
+        None,
+        pytest.param(
+            ["baseline", "blender", "sd_plain"],
+            marks=pytest.mark.skipif(not GENERATION_WIRED, reason="Snakefile does not include rules/generate.smk"),
+        ),
+    ],
+)
 def test_dvc_stages_declare_exactly_what_snakemake_produces(repo_root, default_params, tmp_path, methods):
     config = small_config(default_params, tmp_path, tmp_path)
     config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
@@ -49,8 +63,8 @@ def test_dvc_stages_declare_exactly_what_snakemake_produces(repo_root, default_p
         declared |= set(stage.get("outs", []))
         declared |= {next(iter(m)) for m in stage.get("metrics", [])}
     produced = _snakemake_outputs(repo_root, tmp_path)
-    # DVC versions the images folder; Snakemake knows only the manifest that marks it complete.
-    assert produced == declared - {"data/digits/images"}
+    # DVC versions the image folders; Snakemake knows only the manifests that mark them complete.
+    assert produced == declared - {"data/digits/images", *generated_image_dirs(config)}
 
 
 @pytest.mark.slow

@@ -66,7 +66,9 @@ def test_generation_config_block(default_params):
     assert set_recipe("blender", settings)["operators"] == {"intersection": 0.5, "union": 0.5}
     assert set_recipe("plain", settings) == {"operators": {"conjunction": 1.0}, "prompts_per_image": 1, "prompts_per_condition": 1, "plain": True}
     assert generation_outputs(config) == [
-        "data/digits/prompts.yaml", "data/digits/generator", "data/digits/generated",
+        "data/digits/prompts.yaml", "data/digits/generator",
+        *[f"data/digits/generated/parts/class{i}.csv" for i in range(5)],
+        "data/digits/generated/blender/manifest.csv", "data/digits/generated/plain/manifest.csv",
         "results/generation.csv", "results/figures/generated_digits.png",
     ]
     assert generation_outputs({**config, "methods": ["baseline"]}) == []

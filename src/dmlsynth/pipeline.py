@@ -27,12 +27,14 @@ STAGE_PARAMS = {
     "train": ["datasets", "methods", "losses", "seeds", "dataset_settings", "training", "loss_params", "method_params"],
     "evaluate": ["evaluation"],
     "report": [],
+    "generate": ["datasets", "methods", "dataset_settings", "generation"],
 }
 STAGE_CODE = {
     "data": ["src/dmlsynth/data", "src/dmlsynth/registry.py"],
     "train": ["src/dmlsynth/train.py", "src/dmlsynth/losses.py", "src/dmlsynth/models.py", "src/dmlsynth/methods"],
     "evaluate": ["src/dmlsynth/evaluate.py"],
     "report": ["src/dmlsynth/table.py"],
+    "generate": ["src/dmlsynth/generate", "src/dmlsynth/data/synthetic.py"],
 }
 
 
@@ -56,10 +58,14 @@ def dataset_outputs(config: Mapping[str, Any], dataset: str) -> list[str]:
 
 
 def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    from dmlsynth.generate.settings import generated_image_dirs, generation_outputs
+
     all_runs = runs(config)
     results = config["paths"]["results"]
     return {
         "data": [path for d in config["datasets"] for path in dataset_outputs(config, d)],
+        # BLenDeR's images (empty when no configured method trains with generated images).
+        "generate": generation_outputs(config) + generated_image_dirs(config),
         "train": [f"{run_dir(config, r)}/{name}" for r in all_runs for name in TRAIN_FILES],
         "evaluate": [f"{run_dir(config, r)}/{name}" for r in all_runs for name in EVALUATION_FILES],
         "report": [f"{results}/{name}" for name in TABLE_FILES],
@@ -73,7 +79,10 @@ def dvc_yaml(config: Mapping[str, Any]) -> str:
     metrics_file = f"{results}/metrics.json"
     stages: dict[str, Any] = {}
     previous: list[str] = []
-    for stage, until in (("data", "prepare_data"), ("train", "train"), ("evaluate", "evaluate"), ("report", None)):
+    sequence = [("data", "prepare_data"), ("generate", "generation_report"), ("train", "train"), ("evaluate", "evaluate"), ("report", None)]
+    for stage, until in sequence:
+        if not outputs[stage]:
+            continue  # no generation stage when nothing is generated
         # The report stage runs the default target (the table) to completion.
         cmd = "snakemake --cores all" + (f" --until {until}" if until else "")
         entry: dict[str, Any] = {"cmd": cmd, "deps": ["Snakefile", "rules", *STAGE_CODE[stage], *previous]}

@@ -94,11 +94,10 @@ def set_recipe(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def generation_outputs(config: Mapping[str, Any]) -> list[str]:
-    """Every file/folder the generation rules produce (for dvc.yaml; empty when nothing is generated).
+    """Every output the generation rules declare (empty when no configured method uses generated images).
 
-    Per dataset: the prompts file, the embedded generator's folder (when used), the
-    ``generated/`` folder (class parts, images and one manifest per image set); then the
-    report and the sample grids.
+    Per dataset: the prompts file, the embedded generator's folder (when used), one part per
+    training class and one manifest per image set; then the report and the sample grids.
     """
     if not needs_generation(config):
         return []
@@ -108,7 +107,14 @@ def generation_outputs(config: Mapping[str, Any]) -> list[str]:
         outputs.append(f"{data}/{dataset}/prompts.yaml")
         if generation_settings(config, dataset)["generator"] == "embedded":
             outputs.append(f"{data}/{dataset}/generator")
-        outputs.append(f"{data}/{dataset}/generated")
+        outputs += [f"{data}/{dataset}/generated/parts/class{i}.csv" for i in range(registry.DATASETS[dataset].train_classes)]
+        outputs += [f"{data}/{dataset}/generated/{name}/manifest.csv" for name in image_sets(config)]
     outputs.append(f"{results}/generation.csv")
     outputs += [f"{results}/figures/generated_{dataset}.png" for dataset in config["datasets"]]
     return outputs
+
+
+def generated_image_dirs(config: Mapping[str, Any]) -> list[str]:
+    """The folders of generated images (written by the generate jobs next to their parts; DVC versions them)."""
+    data = config["paths"]["data"]
+    return [f"{data}/{d}/generated/{name}/images" for d in config["datasets"] for name in image_sets(config)]
