@@ -21,7 +21,6 @@ manifest is written last.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
@@ -29,10 +28,17 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from dmlsynth.data.archive import safe_extract
 from dmlsynth.data.download import fetch
 from dmlsynth.data.manifest import class_disjoint_split, write_manifest
-from dmlsynth.data.sources import DatasetError, RawFile, check_counts, check_images, log_summary, promote, resolve_sources
+from dmlsynth.data.sources import (
+    DatasetError,
+    RawFile,
+    check_counts,
+    check_images,
+    log_summary,
+    resolve_sources,
+    staged_extraction,
+)
 
 DATASET = "cars196"
 # The published files and counts (METHODS.md §1); no working public URL is known.
@@ -60,8 +66,7 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
     frame = read_annotations(paths["annotations"])
     check_counts(DATASET, frame, sources.expected, paths["annotations"].name)
     log.info("extracting %s", paths["images"])
-    staging = safe_extract(paths["images"], out_dir / ".extracted.unverified")
-    try:
+    with staged_extraction(paths["images"], out_dir) as staging:
         missing = [p for p in frame["path"] if not (staging / p).is_file()]
         if missing:
             raise DatasetError(
@@ -70,10 +75,6 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
                 "incomplete. Delete them and run again, or replace them with the original files."
             )
         check_images((staging / p for p in frame["path"]), staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    promote(staging, out_dir / "extracted")
     frame["path"] = ["extracted/" + p for p in frame["path"]]
     log_summary(log, DATASET, frame)
     return write_manifest(frame, manifest)

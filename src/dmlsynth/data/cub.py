@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
@@ -37,10 +36,17 @@ import numpy as np
 import pandas as pd
 
 from dmlsynth.config import atomic_write_text
-from dmlsynth.data.archive import safe_extract
 from dmlsynth.data.download import fetch
 from dmlsynth.data.manifest import class_disjoint_split, write_manifest
-from dmlsynth.data.sources import DatasetError, RawFile, check_counts, check_images, log_summary, promote, resolve_sources
+from dmlsynth.data.sources import (
+    DatasetError,
+    RawFile,
+    check_counts,
+    check_images,
+    log_summary,
+    resolve_sources,
+    staged_extraction,
+)
 
 DATASET = "cub200"
 # The published files and counts (METHODS.md §1); tests override them through the settings.
@@ -69,15 +75,10 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
         config_key=f"dataset_settings.{DATASET}.urls.archive",
     )
     log.info("extracting %s", archive)
-    staging = safe_extract(archive, out_dir / ".extracted.unverified")
-    try:
+    with staged_extraction(archive, out_dir) as staging:
         frame, attributes = read_layout(staging, source=archive.name)
         check_counts(DATASET, frame, sources.expected, archive.name)
         check_images((staging / p for p in frame["path"]), staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    promote(staging, out_dir / "extracted")
     frame["path"] = ["extracted/" + p for p in frame["path"]]
     atomic_write_text(out_dir / ATTRIBUTES_FILE, attributes.to_csv(index=False))
     log_summary(log, DATASET, frame)

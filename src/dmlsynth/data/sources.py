@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from dmlsynth.data.archive import safe_extract
 from dmlsynth.data.errors import DataError
 
 # Counts a prepared dataset is checked against.
@@ -104,6 +106,23 @@ def check_images(files: Iterable[Path], root: Path, progress: bool = True) -> No
             f"{len(bad)} image(s) cannot be read: {shown}. The archive is damaged or not the original: delete the "
             "raw file(s) and run again, or replace them with the original files."
         )
+
+
+@contextmanager
+def staged_extraction(archive: Path, out_dir: Path) -> Iterator[Path]:
+    """Extract ``archive`` to a hidden staging folder for the caller to check.
+
+    If the ``with`` body raises, the staging folder is removed; otherwise it
+    becomes ``{out_dir}/extracted``. Nothing unchecked ever sits where a
+    complete dataset would.
+    """
+    staging = safe_extract(archive, out_dir / ".extracted.unverified")
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    promote(staging, out_dir / "extracted")
 
 
 def promote(staging: Path, final: Path) -> Path:
