@@ -12,6 +12,7 @@ configfile: "params.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/generate.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

@@ -26,12 +26,22 @@ def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+TINY_GENERATION = {
+    "images_per_class": 4,
+    "batch_size": 4,
+    "steps": 2,
+    "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
+}
+
+
 def small_config(base: dict, data_dir: Path, results_dir: Path, **training) -> dict:
     """params.yaml with tmp paths and a training budget of a few seconds."""
     config = copy.deepcopy(base)
     config["paths"] = {"data": str(data_dir), "results": str(results_dir), "logs": str(results_dir / "logs")}
     config["training"].update({"epochs": 2, "batches_per_epoch": 3, **training})
     config["tracking"] = {"enabled": True, "uri": f"sqlite:///{results_dir / 'mlflow.db'}"}
+    # A generator that trains in seconds: the workflow tests check the plumbing, not image quality.
+    config["generation"] = {"digits": TINY_GENERATION}
     return config
 
 

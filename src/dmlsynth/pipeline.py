@@ -29,6 +29,14 @@ STAGE_PARAMS = {
     "report": [],
     "generate": ["datasets", "methods", "dataset_settings", "generation"],
 }
+# The stages whose outputs each stage reads (as in the Snakemake rules' inputs).
+STAGE_INPUTS = {
+    "data": [],
+    "generate": ["data"],
+    "train": ["data", "generate"],
+    "evaluate": ["train"],
+    "report": ["evaluate", "generate"],
+}
 STAGE_CODE = {
     "data": ["src/dmlsynth/data", "src/dmlsynth/registry.py"],
     "train": ["src/dmlsynth/train.py", "src/dmlsynth/losses.py", "src/dmlsynth/models.py", "src/dmlsynth/methods"],
@@ -78,14 +86,14 @@ def dvc_yaml(config: Mapping[str, Any]) -> str:
     results = config["paths"]["results"]
     metrics_file = f"{results}/metrics.json"
     stages: dict[str, Any] = {}
-    previous: list[str] = []
     sequence = [("data", "prepare_data"), ("generate", "generation_report"), ("train", "train"), ("evaluate", "evaluate"), ("report", None)]
     for stage, until in sequence:
         if not outputs[stage]:
             continue  # no generation stage when nothing is generated
         # The report stage runs the default target (the table) to completion.
         cmd = "snakemake --cores all" + (f" --until {until}" if until else "")
-        entry: dict[str, Any] = {"cmd": cmd, "deps": ["Snakefile", "rules", *STAGE_CODE[stage], *previous]}
+        upstream = [o for before in STAGE_INPUTS[stage] for o in outputs[before] if not o.endswith(".png")]
+        entry: dict[str, Any] = {"cmd": cmd, "deps": ["Snakefile", "rules", *STAGE_CODE[stage], *upstream]}
         if STAGE_PARAMS[stage]:
             entry["params"] = STAGE_PARAMS[stage]
         outs = outputs[stage]
@@ -95,8 +103,6 @@ def dvc_yaml(config: Mapping[str, Any]) -> str:
         else:
             entry["outs"] = outs
         stages[stage] = entry
-        # A stage depends on what the stage before it wrote (the per-run metrics for the report).
-        previous = [o for o in outs if not o.endswith(".png")]
     plots: list[Any] = [f"{results}/figures/recall_at_1.png"]
     logs = [f"{run_dir(config, r)}/train_log.csv" for r in runs(config)]
     plots.append({"training_loss": {"x": "epoch", "y": {log: "loss" for log in logs}, "title": "Training loss per epoch"}})
