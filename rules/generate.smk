@@ -121,8 +121,11 @@ rule generation_report:
     input:
         manifests=GENERATED_MANIFESTS,
     output:
-        table=RESULTS + "/generation.csv",
-        figures=[RESULTS + f"/figures/generated_{d}.png" for d in CFG["datasets"]],
+        table=report(RESULTS + "/generation.csv", caption="../report/generation.rst", category="Generation"),
+        figures=[
+            report(RESULTS + f"/figures/generated_{d}.png", caption="../report/generated.rst", category="Generation")
+            for d in CFG["datasets"]
+        ],
     params:
         figure_dir=RESULTS + "/figures",
     log:

@@ -43,6 +43,8 @@ def test_generation_workflow_is_complete_and_restartable(default_params, tmp_pat
     report = pd.read_csv(tmp_path / "results" / "generation.csv")
     assert {"blender", "plain"} == set(report.image_set)
     assert report.fidelity.between(0, 1).all() and (report.chance == 0.2).all()
+    # The cost of the images: sampling time per image and the generator's training time.
+    assert (report.seconds_per_image > 0).all() and (report.generator_train_seconds > 0).all()
     assert (tmp_path / "results" / "figures" / "generated_digits.png").is_file()
     real = pd.read_csv(tmp_path / "data" / "digits" / "manifest.csv")
     train_classes = set(real.loc[real.split == "train", "label"])

@@ -28,6 +28,8 @@ def snakemake(repo_root, workdir, *args, check=True):
 def test_workflow_runs_to_the_table_and_then_has_nothing_to_do(repo_root, default_params, tmp_path):
     config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
     config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
+    # One method of each kind: none, feature-space synthesis, generated images.
+    config["methods"] = ["baseline", "symm", "blender"]
     config["losses"] = ["multi_similarity", "contrastive"]
     config["seeds"] = [0, 1]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
@@ -68,7 +70,10 @@ def test_workflow_runs_to_the_table_and_then_has_nothing_to_do(repo_root, defaul
 
     snakemake(repo_root, tmp_path, "--report", "results/report.html")
     html = (tmp_path / "results" / "report.html").read_text()
-    for expected in ("Results table: one row", "recall_at_1.png", "Training curves", "Test embeddings"):
+    expected_captions = ["Results table: one row", "recall_at_1.png", "Training curves", "Test embeddings"]
+    if any(m.startswith("blender") or m == "sd_plain" for m in config["methods"]):
+        expected_captions += ["generated_digits.png", "Quality of the generated training images"]
+    for expected in expected_captions:
         assert expected in html, expected
 
 

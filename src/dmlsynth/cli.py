@@ -8,6 +8,7 @@ the workflow resolved.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -188,6 +189,7 @@ def cmd_merge_generated(args: argparse.Namespace) -> int:
 def cmd_generation_report(args: argparse.Namespace) -> int:
     from dmlsynth import registry, tracking
     from dmlsynth.data.manifest import read_manifest
+    from dmlsynth.generate.embedded import METADATA
     from dmlsynth.generate.quality import log_to_mlflow, quality_rows, sample_grid, write_report
     from dmlsynth.generate.settings import GRID_ORDER, generation_settings
 
@@ -205,12 +207,14 @@ def cmd_generation_report(args: argparse.Namespace) -> int:
         real = _train_split(real_manifest)
         generated = {name: read_manifest(path) for name, path in sets.items()}
         settings = cfg.dataset_settings(config, dataset)
-        rows.append(
-            quality_rows(
-                dataset, real, generated, spec.image_mode, settings["image_size"],
-                generation_settings(config, dataset)["generator"], settings["pretrained"],
-            )
-        )
+        quality = quality_rows(
+            dataset, real, generated, spec.image_mode, settings["image_size"],
+            generation_settings(config, dataset)["generator"], settings["pretrained"],
+        )  # fmt: skip
+        # The embedded generator's training time belongs to the cost of its images.
+        metadata = real_manifest.parent / "generator" / METADATA
+        quality["generator_train_seconds"] = json.loads(metadata.read_text())["seconds"] if metadata.is_file() else 0.0
+        rows.append(quality)
         sample_grid(real, generated, GRID_ORDER, args.figure_dir / f"generated_{dataset}.png", spec.image_mode)
     table = write_report(rows, args.out_csv)
     print(table.to_string(index=False))

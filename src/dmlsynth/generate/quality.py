@@ -42,6 +42,8 @@ COLUMNS = [
     "diversity",
     "diversity_generated",
     "diversity_real",
+    "seconds_per_image",
+    "generator_train_seconds",
 ]
 
 
@@ -149,6 +151,8 @@ def quality_rows(
                     "diversity": float(np.nanmean([g / r for g, r in per_class if r > 0])),
                     "diversity_generated": generated_div,
                     "diversity_real": real_div,
+                    # What the images cost: sampling time per image (the generator's training is extra).
+                    "seconds_per_image": float(frame["seconds"].to_numpy()[mask].mean()) if "seconds" in frame else float("nan"),
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)

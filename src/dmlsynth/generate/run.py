@@ -34,7 +34,8 @@ from dmlsynth.generate.settings import set_recipe
 
 log = logging.getLogger("dmlsynth.generate")
 
-PART_COLUMNS = ["image_set", *COLUMNS, "operator", "prompts", "seed", "params_hash"]
+# ``seconds``: sampling time of the image (its batch's time shared by the batch), for the cost report.
+PART_COLUMNS = ["image_set", *COLUMNS, "operator", "prompts", "seed", "seconds", "params_hash"]
 
 
 class GenerationError(ValueError):
@@ -135,6 +136,7 @@ def generate_class(
         for start in range(0, count, batch_size):
             batch = plans[start : start + batch_size]
             noise = torch.stack([initial_noise(components, s) for s in seeds[start : start + batch_size]])
+            batch_started = time.perf_counter()
             images = sample(
                 components,
                 _conditions(components, batch, cache),
@@ -145,6 +147,7 @@ def generate_class(
                 steps=int(settings["steps"]),
                 scheduler=str(settings["scheduler"]),
             )
+            seconds_per_image = (time.perf_counter() - batch_started) / len(batch)
             for offset, array in enumerate(to_uint8(images).numpy()):
                 index = start + offset
                 # Grayscale stays lossless PNG (like the digits); photos are JPEG (512 px PNGs are ~0.4 MB each).
@@ -162,6 +165,7 @@ def generate_class(
                         "operator": plan["operator"],
                         "prompts": json.dumps({"prompts": plan["prompts"], "weights": plan["weights"]}),
                         "seed": seeds[index],
+                        "seconds": round(seconds_per_image, 4),
                         "params_hash": key,
                     }
                 )
@@ -180,6 +184,6 @@ def merge_parts(part_files: Sequence[str | Path], image_set: str, manifest: str 
     frame = frame[frame["image_set"] == image_set]
     if frame.empty:
         raise GenerationError(f"no images of image set {image_set!r} in {len(frames)} part file(s); regenerate them")
-    columns = [*COLUMNS, "operator", "prompts", "seed"]
+    columns = [*COLUMNS, "operator", "prompts", "seed", "seconds"]
     atomic_write_text(manifest, frame[columns].to_csv(index=False))
     return frame[columns]
