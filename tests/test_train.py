@@ -88,3 +88,12 @@ def test_gradients_reach_the_backbone(config, digits_manifest, tmp_path):
     labels = torch.arange(5).repeat_interleave(4)
     loss_fn(model(images), labels).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
+def test_asking_for_cuda_without_a_gpu_names_the_setting():
+    from dmlsynth.device import pick_device
+
+    with pytest.raises(RuntimeError, match="training.device is 'cuda' but no CUDA device"):
+        pick_device("cuda", "training.device")
+    assert pick_device("auto", "training.device").type == "cpu"

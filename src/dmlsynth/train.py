@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from dmlsynth import registry
 from dmlsynth.config import atomic_write_text, params_hash
+from dmlsynth.device import pick_device
 from dmlsynth.data.images import ImageDataset, build_transform
 from dmlsynth.data.manifest import read_manifest
 from dmlsynth.losses import build_loss
@@ -51,13 +52,6 @@ IN_MEMORY_LIMIT = 20_000
 class Interrupted(RuntimeError):
     """Raised by ``stop_after_epoch`` to simulate a job killed after a checkpoint."""
 
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -160,7 +154,7 @@ def train_run(
     method_spec = registry.METHODS[params["method"]]
     settings = params["dataset_settings"]
     training = params["training"]
-    device = pick_device(training.get("device", "auto"))
+    device = pick_device(training.get("device", "auto"), "training.device")
     amp = autocast_dtype(training.get("mixed_precision", "auto"), device)
     expected_hash = params_hash(params)
 

@@ -18,19 +18,13 @@ from typing import Any, Mapping
 
 import torch
 
+from dmlsynth.device import pick_device
 from dmlsynth.generate.sampler import Components
 
 log = logging.getLogger("dmlsynth.generate.stable_diffusion")
 
 SHORT_MEMORY_BYTES = 12 * 1024**3
 
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("generation device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def wants_attention_slicing(setting: Any, device: torch.device) -> bool:
@@ -49,7 +43,7 @@ def load_stable_diffusion(settings: Mapping[str, Any]) -> Components:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model_id = str(settings["model_id"])
-    device = pick_device(str(settings.get("device", "auto")))
+    device = pick_device(str(settings.get("device", "auto")), "generation.<dataset>.device")
     dtype = torch.float16 if (device.type == "cuda" and settings.get("fp16", True)) else torch.float32
     common = {"torch_dtype": dtype, "use_safetensors": True}
     try:
@@ -124,7 +118,7 @@ def load_generator(settings: Mapping[str, Any], generator_dir: str | Path | None
 
         if generator_dir is None:
             raise ValueError("the embedded generator needs --generator-dir (the train_generator output)")
-        return load_embedded(generator_dir, pick_device(str(settings.get("device", "auto"))))
+        return load_embedded(generator_dir, pick_device(str(settings.get("device", "auto")), "generation.<dataset>.device"))
     if settings["generator"] == "stable-diffusion":
         return load_stable_diffusion(settings)
     raise ValueError(f"unknown generator {settings['generator']!r}; known: embedded, stable-diffusion")
