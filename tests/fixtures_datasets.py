@@ -61,6 +61,17 @@ def tar_bytes(entries: list[tuple], mode: str = "w:gz") -> bytes:
     return buffer.getvalue()
 
 
+def expected_counts(classes: int, per_class: int) -> dict[str, int]:
+    """The counts a fixture dataset must pass: classes split in half, per_class images each."""
+    half = classes // 2
+    return {
+        "images": classes * per_class,
+        "classes": classes,
+        "train_images": half * per_class,
+        "test_images": (classes - half) * per_class,
+    }
+
+
 @dataclass
 class CubFixture:
     archive: bytes
@@ -75,13 +86,7 @@ class CubFixture:
 
     @property
     def expected(self) -> dict[str, int]:
-        half = self.classes // 2
-        return {
-            "images": self.classes * self.per_class,
-            "classes": self.classes,
-            "train_images": half * self.per_class,
-            "test_images": (self.classes - half) * self.per_class,
-        }
+        return expected_counts(self.classes, self.per_class)
 
 
 def cub_entries(classes: int = 4, per_class: int = 3, bad_image: bool = False) -> tuple[list[tuple], list[str], np.ndarray]:
@@ -137,13 +142,7 @@ class CarsFixture:
 
     @property
     def expected(self) -> dict[str, int]:
-        half = self.classes // 2
-        return {
-            "images": self.classes * self.per_class,
-            "classes": self.classes,
-            "train_images": half * self.per_class,
-            "test_images": (self.classes - half) * self.per_class,
-        }
+        return expected_counts(self.classes, self.per_class)
 
 
 def cars_fixture(classes: int = 4, per_class: int = 3) -> CarsFixture:
