@@ -1,5 +1,5 @@
 # dmlsynth workflow: dataset download -> per-class generation -> training for every
-# dataset x method x loss x seed -> evaluation -> results/table.csv.
+# dataset x method x loss x seed -> evaluation -> results/table.csv -> results/comparison.md.
 #
 #   snakemake --cores 8 results/table.csv                             # embedded default (params.yaml)
 #   snakemake --cores 8 --configfile=config/paper.yaml results/table.csv   # paper benchmark
@@ -9,15 +9,25 @@
 configfile: "params.yaml"
 
 
+# In pipeline order: a rule may use the outputs of the rules above it (rules.X.output).
 include: "rules/common.smk"
 include: "rules/data.smk"
-include: "rules/train.smk"
 include: "rules/generate.smk"
+include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+
+
+onsuccess:
+    warn_about_tracking_failures()
+
+
+onerror:
+    warn_about_tracking_failures()
 
 
 rule all:
     default_target: True
     input:
-        TABLE_OUTPUTS,
+        rules.table.output,
+        rules.compare.output,

@@ -1,9 +1,9 @@
 """Time per denoising step: BLenDeR's blended sampler vs plain classifier-free guidance.
 
-Both run the same loop (dmlsynth.generate.sampler.sample) with the same K prompts in
+Both run the same loop (dmlsynth.generation.sampler.sample) with the same K prompts in
 one UNet batch [unconditional; c_1..c_K] x B; they differ only in how the residuals
 are combined: plain guidance sums them (Composable Diffusion's conjunction), BLenDeR
-computes the intersection (top singular direction) and the union per image. The UNet
+computes the per-element intersection and the union per image. The UNet
 has Stable Diffusion 1.5's widths (320/640/1280/1280, cross-attention 768), randomly
 initialised (no download). Runs alternate in ABBA order and the medians are compared.
 
@@ -24,8 +24,8 @@ def build(args):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dmlsynth.generate.sampler import Components
-    from dmlsynth.generate.tokenizer import build_tokenizer
+    from dmlsynth.generation.sampler import Components
+    from dmlsynth.generation.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -70,8 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from dmlsynth.generate.blend import combine
-    from dmlsynth.generate.sampler import encode_prompts, sample
+    from dmlsynth.generation.blend import combine
+    from dmlsynth.generation.sampler import encode_prompts, sample
 
     components = build(args)
     prompts = ["a photo of a bird, blue wings", "a photo of a bird, red head", "a photo of a bird, on a branch", "a photo of a bird"]
@@ -95,7 +95,7 @@ def main() -> None:
     run(blended_ops)
     plain, blended = [], []
     for repeat in range(args.repeats):
-        # ABBA order: neither variant always runs first (caches, clocks, neighbours' load).
+        # ABBA order: neither variant always runs first (caches, clocks, neighbors' load).
         if repeat % 2 == 0:
             plain.append(run(plain_ops))
             blended.append(run(blended_ops))

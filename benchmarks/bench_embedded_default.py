@@ -5,7 +5,7 @@ params.yaml in a fresh temporary folder (no prepared data, no results, no
 MLflow store), then prints the total wall time and what each stage's jobs
 cost, summed from the runs' own records.
 
-    python benchmarks/bench_embedded_default.py [--cores 8] [--keep DIR]
+    python benchmarks/bench_embedded_default.py [--cores 8] [--keep DIR] [--seeds 5] [--target results/comparison.md]
 """
 
 from __future__ import annotations
@@ -29,15 +29,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="8")
     parser.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it")
+    parser.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 instead of params.yaml's")
+    parser.add_argument("--target", default="results/table.csv", help="e.g. results/comparison.md")
     args = parser.parse_args()
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="dmlsynth-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if args.seeds is not None:
+        params["seeds"] = list(range(args.seeds))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-         "--cores", args.cores, "results/table.csv"],
+         "--cores", args.cores, args.target],
         capture_output=True, text=True,
     )  # fmt: skip
     total = time.perf_counter() - started
@@ -54,7 +59,7 @@ def main() -> None:
         eval_seconds += json.loads((record_file.parent / "metrics.json").read_text())["eval_seconds"]
         runs += 1
     jobs = result.stdout.count("Finished jobid") + result.stderr.count("Finished jobid")
-    print(f"embedded default (params.yaml), --cores {args.cores}, {jobs} jobs, {runs} training runs")
+    print(f"embedded default (params.yaml, seeds {params['seeds']}), --cores {args.cores}, {jobs} jobs, {runs} training runs")
     print(f"end-to-end wall time: {total:.1f} s ({total / 60:.1f} min)")
     print("training time inside the jobs, summed over seeds and losses (s):")
     for method, seconds in sorted(train_seconds.items()):

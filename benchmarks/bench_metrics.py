@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from dmlsynth.evaluate import retrieval_metrics
+from dmlsynth.metrics import retrieval_metrics
 
 
 def clustered(n: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

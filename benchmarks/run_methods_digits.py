@@ -1,7 +1,7 @@
 """Train every method on the embedded default (digits) over seeds and print R@1 / MAP@R mean ± std.
 
 Uses params.yaml's training settings and the real training loop
-(:func:`dmlsynth.train.train_run`) and metrics (:func:`dmlsynth.evaluate.retrieval_metrics`),
+(:func:`dmlsynth.training.loop.train_run`) and metrics (:func:`dmlsynth.metrics.retrieval_metrics`),
 outside Snakemake, to compare the methods on one machine in one go:
 
     PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods \
@@ -19,8 +19,8 @@ import yaml
 
 from dmlsynth.config import run_params, validate
 from dmlsynth.data.prepare import prepare_dataset
-from dmlsynth.evaluate import retrieval_metrics
-from dmlsynth.train import train_run
+from dmlsynth.metrics import retrieval_metrics
+from dmlsynth.training.loop import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,32 +1,38 @@
-# Stage 4: retrieval metrics of each run on the test classes, with its embedding and training plots.
+# Stage 4: retrieval metrics of each run on the test classes (and the per-query results behind
+# them), with its embedding and training plots.
 
 
 rule evaluate:
     input:
-        embeddings=RUN_DIR + "/embeddings.npz",
-        history=RUN_DIR + "/train_log.csv",
-        record=RUN_DIR + "/run.yaml",
+        embeddings=rules.train.output.embeddings,
+        history=rules.train.output.history,
+        record=rules.train.output.record,
+        **({"last_epoch": rules.train.output.last_epoch} if VALIDATION else {}),
     output:
-        metrics=RUN_DIR + "/metrics.json",
+        metrics=RUN.metrics,
+        # Per-query results behind the metrics: the table's bootstrap resamples them.
+        queries=RUN.queries,
         embedding_plot=report(
-            RUN_DIR + "/embeddings.png",
+            RUN.embedding_plot,
             caption="../report/embeddings.rst",
             category="Test embeddings",
             subcategory="{dataset} · {loss}",
             labels={"method": "{method}", "seed": "{seed}"},
         ),
         training_curve=report(
-            RUN_DIR + "/train_curve.png",
+            RUN.training_curve,
             caption="../report/train_curve.rst",
             category="Training curves",
             subcategory="{dataset} · {loss}",
             labels={"method": "{method}", "seed": "{seed}"},
         ),
     params:
+        run=run_identity,
         ks=CFG["evaluation"]["ks"],
+        code=provenance.code_digest([provenance.EVALUATION_MODULE]),
         run_dir=lambda w, input: str(Path(input.embeddings).parent),
     log:
-        LOGS + "/evaluate/{dataset}/{method}/{loss}/seed{seed}.log",
+        LAYOUT.log("evaluate", "{dataset}", "{method}", "{loss}", "seed{seed}"),
     threads: 1
     resources:
         mem_mb=4000,

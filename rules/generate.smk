@@ -1,9 +1,7 @@
-# Stage 2: BLenDeR generation (METHODS.md §7): prompts -> embedded generator (digits) ->
+# Stage 2: BLenDeR generation (docs/methods.md): prompts -> embedded generator (digits) ->
 # one job per dataset x training class -> one manifest per image set -> quality report.
 # Runs only when a configured method trains with generated images (registry: synthetic_images).
-from dmlsynth.generate import settings as generation
-
-GENERATED = DATA + "/{dataset}/generated"
+from dmlsynth.generation import settings as generation
 
 
 wildcard_constraints:
@@ -15,37 +13,49 @@ def generation_settings(wildcards):
     return generation.generation_settings(CFG, wildcards.dataset)
 
 
+def uses_embedded_generator(dataset):
+    return generation.generation_settings(CFG, dataset)["generator"] == "embedded"
+
+
 def generator_dir(wildcards):
     """The trained embedded generator (a folder) when the dataset uses it; Stable Diffusion needs none."""
-    if generation_settings(wildcards)["generator"] == "embedded":
-        return [DATA + f"/{wildcards.dataset}/generator"]
-    return []
+    return [LAYOUT.generator_dir(wildcards.dataset)] if uses_embedded_generator(wildcards.dataset) else []
 
 
 def class_parts(wildcards):
-    count = registry.DATASETS[wildcards.dataset].train_classes
-    return [GENERATED.format(dataset=wildcards.dataset) + f"/parts/class{i}.csv" for i in range(count)]
+    # Training classes only: validation classes (dmlsynth.data.split) get no generated images.
+    count = split.training_class_count(CFG, wildcards.dataset)
+    return [LAYOUT.generated_part(wildcards.dataset, i) for i in range(count)]
 
 
 def generation_gpus(wildcards):
+    """Stable Diffusion jobs take a whole GPU; the embedded generator is small enough to share one."""
     settings = generation_settings(wildcards)
     return int(settings["generator"] == "stable-diffusion" and settings["device"] != "cpu")
 
 
-GENERATED_MANIFESTS = [
-    GENERATED.format(dataset=d) + f"/{s}/manifest.csv" for d in CFG["datasets"] for s in generation.image_sets(CFG)
-]
+def image_settings(wildcards):
+    """What a class's images depend on: a new batch size or memory budget regenerates nothing."""
+    return generation.image_settings(generation_settings(wildcards))
+
+
+IMAGE_SETS = generation.image_sets(CFG)
+GENERATION_DATASETS = CFG["datasets"] if IMAGE_SETS else []
+# The report runs a ResNet-50 over the photos of photo datasets (on their generation device).
+REPORT_PHOTOS = [d for d in GENERATION_DATASETS if registry.DATASETS[d].image_mode != "L"]
 
 
 rule prompts:
     input:
-        manifest=DATA + "/{dataset}/manifest.csv",
+        manifest=LAYOUT.manifest(),
     output:
-        prompts=DATA + "/{dataset}/prompts.yaml",
+        prompts=LAYOUT.prompts(),
     params:
-        search=DATA + "/raw/{dataset}",
+        search=LAYOUT.raw_dir(),
+        code=lambda w: provenance.code_digest(["dmlsynth.generation.prompts"]),
+        validation_classes=lambda w: split.validation_class_count(CFG, w.dataset),
     log:
-        LOGS + "/prompts/{dataset}.log",
+        LAYOUT.log("prompts", "{dataset}"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -57,14 +67,19 @@ rule prompts:
 
 rule train_generator:
     input:
-        manifest=DATA + "/{dataset}/manifest.csv",
+        manifest=LAYOUT.manifest(),
     output:
-        model=directory(DATA + "/{dataset}/generator"),
+        model=directory(LAYOUT.generator_dir()),
     params:
-        # Re-trained when its settings change.
-        settings=lambda w: {k: generation_settings(w)[k] for k in ("embedded", "seed")},
+        # Re-trained when anything that changes its weights changes: settings, device, thread count, code.
+        settings=lambda w: {k: generation_settings(w)[k] for k in ("embedded", "seed", "device")},
+        threads=lambda w, threads: threads,
+        code=lambda w: provenance.code_digest(["dmlsynth.generation.embedded"]),
+        validation_classes=lambda w: split.validation_class_count(CFG, w.dataset),
     log:
-        LOGS + "/train_generator/{dataset}.log",
+        LAYOUT.log("train_generator", "{dataset}"),
+    # The generator is on the critical path of the default workflow: start it before the training runs.
+    priority: 10
     threads: lambda w: generation_settings(w)["threads"]
     resources:
         mem_mb=4000,
@@ -76,19 +91,21 @@ rule train_generator:
 
 rule generate:
     input:
-        manifest=DATA + "/{dataset}/manifest.csv",
-        prompts=DATA + "/{dataset}/prompts.yaml",
+        manifest=LAYOUT.manifest(),
+        prompts=rules.prompts.output.prompts,
         generator=generator_dir,
     output:
         # Written last: a class whose part exists is complete and is not redone.
-        part=GENERATED + "/parts/class{class_index}.csv",
+        part=LAYOUT.generated_part(),
     params:
-        settings=generation_settings,
-        image_sets=lambda w: generation.image_sets(CFG),
+        settings=image_settings,
+        image_sets=IMAGE_SETS,
+        validation_classes=lambda w: split.validation_class_count(CFG, w.dataset),
+        code=lambda w: provenance.code_digest(["dmlsynth.generation.run", "dmlsynth.generation.stable_diffusion"]),
         generator=lambda w, input: ["--generator-dir", input.generator[0]] if input.generator else [],
-        generated=GENERATED,
+        generated=LAYOUT.generated_dir(),
     log:
-        LOGS + "/generate/{dataset}/class{class_index}.log",
+        LAYOUT.log("generate", "{dataset}", "class{class_index}"),
     threads: lambda w: generation_settings(w)["threads"]
     resources:
         mem_mb=lambda w: 4000 if generation_settings(w)["generator"] == "embedded" else 16000,
@@ -98,16 +115,16 @@ rule generate:
         "{PY:q} -m dmlsynth generate --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --class-index {wildcards.class_index:q} --manifest {input.manifest:q} --prompts {input.prompts:q}"
         " {params.generator:q} --generated-dir {params.generated:q} --out-part {output.part:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
 
 
 rule merge_generated:
     input:
         parts=class_parts,
     output:
-        manifest=GENERATED + "/{image_set}/manifest.csv",
+        manifest=LAYOUT.image_set_manifest(),
     log:
-        LOGS + "/merge_generated/{dataset}/{image_set}.log",
+        LAYOUT.log("merge_generated", "{dataset}", "{image_set}"),
     threads: 1
     resources:
         mem_mb=1000,
@@ -118,26 +135,26 @@ rule merge_generated:
 
 
 rule generation_report:
+    # The job finds every file below through dmlsynth.layout, as these inputs do.
     input:
-        manifests=GENERATED_MANIFESTS,
+        manifests=[LAYOUT.manifest(d) for d in GENERATION_DATASETS],
+        image_sets=[LAYOUT.image_set_manifest(d, s) for d in GENERATION_DATASETS for s in IMAGE_SETS],
+        generators=[LAYOUT.generator_dir(d) for d in GENERATION_DATASETS if uses_embedded_generator(d)],
     output:
-        table=report(RESULTS + "/generation.csv", caption="../report/generation.rst", category="Generation"),
+        table=report(LAYOUT.generation_csv(), caption="../report/generation.rst", category="Generation"),
         figures=[
-            report(RESULTS + f"/figures/generated_{d}.png", caption="../report/generated.rst", category="Generation")
-            for d in CFG["datasets"]
+            report(LAYOUT.generated_grid(d), caption="../report/generated.rst", category="Generation")
+            for d in GENERATION_DATASETS
         ],
     params:
-        figure_dir=RESULTS + "/figures",
+        code=provenance.code_digest(["dmlsynth.generation.quality"]),
     log:
-        LOGS + "/generation_report.log",
-    threads: 1
+        LAYOUT.log("generation_report"),
+    # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).
+    threads: 8 if REPORT_PHOTOS else 1
     resources:
         mem_mb=4000,
         runtime=30,
+        gpu=int(any(generation.generation_settings(CFG, d)["device"] != "cpu" for d in REPORT_PHOTOS)),
     shell:
-        "{PY:q} -m dmlsynth generation-report --config {EFFECTIVE_CONFIG:q} --out-csv {output.table:q}"
-        " --figure-dir {params.figure_dir:q} {input.manifests:q} > {log:q} 2>&1"
-
-
-if GENERATED_MANIFESTS:
-    TABLE_EXTRA_INPUTS.append(RESULTS + "/generation.csv")
+        "{PY:q} -m dmlsynth generation-report --config {EFFECTIVE_CONFIG:q} --threads {threads} > {log:q} 2>&1"

@@ -1,22 +1,71 @@
-# Stage 5: the results table over seeds, its JSON twin and the recall bar chart.
+# Stage 5: the results table over seeds (paired statistics vs baseline), its JSON twin and the
+# recall chart; then the comparison report (forest plots, published numbers, cost per method).
+from types import SimpleNamespace
 
-TABLE_OUTPUTS = [f"{RESULTS}/{name}" for name in pipeline.TABLE_FILES]
+from dmlsynth import published
+
+RUN_FOLDERS = [LAYOUT.run(**run) for run in RUNS]
 
 
 rule table:
     input:
-        metrics=[(RUN_DIR + "/metrics.json").format(**run) for run in RUNS],
-        extra=TABLE_EXTRA_INPUTS,
+        # Every file the table reads of a run: its record (identity, params hash, code version;
+        # a run whose training failed or is re-run has none, so the table never mixes old metrics
+        # with a new config), test embeddings, metrics and per-query results. It refuses a run
+        # that lacks one.
+        records=[run.record for run in RUN_FOLDERS],
+        embeddings=[run.embeddings for run in RUN_FOLDERS],
+        metrics=[run.metrics for run in RUN_FOLDERS],
+        queries=[run.queries for run in RUN_FOLDERS],
+        # Generation cost and quality, when BLenDeR methods run.
+        generation=rules.generation_report.output.table if IMAGE_SETS else [],
     output:
-        table=report(TABLE_OUTPUTS[0], caption="../report/table.rst", category="Results"),
-        metrics=TABLE_OUTPUTS[1],
-        figure=report(TABLE_OUTPUTS[2], caption="../report/recall.rst", category="Results"),
+        table=report(LAYOUT.table_csv(), caption="../report/table.rst", category="Results"),
+        metrics=LAYOUT.table_json(),
+        figure=report(LAYOUT.recall_figure(), caption="../report/recall.rst", category="Results"),
+    params:
+        # Which runs, of which config and code: a changed or failed run makes the table out of date.
+        runs={LAYOUT.run(**run).path: run_identity(SimpleNamespace(**run)) for run in RUNS},
+        code=provenance.code_digest(["dmlsynth.table"]),
+        # Re-built when the statistics settings change (no run depends on them).
+        statistics=CFG.get("statistics") or {},
+        run_dirs=[run.path for run in RUN_FOLDERS],
     log:
-        LOGS + "/table.log",
+        LAYOUT.log("table"),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "{PY:q} -m dmlsynth table --config {EFFECTIVE_CONFIG:q} --out-csv {output.table:q}"
+        " --out-json {output.metrics:q} --out-figure {output.figure:q} {params.run_dirs:q} > {log:q} 2>&1"
+
+
+rule compare:
+    input:
+        table=rules.table.output.table,
+        records=[run.record for run in RUN_FOLDERS],
+        generation=rules.generation_report.output.table if IMAGE_SETS else [],
+    output:
+        table=report(LAYOUT.comparison_csv(), caption="../report/comparison.rst", category="Comparison"),
+        report=LAYOUT.comparison_report(),
+        forest=[
+            report(LAYOUT.forest_figure(d, l), caption="../report/forest.rst", category="Comparison")
+            for d, l in pipeline.comparison_groups(CFG)
+        ],
+    params:
+        # Its code and the published numbers it puts beside ours.
+        code=provenance.code_digest(["dmlsynth.compare"], [published.text()]),
+        run_dirs=[run.path for run in RUN_FOLDERS],
+        generation=lambda w, input: ["--generation", input.generation] if input.generation else [],
+        figure_dir=LAYOUT.figures_dir(),
+    log:
+        LAYOUT.log("compare"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{PY:q} -m dmlsynth table --config {EFFECTIVE_CONFIG:q} --out-csv {output.table:q}"
-        " --out-json {output.metrics:q} --out-figure {output.figure:q} {input.metrics:q} > {log:q} 2>&1"
+        "{PY:q} -m dmlsynth compare --config {EFFECTIVE_CONFIG:q} --table {input.table:q} {params.generation:q}"
+        " --out-csv {output.table:q} --out-report {output.report:q} --figure-dir {params.figure_dir:q}"
+        " {params.run_dirs:q} > {log:q} 2>&1"

@@ -4,25 +4,39 @@
 def synthetic_manifest(wildcards):
     """Data-level methods (BLenDeR and its ablations) train on real + generated images."""
     image_set = registry.METHODS[wildcards.method].synthetic_images
-    return [] if image_set is None else [f"{DATA}/{wildcards.dataset}/generated/{image_set}/manifest.csv"]
+    return [] if image_set is None else [LAYOUT.image_set_manifest(wildcards.dataset, image_set)]
+
+
+def resized_copy(wildcards):
+    """Photo datasets are read through their resized copy (dataset_settings.<dataset>.cache_short_side)."""
+    return [LAYOUT.resized_index(wildcards.dataset)] if cache_short_side(wildcards) else []
 
 
 rule train:
     input:
-        manifest=DATA + "/{dataset}/manifest.csv",
+        manifest=LAYOUT.manifest(),
         synthetic=synthetic_manifest,
+        resized=resized_copy,
     output:
-        embeddings=RUN_DIR + "/embeddings.npz",
-        model=RUN_DIR + "/model.pt",
-        record=RUN_DIR + "/run.yaml",
-        history=RUN_DIR + "/train_log.csv",
+        embeddings=RUN.embeddings,
+        model=RUN.model,
+        record=RUN.record,
+        history=RUN.history,
+        # With validation classes: the test embeddings at the last epoch (embeddings.npz holds
+        # those of the epoch chosen on the validation classes).
+        **({"last_epoch": RUN.last_epoch_embeddings} if VALIDATION else {}),
     params:
-        # Snakemake re-runs a finished job when the params that determine its numbers change.
-        run=lambda w: dmlsynth_config.run_params(CFG, w.dataset, w.method, w.loss, int(w.seed)),
+        # Snakemake re-runs a finished job when anything that changes its numbers changes: the
+        # resolved params, the digest of the code the run executes, and the thread count.
+        run=run_params,
+        code=lambda w: provenance.run_code_digest(run_params(w)),
+        # The torch thread count is the configured one (dataset_settings.<d>.resources.threads), even if
+        # Snakemake gives the job fewer cores: float reductions, and so the numbers, depend on it.
+        threads=dataset_threads,
         run_dir=lambda w, output: str(Path(output.embeddings).parent),
         synthetic=lambda w, input: ["--synthetic-manifest", input.synthetic[0]] if input.synthetic else [],
     log:
-        LOGS + "/train/{dataset}/{method}/{loss}/seed{seed}.log",
+        LAYOUT.log("train", "{dataset}", "{method}", "{loss}", "seed{seed}"),
     threads: dataset_threads
     resources:
         mem_mb=dataset_resource("mem_mb", 2000),
@@ -32,4 +46,4 @@ rule train:
         "{PY:q} -m dmlsynth train --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --method {wildcards.method:q} --loss {wildcards.loss:q} --seed {wildcards.seed:q}"
         " --manifest {input.manifest:q} {params.synthetic:q} --run-dir {params.run_dir:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {params.threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"

@@ -16,6 +16,28 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# Every test with a device choice runs on the CPU always and on CUDA when present:
+# `pytest -m gpu` runs only the CUDA half (README, "Tests on a GPU machine").
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not _cuda_available(), reason="no CUDA device")]
+    ),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """``"cpu"``, and ``"cuda"`` where a GPU is present (skipped otherwise)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
@@ -38,7 +60,8 @@ def small_config(base: dict, data_dir: Path, results_dir: Path, **training) -> d
     """params.yaml with tmp paths and a training budget of a few seconds."""
     config = copy.deepcopy(base)
     config["paths"] = {"data": str(data_dir), "results": str(results_dir), "logs": str(results_dir / "logs")}
-    config["training"].update({"epochs": 2, "batches_per_epoch": 3, **training})
+    # On the CPU, whatever the machine: tests that are about a device take the `device` fixture.
+    config["training"].update({"epochs": 2, "batches_per_epoch": 3, "device": "cpu", **training})
     config["tracking"] = {"enabled": True, "uri": f"sqlite:///{results_dir / 'mlflow.db'}"}
     # A generator that trains in seconds: the workflow tests check the plumbing, not image quality.
     config["generation"] = {"digits": TINY_GENERATION}

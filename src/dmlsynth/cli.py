@@ -8,7 +8,6 @@ the workflow resolved.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -31,6 +30,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_images(args: argparse.Namespace) -> int:
+    from dmlsynth.data.image_cache import build_cache
+
+    short_side = cfg.dataset_settings(_config(args.config), args.dataset)["cache_short_side"]
+    if not short_side:
+        raise cfg.ConfigError(
+            f"dataset_settings.{args.dataset}.cache_short_side is 0: {args.dataset} is read without a resized copy"
+        )
+    print(build_cache(args.manifest, short_side, threads=args.threads))
+    return 0
+
+
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from dmlsynth.data.prepare import prepare_dataset
 
@@ -40,7 +51,9 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dmlsynth.train import train_run
+    from dmlsynth import tracking
+    from dmlsynth.training.loop import train_run
+    from dmlsynth.workflow import stop_when_workflow_gone
 
     config = _config(args.config)
     params = cfg.run_params(config, args.dataset, args.method, args.loss, args.seed)
@@ -50,66 +63,68 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         synthetic_manifest=args.synthetic_manifest,
         threads=args.threads,
+        callbacks=[stop_when_workflow_gone()],
         progress=not args.no_progress,
     )
-    _track_runs(config, [args.run_dir])
+    tracking.track_runs(config, [args.run_dir])
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dmlsynth.evaluate import evaluate_run
+    from dmlsynth import tracking
+    from dmlsynth.evaluation import evaluate_run
 
     config = _config(args.config)
     metrics = evaluate_run(args.run_dir, ks=config["evaluation"]["ks"])
     log.info("metrics: %s", metrics)
-    _track_runs(config, [args.run_dir])
+    tracking.track_runs(config, [args.run_dir])
     return 0
-
-
-def _track_runs(config: dict, run_dirs: list[Path]) -> bool:
-    """Mirror run folders into MLflow; a tracking failure is reported, never fatal to results."""
-    from dmlsynth import tracking
-
-    if not tracking.tracking_enabled(config):
-        return True
-    uri = tracking.tracking_uri(config)
-    ok = True
-    for run_dir in run_dirs:
-        try:
-            run_id = tracking.track_run(run_dir, uri)
-            log.info("tracked %s as MLflow run %s in %s", run_dir, run_id, uri)
-        except Exception as exc:  # noqa: BLE001 - any store failure must leave the results alone
-            tracking.report_failure(exc, str(run_dir), f"dmlsynth track {run_dir}")
-            ok = False
-    return ok
 
 
 def cmd_track(args: argparse.Namespace) -> int:
     from dmlsynth import tracking
+    from dmlsynth.layout import find_run_folders
 
     config = _config(args.config) if args.config else {}
-    run_dirs = sorted({p.parent for root in args.paths for p in Path(root).rglob("run.yaml")})
+    run_dirs = [folder.path for folder in find_run_folders(*args.paths)]
     if not run_dirs:
-        raise FileNotFoundError(f"no run folders (with run.yaml) under {', '.join(map(str, args.paths))}")
-    if not _track_runs({**config, "tracking": {**config.get("tracking", {}), "enabled": True}}, run_dirs):
+        raise FileNotFoundError(f"no finished run folders under {', '.join(map(str, args.paths))}")
+    config = {**config, "tracking": {**config.get("tracking", {}), "enabled": True}}
+    if not tracking.track_runs(config, run_dirs):
         return 1
-    print(f"{len(run_dirs)} run(s) tracked in {tracking.tracking_uri(config)}")
+    print(f"{len(run_dirs)} run(s) tracked in {tracking.settings(config).uri}")
     return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
     from dmlsynth import tracking
-    from dmlsynth.table import write_table
+    from dmlsynth.table import summary_metrics, write_table
 
-    table = write_table(args.metrics, args.out_csv, args.out_json, args.out_figure)
-    log.info("table with %d rows written to %s", len(table), args.out_csv)
     config = _config(args.config)
-    if tracking.tracking_enabled(config):
-        uri = tracking.tracking_uri(config)
-        try:
-            tracking.track_summary([args.out_csv, args.out_json, args.out_figure], uri)
-        except Exception as exc:  # noqa: BLE001
-            tracking.report_failure(exc, "the results table", "snakemake --forcerun table results/table.csv")
+    table = write_table(args.runs, args.out_csv, args.out_json, args.out_figure, config.get("statistics"))
+    log.info("table with %d rows written to %s", len(table), args.out_csv)
+    tracking.tracked(
+        config, "the results table", f"snakemake --forcerun table {args.out_csv}",
+        lambda settings: tracking.track_table(settings, [args.out_csv, args.out_json, args.out_figure], summary_metrics(table)),
+    )  # fmt: skip
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from dmlsynth.compare import write_comparison
+    from dmlsynth.table import collect, read_table
+
+    config = _config(args.config)
+    if not args.table.is_file():
+        raise FileNotFoundError(f"{args.table} does not exist: build the results table first (snakemake --cores 1 {args.table})")
+    generation = pd.read_csv(args.generation) if args.generation else None
+    frame = write_comparison(
+        read_table(args.table), collect(args.runs), generation, args.out_csv, args.out_report, args.figure_dir,
+        config.get("statistics"),
+    )  # fmt: skip
+    log.info("comparison of %d rows written to %s and %s", len(frame), args.out_csv, args.out_report)
     return 0
 
 
@@ -120,17 +135,19 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_split(manifest: Path):
+def _train_split(manifest: Path, config: dict, dataset: str):
+    """The training classes' images: the training split less any validation classes (never the test classes)."""
     from dmlsynth.data.manifest import read_manifest
+    from dmlsynth.data.split import training_rows
 
-    frame = read_manifest(manifest)
-    return frame[frame.split == "train"].reset_index(drop=True)
+    return training_rows(read_manifest(manifest), config, dataset)
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from dmlsynth.generate.prompts import build_prompts, write_prompts
+    from dmlsynth.generation.prompts import build_prompts, write_prompts
 
-    document = build_prompts(args.dataset, _train_split(args.manifest), [args.manifest.parent, *args.search_dir])
+    train = _train_split(args.manifest, _config(args.config), args.dataset)
+    document = build_prompts(args.dataset, train, [args.manifest.parent, *args.search_dir])
     write_prompts(document, args.out)
     log.info("prompts of %d classes written to %s", len(document["classes"]), args.out)
     return 0
@@ -138,39 +155,36 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
     from dmlsynth import registry
-    from dmlsynth.generate.embedded import train_embedded
-    from dmlsynth.generate.settings import generation_settings
+    from dmlsynth.generation.embedded import train_embedded
+    from dmlsynth.generation.settings import generation_settings
 
     config = _config(args.config)
     settings = generation_settings(config, args.dataset)
-    spec = registry.DATASETS[args.dataset]
-    if settings["generator"] != "embedded":
-        raise cfg.ConfigError(f"generation.{args.dataset}.generator is {settings['generator']!r}; only 'embedded' is trained")
-    if spec.image_mode != "L":
-        raise cfg.ConfigError(
-            f"the embedded generator makes small grayscale images; dataset {args.dataset!r} is {spec.image_mode}: "
-            f"set generation.{args.dataset}.generator: stable-diffusion"
-        )
+    if not registry.GENERATORS[settings["generator"]].trained_here:
+        raise cfg.ConfigError(f"generation.{args.dataset}.generator is {settings['generator']!r}: nothing to train")
     size = cfg.dataset_settings(config, args.dataset)["image_size"]
-    train_embedded(_train_split(args.manifest), args.out_dir, settings["embedded"], settings["seed"], args.threads, size)
+    train_embedded(
+        _train_split(args.manifest, config, args.dataset), args.out_dir, settings["embedded"], settings["seed"], args.threads, size,
+        device=settings["device"],
+    )
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from dmlsynth.generate.run import generate_class
-    from dmlsynth.generate.settings import generation_settings, image_sets
-    from dmlsynth.generate.stable_diffusion import load_generator
+    from dmlsynth.generation.run import generate_class
+    from dmlsynth.generation.settings import generation_settings, image_sets
+    from dmlsynth.generation.generators import load_generator
 
     config = _config(args.config)
     settings = generation_settings(config, args.dataset)
     torch.set_num_threads(max(1, args.threads))
-    train = _train_split(args.manifest)
+    train = _train_split(args.manifest, config, args.dataset)
     labels = sorted(int(l) for l in train["label"].unique())
     if not 0 <= args.class_index < len(labels):
         raise cfg.ConfigError(f"--class-index {args.class_index} out of range: {args.dataset} has {len(labels)} training classes")
-    components = load_generator(settings, args.generator_dir)
+    components = load_generator(settings, args.generator_dir, image_sets(config, args.dataset))
     generate_class(
         components, args.prompts, labels[args.class_index], labels, image_sets(config, args.dataset), settings,
         args.generated_dir, args.out_part,
@@ -179,7 +193,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_merge_generated(args: argparse.Namespace) -> int:
-    from dmlsynth.generate.run import merge_parts
+    from dmlsynth.generation.run import merge_parts
 
     frame = merge_parts(args.parts, args.image_set, args.out)
     log.info("%s: %d images of %d classes -> %s", args.image_set, len(frame), frame["label"].nunique(), args.out)
@@ -187,43 +201,20 @@ def cmd_merge_generated(args: argparse.Namespace) -> int:
 
 
 def cmd_generation_report(args: argparse.Namespace) -> int:
-    from dmlsynth import registry, tracking
-    from dmlsynth.data.manifest import read_manifest
-    from dmlsynth.generate.embedded import METADATA
-    from dmlsynth.generate.quality import log_to_mlflow, quality_rows, sample_grid, write_report
-    from dmlsynth.generate.settings import GRID_ORDER, generation_settings
+    from dmlsynth import tracking
+    from dmlsynth.generation.quality import generation_report
+    from dmlsynth.layout import Layout
 
     config = _config(args.config)
-    by_dataset: dict[str, dict[str, Path]] = {}
-    for manifest in args.manifests:
-        # {data}/{dataset}/generated/{image_set}/manifest.csv
-        by_dataset.setdefault(manifest.parent.parent.parent.name, {})[manifest.parent.name] = manifest
-    rows = []
-    for dataset, sets in sorted(by_dataset.items()):
-        if dataset not in registry.DATASETS:
-            raise cfg.ConfigError(f"{dataset!r} (from {next(iter(sets.values()))}) is not a known dataset")
-        spec = registry.DATASETS[dataset]
-        real_manifest = next(iter(sets.values())).parent.parent.parent / "manifest.csv"
-        real = _train_split(real_manifest)
-        generated = {name: read_manifest(path) for name, path in sets.items()}
-        settings = cfg.dataset_settings(config, dataset)
-        quality = quality_rows(
-            dataset, real, generated, spec.image_mode, settings["image_size"],
-            generation_settings(config, dataset)["generator"], settings["pretrained"],
-        )  # fmt: skip
-        # The embedded generator's training time belongs to the cost of its images.
-        metadata = real_manifest.parent / "generator" / METADATA
-        quality["generator_train_seconds"] = json.loads(metadata.read_text())["seconds"] if metadata.is_file() else 0.0
-        rows.append(quality)
-        sample_grid(real, generated, GRID_ORDER, args.figure_dir / f"generated_{dataset}.png", spec.image_mode)
-    table = write_report(rows, args.out_csv)
+    table = generation_report(config, threads=args.threads)
     print(table.to_string(index=False))
-    if tracking.tracking_enabled(config):
-        figures = [args.figure_dir / f"generated_{d}.png" for d in by_dataset]
-        try:
-            log_to_mlflow(table, tracking.tracking_uri(config), [args.out_csv, *figures])
-        except Exception as exc:  # tracking trouble must not lose the report on disk
-            tracking.report_failure(exc, "the generation report", "snakemake --forcerun generation_report results/generation.csv")
+    layout = Layout.of(config)
+    tracking.tracked(
+        config, "the generation report", f"snakemake --forcerun generation_report {layout.generation_csv()}",
+        lambda settings: tracking.track_generation(
+            settings, table, {d: layout.generated_grid(d) for d in config["datasets"]}, layout.generation_csv()
+        ),
+    )  # fmt: skip
     return 0
 
 
@@ -252,7 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_gpu_slot_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache-images", help="write the resized JPEG copy of a photo dataset that training reads")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_cache_images)
 
     p = sub.add_parser("evaluate", help="retrieval metrics and plots of a run's test embeddings")
     p.add_argument("--config", default="params.yaml")
@@ -268,13 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="params.yaml")
     p.set_defaults(func=cmd_dvc_yaml)
 
-    p = sub.add_parser("table", help="aggregate runs' metrics over seeds into the results table")
+    p = sub.add_parser("table", help="aggregate runs over seeds into the results table, with paired statistics vs baseline")
     p.add_argument("--config", default="params.yaml")
     p.add_argument("--out-csv", required=True, type=Path)
     p.add_argument("--out-json", required=True, type=Path)
     p.add_argument("--out-figure", required=True, type=Path)
-    p.add_argument("metrics", nargs="+", type=Path)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (results/runs/<dataset>/<method>/<loss>/seed<N>) or folders holding them")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("compare", help="forest plots, published numbers and cost per method: the comparison report")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--table", required=True, type=Path, help="results/table.csv")
+    p.add_argument("--generation", type=Path, default=None, help="results/generation.csv (when BLenDeR methods ran)")
+    p.add_argument("--out-csv", required=True, type=Path)
+    p.add_argument("--out-report", required=True, type=Path)
+    p.add_argument("--figure-dir", required=True, type=Path)
+    p.add_argument("runs", nargs="+", type=Path, help="the run folders the table was built from")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("prompts", help="write the editable per-class prompts file of a dataset (BLenDeR)")
     p.add_argument("--config", default="params.yaml")
@@ -302,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generated-dir", required=True, type=Path, help="{data}/{dataset}/generated")
     p.add_argument("--out-part", required=True, type=Path)
     p.add_argument("--threads", type=int, default=1)
+    _add_gpu_slot_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("merge-generated", help="join the class parts of an image set into its manifest")
@@ -312,11 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generation-report", help="fidelity/diversity of generated images and sample grids")
     p.add_argument("--config", default="params.yaml")
-    p.add_argument("--out-csv", required=True, type=Path)
-    p.add_argument("--figure-dir", required=True, type=Path)
-    p.add_argument("manifests", nargs="+", type=Path, help="{data}/{dataset}/generated/{set}/manifest.csv files")
+    p.add_argument("--threads", type=int, default=1, help="processes decoding photos for the feature network")
     p.set_defaults(func=cmd_generation_report)
     return parser
+
+
+def _add_gpu_slot_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu-slots", type=int, default=0, help="GPUs Snakemake was given (--resources gpu=N); 0: none")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs this job takes of them (its gpu resource)")
 
 
 def _check_names(args: argparse.Namespace) -> None:
@@ -330,10 +343,18 @@ def _check_names(args: argparse.Namespace) -> None:
 
 def _generation_errors() -> tuple[type[Exception], ...]:
     """Bad prompts files and impossible generation requests are user errors, reported without a traceback."""
-    from dmlsynth.generate.prompts import PromptsError
-    from dmlsynth.generate.run import GenerationError
+    from dmlsynth.generation.prompts import PromptsError
+    from dmlsynth.generation.run import GenerationError
 
     return (PromptsError, GenerationError)
+
+
+def _result_errors() -> tuple[type[Exception], ...]:
+    """Missing or inconsistent runs given to the table or the comparison: user errors too."""
+    from dmlsynth.compare import CompareError
+    from dmlsynth.table import TableError
+
+    return (TableError, CompareError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,11 +368,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from dmlsynth.data.errors import DataError
     from dmlsynth.data.manifest import ManifestError
+    from dmlsynth.gpu_slots import GpuSlotError, claim
+    from dmlsynth.workflow import WorkflowGone
 
     try:
         _check_names(args)
+        # Before anything starts CUDA: a job of `--resources gpu=N` takes GPUs no concurrent job has.
+        claim(getattr(args, "gpu_slots", 0), getattr(args, "gpus", 0))
         return args.func(args)
-    except (cfg.ConfigError, ManifestError, DataError, FileNotFoundError, *_generation_errors()) as exc:
+    except (
+        cfg.ConfigError, ManifestError, DataError, FileNotFoundError, WorkflowGone, GpuSlotError, *_generation_errors(),
+        *_result_errors(),
+    ) as exc:  # fmt: skip
         print(f"dmlsynth {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +19,7 @@ import jsonschema
 import yaml
 
 from dmlsynth import registry
+from dmlsynth.io import atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -35,6 +34,7 @@ def _schema() -> dict[str, Any]:
         "@methods": sorted(registry.METHODS),
         "@losses": sorted(registry.LOSSES),
         "@backbones": sorted(registry.BACKBONES),
+        "@generators": sorted(registry.GENERATORS),
     }
 
     def fill(node: Any) -> Any:
@@ -60,12 +60,68 @@ def _where(path: Any) -> str:
     return out or "(top level)"
 
 
+_TYPES = {
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def _parse_scalar(text: str, types: list[str]) -> Any:
+    """``text`` as the first of ``types`` it reads as (YAML, then plain int/float for '1e-4'), else ``text``."""
+    candidates = []
+    try:
+        candidates.append(yaml.safe_load(text))
+    except yaml.YAMLError:
+        pass
+    for convert in (int, float):
+        try:
+            candidates.append(convert(text))
+        except ValueError:
+            pass
+    for kind in types:
+        for value in candidates:
+            if kind in _TYPES and _TYPES[kind](value):
+                return value
+    return text
+
+
+def coerce(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Read strings as the types the schema asks for.
+
+    ``snakemake --config training='{epochs: 5}'`` hands nested values over as
+    strings (``{'epochs': '5'}``); where the schema wants a number, boolean,
+    null, list or mapping, a string is parsed as YAML. Strings the schema
+    allows as strings are left alone.
+    """
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: coerce(v, properties.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce(v, schema.get("items", {})) for v in value]
+    if isinstance(value, str):
+        types = schema.get("type") or []
+        types = [types] if isinstance(types, str) else list(types)
+        if types and "string" not in types:
+            parsed = _parse_scalar(value, types)
+            return coerce(parsed, schema) if isinstance(parsed, (dict, list)) else parsed
+    return value
+
+
 def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str, Any]:
-    """Check ``config`` and return a deep copy; raise :class:`ConfigError` listing every problem."""
+    """Check ``config`` and return a deep copy; raise :class:`ConfigError` listing every problem.
+
+    String values are first read as the types the schema asks for (:func:`coerce`).
+    """
     if not isinstance(config, Mapping):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(config).__name__}")
-    config = copy.deepcopy(dict(config))
-    validator = jsonschema.Draft202012Validator(_schema())
+    schema = _schema()
+    config = coerce(copy.deepcopy(dict(config)), schema)
+    validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         message = error.message
@@ -85,7 +141,9 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
 
 
 def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
-    """Rules the schema cannot express: method x loss compatibility and batch composition."""
+    """Rules the schema cannot express: method x loss compatibility, validation classes, batch composition."""
+    from dmlsynth.data.split import MIN_VALIDATION_CLASSES, split_class_count, training_class_count, validation_class_count
+
     problems = []
     excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
     for method in config["methods"]:
@@ -98,21 +156,69 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                     f"(it works with: {allowed}); remove one of them, or skip just this pair with "
                     f"`exclude: [{{method: {method}, loss: {loss}}}]`"
                 )
+    for name, given in (config.get("generation") or {}).items():
+        generator = (given or {}).get("generator", registry.DATASETS[name].default_generator)
+        if registry.GENERATORS[generator].trained_here and registry.DATASETS[name].image_mode != "L":
+            problems.append(
+                f"  - at generation.{name}.generator: the {generator} generator makes small grayscale images, but "
+                f"{name!r} is a photo dataset: use generator: stable-diffusion"
+            )
     training = config["training"]
-    if training["batch_size"] % training["m_per_class"]:
+    batch, per_class = training["batch_size"], training["m_per_class"]
+    if batch % per_class:
+        fewest_classes = min(registry.DATASETS[name].train_classes for name in config["datasets"])
+        suggestion = per_class * min(max(1, batch // per_class), fewest_classes)
         problems.append(
-            f"  - at training.batch_size: {training['batch_size']} is not a multiple of "
-            f"training.m_per_class ({training['m_per_class']})"
+            f"  - at training.batch_size: {batch} is not a multiple of training.m_per_class ({per_class}); a batch "
+            f"holds batch_size / m_per_class classes of m_per_class images each: use e.g. batch_size {suggestion}"
         )
     for name in config["datasets"]:
-        classes = registry.DATASETS[name].train_classes
-        if training["m_per_class"] * classes < training["batch_size"]:
+        held_out, training_classes = validation_class_count(config, name), split_class_count(config, name)
+        if held_out and not MIN_VALIDATION_CLASSES <= held_out <= training_classes - MIN_VALIDATION_CLASSES:
             problems.append(
-                f"  - at training.batch_size: {training['batch_size']} needs at least "
-                f"{training['batch_size'] // training['m_per_class']} training classes at "
-                f"m_per_class={training['m_per_class']}, but {name!r} has {classes}"
+                f"  - at dataset_settings.{name}.validation_classes: {held_out} is not 0 and not between "
+                f"{MIN_VALIDATION_CLASSES} and {training_classes - MIN_VALIDATION_CLASSES} ({name!r} has "
+                f"{training_classes} training classes; validation and training each need at least {MIN_VALIDATION_CLASSES})"
             )
+    with_validation = [name for name in config["datasets"] if validation_class_count(config, name)]
+    if with_validation and len(with_validation) < len(config["datasets"]):
+        without = [name for name in config["datasets"] if name not in with_validation]
+        problems.append(
+            f"  - at dataset_settings: {', '.join(with_validation)} choose the epoch on validation classes but "
+            f"{', '.join(without)} do not; set validation_classes for every configured dataset or for none "
+            f"(runs of one workflow report the same kind of epoch)"
+        )
+    if not batch % per_class:
+        for name in config["datasets"]:
+            classes = training_class_count(config, name)
+            if batch // per_class > classes:
+                problems.append(
+                    f"  - at training.batch_size: {batch} at m_per_class={per_class} needs {batch // per_class} "
+                    f"training classes in every batch, but {name!r} has {classes}"
+                    f"{' after its validation classes' if validation_class_count(config, name) else ''}: use batch_size <= "
+                    f"{per_class * classes} or m_per_class >= {-(-batch // classes)}"
+                )
+    for name in config["datasets"]:
+        problems += _cache_problems(config, name)
     return problems
+
+
+def _cache_problems(config: Mapping[str, Any], dataset: str) -> list[str]:
+    """The resized copy (dmlsynth.data.image_cache) is for photos, and must not be smaller than evaluation's resize."""
+    settings = dataset_settings(config, dataset)
+    short_side, where = settings["cache_short_side"], f"dataset_settings.{dataset}.cache_short_side"
+    if not short_side:
+        return []
+    if registry.DATASETS[dataset].image_mode != "RGB":
+        return [f"  - at {where}: {dataset!r} is grayscale and held in memory; a resized copy is for photos: set it to 0"]
+    # The evaluation transform resizes the short side to image_size * 256/224 (dmlsynth.data.images.eval_resize).
+    needed = round(settings["image_size"] * 256 / 224)
+    if short_side < needed:
+        return [
+            f"  - at {where}: {short_side} is smaller than the {needed} pixels evaluation resizes to at image_size "
+            f"{settings['image_size']}; use at least {needed}, or 0 to train on the original images"
+        ]
+    return []
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -129,15 +235,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def dataset_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """Registry defaults for ``dataset`` updated with ``config['dataset_settings'][dataset]``."""
-    spec = registry.DATASETS[dataset]
-    settings: dict[str, Any] = {
-        "backbone": spec.default_backbone,
-        "pretrained": False,
-        "embedding_dim": spec.default_embedding_dim,
-        "image_size": spec.default_image_size,
-        "urls": {},
-        "resources": {},
-    }
+    settings = registry.dataset_defaults(dataset)
     settings.update((config.get("dataset_settings") or {}).get(dataset) or {})
     return settings
 
@@ -160,29 +258,11 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
         "dataset_settings": {
             k: v for k, v in dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
         },
-        "training": dict(config["training"]),
+        "training": {**registry.TRAINING_DEFAULTS, **config["training"]},
         "loss_params": registry.loss_params(loss, config),
         "method_params": registry.method_params(registry.METHODS[method], config),
-        "evaluation": dict(config["evaluation"]),
+        "evaluation": {**registry.EVALUATION_DEFAULTS, **config["evaluation"]},
     }
-
-
-def params_hash(params: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_effective(config: Mapping[str, Any], folder: str | os.PathLike[str]) -> Path:

@@ -1,4 +1,4 @@
-"""Base losses from pytorch-metric-learning with the papers' defaults (METHODS.md §3)."""
+"""Base losses with the papers' defaults (docs/methods.md §3): pytorch-metric-learning's, and the Potential-Field loss."""
 
 from __future__ import annotations
 
@@ -67,4 +67,89 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
         )
     if name == "triplet":
         return BaseLoss(name, losses.TripletMarginLoss(margin=p["margin"]), None)
+    if name == "potential_field":
+        return BaseLoss(
+            name,
+            PotentialFieldLoss(
+                num_classes, embedding_dim, proxies_per_class=p["proxies_per_class"], alpha=p["alpha"], delta=p["delta"]
+            ),
+            None,
+            lr_multiplier=p["proxy_lr_multiplier"],
+        )
     raise AssertionError(f"loss {name!r} is registered but has no builder")
+
+
+class PotentialFieldLoss(losses.WeightRegularizerMixin, losses.BaseMetricLossFunction):
+    """Potential-Field loss (Bhatnagar & Ahuja, "Potential Field Based Deep Metric Learning", CVPR 2025,
+    arXiv 2405.18560; docs/methods.md §3.1).
+
+    Every embedding and every proxy is a charge. A charge of class ``c`` at ``z`` makes an
+    attractive potential for points of class ``c`` and a repulsive one for the other classes,
+    both decaying with the distance ``d = ‖r − z‖`` (Euclidean, on L2-normalised embeddings)::
+
+        ψ_att(d) = −1 / max(d, δ)^α        flat inside δ: close same-class points feel no pull
+        ψ_rep(d) = +1 / min(d, δ)^α        repels only inside δ, constant (no force) beyond
+
+    A point of class ``y`` at ``r`` feels the class field ``Ψ_y(r)``, the sum of the potentials of
+    all other charges; training minimises the total energy ``U = Σ_i Ψ_{y_i}(z_i) + Σ_{j,k}
+    Ψ_j(p_{j,k})`` over the batch embeddings ``z_i`` and the ``M`` proxies ``p_{j,k}`` of every
+    class ``j``. The value returned is ``U`` divided by the number of (point, charge) pairs, a
+    constant for a given batch and proxy count, so the loss does not grow with the batch.
+    Distances below ``δ / 100`` count as ``δ / 100`` (a numerical floor for coincident points).
+
+    The proxies are learnable (``loss.proxies``, trained with ``proxy_lr_multiplier`` times the
+    backbone's learning rate, like Proxy-Anchor's). The loss uses every pair of the batch and no
+    miner, so it takes no ``indices_tuple``, and no separate ``ref_emb``.
+    """
+
+    def __init__(
+        self, num_classes: int, embedding_size: int, proxies_per_class: int = 1, alpha: float = 4.0,
+        delta: float = 0.2, **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if self.distance.is_inverted:
+            raise ValueError("PotentialFieldLoss needs a distance (smaller = closer), not a similarity")
+        if proxies_per_class < 0 or alpha < 0 or delta <= 0:
+            raise ValueError(
+                f"PotentialFieldLoss needs proxies_per_class >= 0, alpha >= 0 and delta > 0 "
+                f"(got {proxies_per_class}, {alpha}, {delta})"
+            )
+        self.num_classes, self.proxies_per_class = int(num_classes), int(proxies_per_class)
+        self.alpha, self.delta = float(alpha), float(delta)
+        self.proxies = nn.Parameter(torch.empty(self.num_classes * self.proxies_per_class, embedding_size))
+        self.weight_init_func(self.proxies)
+        self.register_buffer("proxy_labels", torch.arange(self.num_classes).repeat_interleave(self.proxies_per_class))
+        self.add_to_recordable_attributes(list_of_names=["num_classes", "proxies_per_class", "alpha", "delta"], is_stat=False)
+
+    def get_default_distance(self):
+        return distances.LpDistance(p=2, power=1, normalize_embeddings=True)
+
+    def potentials(self, distance: torch.Tensor, same_class: torch.Tensor) -> torch.Tensor:
+        """``ψ_att`` where ``same_class``, ``ψ_rep`` elsewhere, of a distance matrix."""
+        d = distance.clamp_min(self.delta / 100)
+        attract = -d.clamp_min(self.delta).pow(-self.alpha)
+        repel = d.clamp_max(self.delta).pow(-self.alpha)
+        return torch.where(same_class, attract, repel)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        from pytorch_metric_learning.utils import common_functions as c_f
+
+        c_f.labels_required(labels)
+        c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        if indices_tuple is not None:
+            raise ValueError("PotentialFieldLoss sums over every pair of the batch; it takes no indices_tuple (miner)")
+        # The inverse powers overflow half precision: the field is computed in float32 at least.
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        points = torch.cat([embeddings.to(dtype), self.proxies.to(device=embeddings.device, dtype=dtype)])
+        point_labels = torch.cat([labels, self.proxy_labels.to(labels.device)])
+        n = len(points)
+        if n < 2:
+            return self.zero_losses()
+        distance = self.distance(points)
+        same_class = point_labels[:, None] == point_labels[None, :]
+        others = ~torch.eye(n, dtype=torch.bool, device=points.device)
+        field = torch.where(others, self.potentials(distance, same_class), torch.zeros((), dtype=dtype, device=points.device))
+        felt = field.sum(dim=1) / (n - 1)  # Ψ_{y}(point) per charge, averaged over the other charges
+        loss_dict = {"loss": {"losses": felt, "indices": c_f.torch_arange_from_size(felt), "reduction_type": "element"}}
+        self.add_weight_regularization_to_loss_dict(loss_dict, self.proxies)
+        return loss_dict

@@ -1,10 +1,17 @@
-"""The pipeline's files, defined once for Snakemake and DVC.
+"""The pipeline's stages for DVC, derived from the same layout and code as the Snakemake rules.
 
-The Snakemake rules build their input/output patterns from these names, and
-``dmlsynth dvc-yaml`` writes ``dvc.yaml`` from them: each DVC stage runs
-Snakemake up to one rule (``snakemake --until RULE``) and declares the files
-that stage produces, so both tools run the same jobs. A test regenerates
-``dvc.yaml`` and compares it with Snakemake's own list of outputs.
+``dmlsynth dvc-yaml`` writes ``dvc.yaml`` from :func:`dvc_yaml`. Each DVC
+stage runs Snakemake up to one rule (``snakemake --until RULE``), so both
+tools run the very same jobs and Snakemake decides which are out of date:
+
+- a stage's ``outs`` are the files its rules write (:mod:`dmlsynth.layout`;
+  a test compares them with Snakemake's own ``--summary``), marked
+  ``persist`` so DVC leaves existing results in place and Snakemake re-runs
+  only the jobs whose params, code or inputs changed — ``dvc repro`` after
+  the Snakemake quick start or after a code change redoes exactly that work;
+- a stage's code dependencies are the source files its jobs execute
+  (:func:`dmlsynth.provenance.source_files`, the same closure the Snakemake
+  rules' code digests hash).
 """
 
 from __future__ import annotations
@@ -14,20 +21,18 @@ from typing import Any, Mapping
 
 import yaml
 
-from dmlsynth import registry
-
-RUN_DIR = "{results}/runs/{dataset}/{method}/{loss}/seed{seed}"
-TRAIN_FILES = ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv")
-EVALUATION_FILES = ("metrics.json", "embeddings.png", "train_curve.png")
-TABLE_FILES = ("table.csv", "metrics.json", "figures/recall_at_1.png")
+from dmlsynth import provenance, registry
+from dmlsynth.data.split import training_class_count, uses_validation
+from dmlsynth.layout import Layout
+from dmlsynth.published import FILE as PUBLISHED_FILE
 
 # Params each stage depends on (top-level keys of params.yaml).
 STAGE_PARAMS = {
     "data": ["paths", "datasets", "dataset_settings"],
-    "train": ["datasets", "methods", "losses", "seeds", "dataset_settings", "training", "loss_params", "method_params"],
-    "evaluate": ["evaluation"],
-    "report": [],
     "generate": ["datasets", "methods", "dataset_settings", "generation"],
+    "train": ["datasets", "methods", "losses", "seeds", "exclude", "dataset_settings", "training", "loss_params", "method_params"],
+    "evaluate": ["evaluation"],
+    "report": ["statistics"],
 }
 # The stages whose outputs each stage reads (as in the Snakemake rules' inputs).
 STAGE_INPUTS = {
@@ -35,15 +40,24 @@ STAGE_INPUTS = {
     "generate": ["data"],
     "train": ["data", "generate"],
     "evaluate": ["train"],
-    "report": ["evaluate", "generate"],
+    "report": ["train", "evaluate", "generate"],
 }
-STAGE_CODE = {
-    "data": ["src/dmlsynth/data", "src/dmlsynth/registry.py"],
-    "train": ["src/dmlsynth/train.py", "src/dmlsynth/losses.py", "src/dmlsynth/models.py", "src/dmlsynth/methods"],
-    "evaluate": ["src/dmlsynth/evaluate.py"],
-    "report": ["src/dmlsynth/table.py"],
-    "generate": ["src/dmlsynth/generate", "src/dmlsynth/data/synthetic.py"],
+# The Snakemake rules each stage runs up to (None: the default target, the table).
+STAGE_UNTIL = {
+    "data": ["prepare_data"],
+    "generate": ["generation_report"],
+    "train": ["train"],
+    "evaluate": ["evaluate"],
+    "report": None,
 }
+# The data stage also makes the resized copies of photo datasets (dmlsynth.data.image_cache).
+CACHE_RULE = "cache_images"
+CACHE_MODULE = "dmlsynth.data.image_cache"
+
+
+def cached_datasets(config: Mapping[str, Any]) -> list[str]:
+    """The datasets of ``config`` that training reads through a resized copy."""
+    return [d for d in config["datasets"] if _dataset_value(config, d, "cache_short_side")]
 
 
 def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -56,56 +70,108 @@ def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def run_dir(config: Mapping[str, Any], run: Mapping[str, Any]) -> str:
-    return RUN_DIR.format(results=config["paths"]["results"], **run)
+def stage_modules(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The modules each stage's jobs start from (their imports follow, see :mod:`dmlsynth.provenance`)."""
+    from dmlsynth.generation.settings import generation_settings
+
+    def modules_of(paths: list[str]) -> list[str]:
+        return [registry.module_of(path) for path in paths]
+
+    methods = modules_of([registry.METHODS[m].module for m in config["methods"]])
+    backbones = modules_of(
+        [registry.BACKBONES[_dataset_value(config, d, "backbone")].build for d in config["datasets"]]
+    )
+    generation = ["dmlsynth.generation.prompts", "dmlsynth.generation.run", "dmlsynth.generation.quality"]
+    if any(generation_settings(config, d)["generator"] == "embedded" for d in config["datasets"]):
+        generation.append("dmlsynth.generation.embedded")
+    return {
+        "data": [
+            "dmlsynth.data.prepare",
+            *modules_of([registry.DATASETS[d].prepare for d in config["datasets"]]),
+            *([CACHE_MODULE] if cached_datasets(config) else []),
+        ],
+        "generate": generation,
+        "train": [provenance.TRAINING_MODULE, *methods, *backbones],
+        "evaluate": [provenance.EVALUATION_MODULE],
+        "report": ["dmlsynth.table", "dmlsynth.compare"],
+    }
 
 
-def dataset_outputs(config: Mapping[str, Any], dataset: str) -> list[str]:
-    root = f"{config['paths']['data']}/{dataset}"
-    return [f"{root}/{name}" for name in registry.DATASETS[dataset].outputs]
+def _dataset_value(config: Mapping[str, Any], dataset: str, key: str) -> Any:
+    from dmlsynth.config import dataset_settings
+
+    return dataset_settings(config, dataset)[key]
 
 
 def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    from dmlsynth.generate.settings import generated_image_dirs, generation_outputs
+    """Every file (or folder) each stage's rules write."""
+    from dmlsynth.generation.settings import generation_settings, image_sets
 
-    all_runs = runs(config)
-    results = config["paths"]["results"]
+    layout = Layout.of(config)
+    all_runs = [layout.run(**run) for run in runs(config)]
+    sets = image_sets(config)
+    generated: list[str] = []
+    if sets:
+        for dataset in config["datasets"]:
+            generated.append(layout.prompts(dataset))
+            if generation_settings(config, dataset)["generator"] == "embedded":
+                generated.append(layout.generator_dir(dataset))
+            generated += [layout.generated_part(dataset, i) for i in range(training_class_count(config, dataset))]
+            generated += [layout.image_set_manifest(dataset, s) for s in sets]
+            generated += [layout.image_set_images(dataset, s) for s in sets]
+        generated.append(layout.generation_csv())
+        generated += [layout.generated_grid(d) for d in config["datasets"]]
     return {
-        "data": [path for d in config["datasets"] for path in dataset_outputs(config, d)],
+        "data": [
+            layout.dataset_file(name, dataset) for dataset in config["datasets"] for name in registry.DATASETS[dataset].outputs
+        ]
+        + [layout.resized_dir(dataset) for dataset in cached_datasets(config)],
         # BLenDeR's images (empty when no configured method trains with generated images).
-        "generate": generation_outputs(config) + generated_image_dirs(config),
-        "train": [f"{run_dir(config, r)}/{name}" for r in all_runs for name in TRAIN_FILES],
-        "evaluate": [f"{run_dir(config, r)}/{name}" for r in all_runs for name in EVALUATION_FILES],
-        "report": [f"{results}/{name}" for name in TABLE_FILES],
+        "generate": generated,
+        "train": [path for run in all_runs for path in run.training_outputs(validation=uses_validation(config))],
+        "evaluate": [path for run in all_runs for path in run.evaluation_outputs()],
+        "report": layout.table_outputs() + layout.comparison_outputs(comparison_groups(config)),
     }
+
+
+def comparison_groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (dataset, loss) pairs of the job matrix: one forest plot each."""
+    return list(dict.fromkeys((run["dataset"], run["loss"]) for run in runs(config)))
 
 
 def dvc_yaml(config: Mapping[str, Any]) -> str:
     """The text of dvc.yaml for ``config`` (params.yaml)."""
+    layout = Layout.of(config)
     outputs = stage_outputs(config)
-    results = config["paths"]["results"]
-    metrics_file = f"{results}/metrics.json"
+    modules = stage_modules(config)
+    project = provenance.PACKAGE_DIR.parent.parent  # src/dmlsynth -> the project folder
     stages: dict[str, Any] = {}
-    sequence = [("data", "prepare_data"), ("generate", "generation_report"), ("train", "train"), ("evaluate", "evaluate"), ("report", None)]
-    for stage, until in sequence:
+    for stage, until in STAGE_UNTIL.items():
         if not outputs[stage]:
             continue  # no generation stage when nothing is generated
-        # The report stage runs the default target (the table) to completion.
-        cmd = "snakemake --cores all" + (f" --until {until}" if until else "")
+        if stage == "data" and cached_datasets(config):
+            until = [*until, CACHE_RULE]
+        cmd = "snakemake --cores all" + (f" --until {' '.join(until)}" if until else "")
+        code = [path.relative_to(project).as_posix() for path in provenance.source_files(modules[stage])]
         upstream = [o for before in STAGE_INPUTS[stage] for o in outputs[before] if not o.endswith(".png")]
-        entry: dict[str, Any] = {"cmd": cmd, "deps": ["Snakefile", "rules", *STAGE_CODE[stage], *upstream]}
-        if STAGE_PARAMS[stage]:
-            entry["params"] = STAGE_PARAMS[stage]
+        # The published numbers the comparison report puts beside ours are data, not code.
+        data = [(provenance.PACKAGE_DIR / PUBLISHED_FILE).relative_to(project).as_posix()] if stage == "report" else []
+        entry: dict[str, Any] = {"cmd": cmd, "deps": ["Snakefile", "rules", *code, *data, *upstream]}
+        params = [key for key in STAGE_PARAMS[stage] if key in config]
+        if params:
+            entry["params"] = params
         outs = outputs[stage]
         if stage == "report":
-            entry["outs"] = [o for o in outs if o != metrics_file]
-            entry["metrics"] = [{metrics_file: {"cache": False}}]
-        else:
-            entry["outs"] = outs
+            outs = [o for o in outs if o != layout.table_json()]
+            entry["metrics"] = [{layout.table_json(): {"cache": False, "persist": True}}]
+        # persist: DVC keeps existing results and lets Snakemake decide what is out of date.
+        entry["outs"] = [{o: {"persist": True}} for o in outs]
         stages[stage] = entry
-    plots: list[Any] = [f"{results}/figures/recall_at_1.png"]
-    logs = [f"{run_dir(config, r)}/train_log.csv" for r in runs(config)]
-    plots.append({"training_loss": {"x": "epoch", "y": {log: "loss" for log in logs}, "title": "Training loss per epoch"}})
+    logs = [layout.run(**run).history for run in runs(config)]
+    plots: list[Any] = [
+        layout.recall_figure(),
+        {"training_loss": {"x": "epoch", "y": {log: "loss" for log in logs}, "title": "Training loss per epoch"}},
+    ]
     header = (
         "# Generated by `dmlsynth dvc-yaml` from params.yaml and the Snakemake rules — do not edit by hand.\n"
         "# After changing datasets/methods/losses/seeds in params.yaml, regenerate it:\n"

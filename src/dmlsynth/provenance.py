@@ -1,12 +1,45 @@
-"""What produced a number: code version and software environment."""
+"""What produced a number: the code that ran and the software environment.
+
+Two records of the code, because either alone can mislead:
+
+- :func:`code_digest` — a hash of the source files a stage executes: the
+  module(s) it starts from and every ``dmlsynth`` module they import,
+  transitively (read from the source with :mod:`ast`, so it is known before
+  anything runs and costs no torch import). Snakemake re-runs a job when its
+  digest changes, a training checkpoint is resumed only under the same
+  digest, and DVC's stage dependencies are the same files. A comment added
+  to ``methods/symm.py`` re-runs the ``symm`` runs and nothing else.
+  Modules that only record or write results (:data:`BOOKKEEPING`) are left
+  out, and the registry is represented by the entries a job uses (passed as
+  ``entries``), so adding a method to the registry re-runs nothing.
+- :func:`code_version` — the git commit of the *project folder* (the folder
+  with the Snakefile; ``$DMLSYNTH_PROJECT_DIR``, which the workflow sets, or
+  the working directory) and whether its tree had local changes.
+
+Torch-free: the Snakefile imports this module to build its DAG.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
+import json
+import os
 import platform
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+PACKAGE = "dmlsynth"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The workflow exports the folder of its Snakefile here, so jobs record the project's git state.
+PROJECT_DIR_VARIABLE = "DMLSYNTH_PROJECT_DIR"
+
+# Modules that record or write results but never change a number: not part of a digest.
+BOOKKEEPING = frozenset({f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry")})
 
 PACKAGES = [
     "dmlsynth",
@@ -25,26 +58,161 @@ PACKAGES = [
 ]
 
 
+def params_hash(params: Mapping[str, Any]) -> str:
+    """A short hash of resolved params (what a run records and is keyed on)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def module_file(module: str) -> Path:
+    """The source file of a ``dmlsynth`` module (``dmlsynth.methods.iaa`` -> ``.../methods/iaa.py``)."""
+    if module != PACKAGE and not module.startswith(PACKAGE + "."):
+        raise ValueError(f"{module!r} is not a module of {PACKAGE}")
+    relative = Path(*module.split(".")[1:])
+    package_init = PACKAGE_DIR / relative / "__init__.py"
+    if package_init.is_file():
+        return package_init
+    file = (PACKAGE_DIR / relative).with_suffix(".py")
+    if not file.is_file():
+        raise FileNotFoundError(f"no source file for module {module} ({file})")
+    return file
+
+
+def _is_package(module: str) -> bool:
+    return module_file(module).name == "__init__.py"
+
+
+@functools.lru_cache(maxsize=None)
+def _direct_imports(module: str) -> frozenset[str]:
+    """``dmlsynth`` modules imported anywhere in ``module``'s source (function-level imports too)."""
+    tree = ast.parse(module_file(module).read_text(), filename=str(module_file(module)))
+    package = module if _is_package(module) else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def add(name: str) -> None:
+        # The deepest prefix that is a dmlsynth module ("dmlsynth.io.atomic_write_text" -> "dmlsynth.io").
+        parts = name.split(".")
+        for end in range(len(parts), 0, -1):
+            candidate = ".".join(parts[:end])
+            try:
+                module_file(candidate)
+            except (ValueError, FileNotFoundError):
+                continue
+            found.add(candidate)
+            return
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                origin = ".".join(base + ([node.module] if node.module else []))
+            else:
+                origin = node.module or ""
+            if origin.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                add(f"{origin}.{alias.name}")
+    # Importing a submodule runs its parent packages' __init__ too.
+    for name in list(found):
+        parts = name.split(".")
+        found.update(".".join(parts[:end]) for end in range(1, len(parts)))
+    found.discard(module)
+    return frozenset(found)
+
+
+def module_closure(modules: Iterable[str]) -> list[str]:
+    """``modules`` and every ``dmlsynth`` module they import, transitively (sorted)."""
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo.extend(_direct_imports(module) - seen)
+    return sorted(seen)
+
+
+def source_files(modules: Iterable[str]) -> list[Path]:
+    """The source files of :func:`module_closure` that can change numbers (absolute paths, sorted)."""
+    return sorted({module_file(m) for m in module_closure(modules) if m not in BOOKKEEPING})
+
+
+@functools.lru_cache(maxsize=None)
+def _digest(modules: tuple[str, ...], entries: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for file in source_files(modules):
+        digest.update(file.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
+        digest.update(file.read_bytes() + b"\0")
+    for entry in entries:
+        digest.update(entry.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def code_digest(modules: Iterable[str], entries: Iterable[str] = ()) -> str:
+    """Hash of the source of ``modules`` and everything they import, and of ``entries``
+    (the ``repr`` of the registry entries the job uses), 16 hex digits."""
+    return _digest(tuple(sorted(set(modules))), tuple(sorted(entries)))
+
+
+# Where each stage's code starts; the job's own registry entries add their modules.
+TRAINING_MODULE = f"{PACKAGE}.training.loop"
+EVALUATION_MODULE = f"{PACKAGE}.evaluation"
+
+
+def run_code_digest(params: Mapping[str, Any]) -> str:
+    """The code digest of one training run: the training code, and its method's and backbone's modules."""
+    from dmlsynth import registry
+
+    method = registry.METHODS[params["method"]]
+    backbone = registry.BACKBONES[params["dataset_settings"]["backbone"]]
+    modules = [TRAINING_MODULE, registry.module_of(method.module), registry.module_of(backbone.build)]
+    specs = [method, registry.LOSSES[params["loss"]], backbone, registry.DATASETS[params["dataset"]]]
+    return code_digest(modules, [stable_repr(spec) for spec in specs])
+
+
+def stable_repr(value: Any) -> str:
+    """The same text for the same value in every process (sets sorted: their order follows string
+    hashing, which differs between Python processes)."""
+    import dataclasses
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {"__type__": type(v).__name__, **{f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (set, frozenset)):
+            return sorted(plain(x) for x in v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return json.dumps(plain(value), sort_keys=True, default=str)
+
+
+def project_dir() -> Path:
+    return Path(os.environ.get(PROJECT_DIR_VARIABLE) or Path.cwd())
+
+
 def code_version(root: str | Path | None = None) -> dict[str, str | bool]:
-    """The git commit of the project (and whether the tree had local changes)."""
-    root = Path(root) if root else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+    """The git commit of the project folder (and whether its tree had local changes)."""
+    root = Path(root) if root else project_dir()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=10,
-            ).stdout.strip()
-        )
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", False
-    return {"git_commit": commit, "git_dirty": dirty, "dmlsynth_version": _version("dmlsynth")}
+    return {"git_commit": commit, "git_dirty": dirty, "project_dir": str(root), "dmlsynth_version": _version("dmlsynth")}
 
 
 def _version(package: str) -> str:

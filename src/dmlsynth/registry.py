@@ -15,6 +15,13 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from dmlsynth import layout
+
+
+def module_of(path: str) -> str:
+    """The module of an import path ``"package.module:attribute"``."""
+    return path.partition(":")[0]
+
 
 def load_object(path: str) -> Any:
     """Import ``"package.module:attribute"`` and return the attribute."""
@@ -34,7 +41,13 @@ class DatasetSpec:
     default_image_size: int
     description: str
     # What prepare() leaves in {paths.data}/{name}/ (versioned by DVC).
-    outputs: tuple[str, ...] = ("manifest.csv", "images")
+    outputs: tuple[str, ...] = (layout.MANIFEST, layout.IMAGES)
+    # Short side of the resized JPEG copy training reads (dmlsynth.data.image_cache); 0: the originals.
+    default_cache_short_side: int = 0
+    # BLenDeR: the generator used unless generation.<name>.generator says otherwise, and the
+    # builder of the per-class prompts ("module:function"; f(train_frame, search_dirs) -> classes).
+    default_generator: str = "stable-diffusion"
+    prompts: str = "dmlsynth.generation.prompts:generic_prompts"
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class MethodSpec:
     # Name of the generated image set mixed into training (data-level methods),
     # None for methods that work on embeddings only.
     synthetic_images: str | None = None
+    # Params that switch the method off: it must then be exactly `baseline` (a contract test checks it).
+    off_params: Mapping[str, Any] = field(default_factory=dict)
 
     def is_compatible(self, loss: str) -> bool:
         return self.compatible_losses is None or loss in self.compatible_losses
@@ -83,6 +98,8 @@ DATASETS: dict[str, DatasetSpec] = {
             default_embedding_dim=64,
             default_image_size=8,
             description="UCI handwritten digits shipped inside scikit-learn (1,797 8x8 images); 0-4 train, 5-9 test",
+            default_generator="embedded",
+            prompts="dmlsynth.generation.prompts:digits_prompts",
         ),
         DatasetSpec(
             name="cub200",
@@ -94,7 +111,9 @@ DATASETS: dict[str, DatasetSpec] = {
             default_embedding_dim=512,
             default_image_size=224,
             description="CUB-200-2011 birds (11,788 images, downloaded from Caltech); classes 1-100 train, 101-200 test",
-            outputs=("manifest.csv", "extracted", "class_attributes.csv"),
+            outputs=(layout.MANIFEST, layout.EXTRACTED, layout.CLASS_ATTRIBUTES),
+            default_cache_short_side=256,
+            prompts="dmlsynth.generation.prompts:cub_prompts",
         ),
         DatasetSpec(
             name="cars196",
@@ -106,7 +125,9 @@ DATASETS: dict[str, DatasetSpec] = {
             default_embedding_dim=512,
             default_image_size=224,
             description="Cars-196 (16,185 images; mirror URL or files placed by hand); classes 1-98 train, 99-196 test",
-            outputs=("manifest.csv", "extracted"),
+            outputs=(layout.MANIFEST, layout.EXTRACTED),
+            default_cache_short_side=256,
+            prompts="dmlsynth.generation.prompts:cars_prompts",
         ),
     ]
 }
@@ -145,6 +166,14 @@ LOSSES: dict[str, LossSpec] = {
             "ContrastiveLoss on cosine similarity",
         ),
         LossSpec("triplet", True, {"margin": 0.1}, "TripletMarginLoss over all triplets of the batch"),
+        # Bhatnagar & Ahuja, CVPR 2025 (dmlsynth.losses.PotentialFieldLoss): every pair of the batch and
+        # the proxies, no miner; not pair-based in the sense the methods need (it takes no indices_tuple).
+        LossSpec(
+            "potential_field",
+            False,
+            {"proxies_per_class": 15, "alpha": 4.0, "delta": 0.2, "proxy_lr_multiplier": 100.0},
+            "Potential-Field loss: decaying attraction/repulsion fields of embeddings and proxies",
+        ),
     ]
 }
 
@@ -160,13 +189,14 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             name="symm",
-            module="dmlsynth.methods.symmetric:SymmetricalSynthesis",
+            module="dmlsynth.methods.symm:SymmetricalSynthesis",
             description="Symmetrical Synthesis: reflected same-class pairs + hardest negative pair mining",
             compatible_losses=PAIR_BASED_LOSSES,
             params_schema={
                 "synthesis": {"type": "boolean", "description": "false: the base loss alone (ablation)"},
             },
             defaults={"synthesis": True},
+            off_params={"synthesis": False},
         ),
         MethodSpec(
             name="iaa",
@@ -177,7 +207,7 @@ METHODS: dict[str, MethodSpec] = {
                 "lambda": {"type": "number", "minimum": 0, "description": "variance scale λ (annealed)"},
                 "beta": {"type": "number", "minimum": 0},
                 "gamma": {"type": "number", "minimum": 0, "maximum": 1},
-                "k": {"type": "integer", "minimum": 1, "description": "neighbour classes K (capped at the candidates)"},
+                "k": {"type": "integer", "minimum": 1, "description": "neighbor classes K (capped at the candidates)"},
                 "sigma_m": {"type": "number", "exclusiveMinimum": 0},
                 "sigma_cv": {"type": "number", "exclusiveMinimum": 0},
                 "tau": {"type": "number", "minimum": 0, "description": "classes with n <= tau are corrected"},
@@ -200,6 +230,7 @@ METHODS: dict[str, MethodSpec] = {
                 "neighbor_correction": True,
                 "momentum": 0.5,
             },
+            off_params={"num_synthetic": 0},
         ),
         MethodSpec(
             name="sgar",
@@ -212,17 +243,19 @@ METHODS: dict[str, MethodSpec] = {
                 "weight": {"type": "number", "minimum": 0, "description": "0: the base loss alone"},
             },
             defaults={"steps": 4, "delta": 0.1, "margin": 0.01, "weight": 1.0},
+            off_params={"weight": 0.0},
         ),
-        # BLenDeR (METHODS.md §7) works on the data: real images plus generated images of the same
-        # class (dmlsynth.data.synthetic.mix_synthetic), trained with the base loss alone.
+        # BLenDeR (docs/methods.md §7) works on the data: real images plus generated images of the same
+        # class (dmlsynth.methods.blender), trained with the base loss alone.
         *[
             MethodSpec(
                 name=name,
-                module="dmlsynth.methods.baseline:Baseline",
+                module="dmlsynth.methods.blender:GeneratedImages",
                 description=description,
                 params_schema={"synthetic_per_real": {"type": "number", "minimum": 0}},
                 defaults={"synthetic_per_real": 0.5},
                 synthetic_images=image_set,
+                off_params={"synthetic_per_real": 0.0},
             )
             for name, image_set, description in [
                 ("blender", "blender", "BLenDeR: diffusion images from blended attribute prompts, union and intersection mixed"),
@@ -233,6 +266,134 @@ METHODS: dict[str, MethodSpec] = {
         ],
     ]
 }
+
+
+# Defaults of the optional keys of params.yaml's `training` and `evaluation` (the schema requires the rest).
+TRAINING_DEFAULTS: Mapping[str, Any] = {
+    "batches_per_epoch": None,  # None: one pass over the training images
+    "weight_decay": 0.0,
+    "lr_scheduler": "cosine",
+    "device": "auto",
+    "num_workers": 0,
+    "mixed_precision": "auto",
+    "image_decoding": "workers",  # photos: decoded by the loader workers, or "device" (nvJPEG on CUDA)
+}
+EVALUATION_DEFAULTS: Mapping[str, Any] = {"batch_size": 256}
+# How the results table compares methods with baseline (params.yaml `statistics`; dmlsynth.stats).
+STATISTICS_DEFAULTS: Mapping[str, Any] = {"confidence": 0.95, "alpha": 0.05, "bootstrap_samples": 2000, "bootstrap_seed": 0}
+TRACKING_DEFAULTS: Mapping[str, Any] = {
+    "enabled": True,
+    "uri": "sqlite:///mlflow.db",
+    "artifacts": None,  # None: mlruns/ beside a local store; a tracking server's own default otherwise
+    "timeout": 10,  # seconds a tracking server may take to answer (MLflow's default stalls ~4 min)
+}
+
+
+# BLenDeR generation (docs/methods.md §7) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    name: str
+    load: str  # "module:function"; load(settings, generator_dir) -> dmlsynth.generation.sampler.Components
+    trained_here: bool  # trained by the workflow (the train_generator rule) rather than loaded
+    description: str
+
+
+@dataclass(frozen=True)
+class ImageSetSpec:
+    """One kind of generated training images; a data-level method names the set it trains with."""
+
+    name: str
+    operators: Mapping[str, float] | None  # the operator mix; None: generation.<dataset>.operators
+    conditions: str  # "attributes" (K blended attribute prompts) or "plain" (the class prompt alone)
+    description: str
+
+
+GENERATORS: dict[str, GeneratorSpec] = {
+    spec.name: spec
+    for spec in [
+        GeneratorSpec(
+            "embedded",
+            "dmlsynth.generation.embedded:load_embedded_generator",
+            True,
+            "a small prompt-conditioned pixel diffusion model trained here on the training classes (grayscale)",
+        ),
+        GeneratorSpec(
+            "stable-diffusion",
+            "dmlsynth.generation.stable_diffusion:load_stable_diffusion",
+            False,
+            "Stable Diffusion (model_id: a Hugging Face id or a local diffusers folder)",
+        ),
+    ]
+}
+
+IMAGE_SETS: dict[str, ImageSetSpec] = {
+    spec.name: spec
+    for spec in [
+        ImageSetSpec("blender", None, "attributes", "K blended prompts, the configured union/intersection mix"),
+        ImageSetSpec("union", {"union": 1.0}, "attributes", "K blended prompts, union"),
+        ImageSetSpec("intersection", {"intersection": 1.0}, "attributes", "K blended prompts, intersection"),
+        ImageSetSpec("plain", {"conjunction": 1.0}, "plain", "the class prompt, ordinary classifier-free guidance"),
+    ]
+}
+
+EMBEDDED_GENERATOR_DEFAULTS: Mapping[str, Any] = {
+    "train_steps": 1000,
+    "batch_size": 64,
+    "lr": 0.002,
+    "warmup_steps": 100,
+    "caption_dropout": 0.1,
+    "attribute_keep": 0.5,
+    "unet_channels": [32, 64],
+    "text_width": 64,
+    "text_layers": 2,
+    "max_tokens": 16,
+    "train_timesteps": 1000,
+}
+
+# generation.<dataset> (the generator itself defaults to the dataset's default_generator).
+GENERATION_DEFAULTS: Mapping[str, Any] = {
+    "model_id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "scheduler": "dpm-solver",
+    "steps": 15,
+    "guidance_scale": 3.0,
+    "images_per_class": 80,
+    # At most this many images per sampler call; on a GPU fewer when they would not fit
+    # into gpu_memory_gib (dmlsynth.generation.batching), and halved on out-of-memory.
+    "batch_size": 80,
+    # GPU memory (GiB) generation may fill: 16 keeps the default below 20 GiB and fits a 24 GiB card;
+    # None: all the memory that is free when the job starts.
+    "gpu_memory_gib": 16,
+    "prompts_per_image": 3,
+    "prompts_per_condition": 2,
+    "operators": {"union": 0.5, "intersection": 0.5},
+    "seed": 0,
+    "device": "auto",
+    "fp16": True,
+    "attention_slicing": "auto",
+    "vae_slicing": "auto",  # decode one image at a time; auto = on a GPU
+    "compile": "auto",  # torch.compile the UNet; auto = on a GPU when the job repays it (generators.wants_compile)
+    "textual_inversion": {},
+    "lora": None,
+    "threads": 1,  # CPU threads of each generation job (train_generator, generate)
+    "embedded": EMBEDDED_GENERATOR_DEFAULTS,
+}
+
+
+def dataset_defaults(name: str) -> dict[str, Any]:
+    """The ``dataset_settings.<name>`` a config leaves unset."""
+    spec = DATASETS[name]
+    return {
+        "backbone": spec.default_backbone,
+        "pretrained": False,
+        "embedding_dim": spec.default_embedding_dim,
+        "image_size": spec.default_image_size,
+        "cache_short_side": spec.default_cache_short_side,
+        "urls": {},
+        "resources": {},
+        "validation_classes": 0,  # none: the reported epoch is the last (dmlsynth.data.split)
+    }
 
 
 def method_params(spec: MethodSpec, config: Mapping[str, Any]) -> dict[str, Any]:

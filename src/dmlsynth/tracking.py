@@ -1,18 +1,31 @@
-"""MLflow tracking: every run folder mirrored as one MLflow run.
+"""MLflow tracking — the one module that talks to MLflow.
 
-One experiment per dataset; run name ``{method}/{loss}/seed{seed}``; tags for
-dataset, method, loss, seed, params hash and git commit; all resolved params;
-the per-epoch training loss and time; the final metrics; the run's files as
-artifacts. :func:`track_run` reads everything from the run folder and is
-idempotent: the training job calls it, the evaluation job calls it again and
-adds the metrics, a re-run adds nothing twice, and ``dmlsynth track`` can
-re-sync a folder after tracking trouble.
+- :func:`track_run`: a run folder mirrored as one MLflow run. One experiment
+  per dataset; run name ``{method}/{loss}/seed{seed}``; tags for dataset,
+  method, loss, seed, params hash, git commit and code digest; all resolved
+  params; the per-epoch training loss and time; the final metrics; the run's
+  files as artifacts. Idempotent: the training job calls it, the evaluation
+  job calls it again and adds the metrics, a re-run adds nothing twice, and
+  ``dmlsynth track`` re-syncs folders after tracking trouble.
+- :func:`track_table`: the results table as the ``table`` run of the
+  ``summary`` experiment; :func:`track_generation`: one run per dataset x
+  image set x operator of the generation report.
+- :func:`tracked`: how jobs call the above — a tracking failure is reported
+  (once in the job's log, and once in the Snakemake console at the end of
+  the workflow) and never costs a result on disk.
 
-The store is ``$MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` of the
-config (default ``sqlite:///mlflow.db`` in the workflow folder). With a local
-SQLite or file store, writers take a file lock: many jobs finishing at once
-never see "database is locked", and find-or-create cannot race into
-duplicates.
+Settings (``tracking`` of params.yaml): ``uri`` (``$MLFLOW_TRACKING_URI``
+wins), ``artifacts`` (where a *new* experiment keeps its artifacts; default:
+``mlruns/`` beside a local store, the server's choice for a tracking
+server), ``timeout`` (seconds a tracking server may take to answer; one
+retry). With a local SQLite or file store, writers take a file lock: many
+jobs finishing at once never see "database is locked".
+
+MLflow stores an experiment's artifact location as an absolute path. When a
+copied or moved project finds its experiments pointing at another folder,
+the old experiment is renamed (``digits (artifacts in /old/place)``) with a
+warning and a fresh one is made here, so nothing is written into the old
+project.
 """
 
 from __future__ import annotations
@@ -21,34 +34,56 @@ import json
 import logging
 import math
 import os
+import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import yaml
 
+from dmlsynth import registry
+from dmlsynth.layout import RunFolder
+
 log = logging.getLogger("dmlsynth.tracking")
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 KEY_TAG = "dmlsynth.key"
 HASH_TAG = "dmlsynth.params_hash"
-ARTIFACTS = ("run.yaml", "train_log.csv", "metrics.json", "train_curve.png", "embeddings.png")
+SUPERSEDED_TAG = "dmlsynth.superseded"
+# The workflow points jobs at a folder where each failed tracking call leaves a note; the
+# Snakefile prints them once at the end, so failures are not hidden in per-job logs.
+FAILURES_VARIABLE = "DMLSYNTH_TRACKING_FAILURES"
 
 
 class TrackingError(RuntimeError):
     """The tracking store could not be written; results on disk are unaffected."""
 
 
-def tracking_uri(config: Mapping[str, Any] | None = None) -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return ((config or {}).get("tracking") or {}).get("uri", DEFAULT_URI)
+@dataclass(frozen=True)
+class TrackingSettings:
+    enabled: bool
+    uri: str
+    artifacts: str | None  # artifact root of new experiments (absolute); None: the tracking server's default
+    timeout: float
 
 
-def tracking_enabled(config: Mapping[str, Any] | None) -> bool:
-    return bool(((config or {}).get("tracking") or {}).get("enabled", True))
+def settings(config: Mapping[str, Any] | None) -> TrackingSettings:
+    """The resolved ``tracking`` settings (registry defaults, config, ``$MLFLOW_TRACKING_URI``)."""
+    values = {**registry.TRACKING_DEFAULTS, **((config or {}).get("tracking") or {})}
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or str(values["uri"])
+    return TrackingSettings(
+        enabled=bool(values["enabled"]), uri=uri, artifacts=artifact_root(uri, values["artifacts"]), timeout=float(values["timeout"])
+    )
+
+
+def artifact_root(uri: str, artifacts: str | None) -> str | None:
+    """Where new experiments keep artifacts: ``artifacts`` (relative to the working directory, like
+    the store), else the ``mlruns`` folder beside a local store, else the server's default (None)."""
+    if artifacts:
+        return artifacts if "://" in artifacts else str(Path(artifacts).resolve())
+    store = _local_store_path(uri)
+    return str(store.resolve().parent / "mlruns") if store is not None else None
 
 
 def metric_name(key: str) -> str:
@@ -81,6 +116,16 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def _client(tracking: TrackingSettings):
+    # A tracking server that does not answer must not stall every job for minutes (MLflow's
+    # defaults: 120 s per request, 7 retries with back-off). The user's own settings win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(round(tracking.timeout)))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking.uri)
+
+
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in mapping.items():
@@ -92,43 +137,77 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _experiment_id(client, name: str) -> str:
+def _local_path(location: str) -> Path | None:
+    if location.startswith("file://"):
+        return Path(location[len("file://") :])
+    if "://" not in location:
+        return Path(location)
+    return None
+
+
+def _experiment_id(client, name: str, tracking: TrackingSettings) -> str:
+    """The id of experiment ``name``, made with this project's artifact root if needed."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name)
+        stored = _local_path(experiment.artifact_location)
+        wanted = _local_path(tracking.artifacts) if tracking.artifacts else None
+        if stored is None or wanted is None or stored.resolve().is_relative_to(wanted.resolve()):
+            return experiment.experiment_id
+        # The store came along with a copied or moved project: keep the old experiment (renamed),
+        # and never write into the other project's artifact folder.
+        aside = f"{name} (artifacts in {stored})"
+        log.warning(
+            "MLflow experiment %r keeps its artifacts in %s, outside this project's %s (the project was copied or "
+            "moved); renamed it to %r and tracking into a new experiment %r here",
+            name, stored, wanted, aside, name,
+        )  # fmt: skip
+        client.rename_experiment(experiment.experiment_id, aside)
+    location = tracking.artifacts.rstrip("/") + f"/{_safe(name)}" if tracking.artifacts else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _run_key(params: Mapping[str, Any]) -> str:
     return f"{params['dataset']}/{params['method']}/{params['loss']}/seed{params['seed']}"
 
 
-def track_run(run_dir: str | Path, uri: str) -> str:
-    """Create or complete the MLflow run of a run folder; return its run id."""
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
+def _find_or_create(client, experiment_id: str, key: str, run_name: str, tags: Mapping[str, str]):
+    existing = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'")
+    if existing:
+        return existing[0]
+    return client.create_run(experiment_id, run_name=run_name, tags={KEY_TAG: key, **tags})
 
-    run_dir = Path(run_dir)
-    record_file = run_dir / "run.yaml"
-    if not record_file.is_file():
-        raise FileNotFoundError(f"{record_file} does not exist: {run_dir} is not a finished training run")
-    record = yaml.safe_load(record_file.read_text())
+
+def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
+    """Create or complete the MLflow run of a run folder; return its run id."""
+    from mlflow.entities import Metric, Param
+
+    if isinstance(tracking, str):
+        tracking = settings({"tracking": {"uri": tracking}})
+    folder = RunFolder(str(run_dir))
+    if not Path(folder.record).is_file():
+        raise FileNotFoundError(f"{folder.record} does not exist: {run_dir} is not a finished training run")
+    record = yaml.safe_load(Path(folder.record).read_text())
     params, params_hash = record["params"], record["params_hash"]
     key = _run_key(params)
 
-    with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = _experiment_id(client, params["dataset"])
+    with store_lock(tracking.uri):
+        client = _client(tracking)
+        experiment_id = _experiment_id(client, params["dataset"], tracking)
         previous = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'")
         current = [r for r in previous if r.data.tags.get(HASH_TAG) == params_hash]
         for old in previous:
-            if old.data.tags.get(HASH_TAG) != params_hash and old.data.tags.get("dmlsynth.superseded") != "true":
-                client.set_tag(old.info.run_id, "dmlsynth.superseded", "true")
+            if old.data.tags.get(HASH_TAG) != params_hash and old.data.tags.get(SUPERSEDED_TAG) != "true":
+                client.set_tag(old.info.run_id, SUPERSEDED_TAG, "true")
         if current:
             run = current[0]
         else:
+            code = record["code"]
             tags = {
                 KEY_TAG: key,
                 HASH_TAG: params_hash,
@@ -136,8 +215,9 @@ def track_run(run_dir: str | Path, uri: str) -> str:
                 "method": params["method"],
                 "loss": params["loss"],
                 "seed": str(params["seed"]),
-                "mlflow.source.git.commit": record["code"]["git_commit"],
-                "git_dirty": str(record["code"]["git_dirty"]),
+                "mlflow.source.git.commit": code["git_commit"],
+                "git_dirty": str(code["git_dirty"]),
+                **({"dmlsynth.code_digest": code["digest"]} if "digest" in code else {}),
                 **{f"env.{k}": str(v) for k, v in record["environment"].items()},
             }
             run = client.create_run(
@@ -152,40 +232,53 @@ def track_run(run_dir: str | Path, uri: str) -> str:
 
         metrics: list[Metric] = []
         now = 0
-        if "train_loss" not in logged and (run_dir / "train_log.csv").is_file():
-            history = pd.read_csv(run_dir / "train_log.csv")
-            for row in history.itertuples(index=False):
-                step = int(row.epoch)
-                metrics.append(Metric("train_loss", float(row.loss), now, step))
-                metrics.append(Metric("epoch_seconds", float(row.seconds), now, step))
-                metrics.append(Metric("lr", float(row.lr), now, step))
+        if "train_loss" not in logged and Path(folder.history).is_file():
+            history = pd.read_csv(folder.history)
+            # Validation classes' metrics per epoch too, when the run has them (val_recall@1, val_map@r).
+            validation = [c for c in history.columns if c.startswith("val_")]
+            for row in history.to_dict(orient="records"):
+                step = int(row["epoch"])
+                metrics.append(Metric("train_loss", float(row["loss"]), now, step))
+                metrics.append(Metric("epoch_seconds", float(row["seconds"]), now, step))
+                metrics.append(Metric("lr", float(row["lr"]), now, step))
+                metrics.extend(Metric(metric_name(c), float(row[c]), now, step) for c in validation)
         finals = {f"wall_seconds_{k}": float(v) for k, v in (record.get("wall_seconds") or {}).items()}
-        if (run_dir / "metrics.json").is_file():
-            evaluation = json.loads((run_dir / "metrics.json").read_text())
-            finals.update({metric_name(k): float(v) for k, v in evaluation.items()})
+        if record.get("validation"):
+            finals["chosen_epoch"] = float(record["validation"]["chosen_epoch"])
+        if Path(folder.metrics).is_file():
+            evaluation = json.loads(Path(folder.metrics).read_text())
+            finals.update({metric_name(k): float(v) for k, v in evaluation.items() if isinstance(v, (int, float))})
         for name, value in finals.items():
             if math.isfinite(value) and logged.get(name) != value:
                 metrics.append(Metric(name, value, now, 0))
         for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
             client.log_batch(run_id, metrics=metrics[start : start + 900])
-        for name in ARTIFACTS:
-            if (run_dir / name).is_file():
-                client.log_artifact(run_id, str(run_dir / name))
+        for file in [folder.record, folder.history, folder.metrics, folder.training_curve, folder.embedding_plot]:
+            if Path(file).is_file():
+                client.log_artifact(run_id, file)
         client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
-def track_summary(files: list[str | Path], uri: str, experiment: str = "summary") -> str:
-    """Log the results table (and its figure) as the one ``table`` run of the summary experiment."""
-    from mlflow.tracking import MlflowClient
+def track_table(
+    tracking: TrackingSettings, files: Sequence[str | Path], metrics: Mapping[str, float] | None = None, experiment: str = "summary"
+) -> str:
+    """Log the results table (its files, and its numbers as metrics) as the one ``table`` run of ``experiment``."""
+    from mlflow.entities import Metric
 
-    with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = _experiment_id(client, experiment)
-        existing = client.search_runs([experiment_id], filter_string="tags.`dmlsynth.key` = 'table'")
-        run_id = existing[0].info.run_id if existing else client.create_run(
-            experiment_id, run_name="table", tags={KEY_TAG: "table"}
-        ).info.run_id
+    with store_lock(tracking.uri):
+        client = _client(tracking)
+        run_id = _find_or_create(client, _experiment_id(client, experiment, tracking), "table", "table", {}).info.run_id
+        # The table's numbers (n/a values left out), in batches: a paper table has thousands. A
+        # rebuilt table's values are the latest (MLflow shows the newest timestamp of a step).
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(metric_name(name), float(value), now, 0)
+            for name, value in sorted((metrics or {}).items())
+            if value is not None and math.isfinite(float(value))
+        ]
+        for start in range(0, len(batch), 900):  # log_batch takes at most 1000 metrics
+            client.log_batch(run_id, metrics=batch[start : start + 900])
         for file in files:
             if Path(file).is_file():
                 client.log_artifact(run_id, str(file))
@@ -193,13 +286,71 @@ def track_summary(files: list[str | Path], uri: str, experiment: str = "summary"
     return run_id
 
 
+def track_generation(
+    tracking: TrackingSettings, table: pd.DataFrame, figures: Mapping[str, str | Path], report: str | Path, experiment: str = "generation"
+) -> None:
+    """One run per dataset x image set x operator of the generation report: tags, quality metrics, files."""
+    with store_lock(tracking.uri):
+        client = _client(tracking)
+        experiment_id = _experiment_id(client, experiment, tracking)
+        for row in table.to_dict("records"):
+            key = f"generation/{row['dataset']}/{row['image_set']}/{row['operator']}"
+            run_id = _find_or_create(client, experiment_id, key, key.removeprefix("generation/"), {}).info.run_id
+            for name in ("dataset", "image_set", "operator", "generator"):
+                client.set_tag(run_id, name, str(row[name]))
+            for name, value in row.items():
+                if name not in ("dataset", "image_set", "operator", "generator") and isinstance(value, (int, float)):
+                    if math.isfinite(float(value)):
+                        client.log_metric(run_id, metric_name(str(name)), float(value))
+            for file in (report, figures.get(row["dataset"])):
+                if file is not None and Path(file).is_file():
+                    client.log_artifact(run_id, str(file))
+            client.set_terminated(run_id, "FINISHED")
+
+
 def report_failure(exc: BaseException, what: str, resync: str) -> None:
-    """Say clearly that tracking failed, that results are safe, and how to re-sync."""
-    log.error(
-        "MLflow tracking failed for %s: %s: %s. The results on disk are complete and kept. "
-        "Check the tracking store (MLFLOW_TRACKING_URI or tracking.uri in params.yaml), then run: %s",
-        what,
-        type(exc).__name__,
-        exc,
-        resync,
+    """Say clearly that tracking failed, that results are safe, and how to re-sync (log, and a note for the console)."""
+    message = (
+        f"MLflow tracking failed for {what}: {type(exc).__name__}: {exc}. The results on disk are complete and "
+        f"kept. Check the tracking store (MLFLOW_TRACKING_URI or tracking.uri in params.yaml), then run: {resync}"
     )
+    log.error("%s", message)
+    notes = os.environ.get(FAILURES_VARIABLE)
+    if notes:
+        folder = Path(notes)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{os.getpid()}-{time.monotonic_ns()}.txt").write_text(message + "\n")
+
+
+def tracked(config: Mapping[str, Any] | None, what: str, resync: str, call: Callable[[TrackingSettings], Any]) -> bool:
+    """Run ``call(settings)`` if tracking is enabled; a failure is reported, never raised. True if it worked."""
+    tracking = settings(config)
+    if not tracking.enabled:
+        return True
+    try:
+        call(tracking)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any store failure must leave the results alone
+        report_failure(exc, what, resync)
+        return False
+
+
+def track_runs(config: Mapping[str, Any] | None, run_dirs: Sequence[str | Path]) -> bool:
+    """Mirror run folders into MLflow; True if every one was tracked."""
+    ok = True
+    for run_dir in run_dirs:
+        ok &= tracked(
+            config, str(run_dir), f"dmlsynth track {run_dir}",
+            lambda tracking, run_dir=run_dir: log.info("tracked %s as MLflow run %s", run_dir, track_run(run_dir, tracking)),
+        )  # fmt: skip
+    return ok
+
+
+def failure_notes(folder: str | Path) -> list[str]:
+    """The tracking-failure notes jobs left in ``folder`` (removed once read)."""
+    folder = Path(folder)
+    notes = []
+    for note in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
+        notes.append(note.read_text().strip())
+        note.unlink(missing_ok=True)
+    return notes

@@ -18,13 +18,12 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
-import shutil
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from dmlsynth.data.errors import DataError
+from dmlsynth.io import atomic_directory
 
 
 # What reading a truncated or corrupt archive raises (gzip: EOFError / BadGzipFile, bz2/xz: OSError
@@ -75,47 +74,41 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     """Extract the tar archive ``archive`` (any compression tarfile reads) to the folder ``dest``.
 
     ``dest`` is replaced if it exists. On any error nothing is left under
-    ``dest`` or in the temporary folder.
+    ``dest`` or in the temporary folder (:func:`dmlsynth.io.atomic_directory`).
     """
-    archive, dest = Path(archive), Path(dest)
+    with atomic_directory(dest) as staging:
+        extract_into(archive, staging)
+    return Path(dest)
+
+
+def extract_into(archive: str | os.PathLike[str], folder: Path) -> None:
+    """Check every member of ``archive``, then extract it into the (empty) ``folder``."""
+    archive = Path(archive)
     if not archive.is_file():
         raise ArchiveError(f"archive {archive} does not exist")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         tar = tarfile.open(archive, "r:*")
     except (*_READ_ERRORS, OSError) as exc:
         raise _damaged(archive, exc) from exc
-    # Left over by an extraction that was killed (the except clause below never ran): remove.
-    for stale in dest.parent.glob(f".{dest.name}.*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
-    try:
-        with tar:
-            members = _members(tar, archive)
-            refused = [(m.name, why) for m in members if (why := check_member(m)) is not None]
-            if refused:
-                listed = "; ".join(f"{name!r}: {why}" for name, why in refused[:5])
-                more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
-                raise ArchiveError(
-                    f"{archive} contains {len(refused)} member(s) that are not extracted for safety: {listed}{more}. "
-                    "The file is not the expected dataset archive; delete it and get the file from the official "
-                    "source or a trusted mirror."
-                )
-            try:
-                tar.extractall(staging, members=members, filter="data")
-            except tarfile.FilterError as exc:
-                raise ArchiveError(f"{archive}: member refused by the tar safety filter ({exc})") from exc
-            except _READ_ERRORS as exc:
-                raise _damaged(archive, exc) from exc
-            except OSError as exc:
-                raise ArchiveError(
-                    f"cannot write the contents of {archive} to {dest.parent} ({exc}); check free disk space "
-                    "and permissions"
-                ) from exc
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return dest
+    with tar:
+        members = _members(tar, archive)
+        refused = [(m.name, why) for m in members if (why := check_member(m)) is not None]
+        if refused:
+            listed = "; ".join(f"{name!r}: {why}" for name, why in refused[:5])
+            more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+            raise ArchiveError(
+                f"{archive} contains {len(refused)} member(s) that are not extracted for safety: {listed}{more}. "
+                "The file is not the expected dataset archive; delete it and get the file from the official "
+                "source or a trusted mirror."
+            )
+        try:
+            tar.extractall(folder, members=members, filter="data")
+        except tarfile.FilterError as exc:
+            raise ArchiveError(f"{archive}: member refused by the tar safety filter ({exc})") from exc
+        except _READ_ERRORS as exc:
+            raise _damaged(archive, exc) from exc
+        except OSError as exc:
+            raise ArchiveError(
+                f"cannot write the contents of {archive} to {folder.parent} ({exc}); check free disk space "
+                "and permissions"
+            ) from exc

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
+from dmlsynth import layout
 from dmlsynth.data.download import fetch
 from dmlsynth.data.manifest import class_disjoint_split, write_manifest
 from dmlsynth.data.sources import (
@@ -52,7 +53,7 @@ EXPECTED = {"images": 16_185, "classes": 196, "train_images": 8_054, "test_image
 def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logging.Logger) -> Path:
     out_dir, raw_dir = Path(out_dir), Path(raw_dir)
     sources = resolve_sources(DATASET, settings, FILES, EXPECTED)
-    manifest = out_dir / "manifest.csv"
+    manifest = out_dir / layout.MANIFEST
     manifest.unlink(missing_ok=True)
     paths = {
         key: fetch(
@@ -75,7 +76,7 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
                 "incomplete. Delete them and run again, or replace them with the original files."
             )
         check_images((staging / p for p in frame["path"]), staging)
-    frame["path"] = ["extracted/" + p for p in frame["path"]]
+    frame["path"] = [f"{layout.EXTRACTED}/{p}" for p in frame["path"]]
     log_summary(log, DATASET, frame)
     return write_manifest(frame, manifest)
 

@@ -35,7 +35,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from dmlsynth.config import atomic_write_text
+from dmlsynth import layout
+from dmlsynth.io import atomic_write_text
 from dmlsynth.data.download import fetch
 from dmlsynth.data.manifest import class_disjoint_split, write_manifest
 from dmlsynth.data.sources import (
@@ -60,13 +61,12 @@ FILES = {
 EXPECTED = {"images": 11_788, "classes": 200, "train_images": 5_864, "test_images": 5_924}
 
 ROOT = "CUB_200_2011"
-ATTRIBUTES_FILE = "class_attributes.csv"
 
 
 def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logging.Logger) -> Path:
     out_dir, raw_dir = Path(out_dir), Path(raw_dir)
     sources = resolve_sources(DATASET, settings, FILES, EXPECTED)
-    manifest = out_dir / "manifest.csv"
+    manifest = out_dir / layout.MANIFEST
     manifest.unlink(missing_ok=True)  # from here on, no manifest until everything below succeeded
     archive = fetch(
         sources.urls["archive"],
@@ -79,8 +79,8 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
         frame, attributes = read_layout(staging, source=archive.name)
         check_counts(DATASET, frame, sources.expected, archive.name)
         check_images((staging / p for p in frame["path"]), staging)
-    frame["path"] = ["extracted/" + p for p in frame["path"]]
-    atomic_write_text(out_dir / ATTRIBUTES_FILE, attributes.to_csv(index=False))
+    frame["path"] = [f"{layout.EXTRACTED}/{p}" for p in frame["path"]]
+    atomic_write_text(out_dir / layout.CLASS_ATTRIBUTES, attributes.to_csv(index=False))
     log_summary(log, DATASET, frame)
     return write_manifest(frame, manifest)
 

@@ -8,7 +8,6 @@ embedded or real, reaches training the same way (files + manifest).
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from dmlsynth import layout
+from dmlsynth.io import atomic_directory
 from dmlsynth.data.manifest import class_disjoint_split, write_manifest
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -31,18 +32,13 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
     split = class_disjoint_split(labels)
 
     out_dir = Path(out_dir)
-    staging = out_dir / "images.partial"
-    shutil.rmtree(staging, ignore_errors=True)
     rows = []
-    for index, (image, label) in enumerate(zip(images, labels)):
-        relative = Path("images") / f"{label}" / f"{index:04d}.png"
-        target = staging / relative.relative_to("images")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(target)
-        rows.append({"path": relative.as_posix(), "label": label, "class_name": NAMES[label], "split": split[label]})
-    final = out_dir / "images"
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+    with atomic_directory(out_dir / layout.IMAGES) as staging:
+        for index, (image, label) in enumerate(zip(images, labels)):
+            relative = f"{label}/{index:04d}.png"
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(staging / relative)
+            rows.append({"path": f"{layout.IMAGES}/{relative}", "label": label, "class_name": NAMES[label], "split": split[label]})
     frame = pd.DataFrame(rows)
     log.info(
         "digits: %d images, %d train classes (%d images), %d test classes (%d images)",
@@ -52,4 +48,4 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
         frame.loc[frame.split == "test", "label"].nunique(),
         int((frame.split == "test").sum()),
     )
-    return write_manifest(frame, out_dir / "manifest.csv")
+    return write_manifest(frame, out_dir / layout.MANIFEST)

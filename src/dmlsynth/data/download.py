@@ -100,7 +100,7 @@ def fetch(
         raise ChecksumError(
             f"{dest} has md5 {actual}, expected {md5}: the file is damaged or a different version. "
             f"Delete it and run again"
-            + (f" (it will be downloaded again from {url})" if url else f", or replace it with the correct file")
+            + (f" (it will be downloaded again from {url})" if url else ", or replace it with the correct file")
             + "."
         )
     if not url:

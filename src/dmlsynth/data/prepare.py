@@ -1,8 +1,7 @@
 """Prepare a dataset by its registry entry.
 
-``{paths.data}/{dataset}/manifest.csv`` (+ images) is the result;
-downloads, archives and files the user places by hand live in
-``{paths.data}/raw/{dataset}/``.
+The dataset's manifest (+ images) is the result; downloads, archives and
+files the user places by hand live in its raw folder (:mod:`dmlsynth.layout`).
 """
 
 from __future__ import annotations
@@ -13,16 +12,14 @@ from typing import Any, Mapping
 
 from dmlsynth import registry
 from dmlsynth.config import dataset_settings
-
-
-def dataset_dir(config: Mapping[str, Any], dataset: str) -> Path:
-    return Path(config["paths"]["data"]) / dataset
+from dmlsynth.layout import Layout
 
 
 def prepare_dataset(config: Mapping[str, Any], dataset: str) -> Path:
     spec = registry.DATASETS[dataset]
-    out_dir = dataset_dir(config, dataset)
+    layout = Layout.of(config)
+    out_dir = Path(layout.dataset_dir(dataset))
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw_dir = Path(config["paths"]["data"]) / "raw" / dataset
+    raw_dir = Path(layout.raw_dir(dataset))
     prepare = registry.load_object(spec.prepare)
     return prepare(dataset_settings(config, dataset), out_dir, raw_dir, logging.getLogger(f"dmlsynth.data.{dataset}"))

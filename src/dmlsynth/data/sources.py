@@ -10,7 +10,6 @@ comes from the module's declaration, the one place the real values live.
 from __future__ import annotations
 
 import logging
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,9 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from dmlsynth.data.archive import safe_extract
+from dmlsynth import layout
+from dmlsynth.data.archive import extract_into
+from dmlsynth.io import atomic_directory
 from dmlsynth.data.errors import DataError
 
 # Counts a prepared dataset is checked against.
@@ -116,21 +117,9 @@ def staged_extraction(archive: Path, out_dir: Path) -> Iterator[Path]:
     becomes ``{out_dir}/extracted``. Nothing unchecked ever sits where a
     complete dataset would.
     """
-    staging = safe_extract(archive, out_dir / ".extracted.unverified")
-    try:
+    with atomic_directory(out_dir / layout.EXTRACTED) as staging:
+        extract_into(archive, staging)
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    promote(staging, out_dir / "extracted")
-
-
-def promote(staging: Path, final: Path) -> Path:
-    """Rename a checked extraction into place (replacing an older one)."""
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
-    return final
 
 
 def log_summary(log: logging.Logger, dataset: str, frame: pd.DataFrame) -> None:

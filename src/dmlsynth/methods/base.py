@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -28,6 +29,7 @@ class MethodContext:
     generator: torch.Generator
     embed_training_set: Callable[[], tuple[torch.Tensor, torch.Tensor]]
     device: torch.device
+    embedding_layer: nn.Module | None = None
 
 
 class Method(nn.Module):
@@ -44,8 +46,19 @@ class Method(nn.Module):
         self.params = dict(params)
         self.context = context
 
+    @classmethod
+    def training_frame(
+        cls, train_frame: pd.DataFrame, generated_frame: pd.DataFrame | None, params: Mapping[str, Any], seed: int
+    ) -> pd.DataFrame:
+        """The training images of a run (manifest rows): the real ones, unless a data-level method adds some."""
+        if generated_frame is not None:
+            raise ValueError(f"{cls.__name__} does not train with generated images")
+        return train_frame
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called before epoch ``epoch`` (0-based) of ``context.num_epochs``."""
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of a batch: ``embeddings`` ``(B, D)``, ``labels`` ``(B,)``, and the backbone
+        ``features`` ``(B, F)`` the embeddings were computed from (``embedding_layer(features)``)."""
         return self.base_loss(embeddings, labels)

@@ -16,8 +16,8 @@ its positives. λ is annealed (×1.0 / 0.9 / 0.75 / 0.6 from 0 / 40 / 60 /
 
 [project definition] details: ``momentum`` blends a new estimate with the
 previous one (new = momentum·old + (1 − momentum)·fresh; the first estimate
-is taken as is); a class with no candidate neighbour uses Σ_global as its
-neighbour variance; K is capped at the number of candidates (digits has
+is taken as is); a class with no candidate neighbor uses Σ_global as its
+neighbor variance; K is capped at the number of candidates (digits has
 five training classes). With Proxy-Anchor (whose anchors are the proxies)
 the synthetics simply join the batch as extra samples of their class.
 """
@@ -92,17 +92,17 @@ def corrected_variance(
     # (11): the K candidates with the smallest D_m (non-candidates sort last).
     k_eff = max(1, min(int(k), num_classes))
     nearest = d_m.masked_fill(~candidate, float("inf")).topk(k_eff, dim=1, largest=False).indices
-    in_neighbourhood = torch.zeros_like(candidate).scatter_(1, nearest, True) & candidate
+    in_neighborhood = torch.zeros_like(candidate).scatter_(1, nearest, True) & candidate
     weights = counts[None, :] * torch.exp(-d_m_norm / (2 * sigma_m**2) - d_cv_norm / (2 * sigma_cv**2))  # (13)
-    weights = weights * in_neighbourhood
-    neighbour_variance = (weights @ variances) / weights.sum(dim=1, keepdim=True).clamp(min=1e-300)  # (12)
-    neighbour_variance = torch.where((num_candidates > 0)[:, None], neighbour_variance, global_variance[None, :])
+    weights = weights * in_neighborhood
+    neighbor_variance = (weights @ variances) / weights.sum(dim=1, keepdim=True).clamp(min=1e-300)  # (12)
+    neighbor_variance = torch.where((num_candidates > 0)[:, None], neighbor_variance, global_variance[None, :])
 
     few = counts <= tau
     alpha = torch.where(
         few, 1.0 / (1.0 + torch.log1p(beta * (counts - 1).clamp(min=0))), torch.zeros_like(counts)
     )  # (16)
-    mixed = (1 - gamma) * neighbour_variance + gamma * global_variance[None, :]
+    mixed = (1 - gamma) * neighbor_variance + gamma * global_variance[None, :]
     corrected = (1 - alpha[:, None]) * variances + alpha[:, None] * mixed  # (15)
     return torch.where(few[:, None], corrected, variances)
 
@@ -184,7 +184,7 @@ class IntraClassAdaptiveAugmentation(Method):
         self.sampling_variances.copy_(sampling.float())
         self.estimated.fill_(True)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         if not self.active:
             return self.base_loss(embeddings, labels)
         n, m = embeddings.shape[0], self.num_synthetic

@@ -110,7 +110,7 @@ class GradedRanking(Method):
         chosen = positive_sims > torch.quantile(positive_sims, 0.5)
         return ranking_loss(similarities[:, anchors[chosen], positives[chosen]], self.margin)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         loss = self.base_loss(embeddings, labels)
         if self.weight == 0:
             return loss

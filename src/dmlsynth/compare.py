@@ -1,0 +1,255 @@
+"""The comparison report: does a method beat baseline, how does that relate to the papers, what does it cost?
+
+``dmlsynth compare`` reads the results table (its paired differences, intervals
+and Holm-corrected significance), the runs' ``run.yaml`` (training time and
+device) and ``results/generation.csv`` (generation cost), and writes:
+
+- ``comparison.csv``: one row per dataset x loss x method (README defines the columns);
+- ``comparison.md``: the same per dataset x loss as readable tables, with the forest plots;
+- a forest plot per dataset x loss (:func:`dmlsynth.layout.forest_figure_name`): per method, the paired difference to baseline
+  (R@1 and MAP@R, percentage points) with its t interval over seeds (thick) and
+  query-bootstrap interval (thin), filled when significant after Holm, and the
+  published R@1 gains (:mod:`dmlsynth.published`) beside ours.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from dmlsynth import published as published_numbers
+from dmlsynth import registry
+from dmlsynth.io import atomic_write_text, save_figure
+from dmlsynth.layout import forest_figure_name
+from dmlsynth.table import BASELINE, NOT_AVAILABLE, Run
+
+# What the forest plots and the report show, in this order.
+SHOWN = ("recall@1", "map@r")
+STAT_COLUMNS = ("mean", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p_holm", "significant")
+COST_COLUMNS = (
+    "train_device", "train_seconds_per_run", "train_seconds_total",
+    "generation_seconds", "generator_train_seconds", "gpu_hours",
+)  # fmt: skip
+
+
+class CompareError(ValueError):
+    """The table, runs or generation report given to ``dmlsynth compare`` do not fit together."""
+
+
+def _is_cuda(device: str) -> bool:
+    return str(device).startswith("cuda")
+
+
+def generation_cost(generation: pd.DataFrame | None, dataset: str, method: str) -> dict[str, float]:
+    """Sampling seconds of the method's image set and the (shared) generator training seconds.
+
+    The device counts towards GPU-hours when ``generation.csv`` records it
+    (``device`` column); without it, ``gpu_seconds`` is NaN (unknown).
+    """
+    image_set = registry.METHODS[method].synthetic_images if method in registry.METHODS else None
+    if image_set is None:
+        return {"generation_seconds": 0.0, "generator_train_seconds": 0.0, "gpu_seconds": 0.0}
+    if generation is None:
+        raise CompareError(
+            f"method {method!r} trains on generated images, but no generation report was given: "
+            f"pass --generation results/generation.csv"
+        )
+    rows = generation[(generation["dataset"] == dataset) & (generation["image_set"] == image_set)]
+    if rows.empty:
+        raise CompareError(f"generation report has no row for dataset {dataset!r}, image set {image_set!r}: re-run generation_report")
+    # An image set that mixes operators has a pooled 'all' row; a single-operator set has one row.
+    row = rows[rows["operator"] == "all"].iloc[0] if (rows["operator"] == "all").any() else rows.iloc[0]
+    sampling = float(row["seconds_per_image"]) * float(row["images"])
+    train = float(row.get("generator_train_seconds", 0.0) or 0.0)
+    device = row.get("device") if "device" in rows.columns else None
+    gpu = (sampling + train if _is_cuda(device) else 0.0) if isinstance(device, str) else float("nan")
+    return {"generation_seconds": sampling, "generator_train_seconds": train, "gpu_seconds": gpu}
+
+
+def _published_text(rows: pd.DataFrame) -> str:
+    parts = []
+    for row in rows.itertuples(index=False):
+        gain = "" if pd.isna(row.gain) else f" ({row.gain:+.1f})"
+        result = published_numbers.result_text(row.base_recall_at_1, row.method_recall_at_1, row.method_recall_at_1_std)
+        what = row.loss_name if isinstance(row.method, str) else f"{row.method_name} {row.loss_name}"  # a loss's own paper
+        parts.append(f"{what}, {row.backbone}: {result}{gain}")
+    return "; ".join(parts)
+
+
+def comparison(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per dataset x loss x method: the table's statistics for SHOWN, published numbers, cost."""
+    reference = published_numbers.published()
+    rows = []
+    for record in table.to_dict(orient="records"):
+        dataset, method, loss = record["dataset"], record["method"], record["loss"]
+        members = [r for r in runs if (r.dataset, r.method, r.loss) == (dataset, method, loss)]
+        if len(members) != record["seeds"]:
+            raise CompareError(
+                f"the table has {record['seeds']} seed(s) of {dataset}/{method}/{loss} but {len(members)} run folder(s) "
+                f"were given: rebuild the table from the same runs (snakemake --cores 1 --forcerun table)"
+            )
+        row: dict[str, Any] = {k: record[k] for k in ("dataset", "loss", "method", "seeds", "pairs", "test")}
+        for name in SHOWN:
+            for stat in STAT_COLUMNS:
+                row[f"{name}_{stat}"] = record.get(f"{name}_{stat}", np.nan)
+        papers = published_numbers.matching(reference, dataset, method, loss)
+        same_loss = papers[(papers["loss"] == loss) & papers["gain"].notna()]
+        row["published"] = _published_text(papers) or np.nan
+        row["published_gain_same_loss"] = float(same_loss["gain"].iloc[0]) if len(same_loss) else np.nan
+        seconds = [r.train_seconds for r in members]
+        cost = generation_cost(generation, dataset, method)
+        row["train_device"] = ";".join(sorted({r.device for r in members}))
+        row["train_seconds_per_run"] = float(np.mean(seconds))
+        row["train_seconds_total"] = float(np.sum(seconds))
+        row["generation_seconds"] = cost["generation_seconds"]
+        row["generator_train_seconds"] = cost["generator_train_seconds"]
+        row["gpu_hours"] = (sum(s for r, s in zip(members, seconds) if _is_cuda(r.device)) + cost["gpu_seconds"]) / 3600
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _points(value: float) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else f"{100 * value:+.1f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return NOT_AVAILABLE if pd.isna(low) else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def _significance(value: Any) -> str:
+    return NOT_AVAILABLE if value is None or (isinstance(value, float) and np.isnan(value)) else ("**yes**" if value else "no")
+
+
+def _seconds(value: float) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else f"{value:,.0f}"
+
+
+def _p(value: float) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else f"{value:.3g}"
+
+
+def _hours(value: float) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else f"{value:.2f}"
+
+
+def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
+    """The readable report: per dataset x loss, the forest plot and a table per method."""
+    level = f"{100 * confidence:g} %"
+    lines = [
+        "# Does it really help? Methods vs baseline",
+        "",
+        f"Differences are paired (same dataset, loss and seed) in percentage points, with the {level} "
+        "t interval over seeds (needs 2 or more paired seeds) and the "
+        f"{level} bootstrap interval over test queries (one seed suffices; it ignores training randomness). "
+        "*significant*: Holm-adjusted p-value below alpha over the methods compared with the same baseline "
+        "(paired t-test with 2 or more paired seeds, else the query bootstrap). Published gains are R@1 "
+        "of the papers (other backbones and recipes except the ResNet-50 rows). GPU-hours count seconds "
+        "on a CUDA device.",
+        "",
+    ]
+    for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=False):
+        lines += [f"## {dataset} · {loss}", "", f"![forest plot]({figure_dir}/{forest_figure_name(dataset, loss)})", ""]
+        lines += [
+            "| method | seeds | R@1 % | ΔR@1 | t CI | bootstrap CI | p (Holm) | significant "
+            "| ΔMAP@R | t CI | significant | published R@1 | train s / run | generation s | GPU-h |",
+            "|---|---:|---:|---:|---|---|---:|---|---:|---|---|---|---:|---:|---:|",
+        ]
+        for r in part.to_dict(orient="records"):
+            p_holm = r["recall@1_p_holm"]
+            generated = r["generation_seconds"] + r["generator_train_seconds"]
+            lines.append(
+                f"| {r['method']} | {r['seeds']} | {100 * r['recall@1_mean']:.1f} | {_points(r['recall@1_delta'])} "
+                f"| {_interval(r['recall@1_delta_ci_low'], r['recall@1_delta_ci_high'])} "
+                f"| {_interval(r['recall@1_delta_boot_low'], r['recall@1_delta_boot_high'])} "
+                f"| {_p(p_holm)} | {_significance(r['recall@1_significant'])} "
+                f"| {_points(r['map@r_delta'])} | {_interval(r['map@r_delta_ci_low'], r['map@r_delta_ci_high'])} "
+                f"| {_significance(r['map@r_significant'])} | {r['published'] if isinstance(r['published'], str) else '—'} "
+                f"| {_seconds(r['train_seconds_per_run'])} | {_seconds(generated) if generated else '—'} "
+                f"| {_hours(r['gpu_hours'])} |"
+            )
+        lines.append("")
+    lines += ["## Published numbers (R@1, %)", "", published_numbers.render(published_numbers.published())]
+    return "\n".join(lines)
+
+
+def forest_plot(part: pd.DataFrame, out: str | Path, confidence: float) -> None:
+    """One dataset x loss: paired differences to baseline per method, R@1 and MAP@R panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dataset, loss = part["dataset"].iloc[0], part["loss"].iloc[0]
+    compared = part[part["method"] != BASELINE].iloc[::-1]
+    level = f"{100 * confidence:g} %"
+    height = 1.6 + 0.55 * max(1, len(compared))
+    fig, axes = plt.subplots(1, len(SHOWN), figsize=(5.2 * len(SHOWN), height), sharey=True, squeeze=False)
+    y = np.arange(len(compared))
+    for ax, name in zip(axes[0], SHOWN):
+        ax.axvline(0, color="#333333", linewidth=0.8)
+        if compared.empty:
+            ax.text(0.5, 0.5, "no method compared with baseline", transform=ax.transAxes, ha="center")
+        for yi, row in zip(y, compared.to_dict(orient="records")):
+            delta = 100 * row[f"{name}_delta"]
+            boot = (100 * row[f"{name}_delta_boot_low"], 100 * row[f"{name}_delta_boot_high"])
+            t_ci = (100 * row[f"{name}_delta_ci_low"], 100 * row[f"{name}_delta_ci_high"])
+            if np.isfinite(boot[0]):
+                ax.plot(boot, [yi, yi], color="#4c72b0", linewidth=1.2)
+            if np.isfinite(t_ci[0]):
+                ax.plot(t_ci, [yi, yi], color="#4c72b0", linewidth=4, alpha=0.6, solid_capstyle="butt")
+            significant = row[f"{name}_significant"] is True
+            if np.isfinite(delta):
+                ax.plot(
+                    [delta], [yi], "o", markersize=7, color="#4c72b0",
+                    markerfacecolor="#4c72b0" if significant else "white", zorder=3,
+                )  # fmt: skip
+            if name == "recall@1" and np.isfinite(row.get("published_gain_same_loss", np.nan)):
+                ax.plot([row["published_gain_same_loss"]], [yi + 0.25], "D", color="#c44e52", markersize=6, zorder=3)
+        ax.set_title(f"{name}: method − baseline (points)", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(f"difference (%-points); thick: {level} t CI over seeds, thin: {level} query bootstrap", fontsize=7)
+    axes[0, 0].set_yticks(y, [f"{m} ({s} seed{'s' if s != 1 else ''})" for m, s in zip(compared["method"], compared["seeds"])])
+    from matplotlib.lines import Line2D
+
+    legend = [
+        Line2D([], [], marker="o", color="#4c72b0", markerfacecolor="#4c72b0", linestyle="", label="significant (Holm)"),
+        Line2D([], [], marker="o", color="#4c72b0", markerfacecolor="white", linestyle="", label="not significant"),
+    ]
+    if compared["published_gain_same_loss"].notna().any():
+        legend.append(Line2D([], [], marker="D", color="#c44e52", linestyle="", label="published R@1 gain, same loss"))
+    fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
+    fig.suptitle(f"{dataset} · {loss}: paired difference to baseline", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    save_figure(fig, out, dpi=120)
+
+
+def write_comparison(
+    table: pd.DataFrame,
+    runs: list[Run],
+    generation: pd.DataFrame | None,
+    out_csv: str | Path,
+    out_report: str | Path,
+    figure_dir: str | Path,
+    settings: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    from dmlsynth import stats
+
+    confidence = float({**stats.DEFAULTS, **(settings or {})}["confidence"])
+    frame = comparison(table, runs, generation)
+    figure_dir = Path(figure_dir)
+    for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=False):
+        forest_plot(part, figure_dir / forest_figure_name(dataset, loss), confidence)
+    # The report links its figures relative to its own folder, so results/ can be moved as a whole.
+    relative = os.path.relpath(figure_dir, Path(out_report).parent)
+    atomic_write_text(out_report, markdown(frame, Path(relative).as_posix(), confidence))
+    csv = frame.copy()
+    for column in [c for c in csv.columns if c.endswith("_significant")]:
+        csv[column] = csv[column].map({True: "yes", False: "no"})
+    csv["pairs"] = csv["pairs"].astype("Int64")
+    atomic_write_text(out_csv, csv.to_csv(index=False, float_format="%.6f", na_rep=NOT_AVAILABLE))
+    return frame
+

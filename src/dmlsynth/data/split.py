@@ -1,0 +1,79 @@
+"""Validation classes: a held-out part of the training classes, for choosing the epoch.
+
+Model selection on the test classes would report an optimistic number
+(Musgrave et al. 2020, "A Metric Learning Reality Check"). With
+``dataset_settings.<dataset>.validation_classes: N`` the last N training
+classes (by sorted class id) are validation classes: training, prompts,
+the embedded generator, image generation and the generation report see only
+the remaining training classes; the test classes stay as they are. The split
+is deterministic and the same for every seed and method, so paired runs
+choose their epochs on the same classes.
+
+Torch-free: Snakemake reads :func:`training_class_count` to size the
+generation jobs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pandas as pd
+
+from dmlsynth import registry
+
+
+# The fewest validation classes a retrieval metric means anything on (one class: every neighbor is right).
+MIN_VALIDATION_CLASSES = 2
+
+
+def validation_class_count(config: Mapping[str, Any], dataset: str) -> int:
+    """``dataset_settings.<dataset>.validation_classes`` (0: no validation split)."""
+    from dmlsynth.config import dataset_settings
+
+    return int(dataset_settings(config, dataset).get("validation_classes", 0) or 0)
+
+
+def split_class_count(config: Mapping[str, Any], dataset: str) -> int:
+    """Classes of the training split of ``dataset``: the first half of its classes by id.
+
+    ``dataset_settings.<dataset>.expected.classes`` (a smaller copy of the dataset,
+    as in the tests) overrides the published class count.
+    """
+    expected = (((config.get("dataset_settings") or {}).get(dataset) or {}).get("expected")) or {}
+    if "classes" in expected:
+        return int(expected["classes"]) // 2
+    return registry.DATASETS[dataset].train_classes
+
+
+def training_class_count(config: Mapping[str, Any], dataset: str) -> int:
+    """Training classes left for training (and generation: one job each) after the validation classes."""
+    return split_class_count(config, dataset) - validation_class_count(config, dataset)
+
+
+def uses_validation(config: Mapping[str, Any]) -> bool:
+    """Whether the configured datasets choose their epoch on validation classes (all or none do)."""
+    return any(validation_class_count(config, dataset) for dataset in config["datasets"])
+
+
+def split_training(train_frame: pd.DataFrame, validation_classes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training split of a manifest -> (training rows, validation rows): the last classes by id validate."""
+    if (train_frame["split"] != "train").any():
+        raise ValueError("validation classes are taken from the training split only")
+    classes = sorted(int(c) for c in train_frame["label"].unique())
+    count = int(validation_classes)
+    if count == 0:
+        return train_frame, train_frame.iloc[0:0]
+    if count < MIN_VALIDATION_CLASSES or count > len(classes) - MIN_VALIDATION_CLASSES:
+        raise ValueError(
+            f"validation_classes is {count}, but it must be 0 or between {MIN_VALIDATION_CLASSES} and "
+            f"{len(classes) - MIN_VALIDATION_CLASSES} for {len(classes)} training classes"
+        )
+    held_out = set(classes[-count:])
+    is_validation = train_frame["label"].astype(int).isin(held_out)
+    return train_frame[~is_validation], train_frame[is_validation]
+
+
+def training_rows(frame: pd.DataFrame, config: Mapping[str, Any], dataset: str) -> pd.DataFrame:
+    """The rows of a manifest that training and generation may use: training split less validation classes."""
+    train = frame[frame["split"] == "train"]
+    return split_training(train, validation_class_count(config, dataset))[0].reset_index(drop=True)

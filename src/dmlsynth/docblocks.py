@@ -1,0 +1,82 @@
+"""Measured numbers in README.md and BENCHMARKS.md are generated, never typed.
+
+A script in ``benchmarks/`` measures, writes its raw numbers to a CSV file
+in ``benchmarks/results/`` and renders a markdown block from that file into
+the documents between two markers that say where the block comes from::
+
+    <!-- BEGIN generated: benchmarks/run_methods_digits.py:render from benchmarks/results/methods_digits.csv -->
+    | method | ... |
+    <!-- END generated -->
+
+``tests/unit/test_docblocks.py`` finds every block in the documents,
+renders it again from its CSV with the named function and fails if the text
+differs; each script's own slow test re-runs part of its measurement from
+scratch and compares it with the CSV. So a number in the documents is
+always what the committed script produced from the committed results.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dmlsynth.io import atomic_write_text
+
+BEGIN = "<!-- BEGIN generated: {script}:{function} from {source} -->"
+END = "<!-- END generated -->"
+_BLOCK = re.compile(
+    r"<!-- BEGIN generated: (?P<script>\S+?):(?P<function>\w+) from (?P<source>\S+) -->\n(?P<body>.*?)<!-- END generated -->",
+    re.S,
+)
+
+
+@dataclass(frozen=True)
+class Block:
+    script: str  # repository-relative path of the script that renders it
+    function: str  # its function: render(pandas.DataFrame) -> markdown text
+    source: str  # repository-relative path of the CSV it renders
+    body: str
+
+
+def blocks(text: str) -> list[Block]:
+    """Every generated block of a markdown text."""
+    return [Block(m["script"], m["function"], m["source"], m["body"]) for m in _BLOCK.finditer(text)]
+
+
+def load_renderer(root: Path, script: str, function: str) -> Callable:
+    """The render function of ``script`` (a file path, imported without running its main)."""
+    path = root / script
+    spec = importlib.util.spec_from_file_location(f"_docblock_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, function)
+
+
+def render(root: Path, block: Block) -> str:
+    import pandas as pd
+
+    body = load_renderer(root, block.script, block.function)(pd.read_csv(root / block.source))
+    return body if body.endswith("\n") else body + "\n"
+
+
+def replace_block(document: Path, script: str, function: str, source: str, body: str) -> bool:
+    """Put ``body`` between the markers of (script, function, source) in ``document``.
+
+    Returns False (and changes nothing) when the document has no such block;
+    the markers are placed by hand once, where the block belongs.
+    """
+    document = Path(document)
+    text = document.read_text()
+    begin = BEGIN.format(script=script, function=function, source=source)
+    start = text.find(begin)
+    if start < 0:
+        return False
+    end = text.index(END, start)
+    body = body if body.endswith("\n") else body + "\n"
+    atomic_write_text(document, text[: start + len(begin)] + "\n" + body + text[end:])
+    return True

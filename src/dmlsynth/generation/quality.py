@@ -1,0 +1,378 @@
+"""Quality of generated images: fidelity, diversity and sample grids.
+
+- **fidelity**: share of generated images that a classifier trained on the
+  real training images assigns to their intended class. The classifier is a
+  logistic regression on image features (standardised pixels for grayscale
+  datasets; ImageNet ResNet-50 pooled features for RGB datasets). Its own
+  5-fold cross-validated accuracy on the real images is reported as
+  ``real_accuracy`` (the ceiling), and ``chance`` is 1 / classes.
+- **diversity**: per class, the mean pairwise Euclidean distance of the
+  generated images' features (pixels in [0, 1], or ResNet-50 features; not
+  standardised, so near-constant background pixels do not inflate it), divided by the same quantity
+  for the real images of that class; averaged over classes. 1 means as
+  varied as the real images, 0 means one image repeated.
+
+- **union vs intersection** (rows whose operator is ``union`` or
+  ``intersection``; the same values on each of them): all images of the
+  dataset drawn with the union operator (any image set) against all drawn with
+  the intersection operator, per class, on the diversity features.
+  ``union_intersection_distance`` is the mean distance between a union and an
+  intersection image of a class; ``union_intersection_separation`` the energy
+  distance ``2·between − within_union − within_intersection`` divided by
+  ``within_union + within_intersection`` (within: mean pairwise distance inside
+  one operator's images of the class), averaged over classes: 0 when the two
+  operators' images are as far from each other as from their own kind, more
+  when they differ. ``union_intersection_pvalue`` is a permutation test of
+  "the operator makes no difference" (per-image seeds alone): the summed
+  energy distance of the classes against 999 reshufflings of the operator
+  labels within each class (fixed seed), ``(1 + #{shuffled >= observed}) / 1000``.
+
+Rows of ``results/generation.csv``: one per dataset x image set x operator
+(``all`` pools a set's operators when it mixes several).
+
+The ResNet-50 features are computed on the dataset's generation device
+(``generation.<dataset>.device``: CUDA when present with ``auto``), with
+``threads`` worker processes decoding the images; the classifier itself is
+scikit-learn on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from dmlsynth.io import atomic_write_text, save_figure
+
+log = logging.getLogger("dmlsynth.generation.quality")
+
+COLUMNS = [
+    "dataset",
+    "image_set",
+    "operator",
+    "generator",
+    "images",
+    "classes",
+    "fidelity",
+    "chance",
+    "real_accuracy",
+    "diversity",
+    "diversity_generated",
+    "diversity_real",
+    "union_intersection_distance",
+    "union_intersection_separation",
+    "union_intersection_pvalue",
+    "seconds_per_image",
+    "generator_train_seconds",
+]
+PERMUTATIONS = 999
+
+
+def load_images(files: Sequence[str], image_mode: str, size: int) -> np.ndarray:
+    """``(N, size, size[, 3])`` uint8 arrays."""
+    from PIL import Image
+
+    arrays = []
+    for file in files:
+        with Image.open(file) as image:
+            image = image.convert(image_mode)
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+            arrays.append(np.asarray(image, dtype=np.uint8))
+    return np.stack(arrays)
+
+
+class _ImageFiles:
+    """The ResNet-50 input of each file (a map-style dataset for torch's DataLoader)."""
+
+    def __init__(self, files: Sequence[str], transform):
+        self.files, self.transform = list(files), transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        with Image.open(self.files[index]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+@functools.lru_cache(maxsize=2)
+def _feature_network(pretrained: bool, device: str):
+    """ResNet-50 without its classifier on ``device``; one per report, shared by the real and generated images."""
+    import torch
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    # Without ImageNet weights (tests, offline) the random network is the same in every call.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = resnet50(weights=ResNet50_Weights.IMAGENET1K_V1 if pretrained else None)
+    model.fc = torch.nn.Identity()
+    return model.to(device).eval()
+
+
+def features(
+    files: Sequence[str],
+    image_mode: str,
+    image_size: int,
+    pretrained: bool = True,
+    device: str = "cpu",
+    threads: int = 1,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Feature vectors the fidelity classifier and the diversity measure use.
+
+    Grayscale: the pixels. RGB: ImageNet ResNet-50 pooled features on
+    ``device`` (``auto``, ``cpu``, ``cuda``), ``threads`` processes decoding.
+    """
+    if image_mode == "L":
+        return load_images(files, "L", image_size).reshape(len(files), -1).astype(np.float64) / 255.0
+    import torch
+    from torchvision.models import ResNet50_Weights
+
+    from dmlsynth.device import pick_device
+
+    target = pick_device(str(device), "generation.<dataset>.device")
+    model = _feature_network(pretrained, str(target))
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(files, ResNet50_Weights.IMAGENET1K_V1.transforms()),
+        batch_size=batch_size,
+        num_workers=max(0, int(threads) - 1),  # the main process runs the model
+        pin_memory=target.type == "cuda",
+    )
+    out = []
+    with torch.no_grad():
+        for batch in loader:
+            out.append(model(batch.to(target, non_blocking=True)).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def mean_pairwise_distance(x: np.ndarray) -> float:
+    if len(x) < 2:
+        return float("nan")
+    squared = (x * x).sum(1)
+    d2 = np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0)
+    n = len(x)
+    return float(np.sqrt(d2)[np.triu_indices(n, 1)].mean())
+
+
+def _energy_sums(distances: np.ndarray, is_union: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Between, within-union and within-intersection mean distances for each column of ``is_union`` (n, P)."""
+    first = is_union.astype(np.float64)
+    second = 1.0 - first
+    n_first, n_second = first.sum(0), second.sum(0)
+    d_first = distances @ first
+    between = (d_first * second).sum(0) / (n_first * n_second)
+    within_first = (d_first * first).sum(0) / (n_first * (n_first - 1))
+    within_second = ((distances @ second) * second).sum(0) / (n_second * (n_second - 1))
+    return between, within_first, within_second
+
+
+def operator_separation(
+    x: np.ndarray, y: np.ndarray, is_union: np.ndarray, permutations: int = PERMUTATIONS, seed: int = 0
+) -> dict[str, float]:
+    """Union vs intersection images (features ``x``, classes ``y``): distance, separation and permutation p-value.
+
+    Classes with fewer than two images of either operator are left out; all NaN when none is left.
+    """
+    rng = np.random.default_rng(seed)
+    distance, separation, observed, shuffled = [], [], 0.0, np.zeros(permutations)
+    for c in np.unique(y):
+        members = y == c
+        labels = is_union[members].astype(bool)
+        if labels.sum() < 2 or (~labels).sum() < 2:
+            continue
+        features = x[members]
+        squared = (features * features).sum(1)
+        d = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * features @ features.T, 0))
+        np.fill_diagonal(d, 0.0)
+        between, within_u, within_i = _energy_sums(d, labels[:, None])
+        energy = 2 * between[0] - within_u[0] - within_i[0]
+        distance.append(between[0])
+        separation.append(energy / (within_u[0] + within_i[0]))
+        observed += energy
+        columns = np.stack([rng.permutation(labels) for _ in range(permutations)], axis=1)
+        between, within_u, within_i = _energy_sums(d, columns)
+        shuffled += 2 * between - within_u - within_i
+    if not distance:
+        return {"distance": float("nan"), "separation": float("nan"), "pvalue": float("nan")}
+    # A small tolerance: a reshuffle equal to the observed labelling must count as ">=" despite rounding.
+    exceed = int((shuffled >= observed - 1e-12 * max(1.0, abs(observed))).sum())
+    return {
+        "distance": float(np.mean(distance)),
+        "separation": float(np.mean(separation)),
+        "pvalue": (1 + exceed) / (1 + permutations),
+    }
+
+
+def quality_rows(
+    dataset: str,
+    real_train: pd.DataFrame,
+    generated: Mapping[str, pd.DataFrame],
+    image_mode: str,
+    image_size: int,
+    generator: str,
+    pretrained: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int = 1,
+) -> pd.DataFrame:
+    """Fidelity and diversity of every generated image set against the real training images.
+
+    ``device`` and ``threads``: where the image features are computed (see :func:`features`).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    real_x = features(real_train["file"].tolist(), image_mode, image_size, pretrained, device, threads)
+    real_y = real_train["label"].to_numpy()
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
+    folds = min(5, int(pd.Series(real_y).value_counts().min()))
+    real_accuracy = float(cross_val_score(classifier, real_x, real_y, cv=folds).mean()) if folds >= 2 else float("nan")
+    classifier.fit(real_x, real_y)
+    real_diversity = {c: mean_pairwise_distance(real_x[real_y == c]) for c in np.unique(real_y)}
+    chance = 1.0 / len(np.unique(real_y))
+
+    set_features = {}
+    for image_set, frame in sorted(generated.items()):
+        unknown = sorted(set(frame["label"]) - set(real_diversity))
+        if unknown:
+            raise ValueError(f"image set {image_set!r} has images of classes {unknown} that are not training classes")
+        set_features[image_set] = features(frame["file"].tolist(), image_mode, image_size, pretrained, device, threads)
+    # Union vs intersection images of the dataset, whichever sets they belong to (same recipe but the operator).
+    pooled = [
+        (set_features[name][mask], frame["label"].to_numpy()[mask], frame["operator"].to_numpy()[mask] == "union")
+        for name, frame in sorted(generated.items())
+        if "operator" in frame
+        for mask in [frame["operator"].isin(["union", "intersection"]).to_numpy()]
+        if mask.any()
+    ]
+    if pooled:
+        separation = operator_separation(*(np.concatenate(parts) for parts in zip(*pooled)), seed=seed)
+    else:
+        separation = {"distance": float("nan"), "separation": float("nan"), "pvalue": float("nan")}
+
+    rows = []
+    for image_set, frame in sorted(generated.items()):
+        x = set_features[image_set]
+        y = frame["label"].to_numpy()
+        predicted = classifier.predict(x)
+        operators = frame["operator"].to_numpy() if "operator" in frame else np.array(["all"] * len(frame))
+        groups = [("all", np.ones(len(frame), bool))] if len(set(operators)) > 1 else []
+        groups += [(name, operators == name) for name in sorted(set(operators))]
+        for name, mask in groups:
+            per_class = [
+                (mean_pairwise_distance(x[mask & (y == c)]), real_diversity[c]) for c in np.unique(y[mask])
+            ]
+            generated_div = float(np.nanmean([g for g, _ in per_class]))
+            real_div = float(np.nanmean([r for _, r in per_class]))
+            compared = name in ("union", "intersection")
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "image_set": image_set,
+                    "operator": "cfg" if name == "conjunction" and image_set == "plain" else name,
+                    "generator": generator,
+                    "images": int(mask.sum()),
+                    "classes": int(len(np.unique(y[mask]))),
+                    "fidelity": float((predicted[mask] == y[mask]).mean()),
+                    "chance": chance,
+                    "real_accuracy": real_accuracy,
+                    "diversity": float(np.nanmean([g / r for g, r in per_class if r > 0])),
+                    "diversity_generated": generated_div,
+                    "diversity_real": real_div,
+                    "union_intersection_distance": separation["distance"] if compared else float("nan"),
+                    "union_intersection_separation": separation["separation"] if compared else float("nan"),
+                    "union_intersection_pvalue": separation["pvalue"] if compared else float("nan"),
+                    # What the images cost: sampling time per image (the generator's training is extra).
+                    "seconds_per_image": float(frame["seconds"].to_numpy()[mask].mean()) if "seconds" in frame else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def sample_grid(
+    real_train: pd.DataFrame,
+    generated: Mapping[str, pd.DataFrame],
+    columns: Sequence[str],
+    out: str | Path,
+    image_mode: str,
+    per_cell: int = 6,
+    cell_size: int = 32,
+) -> Path:
+    """One row per class; columns ``real`` then the image sets in ``columns`` (those generated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = [("real", real_train)] + [(name, generated[name]) for name in columns if name in generated]
+    labels = sorted(real_train["label"].unique())
+    names = dict(zip(real_train["label"], real_train["class_name"]))
+    fig, axes = plt.subplots(
+        len(labels), len(sets), figsize=(1.0 + 1.6 * len(sets) * per_cell / 4, 0.5 + 1.0 * len(labels)), squeeze=False
+    )
+    for r, label in enumerate(labels):
+        for c, (name, frame) in enumerate(sets):
+            files = frame.loc[frame["label"] == label, "file"].tolist()[:per_cell]
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if files:
+                tiles = load_images(files, image_mode, cell_size)
+                strip = np.concatenate(list(tiles), axis=1)
+                ax.imshow(strip, cmap="gray" if image_mode == "L" else None, vmin=0, vmax=255, interpolation="nearest")
+            if r == 0:
+                ax.set_title(name)
+            if c == 0:
+                ax.set_ylabel(str(names[label]), rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return save_figure(fig, out, dpi=100)
+
+
+def write_report(rows: Sequence[pd.DataFrame], out_csv: str | Path) -> pd.DataFrame:
+    table = pd.concat(list(rows), ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
+    atomic_write_text(out_csv, table.to_csv(index=False, float_format="%.4f"))
+    return table
+
+
+def generation_report(config: Mapping[str, Any], threads: int = 1) -> pd.DataFrame:
+    """``results/generation.csv`` and the sample grids of every configured dataset (paths from the layout).
+
+    Image features are computed on each dataset's generation device with ``threads`` decoding processes.
+    """
+    from dmlsynth import registry
+    from dmlsynth.config import dataset_settings
+    from dmlsynth.data.manifest import read_manifest
+    from dmlsynth.data.split import training_rows
+    from dmlsynth.generation.settings import GRID_ORDER, generation_settings, image_sets
+    from dmlsynth.layout import Layout
+
+    layout = Layout.of(config)
+    rows = []
+    for dataset in config["datasets"]:
+        spec = registry.DATASETS[dataset]
+        # The classes generation was for: the training split less any validation classes.
+        real = training_rows(read_manifest(layout.manifest(dataset)), config, dataset)
+        generated = {name: read_manifest(layout.image_set_manifest(dataset, name)) for name in image_sets(config)}
+        settings = dataset_settings(config, dataset)
+        generation = generation_settings(config, dataset)
+        generator = generation["generator"]
+        quality = quality_rows(
+            dataset, real, generated, spec.image_mode, settings["image_size"], generator, settings["pretrained"],
+            device=generation["device"], threads=threads,
+        )  # fmt: skip
+        # The embedded generator's training time belongs to the cost of its images.
+        metadata = Path(layout.generator_metadata(dataset))
+        quality["generator_train_seconds"] = json.loads(metadata.read_text())["seconds"] if generator == "embedded" else 0.0
+        rows.append(quality)
+        sample_grid(real, generated, GRID_ORDER, layout.generated_grid(dataset), spec.image_mode)
+    return write_report(rows, layout.generation_csv())

@@ -1,0 +1,78 @@
+"""Generation settings and image sets, without importing torch (Snakemake reads these).
+
+An *image set* is one kind of synthetic training images of a dataset, made
+by one sampling recipe; a data-level method names the set it trains with
+(``MethodSpec.synthetic_images``):
+
+| set | method | conditions per image | operator per image |
+|---|---|---|---|
+| ``blender`` | ``blender`` | K blended prompts | drawn from ``operators`` (union and intersection mixed) |
+| ``union`` | ``blender_union`` | K blended prompts | union |
+| ``intersection`` | ``blender_intersection`` | K blended prompts | intersection |
+| ``plain`` | ``sd_plain`` | the class's single ``plain`` prompt | ordinary classifier-free guidance |
+
+Every set of a dataset has the same budget (``images_per_class`` images per
+training class, same steps and guidance scale).
+
+Some settings change only how fast images are made, not which images
+(:data:`SPEED_SETTINGS`: each image has its own seed, so the batch size does
+not choose it; slicing and compiling only reorder float arithmetic). They are
+left out of what decides whether a class is generated again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from dmlsynth import registry
+
+# Settings that change the speed of generation, not its images (see the module docstring).
+SPEED_SETTINGS = ("batch_size", "gpu_memory_gib", "attention_slicing", "vae_slicing", "compile", "threads")
+
+IMAGE_SETS = registry.IMAGE_SETS
+# Order of the columns of the sample grid after the real images.
+GRID_ORDER = ("plain", "union", "intersection", "blender")
+
+
+def generation_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """Registry defaults (the dataset's default generator) updated with ``config['generation'][dataset]``."""
+    settings = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in registry.GENERATION_DEFAULTS.items()}
+    settings["generator"] = registry.DATASETS[dataset].default_generator
+    given = dict(((config.get("generation") or {}).get(dataset)) or {})
+    settings["embedded"].update(given.pop("embedded", None) or {})
+    settings.update(given)
+    return settings
+
+
+def image_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` without :data:`SPEED_SETTINGS`: what the generated images depend on."""
+    return {k: v for k, v in settings.items() if k not in SPEED_SETTINGS}
+
+
+def image_sets(config: Mapping[str, Any], dataset: str | None = None) -> list[str]:
+    """The image sets the configured methods train with (sorted)."""
+    del dataset  # every dataset gets the sets its methods need
+    names = {registry.METHODS[m].synthetic_images for m in config["methods"]}
+    return sorted(n for n in names if n)
+
+
+def needs_generation(config: Mapping[str, Any]) -> bool:
+    return bool(image_sets(config))
+
+
+def set_recipe(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Operators mix, K and blend count of image set ``name`` under ``settings``."""
+    if name not in IMAGE_SETS:
+        raise ValueError(f"unknown image set {name!r}; known: {', '.join(IMAGE_SETS)}")
+    recipe = IMAGE_SETS[name]
+    plain = recipe.conditions == "plain"
+    operators = dict(recipe.operators or settings["operators"])
+    total = sum(operators.values())
+    if total <= 0:
+        raise ValueError(f"generation.operators of image set {name!r} must have a positive weight")
+    return {
+        "operators": {k: v / total for k, v in sorted(operators.items())},
+        "prompts_per_image": 1 if plain else int(settings["prompts_per_image"]),
+        "prompts_per_condition": 1 if plain else int(settings["prompts_per_condition"]),
+        "plain": plain,
+    }

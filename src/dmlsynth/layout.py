@@ -1,0 +1,244 @@
+"""Where every file of the project lives — the one place that spells a path.
+
+The Snakemake rules, the DVC stages (:mod:`dmlsynth.pipeline`) and the code
+that reads or writes a file all ask this module; no other module writes a
+file name of the layout. Torch-free: the Snakefile imports it.
+
+Every method returns a string. Arguments default to Snakemake wildcards, so
+``Layout(...).manifest()`` is the pattern ``{data}/{dataset}/manifest.csv``
+a rule declares and ``.manifest("digits")`` the concrete file::
+
+    {data}/{dataset}/manifest.csv                 prepared dataset (written last: its completeness marker)
+    {data}/{dataset}/resized/index.csv            the resized JPEG copy of a photo dataset (index written last)
+    {data}/raw/{dataset}/                         downloads and files placed by hand
+    {data}/{dataset}/prompts.yaml                 BLenDeR's editable per-class prompts
+    {data}/{dataset}/generator/                   the trained embedded generator (+ generator.json)
+    {data}/{dataset}/generated/parts/class{i}.csv one generation job's images (written last)
+    {data}/{dataset}/generated/{set}/manifest.csv an image set's manifest; its images in .../{set}/images/
+    {results}/runs/{dataset}/{method}/{loss}/seed{seed}/   one training run (:class:`RunFolder`)
+    {results}/table.csv, metrics.json, figures/   the results table and its figures
+    {results}/comparison.csv, comparison.md       the comparison report (forest plots in figures/)
+    {results}/generation.csv                      quality of the generated images
+    {logs}/{rule}/...log                          one log per job
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+# A prepared dataset's manifest: its presence means the dataset is complete.
+MANIFEST = "manifest.csv"
+PROMPTS = "prompts.yaml"
+GENERATOR = "generator"
+GENERATOR_METADATA = "generator.json"
+GENERATED = "generated"
+IMAGES = "images"
+# What dataset preparations leave next to the manifest (registry DatasetSpec.outputs name them).
+EXTRACTED = "extracted"  # an archive's checked contents
+CLASS_ATTRIBUTES = "class_attributes.csv"  # CUB's per-class attribute table (BLenDeR prompts)
+# The resized JPEG copy training reads (dmlsynth.data.image_cache); its index is written last.
+RESIZED = "resized"
+RESIZED_INDEX = "index.csv"
+
+
+RUN_RECORD = "run.yaml"
+
+
+def forest_figure_name(dataset: str, loss: str) -> str:
+    """File name of a forest plot in the figures folder (``dmlsynth compare --figure-dir``)."""
+    return f"forest_{dataset}_{loss}.png"
+
+
+def find_run_folders(*roots: str | Path) -> list[RunFolder]:
+    """Every finished run folder (one with a run record) under ``roots``, sorted."""
+    found = {p.parent for root in roots for p in Path(root).rglob(RUN_RECORD)}
+    return [RunFolder(str(path)) for path in sorted(found)]
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of one training run, ``{results}/runs/{dataset}/{method}/{loss}/seed{seed}``."""
+
+    path: str
+
+    def file(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    # Written by the training job.
+    @property
+    def embeddings(self) -> str:
+        """Un-normalised test embeddings and labels (npz)."""
+        return self.file("embeddings.npz")
+
+    @property
+    def last_epoch_embeddings(self) -> str:
+        """Test embeddings and labels at the last epoch, when the reported epoch was chosen on validation classes."""
+        return self.file("embeddings_last_epoch.npz")
+
+    @property
+    def model(self) -> str:
+        return self.file("model.pt")
+
+    @property
+    def record(self) -> str:
+        """run.yaml: resolved params, their hash, code version and digest, environment, wall time.
+        Written last by the training job: a folder with a record holds a finished run."""
+        return self.file(RUN_RECORD)
+
+    @property
+    def history(self) -> str:
+        """Per-epoch training log (csv)."""
+        return self.file("train_log.csv")
+
+    @property
+    def checkpoint(self) -> str:
+        """Last finished epoch while a job runs (removed when the run is complete; not an output)."""
+        return self.file("checkpoint.pt")
+
+    # Written by the evaluation job.
+    @property
+    def metrics(self) -> str:
+        return self.file("metrics.json")
+
+    @property
+    def queries(self) -> str:
+        """Per-query results behind the metrics (npz, see ``dmlsynth.metrics.PER_QUERY_FILE``)."""
+        return self.file("queries.npz")
+
+    @property
+    def embedding_plot(self) -> str:
+        return self.file("embeddings.png")
+
+    @property
+    def training_curve(self) -> str:
+        return self.file("train_curve.png")
+
+    def training_outputs(self, validation: bool = False) -> list[str]:
+        """The training job's files (``validation``: the run chooses its epoch on validation classes)."""
+        return [self.embeddings, *([self.last_epoch_embeddings] if validation else []), self.model, self.record, self.history]
+
+    def evaluation_outputs(self) -> list[str]:
+        return [self.metrics, self.queries, self.embedding_plot, self.training_curve]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The project's folders (``paths`` of params.yaml) and every file under them."""
+
+    data: str
+    results: str
+    logs: str
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> "Layout":
+        paths = config["paths"]
+        return cls(data=str(paths["data"]), results=str(paths["results"]), logs=str(paths["logs"]))
+
+    # Datasets ------------------------------------------------------------------------------
+    def dataset_dir(self, dataset: str = "{dataset}") -> str:
+        return f"{self.data}/{dataset}"
+
+    def manifest(self, dataset: str = "{dataset}") -> str:
+        return f"{self.dataset_dir(dataset)}/{MANIFEST}"
+
+    def raw_dir(self, dataset: str = "{dataset}") -> str:
+        return f"{self.data}/raw/{dataset}"
+
+    def dataset_file(self, name: str, dataset: str = "{dataset}") -> str:
+        """A file or folder a dataset's preparation leaves next to its manifest (registry ``outputs``)."""
+        return f"{self.dataset_dir(dataset)}/{name}"
+
+    def resized_dir(self, dataset: str = "{dataset}") -> str:
+        """The resized JPEG copy of a photo dataset (``dataset_settings.<dataset>.cache_short_side`` > 0)."""
+        return f"{self.dataset_dir(dataset)}/{RESIZED}"
+
+    def resized_index(self, dataset: str = "{dataset}") -> str:
+        """Each image's copy, written last: its presence means the copy is complete."""
+        return f"{self.resized_dir(dataset)}/{RESIZED_INDEX}"
+
+    # BLenDeR generation --------------------------------------------------------------------
+    def prompts(self, dataset: str = "{dataset}") -> str:
+        return f"{self.dataset_dir(dataset)}/{PROMPTS}"
+
+    def generator_dir(self, dataset: str = "{dataset}") -> str:
+        return f"{self.dataset_dir(dataset)}/{GENERATOR}"
+
+    def generator_metadata(self, dataset: str = "{dataset}") -> str:
+        return f"{self.generator_dir(dataset)}/{GENERATOR_METADATA}"
+
+    def generated_dir(self, dataset: str = "{dataset}") -> str:
+        return f"{self.dataset_dir(dataset)}/{GENERATED}"
+
+    def generated_part(self, dataset: str = "{dataset}", class_index: Any = "{class_index}") -> str:
+        """One generation job's rows (all image sets of one training class); written last."""
+        return f"{self.generated_dir(dataset)}/parts/class{class_index}.csv"
+
+    def image_set_dir(self, dataset: str = "{dataset}", image_set: str = "{image_set}") -> str:
+        """An image set's folder: its manifest and ``images/`` (manifest paths are relative to it)."""
+        return f"{self.generated_dir(dataset)}/{image_set}"
+
+    def image_set_manifest(self, dataset: str = "{dataset}", image_set: str = "{image_set}") -> str:
+        return f"{self.image_set_dir(dataset, image_set)}/{MANIFEST}"
+
+    def image_set_images(self, dataset: str = "{dataset}", image_set: str = "{image_set}") -> str:
+        return f"{self.image_set_dir(dataset, image_set)}/{IMAGES}"
+
+    # Training runs -------------------------------------------------------------------------
+    def run(self, dataset: str = "{dataset}", method: str = "{method}", loss: str = "{loss}", seed: Any = "{seed}") -> RunFolder:
+        return RunFolder(f"{self.results}/runs/{dataset}/{method}/{loss}/seed{seed}")
+
+    def runs_dir(self) -> str:
+        return f"{self.results}/runs"
+
+    # Results -------------------------------------------------------------------------------
+    def table_csv(self) -> str:
+        return f"{self.results}/table.csv"
+
+    def table_json(self) -> str:
+        """The table's numbers and every run's, nested for ``dvc metrics show``."""
+        return f"{self.results}/metrics.json"
+
+    def figures_dir(self) -> str:
+        return f"{self.results}/figures"
+
+    def recall_figure(self) -> str:
+        return f"{self.figures_dir()}/recall_at_1.png"
+
+    def table_outputs(self) -> list[str]:
+        return [self.table_csv(), self.table_json(), self.recall_figure()]
+
+    def comparison_csv(self) -> str:
+        """``dmlsynth compare``: one row per dataset x loss x method (statistics, published numbers, cost)."""
+        return f"{self.results}/comparison.csv"
+
+    def comparison_report(self) -> str:
+        """The same as readable markdown, with the forest plots."""
+        return f"{self.results}/comparison.md"
+
+    def forest_figure(self, dataset: str = "{dataset}", loss: str = "{loss}") -> str:
+        """Paired differences to baseline of one dataset x loss."""
+        return f"{self.figures_dir()}/{forest_figure_name(dataset, loss)}"
+
+    def comparison_outputs(self, groups: Sequence[tuple[str, str]]) -> list[str]:
+        """What ``dmlsynth compare`` writes for these (dataset, loss) groups."""
+        return [self.comparison_csv(), self.comparison_report(), *(self.forest_figure(d, l) for d, l in groups)]
+
+    def generation_csv(self) -> str:
+        return f"{self.results}/generation.csv"
+
+    def generated_grid(self, dataset: str = "{dataset}") -> str:
+        return f"{self.figures_dir()}/generated_{dataset}.png"
+
+    def report_html(self) -> str:
+        return f"{self.results}/report.html"
+
+    # Logs ----------------------------------------------------------------------------------
+    def log(self, rule: str, *parts: str) -> str:
+        """``{logs}/{rule}/{parts...}.log``, e.g. ``log("train", "{dataset}", ..., "seed{seed}")``."""
+        return "/".join([self.logs, rule, *parts]) + ".log" if parts else f"{self.logs}/{rule}.log"
+
+
+# The workflow's own bookkeeping (not results): the merged config every job reads.
+WORKFLOW_STATE = ".snakemake/dmlsynth"

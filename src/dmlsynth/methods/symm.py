@@ -1,0 +1,165 @@
+"""``symm``: Symmetrical Synthesis (Gu & Ko, AAAI 2020; METHODS.md §4).
+
+For a same-class pair (a, p) two synthetic points are made by reflecting
+each point about the axis (line through the origin) of the other::
+
+    s1 = 2 (p·â) â − p      (p reflected about the a-axis)
+    s2 = 2 (a·p̂) p̂ − a      (a reflected about the p-axis)
+
+A reflection keeps the norm and the similarity to the axis point, so the
+synthetic points lie on the class's "ring" around the pair. For every pair
+of classes in the batch, the negative term of the base loss uses the
+hardest negative pair among the originals *and* synthetics of the two
+units; positive terms use the original pairs.
+
+How an M-per-class batch becomes the paper's N-pair units is a
+**[project definition]**: within each class the samples are paired in
+batch order (1st with 2nd, 3rd with 4th, ...); an odd sample left over is
+a unit of one point without synthetics. Every unit's point set is
+{a, p, s1, s2}; for every ordered pair of units of different classes the
+hardest pair (i*, j*) (largest cosine similarity) is one negative pair of
+the base loss:
+
+- multi_similarity / contrastive: negative pairs (i*, j*) over the
+  collection [originals; s1; s2]; positive pairs are the original pairs
+  the base loss would use (the MultiSimilarityMiner's positives for
+  multi_similarity, all same-class pairs for contrastive).
+- triplet: triplets (i*, partner(i*), j*) where partner is the point whose
+  similarity to i* equals the original pair's (a↔p, s1→a, s2→p), so the
+  positive term has the value of the original pair.
+
+Proxy-Anchor has no negative pairs of samples, so ``symm`` is registered
+for the pair-based losses only (rejected at config validation otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from dmlsynth.methods.base import Method, MethodContext
+
+# Slots of a unit's point table: a, p, s1, s2.
+UNIT_SIZE = 4
+
+
+def symmetric_points(a: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reflect ``p`` about the a-axis and ``a`` about the p-axis (rows of ``(N, D)`` tensors).
+
+    Returns ``(s1, s2)`` with ``‖s1‖ = ‖p‖``, ``s1·a = p·a`` and
+    ``‖s2‖ = ‖a‖``, ``s2·p = a·p``; reflecting ``s1`` about the a-axis again
+    gives back ``p``. (Official code: ``Q = β(αR − P)`` with α = 2, β = 1.)
+    """
+    if a.shape != p.shape or a.dim() != 2:
+        raise ValueError(f"a and p must be (N, D) tensors of the same shape, got {tuple(a.shape)} and {tuple(p.shape)}")
+    a_hat = F.normalize(a, dim=1)
+    p_hat = F.normalize(p, dim=1)
+    s1 = 2 * (p * a_hat).sum(dim=1, keepdim=True) * a_hat - p
+    s2 = 2 * (a * p_hat).sum(dim=1, keepdim=True) * p_hat - a
+    return s1, s2
+
+
+def pair_units(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a batch into same-class pairs, in batch order within each class.
+
+    Returns ``(anchors, positives, singles)``: index tensors of the paired
+    samples (``labels[anchors] == labels[positives]``) and of the samples
+    left over (one per class with an odd count).
+    """
+    n = labels.numel()
+    order = torch.sort(labels, stable=True).indices
+    sorted_labels = labels[order]
+    position = torch.arange(n, device=labels.device)
+    is_first = torch.ones(n, dtype=torch.bool, device=labels.device)
+    is_first[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    class_start = torch.cummax(torch.where(is_first, position, torch.zeros_like(position)), dim=0).values
+    rank = position - class_start
+    has_next = torch.zeros(n, dtype=torch.bool, device=labels.device)
+    has_next[:-1] = sorted_labels[1:] == sorted_labels[:-1]
+    starts = (rank % 2 == 0) & has_next
+    anchors = order[starts]
+    positives = order[torch.nonzero(starts).squeeze(1) + 1]
+    paired = torch.zeros(n, dtype=torch.bool, device=labels.device)
+    paired[anchors] = True
+    paired[positives] = True
+    singles = torch.nonzero(~paired).squeeze(1)
+    return anchors, positives, singles
+
+
+def hardest_negative_pairs(
+    similarity: torch.Tensor, units: torch.Tensor, unit_labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most similar pair of points between every two units of different classes.
+
+    ``similarity`` is ``(P, P)`` over all points; ``units`` is ``(U, S)``
+    holding each unit's point indices (−1 pads a shorter unit);
+    ``unit_labels`` is ``(U,)``. For every ordered pair of units (u, v) with
+    different labels it returns ``(i, j)``: ``i`` a point of u and ``j`` a
+    point of v maximising ``similarity[i, j]`` (ties: the first in slot order).
+    """
+    u, s = units.shape
+    valid = units >= 0
+    slots = units.clamp(min=0).reshape(-1)
+    block = similarity[slots][:, slots].reshape(u, s, u, s).permute(0, 2, 1, 3)  # (U, U, S, S)
+    usable = valid[:, None, :, None] & valid[None, :, None, :]
+    block = block.masked_fill(~usable, float("-inf")).reshape(u, u, s * s)
+    best = block.argmax(dim=2)
+    unit_u, unit_v = torch.nonzero(unit_labels[:, None] != unit_labels[None, :], as_tuple=True)
+    best = best[unit_u, unit_v]
+    return units[unit_u, best // s], units[unit_v, best % s]
+
+
+class SymmetricalSynthesis(Method):
+    """Symmetrical Synthesis with hardest-negative-pair mining over originals and synthetics."""
+
+    def __init__(self, base_loss, params: Mapping[str, Any], context: MethodContext):
+        super().__init__(base_loss, params, context)
+        if not base_loss.pair_based:
+            raise ValueError(
+                f"method 'symm' needs a pair-based loss (negative pairs of samples), got {base_loss.name!r}"
+            )
+        self.enabled = bool(self.params.get("synthesis", True))
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.enabled:
+            return self.base_loss(embeddings, labels)
+        n = embeddings.shape[0]
+        anchors, positives, singles = pair_units(labels)
+        num_pairs = anchors.numel()
+        s1, s2 = symmetric_points(embeddings[anchors], embeddings[positives])
+        points = torch.cat([embeddings, s1, s2])
+        point_labels = torch.cat([labels, labels[anchors], labels[anchors]])
+
+        pair_slots = torch.arange(num_pairs, device=labels.device)
+        units = torch.cat(
+            [
+                torch.stack([anchors, positives, n + pair_slots, n + num_pairs + pair_slots], dim=1),
+                torch.cat([singles[:, None], singles.new_full((singles.numel(), UNIT_SIZE - 1), -1)], dim=1),
+            ]
+        )
+        unit_labels = labels[units[:, 0]]
+        with torch.no_grad():
+            normalised = F.normalize(points.detach(), dim=1)
+            neg_i, neg_j = hardest_negative_pairs(normalised @ normalised.T, units, unit_labels)
+
+        if self.base_loss.name == "triplet":
+            # Each point's partner has the original pair's similarity to it: a<->p, s1->a, s2->p.
+            partner = torch.full((points.shape[0],), -1, dtype=torch.long, device=labels.device)
+            partner[anchors] = positives
+            partner[positives] = anchors
+            partner[n + pair_slots] = anchors
+            partner[n + num_pairs + pair_slots] = positives
+            keep = partner[neg_i] >= 0
+            indices = (neg_i[keep], partner[neg_i[keep]], neg_j[keep])
+        else:
+            mined = self.base_loss.mine(embeddings, labels)
+            if mined is not None:
+                pos_a, pos_p = mined[0], mined[1]
+            else:
+                same = labels[:, None] == labels[None, :]
+                same.fill_diagonal_(False)
+                pos_a, pos_p = torch.nonzero(same, as_tuple=True)
+            indices = (pos_a, pos_p, neg_i, neg_j)
+        return self.base_loss(points, point_labels, indices_tuple=indices)

@@ -1,0 +1,90 @@
+"""Published Recall@1 of the methods (METHODS.md), the one machine-readable copy.
+
+``published.csv`` (next to this module) has one row per method x paper x
+backbone x base loss x dataset: ``method`` and ``loss`` are the project's
+names where the method or loss exists here (``loss`` is empty for losses the
+project does not have, such as N-pair; ``method`` is empty for a base loss's
+own paper, whose number is the baseline's), ``*_name`` how the paper calls
+them, ``base_recall_at_1`` / ``method_recall_at_1`` the published R@1 in %
+(empty where the paper gives none) and ``method_recall_at_1_std`` its
+published spread, where given. README's "Published numbers" table
+(:func:`render`) and docs/methods.md §8 (:func:`render_plain`) are generated
+blocks of it (checked by ``tests/unit/test_docblocks.py``), and ``dmlsynth
+compare`` puts these numbers beside the measured ones.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+FILE = "published.csv"  # in the package, beside this module
+DATASET_NAMES = {"cub200": "CUB", "cars196": "Cars"}
+# The backbone of config/paper.yaml: only rows with it are comparable in absolute terms.
+PAPER_BACKBONE = "ResNet-50 512-d"
+
+
+def text() -> str:
+    """The CSV text of the published numbers."""
+    return resources.files("dmlsynth").joinpath(FILE).read_text()
+
+
+def published() -> "pd.DataFrame":
+    """The published numbers (see the module docstring for the columns)."""
+    import io
+
+    import pandas as pd
+
+    frame = pd.read_csv(io.StringIO(text()), dtype={"loss": str}, keep_default_na=False, na_values=[""])
+    frame["gain"] = frame["method_recall_at_1"] - frame["base_recall_at_1"]
+    return frame
+
+
+def matching(frame: "pd.DataFrame", dataset: str, method: str, loss: str) -> "pd.DataFrame":
+    """The published rows of ``method`` on ``dataset`` (any loss and backbone); for ``baseline``,
+    the base loss's own paper (rows without a method, of ``loss``)."""
+    if method == "baseline":
+        return frame[(frame["dataset"] == dataset) & frame["method"].isna() & (frame["loss"] == loss)]
+    return frame[(frame["dataset"] == dataset) & (frame["method"] == method)]
+
+
+def _number(value: float) -> str:
+    return "–" if value != value else f"{value:.1f}"  # NaN: not published
+
+
+def result_text(base: float, value: float, spread: float) -> str:
+    """``base → value``, or ``value ± spread`` for a base loss's own number."""
+    if spread == spread:  # not NaN
+        return f"{value:.1f} ± {spread:.1f}"
+    return f"{_number(base)} → {_number(value)}"
+
+
+def render(frame: "pd.DataFrame", bold_paper_backbone: bool = True) -> str:
+    """README's table: one line per method x paper x backbone x loss, CUB and Cars side by side
+    (the backbone of ``config/paper.yaml`` in bold)."""
+    keys = ["method_name", "paper", "backbone", "loss_name"]
+    datasets = list(DATASET_NAMES)
+    header = "| method | paper | backbone | base loss | " + " | ".join(f"{DATASET_NAMES[d]} base → method" for d in datasets) + " |"
+    lines = [header, "|" + "---|" * (4 + len(datasets))]
+    for key, part in frame.groupby(keys, sort=False):
+        method_name, paper, backbone, loss_name = key
+        cells = []
+        for dataset in datasets:
+            row = part[part["dataset"] == dataset]
+            if row.empty:
+                cells.append("–")
+            else:
+                first = row.iloc[0]
+                cells.append(result_text(first["base_recall_at_1"], first["method_recall_at_1"], first.get("method_recall_at_1_std", float("nan"))))
+        shown = f"**{backbone}**" if backbone == PAPER_BACKBONE and bold_paper_backbone else backbone
+        lines.append(f"| {method_name} | {paper} | {shown} | {loss_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_plain(frame: "pd.DataFrame") -> str:
+    """docs/methods.md's table: the same without bold."""
+    return render(frame, bold_paper_backbone=False)

@@ -1,0 +1,321 @@
+"""Everything one training run is made of, built from its resolved params.
+
+:func:`build_run` follows these steps, in this order (the order fixes how the
+seeded random streams are consumed, so it is part of reproducibility):
+
+1. read the manifest, hold out the validation classes (if any) and mix in
+   generated images for data-level methods;
+2. seed every random stream from the run's seed;
+3. make the image datasets (train with augmentation, train without, test),
+   reading the resized copy of a photo dataset where it has one;
+4. build the backbone and the base loss;
+5. wrap the base loss in the method;
+6. make the optimizer, the learning-rate schedule and the gradient scaler.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from pytorch_metric_learning.samplers import MPerClassSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from dmlsynth import registry
+from dmlsynth.data.image_cache import open_cache
+from dmlsynth.data.images import ImageInput, SeededSampler
+from dmlsynth.data.manifest import fix_for, read_manifest
+from dmlsynth.data.split import split_training
+from dmlsynth.device import pick_device
+from dmlsynth.losses import BaseLoss, build_loss
+from dmlsynth.methods import Method, MethodContext, build_method, method_class
+from dmlsynth.models import EmbeddingNet, build_backbone
+from dmlsynth.training.checkpoint import seed_everything
+
+log = logging.getLogger("dmlsynth.training")
+
+# Grayscale datasets up to this many images are decoded once and held in memory.
+IN_MEMORY_LIMIT = 20_000
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``training.mixed_precision`` on ``device`` (None: full precision)."""
+    if device.type != "cuda" or setting == "off":
+        return None
+    return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16}[setting]
+
+
+@torch.no_grad()
+def embed(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: torch.dtype | None, image_input: ImageInput
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-normalised embeddings (float32, CPU) and labels of every image of ``loader``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outputs, targets = [], []
+    for batch, labels in loader:
+        images = image_input.to_model(batch, device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            outputs.append(model(images).float().cpu())
+        targets.append(torch.as_tensor(labels))
+    model.train(was_training)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+@dataclass
+class TrainingRun:
+    """The parts of one run; :func:`dmlsynth.training.loop.train_run` drives them."""
+
+    params: Mapping[str, Any]
+    device: torch.device
+    amp: torch.dtype | None
+    image_input: ImageInput
+    train_set: Dataset
+    train_eval_set: Dataset
+    test_set: Dataset
+    validation_set: Dataset | None  # the validation classes' images (None: no validation split)
+    validation_classes: list[int]  # their class ids
+    loader_kwargs: dict[str, Any]
+    train_loader: DataLoader
+    loader_parts: int  # loader batches per training batch (see _train_loader)
+    eval_batch: int
+    model: EmbeddingNet
+    base_loss: BaseLoss
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler_rng: np.random.RandomState
+    method_generator: torch.Generator
+
+    @property
+    def epochs(self) -> int:
+        return int(self.params["training"]["epochs"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.params["training"]["batch_size"])
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return int(self.params["training"]["batches_per_epoch"] or max(1, len(self.train_set) // self.batch_size))
+
+    def training_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of training batches: model inputs and labels, on the device."""
+        parts: list[tuple[Any, torch.Tensor]] = []
+        for batch, labels in self.train_loader:
+            parts.append((batch, labels))
+            if len(parts) == self.loader_parts:
+                images = self.image_input.to_model_parts([b for b, _ in parts], self.device)
+                labels = parts[0][1] if len(parts) == 1 else torch.cat([l for _, l in parts])
+                parts = []
+                yield images, labels.to(self.device, non_blocking=True)
+
+    def loader(self, dataset: Dataset) -> DataLoader:
+        """An evaluation loader (fixed order) over ``dataset``."""
+        return DataLoader(dataset, batch_size=self.eval_batch, shuffle=False, **self.loader_kwargs)
+
+    def embed(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        return embed(self.model, self.loader(dataset), self.device, self.amp, self.image_input)
+
+
+def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifest: str | Path | None = None) -> TrainingRun:
+    """The datasets, model, loss, method and optimizer of a run described by ``params``."""
+    dataset_spec = registry.DATASETS[params["dataset"]]
+    settings = params["dataset_settings"]
+    training = params["training"]
+    device = pick_device(training["device"], "training.device")
+    amp = autocast_dtype(training["mixed_precision"], device)
+
+    # 1. The data (generated images of the same classes for data-level methods).
+    frame = read_manifest(manifest)
+    # The last `validation_classes` training classes only choose the epoch (dmlsynth.data.split).
+    train_frame, validation_frame = split_training(frame[frame.split == "train"], settings.get("validation_classes", 0))
+    test_frame = frame[frame.split == "test"]
+    generated = read_manifest(synthetic_manifest) if synthetic_manifest is not None else None
+    train_frame = method_class(params["method"]).training_frame(train_frame, generated, params["method_params"], params["seed"])
+    classes = sorted(train_frame["label"].unique())
+    class_index = {label: i for i, label in enumerate(classes)}
+
+    # 2. Every random stream from the run's seed; the method draws from a stream of its own.
+    sampler_rng = seed_everything(int(params["seed"]))
+    method_generator = torch.Generator().manual_seed(int(params["seed"]) + 1)
+
+    # 3. Datasets, read from the resized copy of a photo dataset where it has one (generated images stay as
+    # they are). Only small grayscale sets are decoded once and kept: photos would cost gigabytes per copy.
+    image_input = ImageInput(dataset_spec.image_mode, settings["image_size"], training["image_decoding"])
+    if image_input.decoding == "device" and device.type != "cuda":
+        log.warning("training.image_decoding is 'device' on the CPU: JPEGs are decoded in the main process, one at a time")
+    # A damaged generated image is made again by deleting its part file, not by preparing the dataset.
+    parts = train_frame["part"] if "part" in train_frame.columns else [None] * len(train_frame)
+    fixes = {file: fix_for([part]) for file, part in zip(train_frame["file"], parts) if isinstance(part, str)}
+    if settings["cache_short_side"]:
+        cache = open_cache(manifest, settings["cache_short_side"], frame)
+        train_frame = train_frame.assign(file=cache.lookup(train_frame["file"]))
+        test_frame = test_frame.assign(file=cache.lookup(test_frame["file"]))
+        validation_frame = validation_frame.assign(file=cache.lookup(validation_frame["file"]))
+        fixes.update(dict.fromkeys(cache.files.values(), cache.fix))
+    in_memory = dataset_spec.image_mode == "L" and len(frame) <= IN_MEMORY_LIMIT
+
+    def dataset(part, targets, train: bool) -> Dataset:
+        return image_input.dataset(part["file"].tolist(), targets, train=train, in_memory=in_memory, fixes=fixes)
+
+    train_targets = [class_index[label] for label in train_frame["label"]]
+    train_set = dataset(train_frame, train_targets, train=True)
+    train_eval_set = dataset(train_frame, train_targets, train=False)
+    test_set = dataset(test_frame, test_frame["label"].tolist(), train=False)
+    validation_set = dataset(validation_frame, validation_frame["label"].tolist(), train=False) if len(validation_frame) else None
+    workers = int(training["num_workers"])
+    loader_kwargs = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": False,
+        "collate_fn": image_input.collate_fn,
+    }
+    eval_batch = int(params["evaluation"]["batch_size"])
+    train_loader, loader_parts = _train_loader(
+        train_set, train_targets, training, image_input, loader_kwargs, int(params["seed"])
+    )
+
+    # 4. Backbone and base loss.
+    model = build_backbone(
+        settings["backbone"],
+        embedding_dim=settings["embedding_dim"],
+        pretrained=settings["pretrained"],
+        in_channels=1 if dataset_spec.image_mode == "L" else 3,
+    ).to(device)
+    base_loss = build_loss(params["loss"], params["loss_params"], len(classes), settings["embedding_dim"]).to(device)
+
+    # 5. The method around the base loss.
+    def embed_training_set() -> tuple[torch.Tensor, torch.Tensor]:
+        loader = DataLoader(train_eval_set, batch_size=eval_batch, shuffle=False, **loader_kwargs)
+        return embed(model, loader, device, amp, image_input)
+
+    context = MethodContext(
+        num_classes=len(classes),
+        embedding_dim=settings["embedding_dim"],
+        num_epochs=int(training["epochs"]),
+        generator=method_generator,
+        embed_training_set=embed_training_set,
+        device=device,
+        embedding_layer=model.embedding,
+    )
+    method = build_method(params["method"], base_loss, params["method_params"], context).to(device)
+
+    # 6. Optimizer (the loss's own parameters, e.g. proxies, at their learning-rate multiple), schedule, scaler.
+    lr = float(training["lr"])
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    loss_parameters = [p for p in method.parameters() if p.requires_grad]
+    if loss_parameters:
+        groups.append({"params": loss_parameters, "lr": lr * base_loss.lr_multiplier})
+    optimizer = OPTIMIZERS[training["optimizer"]](groups, lr=lr, weight_decay=float(training["weight_decay"]))
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(training["epochs"]))
+        if training["lr_scheduler"] == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+    return TrainingRun(
+        params=params,
+        device=device,
+        amp=amp,
+        image_input=image_input,
+        train_set=train_set,
+        train_eval_set=train_eval_set,
+        test_set=test_set,
+        validation_set=validation_set,
+        validation_classes=sorted(int(c) for c in validation_frame["label"].unique()),
+        loader_kwargs=loader_kwargs,
+        train_loader=train_loader,
+        loader_parts=loader_parts,
+        eval_batch=eval_batch,
+        model=model,
+        base_loss=base_loss,
+        method=method,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        sampler_rng=sampler_rng,
+        method_generator=method_generator,
+    )
+
+
+class _FreshSampler(Sampler):
+    """A new MPerClassSampler for every epoch.
+
+    MPerClassSampler shuffles its list of labels in place, so a reused one
+    would carry that order from epoch to epoch; a fresh one per epoch has
+    no state but pml's random stream, which checkpoints hold.
+    """
+
+    def __init__(self, targets: list[int], m: int, batch_size: int, length: int):
+        self._make = lambda: MPerClassSampler(targets, m=m, batch_size=batch_size, length_before_new_iter=length)
+        self._length = len(self._make())
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._make())
+
+
+class _SplitBatches(Sampler):
+    """Every batch of ``batches`` as ``parts`` consecutive smaller ones, which different workers load at once."""
+
+    def __init__(self, batches: BatchSampler, parts: int):
+        self.batches = batches
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return len(self.batches) * self.parts
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for batch in self.batches:
+            bounds = [round(i * len(batch) / self.parts) for i in range(self.parts + 1)]
+            for start, stop in zip(bounds, bounds[1:]):
+                yield batch[start:stop]
+
+
+# Photos: the smallest loader batch worth splitting a training batch into (see _train_loader).
+MIN_PART_SIZE = 32
+
+
+def _train_loader(
+    train_set: Dataset,
+    targets: list[int],
+    training: Mapping[str, Any],
+    image_input: ImageInput,
+    loader_kwargs: Mapping[str, Any],
+    seed: int,
+) -> tuple[DataLoader, int]:
+    """The training loader and how many of its batches make one training batch.
+
+    Batches hold M images per class (pml's MPerClassSampler). Photos: each
+    index comes with its augmentation seed, so the numbers do not depend on
+    which worker loads an image, and the loader's workers live across epochs
+    (starting a dozen of them costs a good part of a short epoch); the loader
+    gets a generator of its own so that starting workers draws nothing from
+    the global stream the seeds come from. A worker loads a whole loader
+    batch, so the first batch of an epoch takes a batch's worth of decoding
+    while the GPU waits: a training batch is therefore loaded as a few
+    smaller batches by several workers at once, and joined on the device.
+    Grayscale images keep the global stream, whole batches and fresh workers
+    every epoch.
+    """
+    batch_size = int(training["batch_size"])
+    batches = training["batches_per_epoch"] or max(1, len(targets) // batch_size)
+    sampler: Sampler = _FreshSampler(targets, int(training["m_per_class"]), batch_size, batches * batch_size)
+    kwargs = dict(loader_kwargs)
+    if not image_input.seeded:
+        return DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs), 1
+    kwargs["persistent_workers"] = kwargs["num_workers"] > 0
+    kwargs["generator"] = torch.Generator().manual_seed(seed)
+    parts = max(1, min(kwargs["num_workers"], batch_size // MIN_PART_SIZE))
+    split = _SplitBatches(BatchSampler(SeededSampler(sampler), batch_size, drop_last=True), parts)
+    return DataLoader(train_set, batch_sampler=split, **kwargs), parts

@@ -1,0 +1,96 @@
+"""Seeding, random-stream state and the per-epoch checkpoint of a training run.
+
+A checkpoint holds everything a resumed job needs to continue exactly where
+the interrupted one stopped: model, method state (e.g. IAA's statistics),
+optimizer, scheduler, gradient scaler, every random stream and the history.
+It is keyed on what makes the numbers (:func:`checkpoint_key`): the params
+hash, the digest of the code the run executes, the torch thread count and the
+device. A checkpoint with another key is ignored, so a resumed run always
+ends with the numbers an uninterrupted run of the same key would give.
+Checkpoints load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from pytorch_metric_learning.utils import common_functions as pml_common
+
+from dmlsynth.io import save_torch
+
+log = logging.getLogger("dmlsynth.training")
+
+
+def seed_everything(seed: int) -> np.random.RandomState:
+    """Seed Python, NumPy and torch; give pml's samplers their own stream (returned)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # pml's samplers draw from this module-level RandomState; give it our own stream.
+    pml_common.NUMPY_RANDOM = np.random.RandomState(seed)
+    return pml_common.NUMPY_RANDOM
+
+
+def checkpoint_key(params_hash: str, code_digest: str, threads: int, device: torch.device) -> dict[str, Any]:
+    """Everything that changes a run's numbers besides its random state."""
+    return {"params_hash": params_hash, "code_digest": code_digest, "threads": int(threads), "device": device.type}
+
+
+def _numpy_state(state: tuple) -> dict[str, Any]:
+    # Plain tensors and numbers only, so checkpoints load with weights_only=True.
+    name, keys, pos, has_gauss, cached = state
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_tuple(state: Mapping[str, Any]) -> tuple:
+    return ("MT19937", state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+
+
+def rng_state(sampler_rng: np.random.RandomState, generator: torch.Generator) -> dict[str, Any]:
+    return {
+        "python": list(random.getstate()[1]),
+        "numpy": _numpy_state(np.random.get_state()),
+        "sampler": _numpy_state(sampler_rng.get_state()),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "method": generator.get_state(),
+    }
+
+
+def set_rng_state(state: Mapping[str, Any], sampler_rng: np.random.RandomState, generator: torch.Generator) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(_numpy_tuple(state["numpy"]))
+    sampler_rng.set_state(_numpy_tuple(state["sampler"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["method"])
+
+
+def save_checkpoint(path: str | Path, key: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+    save_torch({"key": dict(key), **payload}, path)
+
+
+def load_checkpoint(path: str | Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it was made under ``key``; None (with the reason logged) otherwise."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: start over rather than fail
+        log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, exc)
+        return None
+    found = payload.get("key") if isinstance(payload, dict) else None
+    if found != dict(key):
+        differ = sorted(k for k in key if not isinstance(found, dict) or found.get(k) != key[k])
+        log.warning(
+            "checkpoint %s was made with other %s; training from scratch", path, ", ".join(differ) or "settings"
+        )
+        return None
+    return payload

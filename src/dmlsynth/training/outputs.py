@@ -1,0 +1,64 @@
+"""The files a finished training run leaves in its run folder (:class:`dmlsynth.layout.RunFolder`).
+
+- ``model.pt``        weights of the reported epoch (backbone, and the method's/loss's state such as proxies)
+- ``embeddings.npz``  un-normalised embeddings (``embeddings``) and labels (``labels``) of the test split
+                      (with validation classes: at the epoch chosen on them)
+- ``embeddings_last_epoch.npz``  the same at the last epoch (only with validation classes)
+- ``train_log.csv``   one row per epoch: mean loss, learning rate, seconds (+ validation R@1, MAP@R)
+- ``run.yaml``        resolved params and their hash, code version (git commit of the project,
+                      digest of the executed source), environment, threads, wall time
+                      (+ ``validation``: its classes and the chosen epoch)
+
+Each goes through a temporary name (:mod:`dmlsynth.io`), and ``run.yaml`` is
+written last: a run folder with ``run.yaml`` is complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from dmlsynth.io import atomic_output, atomic_write_text, save_torch
+from dmlsynth.layout import RunFolder
+from dmlsynth.provenance import code_version, environment
+
+
+def write_outputs(
+    folder: RunFolder,
+    *,
+    params: Mapping[str, Any],
+    params_hash: str,
+    code_digest: str,
+    model_state: dict[str, Any],
+    history: list[dict[str, Any]],
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    device: torch.device,
+    threads: int,
+    seconds: float,
+    num_train_images: int,
+    last_epoch_embeddings: np.ndarray | None = None,
+    validation: Mapping[str, Any] | None = None,
+) -> None:
+    save_torch(model_state, folder.model)
+    with atomic_output(folder.embeddings) as tmp:
+        np.savez(tmp, embeddings=embeddings, labels=labels)
+    if last_epoch_embeddings is not None:
+        with atomic_output(folder.last_epoch_embeddings) as tmp:
+            np.savez(tmp, embeddings=last_epoch_embeddings, labels=labels)
+    atomic_write_text(folder.history, pd.DataFrame(history).to_csv(index=False))
+    record = {
+        "params": dict(params),
+        "params_hash": params_hash,
+        "code": {**code_version(), "digest": code_digest},
+        "environment": {**environment(str(device)), "torch.threads": str(threads)},
+        "wall_seconds": {"train": round(seconds, 3)},
+        "train_images": num_train_images,
+    }
+    if validation is not None:
+        record["validation"] = dict(validation)
+    atomic_write_text(folder.record, yaml.safe_dump(record, sort_keys=False))

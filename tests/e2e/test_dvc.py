@@ -1,0 +1,101 @@
+"""DVC and Snakemake run one pipeline: dvc.yaml is generated from the same definitions."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dmlsynth import config as cfg
+from dmlsynth.pipeline import dvc_yaml
+from tests.conftest import small_config
+
+BIN = Path(sys.executable).parent
+
+
+def test_committed_dvc_yaml_is_generated_from_params(repo_root):
+    expected = dvc_yaml(cfg.load(repo_root / "params.yaml"))
+    assert (repo_root / "dvc.yaml").read_text() == expected, (
+        "dvc.yaml is out of date with params.yaml / the pipeline: run `dmlsynth dvc-yaml > dvc.yaml`"
+    )
+
+
+def _snakemake_outputs(repo_root, workdir) -> set[str]:
+    """Every file Snakemake's DAG would produce, from its own summary."""
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(repo_root / "Snakefile"), "--directory", str(workdir),
+         "--cores", "1", "--summary"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    lines = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
+    header = lines[0]
+    column = header.index("output_file")
+    return {row[column] for row in lines[1:]}
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [
+        ["baseline"],
+        None,
+        ["baseline", "blender", "sd_plain"],
+    ],
+)
+def test_dvc_stages_declare_exactly_what_snakemake_produces(repo_root, default_params, tmp_path, methods):
+    config = small_config(default_params, tmp_path, tmp_path)
+    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
+    config["losses"] = ["multi_similarity", "triplet"]
+    if methods:
+        config["methods"] = methods
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    stages = yaml.safe_load(dvc_yaml(cfg.validate(config)))["stages"]
+    declared = set()
+    for stage in stages.values():
+        declared |= {next(iter(o)) for o in stage.get("outs", [])}
+        declared |= {next(iter(m)) for m in stage.get("metrics", [])}
+    produced = _snakemake_outputs(repo_root, tmp_path)
+    # DVC versions the image folders; Snakemake knows only the manifests that mark them complete.
+    image_dirs = {o for o in declared if o.endswith("/images")}
+    assert "data/digits/images" in image_dirs
+    assert produced == declared - image_dirs
+
+
+@pytest.mark.slow
+def test_dvc_repro_gives_the_snakemake_table(repo_root, default_params, tmp_path):
+    config = small_config(default_params, tmp_path, tmp_path, epochs=1, batches_per_epoch=2)
+    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
+    config["seeds"] = [0, 1]
+    config["tracking"] = {"enabled": False}
+    text = yaml.safe_dump(config)
+
+    def project(folder: Path) -> Path:
+        folder.mkdir()
+        for name in ("Snakefile", "rules", "report", "src"):
+            source = repo_root / name
+            if source.is_dir():
+                shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy(source, folder / name)
+        (folder / "params.yaml").write_text(text)
+        return folder
+
+    env = {**__import__("os").environ, "PATH": f"{BIN}:{__import__('os').environ['PATH']}"}
+    with_dvc = project(tmp_path / "dvc")
+    (with_dvc / "dvc.yaml").write_text(dvc_yaml(cfg.validate(config)))
+    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], [str(BIN / "dvc"), "repro"]):
+        result = subprocess.run(command, cwd=with_dvc, capture_output=True, text=True, timeout=900, env=env)
+        assert result.returncode == 0, f"{command}: {result.stdout}\n{result.stderr}"
+    metrics = subprocess.run(
+        [str(BIN / "dvc"), "metrics", "show", "--json"], cwd=with_dvc, capture_output=True, text=True, env=env
+    )
+    assert metrics.returncode == 0 and "recall@1_mean" in metrics.stdout
+
+    with_snakemake = project(tmp_path / "snakemake")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "results/table.csv"],
+        cwd=with_snakemake, capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (with_dvc / "results/table.csv").read_text() == (with_snakemake / "results/table.csv").read_text()

@@ -1,0 +1,106 @@
+"""End to end through Snakemake: prompts -> generator -> per-class generation -> training -> report.
+
+The embedded default with ``device: auto`` (CUDA where present), and the Stable Diffusion path
+on a tiny CUB-200-2011 copy with a tiny random SD model, on the CPU and in fp16 on CUDA.
+"""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.conftest import small_config
+from tests.helpers.datasets import cub_fixture, place
+from tests.helpers.generation import save_tiny_stable_diffusion
+from tests.helpers.workflow import snakemake as run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir, *args):
+    return run_snakemake(workdir, *args).output
+
+
+def test_generation_workflow_is_complete_and_restartable(default_params, tmp_path):
+    config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
+    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
+    config["methods"] = ["baseline", "blender", "sd_plain"]
+    config["losses"] = ["multi_similarity"]
+    config["seeds"] = [0]
+    config["training"]["device"] = "auto"
+    config["generation"] = {"digits": {
+        "images_per_class": 4, "batch_size": 4, "steps": 2, "device": "auto",
+        "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
+    }}  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+
+    snakemake(tmp_path, "results/table.csv")
+
+    table = pd.read_csv(tmp_path / "results" / "table.csv")
+    assert set(table.method) == {"baseline", "blender", "sd_plain"}
+    # device: auto trained the generator on CUDA where there is one.
+    generator = json.loads((tmp_path / "data/digits/generator/generator.json").read_text())
+    assert generator["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
+    report = pd.read_csv(tmp_path / "results" / "generation.csv")
+    assert {"blender", "plain"} == set(report.image_set)
+    assert report.fidelity.between(0, 1).all() and (report.chance == 0.2).all()
+    # The cost of the images: sampling time per image and the generator's training time.
+    assert (report.seconds_per_image > 0).all() and (report.generator_train_seconds > 0).all()
+    assert (tmp_path / "results" / "figures" / "generated_digits.png").is_file()
+    real = pd.read_csv(tmp_path / "data" / "digits" / "manifest.csv")
+    train_classes = set(real.loc[real.split == "train", "label"])
+    for image_set in ("blender", "plain"):
+        generated = pd.read_csv(tmp_path / "data" / "digits" / "generated" / image_set / "manifest.csv")
+        assert set(generated.label) == train_classes and len(generated) == 4 * len(train_classes)
+    record = yaml.safe_load((tmp_path / "results/runs/digits/blender/multi_similarity/seed0/run.yaml").read_text())
+    assert record["train_images"] == (real.split == "train").sum() + 4 * len(train_classes)
+
+    # As after a run killed while generating class 3: that class is redone alone, complete classes are not.
+    (tmp_path / "data/digits/generated/parts/class3.csv").unlink()
+    (tmp_path / "data/digits/generated/blender/manifest.csv").unlink()
+    out = snakemake(tmp_path, "data/digits/generated/blender/manifest.csv")
+    assert re.search(r"^generate\s+1$", out, re.M), out  # job stats: one generate job ...
+    assert "class_index=3" in out and "class_index=2" not in out  # ... for class 3
+    assert "rule train_generator" not in out
+
+
+def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, device):
+    """CUB prompts -> Stable Diffusion (fp16 on CUDA) per class -> blender training -> report, table."""
+    fixture = cub_fixture(classes=8, per_class=4)
+    place(tmp_path / "data" / "raw" / "cub200", "CUB_200_2011.tgz", fixture.archive)
+    model = save_tiny_stable_diffusion(tmp_path / "tiny-sd")
+    config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
+    config.update(
+        paths={"data": "data", "results": "results", "logs": "logs"},
+        datasets=["cub200"], methods=["blender"], losses=["multi_similarity"], seeds=[0],
+        dataset_settings={"cub200": {
+            "backbone": "resnet50", "pretrained": False, "embedding_dim": 16, "image_size": 32,
+            "md5": {"archive": fixture.md5}, "expected": fixture.expected,
+        }},
+        generation={"cub200": {
+            "generator": "stable-diffusion", "model_id": str(model), "device": device, "fp16": True,
+            "images_per_class": 3, "batch_size": 2, "steps": 2, "scheduler": "dpm-solver",
+        }},
+    )  # fmt: skip
+    config["training"].update(batch_size=8, m_per_class=2, device=device)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+
+    out = snakemake(tmp_path, "results/table.csv")
+
+    assert re.search(r"^generate\s+4$", out, re.M), out  # one job per training class (4 of the 8)
+    table = pd.read_csv(tmp_path / "results" / "table.csv")
+    assert list(table.method) == ["blender"] and list(table.dataset) == ["cub200"]
+    generated = pd.read_csv(tmp_path / "data/cub200/generated/blender/manifest.csv")
+    assert sorted(generated.label.unique()) == [1, 2, 3, 4] and len(generated) == 4 * 3
+    for path in generated.path:
+        with Image.open(tmp_path / "data/cub200/generated/blender" / path) as image:
+            assert image.mode == "RGB" and image.size == (16, 16) and image.format == "JPEG"
+    log = (tmp_path / "logs/generate/cub200/class0.log").read_text()
+    assert f"on {device}" in log and ("torch.float16" if device == "cuda" else "torch.float32") in log
+    report = pd.read_csv(tmp_path / "results" / "generation.csv")
+    assert set(report.generator) == {"stable-diffusion"} and (report.generator_train_seconds == 0).all()
+    assert report.fidelity.between(0, 1).all() and (report.chance == 0.25).all()

@@ -1,0 +1,26 @@
+"""README's NMI comparison (benchmarks/nmi_definitions.py) is what the script measures from scratch."""
+
+import importlib.util
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.slow
+def test_nmi_definitions_reproduce_the_committed_numbers(tmp_path):
+    from threadpoolctl import threadpool_limits
+
+    spec = importlib.util.spec_from_file_location("nmi_definitions", ROOT / "benchmarks" / "nmi_definitions.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    committed = pd.read_csv(script.RESULTS)
+    with threadpool_limits(1):
+        rows = pd.DataFrame(script.nmi_definitions("baseline", *script.train_digits("baseline", tmp_path)))
+    expected = committed[committed.method == "baseline"].reset_index(drop=True)
+    assert list(rows.definition) == list(expected.definition)
+    for column in ("nmi", "nmi_min", "nmi_max"):
+        assert rows[column].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-12, nan_ok=True), column
+    # The formula is pml's: given our clustering, pml's NMI is ours.
+    assert rows.nmi.iloc[-1] == pytest.approx(rows.nmi.iloc[0], abs=1e-12)

@@ -1,0 +1,148 @@
+"""config/paper.yaml: valid on its own, and its dry run lists the whole job matrix."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dmlsynth import config as cfg
+from dmlsynth import registry
+
+from tests.conftest import ROOT
+PAPER = ROOT / "config" / "paper.yaml"
+
+
+@pytest.fixture(scope="module")
+def paper() -> dict:
+    return cfg.load(PAPER)
+
+
+def test_paper_config_is_the_protocol(paper):
+    assert paper["datasets"] == ["cub200", "cars196"]
+    assert paper["losses"] == ["multi_similarity", "proxy_anchor", "contrastive", "triplet", "potential_field"]
+    assert paper["seeds"] == [0, 1, 2]
+    for name in paper["datasets"]:
+        settings = cfg.dataset_settings(paper, name)
+        assert (settings["backbone"], settings["pretrained"], settings["embedding_dim"], settings["image_size"]) == (
+            "resnet50", True, 512, 224
+        )
+        assert settings["resources"]["gpu"] == 1
+        assert settings["validation_classes"] == 20  # the epoch is chosen on held-out training classes
+        assert registry.DATASETS[name].image_mode == "RGB"
+    assert paper["training"]["num_workers"] > 0
+    assert paper["training"]["device"] == "auto" and paper["training"]["mixed_precision"] == "auto"
+    assert paper["loss_params"]["multi_similarity"] == {"alpha": 2.0, "beta": 50.0, "base": 0.5, "miner_epsilon": 0.1}
+    assert paper["loss_params"]["proxy_anchor"] == {"margin": 0.1, "alpha": 32.0, "proxy_lr_multiplier": 100.0}
+    assert paper["loss_params"]["potential_field"]["proxies_per_class"] == 15
+
+
+def test_paper_config_over_params_yaml_is_valid(paper):
+    """Snakemake merges --configfile over params.yaml: the merge must be valid and equal paper.yaml's choices."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def merge(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for key, value in b.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    merged = cfg.validate(merge(base, yaml.safe_load(PAPER.read_text())))
+    assert merged["training"] == paper["training"]
+    for name in paper["datasets"]:
+        assert cfg.run_params(merged, name, "baseline", "triplet", 0) == cfg.run_params(paper, name, "baseline", "triplet", 0)
+
+
+def test_dataset_settings_overrides_are_validated(paper):
+    bad = dict(paper, dataset_settings={"cub200": {"urls": {"archives": "https://example.org/x.tgz"}}})
+    with pytest.raises(cfg.ConfigError, match="archives"):
+        cfg.validate(bad)
+    bad = dict(paper, dataset_settings={"cars196": {"md5": {"images": "not-an-md5"}}})
+    with pytest.raises(cfg.ConfigError, match="not-an-md5"):
+        cfg.validate(bad)
+    bad = dict(paper, dataset_settings={"cars196": {"urls": {"images": "car_ims.tgz"}}})
+    with pytest.raises(cfg.ConfigError, match="car_ims.tgz"):
+        cfg.validate(bad)
+
+
+JOB = re.compile(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", re.S | re.M)
+
+
+def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """``snakemake -n`` on a copy of the workflow, so .snakemake/ and the effective config stay out of the repo."""
+    if not (ROOT / "Snakefile").exists():
+        pytest.skip("the Snakefile is not on this branch yet")
+    for name in ("Snakefile", "rules", "params.yaml", "config", "profiles"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, workdir / name)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # `--configfile=` with "=": the option takes several values and would swallow the target otherwise.
+    command = [str(Path(sys.executable).with_name("snakemake")), "-n", *args, "--configfile=config/paper.yaml", "results/table.csv"]
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_dry_run_lists_every_training_job(tmp_path, paper):
+    result = dry_run(tmp_path, "--cores", "16")
+    jobs = [(rule, body) for rule, body in JOB.findall(result.stdout)]
+    train = {}
+    for rule, body in jobs:
+        if rule != "train":
+            continue
+        wildcards = dict(kv.split("=") for kv in re.search(r"wildcards: (.*)", body).group(1).split(", "))
+        resources = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", body).group(1).split(", "))
+        threads = re.search(r"threads: (\d+)", body)
+        key = (wildcards["dataset"], wildcards["method"], wildcards["loss"], int(wildcards["seed"]))
+        assert f"results/runs/{key[0]}/{key[1]}/{key[2]}/seed{key[3]}/embeddings.npz" in body
+        # Validation tracking: the epoch is chosen on validation classes, the last epoch is kept beside it.
+        assert f"results/runs/{key[0]}/{key[1]}/{key[2]}/seed{key[3]}/embeddings_last_epoch.npz" in body
+        train[key] = (resources, int(threads.group(1)) if threads else 1)
+    excluded = {(e["method"], e["loss"]) for e in paper.get("exclude", [])}
+    expected = {
+        job
+        for job in itertools.product(paper["datasets"], paper["methods"], paper["losses"], paper["seeds"])
+        if (job[1], job[2]) not in excluded
+    }
+    assert set(train) == expected
+    assert ("symm", "proxy_anchor") in excluded  # the one pair that makes no sense
+    assert len(train) == len(paper["datasets"]) * (len(paper["methods"]) * len(paper["losses"]) - len(excluded)) * 3
+    for (dataset, *_), (resources, threads) in train.items():
+        wanted = paper["dataset_settings"][dataset]["resources"]
+        assert resources["gpu"] == str(wanted["gpu"])
+        assert resources["mem_mb"] == str(wanted["mem_mb"])
+        assert resources["runtime"] == str(wanted["runtime"])
+        assert threads == wanted["threads"]
+    # Generation only for the training classes left after the validation classes (80 CUB, 78 Cars).
+    generated = {}
+    for rule, body in jobs:
+        if rule == "generate":
+            dataset = re.search(r"dataset=(\w+)", body).group(1)
+            generated[dataset] = generated.get(dataset, 0) + 1
+    assert generated == {"cub200": 80, "cars196": 78}
+    prepared = {re.search(r"wildcards: dataset=(\w+)", body).group(1) for rule, body in jobs if rule == "prepare_data"}
+    assert prepared == set(paper["datasets"])
+    assert not (ROOT / "results" / "runs" / "cub200").exists()  # nothing written into the repo
+
+
+def test_slurm_profile_is_accepted_by_snakemake(tmp_path, paper):
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["retries"] >= 1 and profile["latency-wait"] >= 30
+    # Every key of the profile is a Snakemake option (a typo fails the parse). With the SLURM
+    # plugin installed (pip install -e '.[slurm]') the profile runs as is, otherwise the
+    # executor is overridden for the dry run.
+    plugin = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
+    result = dry_run(tmp_path, "--profile", "profiles/slurm", *([] if plugin else ["--executor", "local"]))
+    assert "Using profile profiles/slurm" in result.stdout + result.stderr
+    runs = len(paper["datasets"]) * (len(paper["methods"]) * len(paper["losses"]) - len(paper.get("exclude", []))) * len(
+        paper["seeds"]
+    )
+    assert re.search(rf"^train\s+{runs}$", result.stdout, re.M)

@@ -1,0 +1,40 @@
+"""Running the real Snakemake workflow (and the CLI) on tiny configs in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, small_config
+
+
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, cores: int = 2, env: dict | None = None, timeout: int = 900,
+    snakefile: Path = ROOT / "Snakefile",
+):  # fmt: skip
+    """Snakemake in ``workdir`` with the repository's Snakefile; raises with its output on failure."""
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir),
+        "--cores", str(cores), *args,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    result.output = result.stdout + result.stderr
+    return result
+
+
+def tiny_workflow(default_params: dict, workdir: Path, **overrides) -> dict:
+    """A params.yaml in ``workdir`` that runs in seconds: relative paths, 1 epoch of 2 batches, tracking off."""
+    config = small_config(default_params, workdir / "data", workdir / "results", epochs=1, batches_per_epoch=2)
+    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
+    config["tracking"] = {"enabled": False}
+    config.update(overrides)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(config))
+    return config

@@ -1,0 +1,52 @@
+"""Generation settings: the paper recipe per dataset, the training-class count, speed vs image settings."""
+
+import yaml
+
+from dmlsynth import config as cfg
+from dmlsynth import registry
+from dmlsynth.generation.settings import (
+    SPEED_SETTINGS,
+    generation_settings,
+    image_settings,
+)
+
+from tests.conftest import ROOT
+
+
+def merge(a: dict, b: dict) -> dict:
+    """Snakemake's --configfile merge: nested mappings are merged key by key."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def test_paper_config_sets_the_stable_diffusion_recipe_per_dataset():
+    paper = cfg.load(ROOT / "config" / "paper.yaml")
+    # As Snakemake runs it: config/paper.yaml merged over params.yaml (whose generation block is the digits').
+    merged = cfg.validate(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())))
+    assert set(merged["generation"]) == {"digits", "cub200", "cars196"}
+    for config in (paper, merged):
+        for dataset in ("cub200", "cars196"):
+            settings = generation_settings(config, dataset)
+            assert settings["generator"] == "stable-diffusion"
+            assert settings["model_id"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+            assert (settings["scheduler"], settings["steps"], settings["guidance_scale"]) == ("dpm-solver", 25, 7.5)
+            assert settings["images_per_class"] == 150 and settings["fp16"] and settings["device"] == "auto"
+            assert settings["gpu_memory_gib"] == 16  # the default that peaks below 20 GiB
+    # Not the digits recipe (guidance 3.0, 15 steps) that photo datasets silently got before.
+    assert generation_settings(paper, "cub200")["guidance_scale"] != registry.GENERATION_DEFAULTS["guidance_scale"]
+
+
+def test_speed_settings_are_not_image_settings():
+    settings = generation_settings({"methods": ["blender"]}, "digits")
+    kept = image_settings(settings)
+    assert set(SPEED_SETTINGS) <= set(settings) and not set(SPEED_SETTINGS) & set(kept)
+    assert {"seed", "steps", "guidance_scale", "device", "fp16", "model_id", "images_per_class"} <= set(kept)
+
+
+def test_training_classes_follow_a_smaller_copy_of_the_dataset():
+    from dmlsynth.data.split import split_class_count
+
+    assert split_class_count({}, "cub200") == 100 and split_class_count({}, "digits") == 5
+    assert split_class_count({"dataset_settings": {"cub200": {"expected": {"classes": 8}}}}, "cub200") == 4

@@ -1,0 +1,160 @@
+"""Symmetrical Synthesis (METHODS.md §4): reflections, hardest negative pair mining, wiring."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmlsynth.config import ConfigError, validate
+from dmlsynth.methods.symm import hardest_negative_pairs, pair_units, symmetric_points
+from tests.helpers.methods import batch, build, loss_and_grad, train_digits
+
+
+def test_symmetric_points_hand_example():
+    a = torch.tensor([[1.0, 0.0]])
+    p = torch.tensor([[1.0, 1.0]])
+    s1, s2 = symmetric_points(a, p)
+    assert torch.allclose(s1, torch.tensor([[1.0, -1.0]]), atol=1e-6)  # p mirrored in the a-axis (x axis)
+    assert torch.allclose(s2, torch.tensor([[0.0, 1.0]]), atol=1e-6)  # a mirrored in the diagonal
+
+
+def test_symmetric_points_keep_norm_and_similarity_and_are_involutions():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 32, generator=g, dtype=torch.float64) * 3
+    p = torch.randn(50, 32, generator=g, dtype=torch.float64)
+    s1, s2 = symmetric_points(a, p)
+    assert torch.allclose(s1.norm(dim=1), p.norm(dim=1))
+    assert torch.allclose(s2.norm(dim=1), a.norm(dim=1))
+    assert torch.allclose((s1 * a).sum(1), (p * a).sum(1))
+    assert torch.allclose((s2 * p).sum(1), (a * p).sum(1))
+    assert torch.allclose(F.cosine_similarity(s1, a), F.cosine_similarity(p, a))
+    # They are new points, not copies.
+    assert (s1 - p).norm(dim=1).min() > 1e-3 and (s2 - a).norm(dim=1).min() > 1e-3
+    # Reflecting twice returns the input.
+    assert torch.allclose(symmetric_points(a, s1)[0], p)
+    assert torch.allclose(symmetric_points(s2, p)[1], a)
+
+
+def test_symmetric_points_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        symmetric_points(torch.zeros(3, 4), torch.zeros(2, 4))
+
+
+def test_pair_units_pairs_same_class_samples_and_keeps_odd_ones_single():
+    labels = torch.tensor([2, 0, 2, 1, 0, 2, 0, 0, 1, 2, 2])
+    anchors, positives, singles = pair_units(labels)
+    assert torch.equal(labels[anchors], labels[positives])
+    used = torch.cat([anchors, positives, singles]).sort().values
+    assert torch.equal(used, torch.arange(len(labels)))  # every sample exactly once
+    assert sorted(labels[singles].tolist()) == [2]  # class 2 has five samples, the others even counts
+    # Batch order within a class: 1st with 2nd, 3rd with 4th.
+    assert (anchors.tolist(), positives.tolist())[0][:2] == [1, 6]
+    assert positives.tolist()[:2] == [4, 7]
+
+
+def brute_force_hardest(sim, units, unit_labels):
+    rows, cols = [], []
+    for u, v in itertools.product(range(len(units)), repeat=2):
+        if unit_labels[u] == unit_labels[v]:
+            continue
+        best, best_pair = -float("inf"), None
+        for i in units[u]:
+            for j in units[v]:
+                if i >= 0 and j >= 0 and sim[i][j] > best:
+                    best, best_pair = sim[i][j], (i, j)
+        rows.append(best_pair[0])
+        cols.append(best_pair[1])
+    return rows, cols
+
+
+def test_hardest_negative_pairs_equals_brute_force():
+    g = torch.Generator().manual_seed(3)
+    points = F.normalize(torch.randn(30, 8, generator=g), dim=1)
+    sim = points @ points.T
+    units = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19],
+                          [20, 21, 22, 23], [24, -1, -1, -1], [25, 26, 27, 28]])
+    unit_labels = torch.tensor([0, 0, 1, 1, 2, 3, 3, 2])
+    rows, cols = hardest_negative_pairs(sim, units, unit_labels)
+    expected_rows, expected_cols = brute_force_hardest(sim.tolist(), units.tolist(), unit_labels.tolist())
+    assert rows.tolist() == expected_rows and cols.tolist() == expected_cols
+    assert len(expected_rows) == 8 * 8 - 16  # every ordered pair of units of different classes
+
+
+class Spy(torch.nn.Module):
+    """Stands in for the base loss's pml loss and records what it is given."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.inner, self.calls = loss, []
+
+    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
+        self.calls.append((embeddings.detach().clone(), labels.clone(), indices_tuple))
+        return self.inner(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "multi_similarity", "triplet"])
+def test_hardest_pairs_over_originals_and_synthetics_drive_the_negative_terms(loss):
+    inputs, labels = batch(per_class=6)
+    method = build("symm", loss)
+    method.base_loss.loss = Spy(method.base_loss.loss)
+    method(torch.nn.Linear(inputs.shape[1], 16)(inputs), labels)
+    points, point_labels, indices = method.base_loss.loss.calls[-1]
+    n = len(labels)
+    anchors, positives, _ = pair_units(labels)
+    # The collection is the originals followed by s1 and s2 of every unit.
+    s1, s2 = symmetric_points(points[anchors], points[positives])
+    assert torch.allclose(points[n:], torch.cat([s1, s2]), atol=1e-6)
+    k = len(anchors)
+    units = [[int(anchors[u]), int(positives[u]), n + u, n + k + u] for u in range(k)]
+    unit_labels = labels[anchors].tolist()
+    normalised = F.normalize(points, dim=1)
+    expected = set(zip(*brute_force_hardest((normalised @ normalised.T).tolist(), units, unit_labels)))
+    neg_rows = indices[0] if loss == "triplet" else indices[2]  # (a, p, n) or (a1, p, a2, n)
+    negatives = set(zip(neg_rows.tolist(), indices[-1].tolist()))
+    assert negatives == expected
+    if loss == "triplet":
+        a, p, _ = indices
+        # The positive of each triplet has exactly the original pair's similarity to the anchor.
+        sims = F.cosine_similarity(points[a], points[p])
+        unit_of = {i: u for u in range(k) for i in units[u]}
+        for i, row in enumerate(a.tolist()):
+            u = unit_of[row]
+            ref = F.cosine_similarity(points[anchors[u]][None], points[positives[u]][None])
+            assert torch.allclose(sims[i], ref[0], atol=1e-5)
+    else:
+        # Positives are pairs of originals of one class.
+        a1, p = indices[0], indices[1]
+        assert (a1 < n).all() and (p < n).all() and (a1 != p).all()
+        assert torch.equal(labels[a1], labels[p])
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "multi_similarity", "triplet"])
+def test_switched_off_is_exactly_baseline(loss):
+    inputs, labels = batch()
+    off = loss_and_grad(build("symm", loss, {"synthesis": False}), inputs, labels)
+    base = loss_and_grad(build("baseline", loss), inputs, labels)
+    assert off[0] == base[0] and torch.equal(off[1], base[1])
+    on = loss_and_grad(build("symm", loss), inputs, labels)
+    assert on[0] != base[0]
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "multi_similarity", "triplet"])
+def test_gradients_flow_to_the_backbone(loss):
+    inputs, labels = batch()
+    value, grad = loss_and_grad(build("symm", loss), inputs, labels)
+    assert value > 0 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_proxy_anchor_is_rejected_when_the_config_is_validated(config):
+    config = dict(config, methods=["baseline", "symm"], losses=["multi_similarity", "proxy_anchor"])
+    with pytest.raises(ConfigError, match="method 'symm' does not work with loss 'proxy_anchor'"):
+        validate(config)
+
+
+def test_symm_trains_on_digits(config, digits_manifest, tmp_path):
+    result = train_digits("symm", "multi_similarity", config, digits_manifest, tmp_path / "run")
+    assert len(result["history"]) == 2 and all(row["loss"] > 0 for row in result["history"])
+    assert (tmp_path / "run" / "embeddings.npz").exists()

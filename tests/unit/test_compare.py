@@ -1,0 +1,136 @@
+import subprocess
+from pathlib import Path
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmlsynth import pipeline, registry
+from dmlsynth.layout import Layout
+from dmlsynth.compare import CompareError, write_comparison
+from dmlsynth.published import published
+from dmlsynth.table import collect, read_table, write_table
+from tests.helpers.runs import make_run, simulated_hits
+
+LOSSES = ("multi_similarity", "proxy_anchor")
+
+
+def generation_report(device="cuda"):
+    rows = [
+        {"dataset": "cub200", "image_set": "blender", "operator": op, "images": images, "seconds_per_image": 0.5,
+         "generator_train_seconds": 0.0, "generator": "stable-diffusion", "device": device}
+        for op, images in (("all", 100), ("union", 50), ("intersection", 50))
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    return frame if device is not None else frame.drop(columns="device")
+
+
+@pytest.fixture
+def results(tmp_path):
+    rng = np.random.default_rng(0)
+    for loss in LOSSES:
+        for seed in range(2):
+            make_run(tmp_path, "cub200", "baseline", loss, seed, simulated_hits(rng, 0.6, 0.0), device="cuda", seconds=3600.0)
+            make_run(tmp_path, "cub200", "iaa", loss, seed, simulated_hits(rng, 0.7, 0.0), device="cuda", seconds=1800.0)
+            make_run(tmp_path, "cub200", "blender", loss, seed, simulated_hits(rng, 0.6, 0.0), device="cpu", seconds=7200.0)
+    out = tmp_path / "results"
+    write_table([tmp_path / "runs"], out / "table.csv", out / "metrics.json", out / "figures" / "recall.png", {"bootstrap_samples": 300})
+    return tmp_path, out
+
+
+def compare(results, generation=None):
+    root, out = results
+    return write_comparison(
+        read_table(out / "table.csv"), collect([root / "runs"]), generation, out / "comparison.csv", out / "comparison.md", out / "figures"
+    )
+
+
+def test_comparison_has_statistics_published_numbers_and_cost(results):
+    frame = compare(results, generation_report()).set_index(["loss", "method"])
+    _, out = results
+    table = read_table(out / "table.csv").set_index(["loss", "method"])
+    iaa = frame.loc[("multi_similarity", "iaa")]
+    # The table's paired statistics, unchanged.
+    for column in ("recall@1_delta", "recall@1_delta_ci_low", "recall@1_delta_boot_high", "map@r_p_holm"):
+        assert iaa[column] == pytest.approx(table.loc[("multi_similarity", "iaa"), column])
+    assert iaa["recall@1_significant"] == table.loc[("multi_similarity", "iaa"), "recall@1_significant"]
+    # Published: every IAA row on CUB, the same-loss gain (GoogLeNet MS 56.2 -> 62.1).
+    assert "Multi-Similarity, GoogLeNet 512-d: 56.2 → 62.1 (+5.9)" in iaa["published"]
+    assert "Multi-Similarity, ResNet-50 512-d: – → 68.5" in iaa["published"]
+    assert iaa["published_gain_same_loss"] == pytest.approx(5.9)
+    assert frame.loc[("proxy_anchor", "blender"), "published_gain_same_loss"] == pytest.approx(1.9)
+    assert np.isnan(frame.loc[("proxy_anchor", "iaa"), "published_gain_same_loss"])  # IAA published no Proxy-Anchor
+    assert pd.isna(frame.loc[("multi_similarity", "baseline"), "published"])
+    # Cost: seconds on CUDA / 3600; generation of the method's image set ('all' row: 100 images x 0.5 s).
+    assert iaa["train_seconds_per_run"] == 1800.0 and iaa["train_seconds_total"] == 3600.0
+    assert iaa["gpu_hours"] == pytest.approx(1.0) and iaa["generation_seconds"] == 0.0
+    blender = frame.loc[("multi_similarity", "blender")]
+    assert blender["train_device"] == "cpu" and blender["generation_seconds"] == pytest.approx(50.0)
+    assert blender["gpu_hours"] == pytest.approx(50.0 / 3600)
+    assert frame.loc[("multi_similarity", "baseline"), "gpu_hours"] == pytest.approx(2.0)
+
+
+def test_report_files(results):
+    root, out = results
+    compare(results, generation_report())
+    layout = Layout(data="d", results=str(out), logs="l")
+    for loss in LOSSES:
+        assert Path(layout.forest_figure("cub200", loss)).read_bytes()[:4] == b"\x89PNG"
+    report = (out / "comparison.md").read_text()
+    for loss in LOSSES:
+        assert f"## cub200 · {loss}" in report
+        assert f"![forest plot](figures/forest_cub200_{loss}.png)" in report
+    assert "| iaa | 2 |" in report and "## Published numbers" in report
+    raw = pd.read_csv(out / "comparison.csv", keep_default_na=False)
+    assert (raw.loc[raw.method == "baseline", "recall@1_delta"] == "n/a").all()
+    # The Snakemake rule declares the same forest plots the command writes.
+    config = {"datasets": ["cub200"], "methods": ["baseline", "iaa", "blender"], "losses": list(LOSSES), "seeds": [0, 1]}
+    for path in layout.comparison_outputs(pipeline.comparison_groups(config)):
+        assert Path(path).is_file(), path
+
+
+def test_generation_cost_needs_the_report_and_counts_gpu_only_when_known(results):
+    with pytest.raises(CompareError, match="pass --generation results/generation.csv"):
+        compare(results, None)
+    frame = compare(results, generation_report(device=None)).set_index(["loss", "method"])
+    assert np.isnan(frame.loc[("multi_similarity", "blender"), "gpu_hours"])  # generation device unknown
+    assert frame.loc[("multi_similarity", "iaa"), "gpu_hours"] == pytest.approx(1.0)
+
+
+def test_table_and_runs_must_match(results):
+    root, out = results
+    table = read_table(out / "table.csv")
+    runs = [r for r in collect([root / "runs"]) if not (r.method == "iaa" and r.seed == 1)]
+    with pytest.raises(CompareError, match="rebuild the table from the same runs"):
+        write_comparison(table, runs, generation_report(), out / "c.csv", out / "c.md", out / "figures")
+
+
+def test_published_numbers_use_project_names():
+    frame = published()
+    assert set(frame["method"].dropna()) <= set(registry.METHODS)  # empty: a base loss's own paper
+    assert set(frame["loss"].dropna()) <= set(registry.LOSSES)
+    assert set(frame["dataset"]) <= set(registry.DATASETS)
+    row = frame[(frame.method == "symm") & (frame.loss == "triplet") & (frame.dataset == "cars196")].iloc[0]
+    assert (row.base_recall_at_1, row.method_recall_at_1, row.gain) == pytest.approx((45.1, 69.7, 24.6))
+
+
+def test_cli_compare_without_table_is_a_clear_error(tmp_path, repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "compare", "--config", "params.yaml", "--table", str(tmp_path / "table.csv"),
+         "--out-csv", str(tmp_path / "c.csv"), "--out-report", str(tmp_path / "c.md"), "--figure-dir", str(tmp_path), str(tmp_path)],
+        capture_output=True, text=True, cwd=repo_root,
+    )  # fmt: skip
+    assert result.returncode == 2 and "build the results table first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_baseline_rows_show_the_base_loss_paper():
+    from dmlsynth.published import matching
+
+    frame = published()
+    rows = matching(frame, "cub200", "baseline", "potential_field")
+    assert len(rows) == 1 and rows.iloc[0].method_recall_at_1 == 73.4 and rows.iloc[0].method_recall_at_1_std == 0.3
+    assert matching(frame, "cub200", "baseline", "triplet").empty
+    blender = matching(frame, "cars196", "blender", "potential_field")
+    assert set(blender.loss) == {"proxy_anchor", "potential_field"}

@@ -1,0 +1,164 @@
+import copy
+
+import pytest
+import yaml
+
+from dmlsynth import config as cfg
+from dmlsynth import provenance, registry
+from tests.conftest import ROOT
+
+
+def test_default_params_are_valid(repo_root):
+    config = cfg.load(repo_root / "params.yaml")
+    assert config["datasets"] == ["digits"]
+    assert set(config["methods"]) <= set(registry.METHODS)
+    assert "baseline" in config["methods"]
+    assert config["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("methods", ["baseline", "nonsense"], "at methods[1]: 'nonsense' is not allowed; allowed values: "),
+        ("losses", ["arcface"], "at losses[0]: 'arcface' is not allowed; allowed values: contrastive"),
+        ("datasets", ["mnist"], "at datasets[0]: 'mnist' is not allowed; allowed values: "),
+        ("seeds", [-1], "at seeds[0]"),
+        ("seeds", [], "at seeds"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_allowed_values(default_params, key, value, expected):
+    config = copy.deepcopy(default_params)
+    config[key] = value
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert expected in str(info.value)
+
+
+def test_unknown_key_lists_the_allowed_keys(default_params):
+    config = copy.deepcopy(default_params)
+    config["training"]["epochz"] = 3
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    message = str(info.value)
+    assert "at training" in message and "'epochz' was unexpected" in message and "allowed keys: batch_size" in message
+
+
+def test_wrong_type_is_reported(default_params):
+    config = copy.deepcopy(default_params)
+    config["training"]["lr"] = "fast"
+    with pytest.raises(cfg.ConfigError, match=r"at training.lr: 'fast' is not of type 'number'"):
+        cfg.validate(config)
+
+
+def test_all_problems_are_reported_at_once(default_params):
+    config = copy.deepcopy(default_params)
+    config["methods"] = ["nope"]
+    config["losses"] = ["nope"]
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert "at methods[0]" in str(info.value) and "at losses[0]" in str(info.value)
+
+
+def test_batch_must_be_composable_from_the_training_classes(default_params):
+    config = copy.deepcopy(default_params)
+    config["training"].update(batch_size=96, m_per_class=16)  # 6 classes needed, digits has 5
+    with pytest.raises(cfg.ConfigError, match="needs 6 training classes in every batch, but 'digits' has 5: use batch_size <= 80"):
+        cfg.validate(config)
+    config["training"].update(batch_size=90, m_per_class=16)
+    with pytest.raises(cfg.ConfigError, match="not a multiple of") as info:
+        cfg.validate(config)
+    assert "use e.g. batch_size 80" in str(info.value)
+    # A batch that is not a multiple gets one message, not a contradictory second one (m_per_class 15 once said
+    # "needs at least 5 training classes ... but 'digits' has 5").
+    config["training"].update(batch_size=80, m_per_class=15)
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert str(info.value).count("  - at ") == 1 and "use e.g. batch_size 75" in str(info.value)
+
+
+def test_strings_from_the_command_line_are_read_as_the_schema_types(default_params):
+    # snakemake --config seeds='[0]' training='{epochs: 5}' hands nested values over as strings.
+    config = copy.deepcopy(default_params)
+    config["seeds"] = ["0", "2"]
+    config["training"] = {**config["training"], "epochs": "5", "lr": "1e-4", "batches_per_epoch": "null"}
+    config["tracking"] = {"enabled": "false"}
+    config["method_params"] = {"iaa": {"neighbor_correction": "false"}}
+    valid = cfg.validate(config)
+    assert valid["seeds"] == [0, 2] and valid["training"]["epochs"] == 5 and valid["training"]["lr"] == 1e-4
+    assert valid["training"]["batches_per_epoch"] is None and valid["tracking"]["enabled"] is False
+    assert valid["method_params"]["iaa"]["neighbor_correction"] is False
+    # Strings where the schema wants strings stay strings; nonsense stays an error.
+    config["paths"] = {**config["paths"], "data": "123"}
+    config["training"]["epochs"] = "five"
+    with pytest.raises(cfg.ConfigError, match="at training.epochs: 'five' is not of type 'integer'"):
+        cfg.validate(config)
+    config["training"]["epochs"] = "5"
+    assert cfg.validate(config)["paths"]["data"] == "123"
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("datasets: [digits\nmethods: baseline: x")
+    with pytest.raises(cfg.ConfigError, match="is not valid YAML"):
+        cfg.load(bad)
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.load(tmp_path / "absent.yaml")
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(cfg.ConfigError, match="expected a mapping"):
+        cfg.load(bad)
+
+
+def test_run_params_resolve_defaults_and_overrides(default_params):
+    config = copy.deepcopy(default_params)
+    config["loss_params"]["multi_similarity"]["beta"] = 40.0
+    params = cfg.run_params(cfg.validate(config), "digits", "baseline", "multi_similarity", 1)
+    assert params["loss_params"] == {"alpha": 2.0, "beta": 40.0, "base": 0.5, "miner_epsilon": 0.1}
+    assert params["dataset_settings"]["backbone"] == "small_cnn"
+    assert params["seed"] == 1
+    other = cfg.run_params(cfg.validate(config), "digits", "baseline", "multi_similarity", 2)
+    assert provenance.params_hash(params) != provenance.params_hash(other)
+
+
+def test_effective_config_is_content_addressed(tmp_path, default_params):
+    first = cfg.write_effective(default_params, tmp_path)
+    assert cfg.write_effective(copy.deepcopy(default_params), tmp_path) == first
+    assert yaml.safe_load(first.read_text()) == default_params
+    changed = copy.deepcopy(default_params)
+    changed["seeds"] = [7]
+    assert cfg.write_effective(changed, tmp_path) != first
+
+
+def test_incompatible_method_and_loss_is_rejected_unless_excluded(default_params):
+    from dmlsynth.pipeline import runs
+
+    config = copy.deepcopy(default_params)
+    config["methods"] = ["baseline", "symm"]
+    config["losses"] = ["multi_similarity", "proxy_anchor"]
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert "method 'symm' does not work with loss 'proxy_anchor'" in str(info.value)
+    assert "exclude: [{method: symm, loss: proxy_anchor}]" in str(info.value)
+    config["exclude"] = [{"method": "symm", "loss": "proxy_anchor"}]
+    matrix = {(r["method"], r["loss"]) for r in runs(cfg.validate(config))}
+    assert matrix == {("baseline", "multi_similarity"), ("baseline", "proxy_anchor"), ("symm", "multi_similarity")}
+
+
+def test_resized_copy_is_for_photos_and_not_smaller_than_the_evaluation_resize(default_params):
+    config = dict(default_params, dataset_settings={"digits": {"cache_short_side": 64}})
+    with pytest.raises(cfg.ConfigError, match="digits.*grayscale.*set it to 0"):
+        cfg.validate(config)
+    paper = cfg.load(ROOT / "config" / "paper.yaml")
+    paper["dataset_settings"]["cub200"]["cache_short_side"] = 200
+    with pytest.raises(cfg.ConfigError, match="cub200.cache_short_side: 200 is smaller than the 256 pixels"):
+        cfg.validate(paper)
+    paper["dataset_settings"]["cub200"]["cache_short_side"] = 0
+    assert cfg.dataset_settings(cfg.validate(paper), "cub200")["cache_short_side"] == 0
+    assert cfg.dataset_settings(cfg.validate(default_params), "cub200")["cache_short_side"] == 256
+
+
+def test_a_generator_trained_here_is_refused_for_photos(default_params):
+    config = copy.deepcopy(default_params)
+    config["datasets"] = ["cub200"]
+    config["generation"] = {"cub200": {"generator": "embedded"}}
+    with pytest.raises(cfg.ConfigError, match="at generation.cub200.generator: the embedded generator makes small grayscale"):
+        cfg.validate(config)

@@ -1,0 +1,133 @@
+"""Every registry entry keeps the contract of its kind; a new entry is covered without a new test.
+
+Methods x compatible losses: one training step gives a finite loss and gradients, the same seed gives
+the same loss, and the method's ``off_params`` make it exactly ``baseline``. Datasets, backbones,
+losses, generators and image sets: what they name exists and fits together.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from dmlsynth import layout, registry
+from dmlsynth.config import _schema
+from dmlsynth.generation.blend import OPERATORS
+from dmlsynth.losses import build_loss
+from dmlsynth.methods import MethodContext, build_method
+from dmlsynth.models import EmbeddingNet
+
+CLASSES, PER_CLASS, IN_DIM, FEATURES, DIM, EPOCHS = 4, 6, 10, 12, 8, 10
+PAIRS = [(m, l) for m, l in itertools.product(registry.METHODS, registry.LOSSES) if registry.METHODS[m].is_compatible(l)]
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
+    centres = torch.randn(CLASSES, IN_DIM, generator=g)
+    return centres[labels] + 0.5 * torch.randn(len(labels), IN_DIM, generator=g), labels
+
+
+def one_step(method_name: str, loss_name: str, method_params: dict, seed: int = 0) -> tuple[float, list[torch.Tensor]]:
+    """The loss and backbone gradients of one training step, after the method's mid-training epoch hook."""
+    torch.manual_seed(7)
+    model = EmbeddingNet(nn.Sequential(nn.Linear(IN_DIM, FEATURES), nn.ReLU()), nn.Linear(FEATURES, DIM))
+    inputs, labels = batch()
+    loss_params = {**registry.LOSSES[loss_name].defaults}
+    base = build_loss(loss_name, loss_params, CLASSES, DIM)
+
+    @torch.no_grad()
+    def embed_training_set():
+        return model(inputs), labels
+
+    context = MethodContext(
+        num_classes=CLASSES, embedding_dim=DIM, num_epochs=EPOCHS, generator=torch.Generator().manual_seed(seed),
+        embed_training_set=embed_training_set, device=torch.device("cpu"), embedding_layer=model.embedding,
+    )  # fmt: skip
+    params = {**registry.METHODS[method_name].defaults, **method_params}
+    method = build_method(method_name, base, params, context)
+    for epoch in range(EPOCHS // 2 + 1):  # past any warm-up, statistics estimated
+        method.on_epoch_start(epoch)
+    features = model.trunk(inputs)
+    loss = method(model.embedding(features), labels, features=features)
+    loss.backward()
+    return float(loss.detach()), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("method,loss", PAIRS, ids=[f"{m}-{l}" for m, l in PAIRS])
+def test_every_method_trains_a_step_with_every_compatible_loss(method, loss):
+    value, grads = one_step(method, loss, {})
+    assert torch.isfinite(torch.tensor(value))
+    assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    again, grads_again = one_step(method, loss, {})
+    assert again == value and all(torch.equal(a, b) for a, b in zip(grads, grads_again))  # deterministic
+
+
+@pytest.mark.parametrize("method,loss", PAIRS, ids=[f"{m}-{l}" for m, l in PAIRS])
+def test_switched_off_every_method_is_exactly_baseline(method, loss):
+    off = registry.METHODS[method].off_params
+    assert method == "baseline" or off, f"{method} declares no off_params"
+    value, grads = one_step(method, loss, dict(off))
+    reference, reference_grads = one_step("baseline", loss, {})
+    assert value == reference and all(torch.equal(a, b) for a, b in zip(grads, reference_grads))
+
+
+@pytest.mark.parametrize("name", list(registry.METHODS))
+def test_method_params_fit_their_schema(name):
+    import jsonschema
+
+    spec = registry.METHODS[name]
+    schema = _schema()["properties"]["method_params"]["properties"][name]
+    jsonschema.validate(dict(spec.defaults), schema)
+    jsonschema.validate({**spec.defaults, **spec.off_params}, schema)
+    assert spec.synthetic_images is None or spec.synthetic_images in registry.IMAGE_SETS
+    assert spec.compatible_losses is None or spec.compatible_losses <= set(registry.LOSSES)
+
+
+@pytest.mark.parametrize("name", list(registry.LOSSES))
+def test_loss_defaults_fit_their_schema(name):
+    import jsonschema
+
+    schema = _schema()["properties"]["loss_params"]["properties"][name]
+    jsonschema.validate(dict(registry.LOSSES[name].defaults), schema)
+    loss = build_loss(name, registry.LOSSES[name].defaults, CLASSES, DIM)
+    assert loss.pair_based == registry.LOSSES[name].pair_based
+
+
+@pytest.mark.parametrize("name", list(registry.DATASETS))
+def test_dataset_entries_name_what_exists(name):
+    spec = registry.DATASETS[name]
+    assert callable(registry.load_object(spec.prepare)) and callable(registry.load_object(spec.prompts))
+    assert spec.default_backbone in registry.BACKBONES and spec.default_generator in registry.GENERATORS
+    assert layout.MANIFEST in spec.outputs and 0 < spec.train_classes < spec.num_classes
+    assert spec.image_mode in ("L", "RGB")
+
+
+@pytest.mark.parametrize("name", list(registry.BACKBONES))
+def test_every_backbone_is_trunk_then_embedding(name):
+    from dmlsynth.models import build_backbone
+
+    channels = 1 if name == "small_cnn" else 3
+    model = build_backbone(name, embedding_dim=DIM, pretrained=False, in_channels=channels).eval()
+    images = torch.randn(2, channels, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(images), model.embedding(model.trunk(images)))
+        assert model(images).shape == (2, DIM)
+
+
+@pytest.mark.parametrize("name", list(registry.GENERATORS))
+def test_generator_entries_load_through_one_signature(name):
+    import inspect
+
+    load = registry.load_object(registry.GENERATORS[name].load)
+    assert list(inspect.signature(load).parameters)[:2] == ["settings", "generator_dir"]
+
+
+@pytest.mark.parametrize("name", list(registry.IMAGE_SETS))
+def test_image_sets_use_known_operators(name):
+    spec = registry.IMAGE_SETS[name]
+    assert spec.conditions in ("attributes", "plain")
+    assert spec.operators is None or set(spec.operators) <= set(OPERATORS)

@@ -1,0 +1,178 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from dmlsynth import stats
+from dmlsynth.table import TableError, collect, read_table, summary_metrics, write_table
+from tests.helpers.runs import QUERY_DIFFICULTY, make_run, simulated_hits
+
+def write(root, folders, **settings):
+    out = root / "out"
+    table = write_table(folders, out / "table.csv", out / "metrics.json", out / "figures" / "recall.png", settings or None)
+    return table, out
+
+
+def test_known_difference_is_covered_and_flagged(tmp_path):
+    # baseline finds a first hit for 60 % of queries, "better" for 70 % (+0.10), "same" for 60 %.
+    rng = np.random.default_rng(7)
+    folders = []
+    for seed in range(5):
+        effect = rng.normal(scale=0.01)  # a seed is a bit luckier or unluckier for every method alike
+        folders.append(make_run(tmp_path, "digits", "baseline", "ms", seed, simulated_hits(rng, 0.60, effect)))
+        folders.append(make_run(tmp_path, "digits", "better", "ms", seed, simulated_hits(rng, 0.70, effect)))
+        folders.append(make_run(tmp_path, "digits", "same", "ms", seed, simulated_hits(rng, 0.60, effect)))
+    table, out = write(tmp_path, [tmp_path / "runs"])
+    rows = table.set_index("method")
+    better, same = rows.loc["better"], rows.loc["same"]
+    # Two truths: over seeds, the expected difference on these 400 test queries; over the
+    # population of queries (uniform difficulty), exactly 0.10 and 0.
+    spread = np.hypot(0.01, 0.05)
+    on_test_set = np.mean(scipy_stats.norm.cdf((0.70 - QUERY_DIFFICULTY) / spread) - scipy_stats.norm.cdf((0.60 - QUERY_DIFFICULTY) / spread))
+    for row, seeds_truth, population_truth in ((better, on_test_set, 0.10), (same, 0.0, 0.0)):
+        assert row["recall@1_delta_ci_low"] <= seeds_truth <= row["recall@1_delta_ci_high"]
+        assert row["recall@1_delta_boot_low"] <= population_truth <= row["recall@1_delta_boot_high"]
+        assert row["test"] == "paired-t" and row["pairs"] == 5
+    assert better["recall@1_significant"] is True and better["recall@1_p_holm"] < 0.01
+    assert same["recall@1_significant"] is False
+
+    # The numbers are the paired t-test's, Holm-adjusted over the two methods compared.
+    runs = {(r.method, r.seed): r.metrics["recall@1"] for r in collect([tmp_path / "runs"])}
+    b = np.array([runs[("baseline", s)] for s in range(5)])
+    m = np.array([runs[("better", s)] for s in range(5)])
+    s_ = np.array([runs[("same", s)] for s in range(5)])
+    assert better["recall@1_delta"] == pytest.approx((m - b).mean())
+    assert better["recall@1_p"] == pytest.approx(scipy_stats.ttest_rel(m, b).pvalue)
+    ci = scipy_stats.ttest_rel(m, b).confidence_interval(0.95)
+    assert (better["recall@1_delta_ci_low"], better["recall@1_delta_ci_high"]) == pytest.approx((ci.low, ci.high))
+    p_same = scipy_stats.ttest_rel(s_, b).pvalue
+    assert [better["recall@1_p_holm"], same["recall@1_p_holm"]] == pytest.approx(
+        stats.holm([better["recall@1_p"], p_same]).tolist()
+    )
+    assert rows.loc["baseline", "recall@1_mean"] == pytest.approx(b.mean())
+    assert rows.loc["baseline", "recall@1_std"] == pytest.approx(b.std(ddof=1))
+    assert np.isnan(rows.loc["baseline", "recall@1_delta"]) and rows.loc["baseline", "recall@1_significant"] is None
+
+    # CSV: every column, 'n/a' where a value does not exist, yes/no significance; read back equal.
+    text = (out / "table.csv").read_text()
+    header = text.splitlines()[0].split(",")
+    assert header[:10] == [
+        "dataset", "method", "loss", "seeds", "pairs", "test", "seed_list", "chosen_epochs", "params_hashes", "git_commits",
+    ]  # fmt: skip
+    for metric in ("recall@1", "map@r", "nmi"):
+        assert f"{metric}_delta_boot_high" in header and f"{metric}_significant" in header
+    back = read_table(out / "table.csv").set_index("method")
+    assert back.loc["better", "recall@1_significant"] == True  # noqa: E712 - read back as a bool
+    assert np.isnan(back.loc["baseline", "recall@1_delta"])
+    assert back.loc["better", "seed_list"] == "0;1;2;3;4"
+    assert back.loc["better", "params_hashes"] == ";".join(f"h-better-{s}" for s in range(5))
+    payload = json.loads((out / "metrics.json").read_text())
+    assert payload["table"]["digits"]["baseline"]["ms"]["recall@1_delta"] == "n/a"
+    assert payload["table"]["digits"]["better"]["ms"]["recall@1_significant"] is True
+    assert payload["runs"]["digits"]["same"]["ms"]["seed3"]["params_hash"] == "h-same-3"
+
+
+def test_one_seed_tables_say_na_and_use_the_query_bootstrap(tmp_path):
+    rng = np.random.default_rng(0)
+    folders = [
+        make_run(tmp_path, "digits", "baseline", "ms", 0, simulated_hits(rng, 0.6, 0.0)),
+        make_run(tmp_path, "digits", "better", "ms", 0, simulated_hits(rng, 0.8, 0.0)),
+    ]
+    table, out = write(tmp_path, folders, bootstrap_samples=1000)
+    better = table.set_index("method").loc["better"]
+    assert better["test"] == "bootstrap" and better["pairs"] == 1
+    assert np.isnan(better["recall@1_std"]) and np.isnan(better["recall@1_delta_ci_low"])
+    assert better["recall@1_delta_boot_low"] <= 0.2 <= better["recall@1_delta_boot_high"]
+    assert better["recall@1_boot_low"] < better["recall@1_mean"] < better["recall@1_boot_high"]
+    assert better["recall@1_significant"] is True
+    raw = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("method")
+    assert raw.loc["baseline", "recall@1_std"] == "n/a" and raw.loc["better", "recall@1_std"] == "n/a"
+    assert raw.loc["better", "recall@1_significant"] == "yes"
+
+
+def test_same_inputs_give_the_same_table(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in range(2):
+        make_run(tmp_path, "digits", "baseline", "ms", seed, simulated_hits(rng, 0.6, 0.0))
+        make_run(tmp_path, "digits", "other", "ms", seed, simulated_hits(rng, 0.62, 0.0))
+    write(tmp_path, [tmp_path / "runs"])
+    first = (tmp_path / "out" / "table.csv").read_text()
+    write(tmp_path, [tmp_path / "runs"])
+    assert (tmp_path / "out" / "table.csv").read_text() == first
+
+
+def test_identity_and_provenance_come_from_the_run_record(tmp_path):
+    rng = np.random.default_rng(0)
+    # Folder names say nothing: dataset, method, loss and seed are read from run.yaml.
+    make_run(tmp_path, "digits", "baseline", "triplet", 4, simulated_hits(rng, 0.6, 0.0), folder=tmp_path / "a", commit="abc")
+    make_run(tmp_path, "digits", "baseline", "triplet", 2, simulated_hits(rng, 0.6, 0.0), folder=tmp_path / "b", commit="def", dirty=True)
+    table, _ = write(tmp_path, [tmp_path / "a", tmp_path / "b" / "metrics.json"])
+    row = table.iloc[0]
+    assert (row["dataset"], row["method"], row["loss"], row["seeds"]) == ("digits", "baseline", "triplet", 2)
+    assert row["seed_list"] == "2;4"
+    assert row["params_hashes"] == "h-baseline-2;h-baseline-4"
+    assert row["git_commits"] == "def+dirty;abc"
+    assert row["test"] == "n/a" and np.isnan(row["pairs"])
+
+
+@pytest.mark.parametrize("missing", ["metrics.json", "embeddings.npz", "run.yaml", "queries.npz"])
+def test_incomplete_runs_are_refused_with_the_job_to_rerun(tmp_path, missing):
+    folder = make_run(tmp_path, "digits", "baseline", "ms", 0, np.ones(20))
+    (folder / missing).unlink()
+    job = "training" if missing in ("run.yaml", "embeddings.npz") else "evaluation"
+    with pytest.raises(TableError, match=rf"run {folder} is incomplete: {missing} missing; run its {job} job"):
+        write(tmp_path, [folder])
+    assert not (tmp_path / "out" / "table.csv").exists()
+
+
+def test_inconsistent_runs_are_refused(tmp_path):
+    a = make_run(tmp_path, "digits", "baseline", "ms", 0, np.ones(20))
+    b = make_run(tmp_path, "digits", "baseline", "ms", 0, np.ones(20), folder=tmp_path / "copy")
+    with pytest.raises(TableError, match="are the same run"):
+        write(tmp_path, [a, b])
+    other = make_run(tmp_path, "digits", "symm", "ms", 0, np.ones(20), labels=np.arange(20) % 4)
+    with pytest.raises(TableError, match="different test images"):
+        write(tmp_path, [a, other])
+    stale = make_run(tmp_path, "digits", "iaa", "ms", 0, np.ones(20))
+    (stale / "metrics.json").write_text(json.dumps({"recall@1": 0.5, "map@r": 0.5}))
+    with pytest.raises(TableError, match="disagree on recall@1"):
+        write(tmp_path, [a, stale])
+    (stale / "metrics.json").write_text("{not json")
+    with pytest.raises(TableError, match="re-run its evaluation"):
+        write(tmp_path, [stale])
+    with pytest.raises(TableError, match="does not exist"):
+        write(tmp_path, [tmp_path / "nowhere"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TableError, match="holds no run folders"):
+        write(tmp_path, [tmp_path / "empty"])
+
+
+def test_cli_reports_a_bad_path_without_traceback(tmp_path, repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "table", "--config", "params.yaml", "--out-csv", str(tmp_path / "t.csv"),
+         "--out-json", str(tmp_path / "m.json"), "--out-figure", str(tmp_path / "f.png"), str(tmp_path / "missing")],
+        capture_output=True, text=True, cwd=repo_root,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "dmlsynth table: error:" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_summary_metrics_are_the_table_numbers(tmp_path):
+    rng = np.random.default_rng(0)
+    make_run(tmp_path, "digits", "baseline", "ms", 0, simulated_hits(rng, 0.6, 0.0))
+    make_run(tmp_path, "digits", "better", "ms", 0, simulated_hits(rng, 0.9, 0.0))
+    table, _ = write(tmp_path, [tmp_path / "runs"], bootstrap_samples=200)
+    metrics = summary_metrics(table)
+    better = table.set_index("method").loc["better"]
+    assert metrics["digits/better/ms/recall_at_1_mean"] == better["recall@1_mean"]
+    assert metrics["digits/better/ms/recall_at_1_significant"] == 1.0
+    assert metrics["digits/better/ms/seeds"] == 1
+    # n/a values (std with one seed, baseline's delta) are not logged.
+    assert "digits/better/ms/recall_at_1_std" not in metrics
+    assert "digits/baseline/ms/recall_at_1_delta" not in metrics
+    assert all(np.isfinite(v) for v in metrics.values())

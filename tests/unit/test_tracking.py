@@ -1,0 +1,122 @@
+"""MLflow tracking: idempotent, safe under concurrent writers, never fatal to results."""
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from dmlsynth import config as cfg
+from dmlsynth.tracking import track_run
+
+
+def fake_run(root, method="baseline", seed=0, with_metrics=True, params_hash="abc"):
+    run_dir = root / "runs" / "digits" / method / "multi_similarity" / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    params = {"dataset": "digits", "method": method, "loss": "multi_similarity", "seed": seed, "training": {"lr": 0.001}}
+    record = {
+        "params": params,
+        "params_hash": params_hash,
+        "code": {"git_commit": "deadbeef", "git_dirty": False},
+        "environment": {"python": "3.11", "device": "cpu"},
+        "wall_seconds": {"train": 1.5},
+    }
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(record))
+    pd.DataFrame({"epoch": [1, 2], "loss": [0.9, 0.5], "lr": [1e-3, 5e-4], "seconds": [0.1, 0.1]}).to_csv(
+        run_dir / "train_log.csv", index=False
+    )
+    if with_metrics:
+        (run_dir / "metrics.json").write_text(json.dumps({"recall@1": 0.75, "map@r": 0.5}))
+    return run_dir
+
+
+def test_run_is_created_completed_and_never_duplicated(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = fake_run(tmp_path, with_metrics=False)
+    first = track_run(run_dir, uri)  # as the training job does
+    (run_dir / "metrics.json").write_text(json.dumps({"recall@1": 0.75, "map@r": 0.5}))
+    assert track_run(run_dir, uri) == first  # the evaluation job completes the same run
+    assert track_run(run_dir, uri) == first  # a re-run adds nothing
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("digits")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "baseline/multi_similarity/seed0"
+    assert run.data.tags["method"] == "baseline" and run.data.tags["seed"] == "0"
+    assert run.data.tags["mlflow.source.git.commit"] == "deadbeef"
+    assert run.data.params["training.lr"] == "0.001"
+    assert run.data.metrics["recall_at_1"] == 0.75 and run.data.metrics["wall_seconds_train"] == 1.5
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0.9, 0.5]
+    assert len(client.get_metric_history(run.info.run_id, "recall_at_1")) == 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"run.yaml", "train_log.csv", "metrics.json"} <= artifacts
+
+
+def test_changed_params_make_a_new_run_and_mark_the_old_one(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    old = track_run(fake_run(tmp_path / "a", params_hash="one"), uri)
+    new = track_run(fake_run(tmp_path / "b", params_hash="two"), uri)
+    client = MlflowClient(tracking_uri=uri)
+    assert old != new
+    assert client.get_run(old).data.tags["dmlsynth.superseded"] == "true"
+    assert "dmlsynth.superseded" not in client.get_run(new).data.tags
+
+
+def _track(args):
+    run_dir, uri = args
+    return track_run(run_dir, uri)
+
+
+def test_concurrent_writers_to_one_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dirs = [fake_run(tmp_path, method=m, seed=s) for m in ("baseline", "iaa") for s in range(4)]
+    # Every run tracked twice at once, as training and evaluation jobs finishing together would.
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        ids = list(pool.map(_track, [(d, uri) for d in run_dirs + run_dirs]))
+    assert len(set(ids)) == len(run_dirs)
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        f"{m}/multi_similarity/seed{s}" for m in ("baseline", "iaa") for s in range(4)
+    )
+
+
+def test_tracking_failure_keeps_the_results_and_says_how_to_resync(config, digits_manifest, tmp_path):
+    config["tracking"]["uri"] = "sqlite:////dev/null/cannot/mlflow.db"
+    config_file = tmp_path / "params.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.validate(config)))
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "train", "--config", str(config_file), "--dataset", "digits",
+         "--method", "baseline", "--loss", "multi_similarity", "--seed", "0", "--manifest", str(digits_manifest),
+         "--run-dir", str(run_dir), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "MLflow tracking failed" in result.stderr
+    assert f"dmlsynth track {run_dir}" in result.stderr
+    for name in ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv"):
+        assert (run_dir / name).is_file()
+    # Once the store is reachable, `dmlsynth track` logs the finished run.
+    uri = f"sqlite:///{tmp_path / 'ok.db'}"
+    resync = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "track", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": uri},
+    )  # fmt: skip
+    assert resync.returncode == 0, resync.stderr
+    runs = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_experiment_by_name("digits").experiment_id]
+    )
+    assert len(runs) == 1 and runs[0].data.metrics["wall_seconds_train"] > 0
+
+
+def test_track_without_runs_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dmlsynth", "track", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2 and "no finished run folders" in result.stderr
