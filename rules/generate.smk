@@ -1,5 +1,6 @@
 # Stage 2: BLenDeR generation (docs/methods.md): prompts -> embedded generator (digits) ->
-# one job per dataset x training class -> one manifest per image set -> quality report.
+# one generate and one filter job per dataset x training class -> one manifest per image set
+# (the kept images) -> quality report.
 # Runs only when a configured method trains with generated images (registry: synthetic_images).
 from dmlsynth.generation import settings as generation
 
@@ -22,10 +23,15 @@ def generator_dir(wildcards):
     return [LAYOUT.generator_dir(wildcards.dataset)] if uses_embedded_generator(wildcards.dataset) else []
 
 
-def class_parts(wildcards):
+def filtered_parts(wildcards):
     # Training classes only: validation classes (dmlsynth.data.split) get no generated images.
     count = split.training_class_count(CFG, wildcards.dataset)
-    return [LAYOUT.generated_part(wildcards.dataset, i) for i in range(count)]
+    return [LAYOUT.filtered_part(wildcards.dataset, i) for i in range(count)]
+
+
+def captions_wanted(wildcards):
+    """The prompts job runs a captioning model (generation.<dataset>.prompts.source: captions)."""
+    return generation_settings(wildcards)["prompts"]["source"] == "captions"
 
 
 def generation_gpus(wildcards):
@@ -54,15 +60,19 @@ rule prompts:
         search=LAYOUT.raw_dir(),
         code=lambda w: provenance.code_digest(["dmlsynth.generation.prompts"]),
         validation_classes=lambda w: split.validation_class_count(CFG, w.dataset),
+        # Attributes or captions (which captioner, how many images, drawn with the generation seed).
+        source=lambda w: {"prompts": generation_settings(w)["prompts"], "seed": generation_settings(w)["seed"]},
     log:
         LAYOUT.log("prompts", "{dataset}"),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda w: 8000 if captions_wanted(w) else 2000,
+        runtime=30,
+        gpu=lambda w: int(captions_wanted(w) and generation_settings(w)["device"] != "cpu"),
     shell:
         "{PY:q} -m dmlsynth prompts --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
-        " --manifest {input.manifest:q} --search-dir {params.search:q} --out {output.prompts:q} > {log:q} 2>&1"
+        " --manifest {input.manifest:q} --search-dir {params.search:q} --out {output.prompts:q}"
+        " --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
 
 
 rule train_generator:
@@ -118,9 +128,45 @@ rule generate:
         " --threads {threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
 
 
+def filter_gpus(wildcards):
+    """CLIP scoring takes a GPU when generation has one; the fidelity classifier runs on the CPU."""
+    settings = generation_settings(wildcards)
+    return int(generation.filter_scorer(settings) == "clip" and settings["device"] != "cpu")
+
+
+rule filter_generated:
+    input:
+        manifest=LAYOUT.manifest(),
+        prompts=rules.prompts.output.prompts,
+        part=rules.generate.output.part,
+    output:
+        part=LAYOUT.filtered_part(),
+    params:
+        # Re-run when what scores or keeps an image changes (not the generator's speed settings).
+        settings=lambda w: {
+            "filter": generation_settings(w)["filter"],
+            "scorer": generation.filter_scorer(generation_settings(w)),
+            "budget": generation_settings(w)["images_per_class"],
+        },
+        code=lambda w: provenance.code_digest(["dmlsynth.generation.filtering"]),
+        generated=LAYOUT.generated_dir(),
+    log:
+        LAYOUT.log("filter_generated", "{dataset}", "class{class_index}"),
+    threads: 1
+    resources:
+        mem_mb=lambda w: 8000 if generation.filter_scorer(generation_settings(w)) == "clip" else 2000,
+        runtime=30,
+        gpu=filter_gpus,
+    shell:
+        "{PY:q} -m dmlsynth filter-generated --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
+        " --manifest {input.manifest:q} --prompts {input.prompts:q} --part {input.part:q}"
+        " --generated-dir {params.generated:q} --out {output.part:q}"
+        " --threads {threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
+
+
 rule merge_generated:
     input:
-        parts=class_parts,
+        parts=filtered_parts,
     output:
         manifest=LAYOUT.image_set_manifest(),
     log:
@@ -139,6 +185,9 @@ rule generation_report:
     input:
         manifests=[LAYOUT.manifest(d) for d in GENERATION_DATASETS],
         image_sets=[LAYOUT.image_set_manifest(d, s) for d in GENERATION_DATASETS for s in IMAGE_SETS],
+        filtered=[
+            LAYOUT.filtered_part(d, i) for d in GENERATION_DATASETS for i in range(split.training_class_count(CFG, d))
+        ],
         generators=[LAYOUT.generator_dir(d) for d in GENERATION_DATASETS if uses_embedded_generator(d)],
     output:
         table=report(LAYOUT.generation_csv(), caption="../report/generation.rst", category="Generation"),
@@ -147,7 +196,7 @@ rule generation_report:
             for d in GENERATION_DATASETS
         ],
     params:
-        code=provenance.code_digest(["dmlsynth.generation.quality"]),
+        code=provenance.code_digest(["dmlsynth.generation.quality", "dmlsynth.generation.filtering"]),
     log:
         LAYOUT.log("generation_report"),
     # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).

@@ -144,10 +144,15 @@ def _train_split(manifest: Path, config: dict, dataset: str):
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from dmlsynth.generation.prompts import build_prompts, write_prompts
+    from dmlsynth.generation.prompts import build_prompts, caption_prompts, write_prompts
+    from dmlsynth.generation.settings import generation_settings
 
-    train = _train_split(args.manifest, _config(args.config), args.dataset)
+    config = _config(args.config)
+    train = _train_split(args.manifest, config, args.dataset)
     document = build_prompts(args.dataset, train, [args.manifest.parent, *args.search_dir])
+    settings = generation_settings(config, args.dataset)
+    if settings["prompts"]["source"] == "captions":
+        document = caption_prompts(document, train, settings["prompts"], int(settings["seed"]), settings["device"])
     write_prompts(document, args.out)
     log.info("prompts of %d classes written to %s", len(document["classes"]), args.out)
     return 0
@@ -189,6 +194,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         components, args.prompts, labels[args.class_index], labels, image_sets(config, args.dataset), settings,
         args.generated_dir, args.out_part,
     )
+    return 0
+
+
+def cmd_filter_generated(args: argparse.Namespace) -> int:
+    import torch
+
+    from dmlsynth.generation.filtering import filter_generated
+
+    config = _config(args.config)
+    torch.set_num_threads(max(1, args.threads))
+    filter_generated(
+        config, args.dataset, args.part, args.generated_dir, args.prompts, _train_split(args.manifest, config, args.dataset),
+        args.out, threads=args.threads,
+    )  # fmt: skip
     return 0
 
 
@@ -291,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, type=Path)
     p.add_argument("--search-dir", type=Path, action="append", default=[], help="where attribute tables may lie")
     p.add_argument("--out", required=True, type=Path)
+    _add_gpu_slot_options(p)
     p.set_defaults(func=cmd_prompts)
 
     p = sub.add_parser("train-generator", help="train the embedded prompt-conditioned diffusion model")
@@ -314,7 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gpu_slot_options(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("merge-generated", help="join the class parts of an image set into its manifest")
+    p = sub.add_parser("filter-generated", help="score one class's generated images and keep each set's budget")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--manifest", required=True, type=Path, help="the real images (the fidelity classifier's)")
+    p.add_argument("--prompts", required=True, type=Path, help="the class prompts CLIP compares the images with")
+    p.add_argument("--part", required=True, type=Path, help="the class's generation part")
+    p.add_argument("--generated-dir", required=True, type=Path, help="{data}/{dataset}/generated")
+    p.add_argument("--out", required=True, type=Path, help="the filtered part")
+    p.add_argument("--threads", type=int, default=1)
+    _add_gpu_slot_options(p)
+    p.set_defaults(func=cmd_filter_generated)
+
+    p = sub.add_parser("merge-generated", help="join the kept images of the class parts of an image set into its manifest")
     p.add_argument("--image-set", required=True)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("parts", nargs="+", type=Path)

@@ -14,6 +14,7 @@ a rule declares and ``.manifest("digits")`` the concrete file::
     {data}/{dataset}/prompts.yaml                 BLenDeR's editable per-class prompts
     {data}/{dataset}/generator/                   the trained embedded generator (+ generator.json)
     {data}/{dataset}/generated/parts/class{i}.csv one generation job's images (written last)
+    {data}/{dataset}/generated/filtered/class{i}.csv the same rows with their filter score and status
     {data}/{dataset}/generated/{set}/manifest.csv an image set's manifest; its images in .../{set}/images/
     {results}/runs/{dataset}/{method}/{loss}/seed{seed}/   one training run (:class:`RunFolder`)
     {results}/table.csv, metrics.json, figures/   the results table and its figures
@@ -174,6 +175,10 @@ class Layout:
     def generated_part(self, dataset: str = "{dataset}", class_index: Any = "{class_index}") -> str:
         """One generation job's rows (all image sets of one training class); written last."""
         return f"{self.generated_dir(dataset)}/parts/class{class_index}.csv"
+
+    def filtered_part(self, dataset: str = "{dataset}", class_index: Any = "{class_index}") -> str:
+        """One filter job's rows: every generated image of the class with its score and kept/rejected/unused."""
+        return f"{self.generated_dir(dataset)}/filtered/class{class_index}.csv"
 
     def image_set_dir(self, dataset: str = "{dataset}", image_set: str = "{image_set}") -> str:
         """An image set's folder: its manifest and ``images/`` (manifest paths are relative to it)."""

@@ -81,7 +81,9 @@ def stage_modules(config: Mapping[str, Any]) -> dict[str, list[str]]:
     backbones = modules_of(
         [registry.BACKBONES[_dataset_value(config, d, "backbone")].build for d in config["datasets"]]
     )
-    generation = ["dmlsynth.generation.prompts", "dmlsynth.generation.run", "dmlsynth.generation.quality"]
+    generation = [
+        "dmlsynth.generation.prompts", "dmlsynth.generation.run", "dmlsynth.generation.filtering", "dmlsynth.generation.quality"
+    ]
     if any(generation_settings(config, d)["generator"] == "embedded" for d in config["datasets"]):
         generation.append("dmlsynth.generation.embedded")
     return {
@@ -116,7 +118,9 @@ def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
             generated.append(layout.prompts(dataset))
             if generation_settings(config, dataset)["generator"] == "embedded":
                 generated.append(layout.generator_dir(dataset))
-            generated += [layout.generated_part(dataset, i) for i in range(training_class_count(config, dataset))]
+            classes = range(training_class_count(config, dataset))
+            generated += [layout.generated_part(dataset, i) for i in classes]
+            generated += [layout.filtered_part(dataset, i) for i in classes]
             generated += [layout.image_set_manifest(dataset, s) for s in sets]
             generated += [layout.image_set_images(dataset, s) for s in sets]
         generated.append(layout.generation_csv())

@@ -352,6 +352,27 @@ EMBEDDED_GENERATOR_DEFAULTS: Mapping[str, Any] = {
     "train_timesteps": 1000,
 }
 
+# generation.<dataset>.filter: which generated images a set keeps (dmlsynth.generation.filtering).
+# The paper filters with CLIP but states no threshold or model: both are [project definition]s.
+FILTER_SCORERS = ("auto", "clip", "fidelity", "none")
+FILTER_DEFAULTS: Mapping[str, Any] = {
+    "scorer": "auto",  # auto: fidelity for a generator trained here (embedded), clip otherwise; none: keep all
+    "clip_model": "openai/clip-vit-large-patch14",
+    "clip_threshold": 0.2,  # cosine similarity of image and class prompt
+    "fidelity_threshold": 0.5,  # the fidelity classifier's probability of the intended class
+    "extra": 0.1,  # extra images generated per class and set, as a share of images_per_class
+    "batch_size": 32,  # images scored at once
+}
+
+# generation.<dataset>.prompts: where the prompts file's per-class prompts come from (dmlsynth.generation.prompts).
+PROMPT_SOURCES = ("attributes", "captions")
+PROMPT_SOURCE_DEFAULTS: Mapping[str, Any] = {
+    "source": "attributes",  # captions: a captioning model describes real training images of each class
+    "captioner": None,  # a transformers image-to-text model (Hub id or local folder); needed for captions
+    "images_per_class": 8,  # training images captioned per class
+    "max_new_tokens": 30,
+}
+
 # generation.<dataset> (the generator itself defaults to the dataset's default_generator).
 GENERATION_DEFAULTS: Mapping[str, Any] = {
     "model_id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -376,8 +397,10 @@ GENERATION_DEFAULTS: Mapping[str, Any] = {
     "compile": "auto",  # torch.compile the UNet; auto = on a GPU when the job repays it (generators.wants_compile)
     "textual_inversion": {},
     "lora": None,
-    "threads": 1,  # CPU threads of each generation job (train_generator, generate)
+    "threads": 1,  # CPU threads of each generation job (train_generator, generate, filter_generated)
     "embedded": EMBEDDED_GENERATOR_DEFAULTS,
+    "filter": FILTER_DEFAULTS,
+    "prompts": PROMPT_SOURCE_DEFAULTS,
 }
 
 

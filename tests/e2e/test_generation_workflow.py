@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import small_config
 from tests.helpers.datasets import cub_fixture, place
-from tests.helpers.generation import save_tiny_stable_diffusion
+from tests.helpers.generation import save_tiny_clip, save_tiny_stable_diffusion
 from tests.helpers.workflow import snakemake as run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -34,6 +34,8 @@ def test_generation_workflow_is_complete_and_restartable(default_params, tmp_pat
     config["training"]["device"] = "auto"
     config["generation"] = {"digits": {
         "images_per_class": 4, "batch_size": 4, "steps": 2, "device": "auto",
+        # The barely trained generator's digits would fail the fidelity filter: threshold 0 keeps them all.
+        "filter": {"extra": 0.5, "fidelity_threshold": 0.0},
         "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
     }}  # fmt: skip
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
@@ -51,11 +53,17 @@ def test_generation_workflow_is_complete_and_restartable(default_params, tmp_pat
     # The cost of the images: sampling time per image and the generator's training time.
     assert (report.seconds_per_image > 0).all() and (report.generator_train_seconds > 0).all()
     assert (tmp_path / "results" / "figures" / "generated_digits.png").is_file()
+    # Filtering: 4 + 2 extra images per class and set, none rejected, the 2 extra unused.
+    pooled = report[report.operator.isin(["all", "cfg"])]
+    assert set(pooled["filter"]) == {"fidelity"} and (pooled.generated == 6 * 5).all()
+    assert (pooled.rejected == 0).all() and (pooled.unused == 2 * 5).all() and (pooled.images == 4 * 5).all()
+    assert pooled.kept_score.between(0, 1).all()
     real = pd.read_csv(tmp_path / "data" / "digits" / "manifest.csv")
     train_classes = set(real.loc[real.split == "train", "label"])
     for image_set in ("blender", "plain"):
         generated = pd.read_csv(tmp_path / "data" / "digits" / "generated" / image_set / "manifest.csv")
         assert set(generated.label) == train_classes and len(generated) == 4 * len(train_classes)
+        assert generated.score.between(0, 1).all()
     record = yaml.safe_load((tmp_path / "results/runs/digits/blender/multi_similarity/seed0/run.yaml").read_text())
     assert record["train_images"] == (real.split == "train").sum() + 4 * len(train_classes)
 
@@ -64,6 +72,7 @@ def test_generation_workflow_is_complete_and_restartable(default_params, tmp_pat
     (tmp_path / "data/digits/generated/blender/manifest.csv").unlink()
     out = snakemake(tmp_path, "data/digits/generated/blender/manifest.csv")
     assert re.search(r"^generate\s+1$", out, re.M), out  # job stats: one generate job ...
+    assert re.search(r"^filter_generated\s+1$", out, re.M), out  # ... and its filter job ...
     assert "class_index=3" in out and "class_index=2" not in out  # ... for class 3
     assert "rule train_generator" not in out
 
@@ -73,6 +82,7 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     fixture = cub_fixture(classes=8, per_class=4)
     place(tmp_path / "data" / "raw" / "cub200", "CUB_200_2011.tgz", fixture.archive)
     model = save_tiny_stable_diffusion(tmp_path / "tiny-sd")
+    clip = save_tiny_clip(tmp_path / "tiny-clip")
     config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
     config.update(
         paths={"data": "data", "results": "results", "logs": "logs"},
@@ -84,6 +94,8 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
         generation={"cub200": {
             "generator": "stable-diffusion", "model_id": str(model), "device": device, "fp16": True,
             "images_per_class": 3, "batch_size": 2, "steps": 2, "scheduler": "dpm-solver",
+            # A random CLIP's similarities are near 0: -1 lets every image pass, so each set keeps its first 3.
+            "filter": {"scorer": "clip", "clip_model": str(clip), "clip_threshold": -1.0, "extra": 1.0},
         }},
     )  # fmt: skip
     config["training"].update(batch_size=8, m_per_class=2, device=device)
@@ -92,6 +104,7 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     out = snakemake(tmp_path, "results/table.csv")
 
     assert re.search(r"^generate\s+4$", out, re.M), out  # one job per training class (4 of the 8)
+    assert re.search(r"^filter_generated\s+4$", out, re.M), out
     table = pd.read_csv(tmp_path / "results" / "table.csv")
     assert list(table.method) == ["blender"] and list(table.dataset) == ["cub200"]
     generated = pd.read_csv(tmp_path / "data/cub200/generated/blender/manifest.csv")
@@ -104,3 +117,8 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     report = pd.read_csv(tmp_path / "results" / "generation.csv")
     assert set(report.generator) == {"stable-diffusion"} and (report.generator_train_seconds == 0).all()
     assert report.fidelity.between(0, 1).all() and (report.chance == 0.25).all()
+    blender = report[report.operator == "all"].iloc[0]
+    assert (blender["filter"], blender.generated, blender.rejected, blender.unused) == ("clip", 4 * 6, 0, 4 * 3)
+    assert generated.score.between(-1, 1).all() and list(generated.path[:3]) == [f"images/1/{i:04d}.jpg" for i in range(3)]
+    log = (tmp_path / "logs/filter_generated/cub200/class0.log").read_text()
+    assert "3 kept, 0 rejected of 6" in log

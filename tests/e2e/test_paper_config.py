@@ -121,12 +121,16 @@ def test_dry_run_lists_every_training_job(tmp_path, paper):
         assert resources["runtime"] == str(wanted["runtime"])
         assert threads == wanted["threads"]
     # Generation only for the training classes left after the validation classes (80 CUB, 78 Cars).
-    generated = {}
-    for rule, body in jobs:
-        if rule == "generate":
-            dataset = re.search(r"dataset=(\w+)", body).group(1)
-            generated[dataset] = generated.get(dataset, 0) + 1
-    assert generated == {"cub200": 80, "cars196": 78}
+    # One generate and one filter job per dataset x training class (CLIP filtering, on a GPU).
+    for wanted in ("generate", "filter_generated"):
+        generated = {}
+        for rule, body in jobs:
+            if rule == wanted:
+                dataset = re.search(r"dataset=(\w+)", body).group(1)
+                generated[dataset] = generated.get(dataset, 0) + 1
+                if wanted == "filter_generated":
+                    assert "gpu=1" in re.search(r"resources: (.*)", body).group(1)
+        assert generated == {"cub200": 80, "cars196": 78}, wanted
     prepared = {re.search(r"wildcards: dataset=(\w+)", body).group(1) for rule, body in jobs if rule == "prepare_data"}
     assert prepared == set(paper["datasets"])
     assert not (ROOT / "results" / "runs" / "cub200").exists()  # nothing written into the repo

@@ -67,3 +67,54 @@ def save_tiny_stable_diffusion(folder: Path) -> Path:
         folder / "scheduler"
     )
     return folder
+
+
+CLIP_WORDS = ["a photo of a bird, a digit zero one two three four", "black footed albatross laysan sooty"]
+
+
+def save_tiny_clip(folder: Path, image_size: int = 16) -> Path:
+    """A CLIPModel with random weights + its processor (offline tokenizer), saved with save_pretrained."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = build_tokenizer(CLIP_WORDS, folder / "tokenizer_src", max_length=16)
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": image_size, "patch_size": 8},
+        projection_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    CLIPModel(config).eval().save_pretrained(folder)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+CAPTION_WORDS = "a bird on branch with blue red wings flying over water digit thin thick stroke".split()
+
+
+def save_tiny_captioner(folder: Path, image_size: int = 16) -> Path:
+    """A BLIP captioning model with random weights + its processor (a BERT word-piece vocabulary written
+    here, no download), saved with save_pretrained: loads through transformers' image-text-to-text pipeline."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(CAPTION_WORDS))]) + "\n")
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
+    config = BlipConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "encoder_hidden_size": 16, "max_position_embeddings": 32,
+                     "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": image_size, "patch_size": 8},
+        projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(4)
+    BlipForConditionalGeneration(config).eval().save_pretrained(folder)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -17,7 +17,7 @@ import torch
 
 from dmlsynth import registry
 from dmlsynth.generation.sampler import Components
-from dmlsynth.generation.settings import set_recipe
+from dmlsynth.generation.settings import images_generated, set_recipe
 
 log = logging.getLogger("dmlsynth.generation.generators")
 
@@ -39,7 +39,7 @@ def wants_vae_slicing(setting: Any, device: torch.device) -> bool:
 def unet_sample_steps(settings: Mapping[str, Any], image_sets: Sequence[str]) -> int:
     """UNet samples x denoising steps of one class job: what compiling could speed up."""
     samples = sum((set_recipe(name, settings)["prompts_per_image"] + 1) for name in image_sets)
-    return samples * int(settings["images_per_class"]) * int(settings["steps"])
+    return samples * images_generated(settings) * int(settings["steps"])
 
 
 def wants_compile(setting: Any, device: torch.device, sample_steps: int) -> bool:

@@ -8,6 +8,16 @@
 - Cars-196: colour, viewpoint and background phrases.
 - any other dataset: the class name alone.
 
+With ``generation.<dataset>.prompts.source: captions`` the attribute prompts
+are replaced by captions of real images: a captioning model
+(``prompts.captioner``, any transformers ``image-text-to-text`` model such as
+BLIP) describes ``prompts.images_per_class`` training images of each class,
+drawn with the generation seed (:func:`caption_prompts`), and each caption
+becomes the prompt ``{plain}, {caption}`` — per-image descriptions of the
+class's intra-class variation (the paper takes its attributes from image
+captions; the exact prompt form is a **[project definition]**). Only
+training images are captioned.
+
 The prompts file (``{data}/{dataset}/prompts.yaml``) lists, for every
 training class, its label, name, the single ``plain`` prompt and the
 ``prompts`` that BLenDeR draws its K conditions from. Users may edit it.
@@ -205,6 +215,76 @@ def build_prompts(dataset: str, train_frame: pd.DataFrame, search_dirs: Sequence
     spec = registry.DATASETS.get(dataset)
     builder = registry.load_object(spec.prompts) if spec is not None else generic_prompts
     return {"dataset": dataset, "classes": builder(train_frame, search_dirs)}
+
+
+def pick_caption_images(train_frame: pd.DataFrame, per_class: int, seed: int) -> dict[int, list[str]]:
+    """``label -> files``: ``per_class`` training images of each class (all when fewer), drawn with ``seed``."""
+    if set(train_frame["split"]) != {"train"}:
+        raise ValueError("captions are made of the training split only")
+    picked = {}
+    for label, rows in train_frame.sort_values("file").groupby("label"):
+        rng = np.random.default_rng([int(seed), int(label)])
+        chosen = rng.choice(len(rows), size=min(per_class, len(rows)), replace=False)
+        picked[int(label)] = [rows["file"].iloc[i] for i in sorted(chosen)]
+    return picked
+
+
+def load_captioner(model_id: str, device: str = "auto"):
+    """A transformers ``image-text-to-text`` pipeline of ``model_id`` (Hub id or local folder)."""
+    from transformers import pipeline
+
+    from dmlsynth.device import pick_device
+
+    target = pick_device(str(device), "generation.<dataset>.device")
+    try:
+        return pipeline("image-text-to-text", model=str(model_id), device=target)
+    except (OSError, ValueError) as error:
+        raise PromptsError(
+            f"cannot load the captioning model {model_id!r} (generation.<dataset>.prompts.captioner): {error}. "
+            "Give a transformers image-to-text model (e.g. Salesforce/blip-image-captioning-base) or a local "
+            "folder saved with save_pretrained, or set prompts.source to attributes"
+        ) from error
+
+
+def caption_images(captioner, files: Sequence[str], max_new_tokens: int = 30, batch_size: int = 8) -> list[str]:
+    """One caption per image (greedy decoding: the same model gives the same captions)."""
+    from PIL import Image
+
+    captions = []
+    for start in range(0, len(files), batch_size):
+        images = []
+        for file in files[start : start + batch_size]:
+            with Image.open(file) as image:
+                images.append(image.convert("RGB"))
+        # An empty text prompt: the model captions the image unprompted.
+        outputs = captioner(images=images, text=[""] * len(images), max_new_tokens=max_new_tokens, generate_kwargs={"do_sample": False})
+        for output in outputs:
+            output = output[0] if isinstance(output, list) else output
+            captions.append(" ".join(str(output["generated_text"]).split()))
+    return captions
+
+
+def caption_prompts(
+    document: Mapping[str, Any], train_frame: pd.DataFrame, options: Mapping[str, Any], seed: int, device: str = "auto"
+) -> dict[str, Any]:
+    """``document`` with each class's ``prompts`` replaced by ``{plain}, {caption}`` of its captioned images.
+
+    ``options``: ``generation.<dataset>.prompts`` (``captioner``, ``images_per_class``, ``max_new_tokens``).
+    The class's ``plain`` prompt stays first; empty and repeated captions are dropped.
+    """
+    if not options.get("captioner"):
+        raise PromptsError(
+            "generation.<dataset>.prompts.source is captions but prompts.captioner is not set; "
+            "give a transformers image-to-text model id or folder"
+        )
+    captioner = load_captioner(str(options["captioner"]), device)
+    files = pick_caption_images(train_frame, int(options["images_per_class"]), seed)
+    classes = []
+    for entry in document["classes"]:
+        captions = caption_images(captioner, files[int(entry["label"])], int(options["max_new_tokens"]))
+        described = [f"{entry['plain']}, {c}" for c in captions if c]
+        classes.append({**entry, "prompts": list(dict.fromkeys([entry["plain"], *described])), "captions": captions})
+    return {**document, "source": "captions", "captioner": str(options["captioner"]), "classes": classes}
 
 
 def write_prompts(document: Mapping[str, Any], path: str | Path) -> Path:

@@ -27,6 +27,12 @@
   energy distance of the classes against 999 reshufflings of the operator
   labels within each class (fixed seed), ``(1 + #{shuffled >= observed}) / 1000``.
 
+- **filter** (:mod:`dmlsynth.generation.filtering`): the scorer that chose
+  the kept images (``clip``, ``fidelity`` or ``none``); ``generated`` images
+  were made, ``rejected`` scored below the threshold, ``unused`` passed after
+  the budget was full; ``images`` were kept, with mean score ``kept_score``.
+  Fidelity and diversity are measured on the kept images.
+
 Rows of ``results/generation.csv``: one per dataset x image set x operator
 (``all`` pools a set's operators when it mixes several).
 
@@ -69,6 +75,11 @@ COLUMNS = [
     "union_intersection_pvalue",
     "seconds_per_image",
     "generator_train_seconds",
+    "filter",
+    "generated",
+    "rejected",
+    "unused",
+    "kept_score",
 ]
 PERMUTATIONS = 999
 
@@ -153,6 +164,16 @@ def features(
     return np.concatenate(out).astype(np.float64)
 
 
+def fidelity_classifier(seed: int = 0):
+    """The (unfitted) classifier of fidelity and of the ``fidelity`` filter: standardised features,
+    logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
+
+
 def mean_pairwise_distance(x: np.ndarray) -> float:
     if len(x) < 2:
         return float("nan")
@@ -222,19 +243,21 @@ def quality_rows(
     seed: int = 0,
     device: str = "cpu",
     threads: int = 1,
+    filtered: Mapping[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Fidelity and diversity of every generated image set against the real training images.
 
     ``device`` and ``threads``: where the image features are computed (see :func:`features`).
+    ``filtered``: every generated image of each set with its filter ``status`` and ``score``
+    (the filtered parts), for the filter columns; without it they are NaN.
     """
-    from sklearn.linear_model import LogisticRegression
+    from dmlsynth.generation.filtering import filter_counts
+
     from sklearn.model_selection import cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     real_x = features(real_train["file"].tolist(), image_mode, image_size, pretrained, device, threads)
     real_y = real_train["label"].to_numpy()
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
+    classifier = fidelity_classifier(seed)
     folds = min(5, int(pd.Series(real_y).value_counts().min()))
     real_accuracy = float(cross_val_score(classifier, real_x, real_y, cv=folds).mean()) if folds >= 2 else float("nan")
     classifier.fit(real_x, real_y)
@@ -275,6 +298,13 @@ def quality_rows(
             generated_div = float(np.nanmean([g for g, _ in per_class]))
             real_div = float(np.nanmean([r for _, r in per_class]))
             compared = name in ("union", "intersection")
+            candidates = (filtered or {}).get(image_set)
+            if candidates is not None and len(candidates):
+                counts = filter_counts(candidates if name == "all" else candidates[candidates["operator"] == name])
+                counts["filter"] = ",".join(sorted(set(candidates["scorer"].astype(str))))
+            else:
+                counts = {"filter": "", "generated": float("nan"), "rejected": float("nan"), "unused": float("nan"),
+                          "kept_score": float("nan")}  # fmt: skip
             rows.append(
                 {
                     "dataset": dataset,
@@ -294,6 +324,7 @@ def quality_rows(
                     "union_intersection_pvalue": separation["pvalue"] if compared else float("nan"),
                     # What the images cost: sampling time per image (the generator's training is extra).
                     "seconds_per_image": float(frame["seconds"].to_numpy()[mask].mean()) if "seconds" in frame else float("nan"),
+                    **counts,
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -352,7 +383,7 @@ def generation_report(config: Mapping[str, Any], threads: int = 1) -> pd.DataFra
     from dmlsynth import registry
     from dmlsynth.config import dataset_settings
     from dmlsynth.data.manifest import read_manifest
-    from dmlsynth.data.split import training_rows
+    from dmlsynth.data.split import training_class_count, training_rows
     from dmlsynth.generation.settings import GRID_ORDER, generation_settings, image_sets
     from dmlsynth.layout import Layout
 
@@ -363,12 +394,15 @@ def generation_report(config: Mapping[str, Any], threads: int = 1) -> pd.DataFra
         # The classes generation was for: the training split less any validation classes.
         real = training_rows(read_manifest(layout.manifest(dataset)), config, dataset)
         generated = {name: read_manifest(layout.image_set_manifest(dataset, name)) for name in image_sets(config)}
+        parts = [layout.filtered_part(dataset, i) for i in range(training_class_count(config, dataset))]
+        every = pd.concat([pd.read_csv(p, dtype={"class_name": str}) for p in parts], ignore_index=True)
+        filtered = {name: every[every["image_set"] == name] for name in generated}
         settings = dataset_settings(config, dataset)
         generation = generation_settings(config, dataset)
         generator = generation["generator"]
         quality = quality_rows(
             dataset, real, generated, spec.image_mode, settings["image_size"], generator, settings["pretrained"],
-            device=generation["device"], threads=threads,
+            device=generation["device"], threads=threads, filtered=filtered,
         )  # fmt: skip
         # The embedded generator's training time belongs to the cost of its images.
         metadata = Path(layout.generator_metadata(dataset))

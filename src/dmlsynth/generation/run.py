@@ -34,7 +34,7 @@ from dmlsynth.data.manifest import COLUMNS
 from dmlsynth.generation.batching import choose_batch_size, in_batches, measure_memory, memory_budget
 from dmlsynth.generation.prompts import read_prompts
 from dmlsynth.generation.sampler import Components, blend_embeddings, encode_prompts, sample, to_uint8
-from dmlsynth.generation.settings import image_settings, set_recipe
+from dmlsynth.generation.settings import image_settings, images_generated, set_recipe
 from dmlsynth.provenance import params_hash
 
 log = logging.getLogger("dmlsynth.generation")
@@ -138,7 +138,8 @@ def generate_class(
         memory = measure_memory(components, unconditional)
     vae_sliced = bool(getattr(components.vae, "use_slicing", True))
     rows = []
-    count = int(settings["images_per_class"])
+    # The budget plus the filter's extra images (dmlsynth.generation.filtering): further indices, further seeds.
+    count = images_generated(settings)
     for image_set in image_sets:
         recipe = set_recipe(image_set, settings)
         seeds = [image_seed(settings["seed"], label, image_set, i) for i in range(count)]
@@ -208,17 +209,23 @@ def _save(
 
 
 def merge_parts(part_files: Sequence[str | Path], image_set: str, manifest: str | Path) -> pd.DataFrame:
-    """Join the rows of ``image_set`` from every class part into the set's manifest.
+    """Join the kept rows of ``image_set`` from every class part into the set's manifest.
 
-    Each row also names its part file (``part``, relative to the manifest's folder): the job that
-    made the image, and what to delete to make it again.
+    The parts are the filtered parts (:mod:`dmlsynth.generation.filtering`): only images whose
+    ``status`` is ``kept`` join, with their filter ``score``. Each row also names its part file
+    (``part``, relative to the manifest's folder): the job that made the image, and what to delete
+    to make it again.
     """
     folder = Path(manifest).parent
     frames = [pd.read_csv(f).assign(part=os.path.relpath(f, folder)) for f in part_files]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PART_COLUMNS, "part"])
     frame = frame[frame["image_set"] == image_set]
+    if "status" in frame:
+        frame = frame[frame["status"] == "kept"]
+    if "score" not in frame:
+        frame = frame.assign(score=float("nan"))  # an unfiltered part
     if frame.empty:
         raise GenerationError(f"no images of image set {image_set!r} in {len(frames)} part file(s); regenerate them")
-    columns = [*COLUMNS, "operator", "prompts", "seed", "seconds", "part"]
+    columns = [*COLUMNS, "operator", "prompts", "seed", "seconds", "score", "part"]
     atomic_write_text(manifest, frame[columns].to_csv(index=False))
     return frame[columns]

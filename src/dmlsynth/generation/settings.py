@@ -22,12 +22,16 @@ left out of what decides whether a class is generated again.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from dmlsynth import registry
 
 # Settings that change the speed of generation, not its images (see the module docstring).
 SPEED_SETTINGS = ("batch_size", "gpu_memory_gib", "attention_slicing", "vae_slicing", "compile", "threads")
+# Groups of settings merged key by key over the registry defaults; the filter and the prompts'
+# source do not change which images the sampler makes (the prompts file they write does).
+NESTED_SETTINGS = ("embedded", "filter", "prompts")
 
 IMAGE_SETS = registry.IMAGE_SETS
 # Order of the columns of the sample grid after the real images.
@@ -39,14 +43,37 @@ def generation_settings(config: Mapping[str, Any], dataset: str) -> dict[str, An
     settings = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in registry.GENERATION_DEFAULTS.items()}
     settings["generator"] = registry.DATASETS[dataset].default_generator
     given = dict(((config.get("generation") or {}).get(dataset)) or {})
-    settings["embedded"].update(given.pop("embedded", None) or {})
+    for group in NESTED_SETTINGS:
+        settings[group].update(given.pop(group, None) or {})
     settings.update(given)
     return settings
 
 
+def filter_scorer(settings: Mapping[str, Any]) -> str:
+    """``clip``, ``fidelity`` or ``none``: what scores a generated image (``auto`` resolved by the generator).
+
+    **[project definition]** ``auto``: the fidelity classifier for a generator trained here (the
+    embedded one: CLIP knows nothing of 8x8 digits), CLIP, as in the paper, for Stable Diffusion.
+    """
+    scorer = str(settings["filter"]["scorer"])
+    if scorer != "auto":
+        return scorer
+    return "fidelity" if registry.GENERATORS[settings["generator"]].trained_here else "clip"
+
+
+def images_generated(settings: Mapping[str, Any]) -> int:
+    """Images generated per class and set: the budget plus the filter's ``extra`` share (none unfiltered)."""
+    budget = int(settings["images_per_class"])
+    if filter_scorer(settings) == "none":
+        return budget
+    return budget + math.ceil(float(settings["filter"]["extra"]) * budget)
+
+
 def image_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` without :data:`SPEED_SETTINGS`: what the generated images depend on."""
-    return {k: v for k, v in settings.items() if k not in SPEED_SETTINGS}
+    """What the generated images depend on: ``settings`` without :data:`SPEED_SETTINGS`, the filter
+    or the prompts' source (both act before or after sampling), plus how many images are made."""
+    kept = {k: v for k, v in settings.items() if k not in SPEED_SETTINGS and k not in NESTED_SETTINGS[1:]}
+    return {**kept, "images_generated": images_generated(settings)}
 
 
 def image_sets(config: Mapping[str, Any], dataset: str | None = None) -> list[str]:

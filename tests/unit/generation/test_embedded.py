@@ -44,7 +44,8 @@ def prompts_file(real, tmp_path_factory):
 
 
 def settings(**over):
-    return {**DEFAULTS, "images_per_class": 3, "batch_size": 2, "steps": 2, **over}
+    # Unfiltered: these tests count the images generation makes (filtering: test_filtering.py).
+    return {**DEFAULTS, "images_per_class": 3, "batch_size": 2, "steps": 2, "filter": {"scorer": "none"}, **over}
 
 
 def test_trains_on_training_classes_only_and_saves_safetensors(real, trained):

@@ -69,6 +69,7 @@ def test_generation_config_block(default_params):
     assert stage_outputs(config)["generate"] == [
         "data/digits/prompts.yaml", "data/digits/generator",
         *[f"data/digits/generated/parts/class{i}.csv" for i in range(5)],
+        *[f"data/digits/generated/filtered/class{i}.csv" for i in range(5)],
         "data/digits/generated/blender/manifest.csv", "data/digits/generated/plain/manifest.csv",
         "data/digits/generated/blender/images", "data/digits/generated/plain/images",
         "results/generation.csv", "results/figures/generated_digits.png",

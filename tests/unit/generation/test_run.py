@@ -30,7 +30,8 @@ def prompts(tmp_path_factory):
 
 
 def settings(**over):
-    return {**DEFAULTS, "images_per_class": 5, "steps": 3, "scheduler": "dpm-solver", **over}
+    # Unfiltered: these tests count the images generation makes (filtering: test_filtering.py).
+    return {**DEFAULTS, "images_per_class": 5, "steps": 3, "scheduler": "dpm-solver", "filter": {"scorer": "none"}, **over}
 
 
 def pixels(root, image_set, part):

@@ -24,7 +24,8 @@ def model_dir(tmp_path_factory):
 
 def sd_settings(model_dir, **over):
     config = {"methods": ["blender"], "generation": {"digits": {"generator": "stable-diffusion", "model_id": str(model_dir),
-              "device": "cpu", "images_per_class": 2, "batch_size": 2, "steps": 2, "scheduler": "ddim", **over}}}
+              "device": "cpu", "images_per_class": 2, "batch_size": 2, "steps": 2, "scheduler": "ddim",
+              "filter": {"scorer": "none"}, **over}}}
     return generation_settings(config, "digits")
 
 

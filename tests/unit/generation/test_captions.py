@@ -1,0 +1,67 @@
+"""Prompts from captions: a captioning model describes real training images of each class."""
+
+import numpy as np
+import pytest
+import yaml
+
+from dmlsynth.data.manifest import read_manifest
+from dmlsynth.generation.prompts import (
+    PromptsError,
+    build_prompts,
+    caption_images,
+    caption_prompts,
+    load_captioner,
+    pick_caption_images,
+    read_prompts,
+    write_prompts,
+)
+
+from tests.helpers.generation import CAPTION_WORDS, save_tiny_captioner
+
+
+@pytest.fixture(scope="module")
+def captioner_dir(tmp_path_factory):
+    return save_tiny_captioner(tmp_path_factory.mktemp("cap") / "tiny-blip")
+
+
+@pytest.fixture(scope="module")
+def train(digits_manifest):
+    frame = read_manifest(digits_manifest)
+    return frame[frame.split == "train"].groupby("label").head(10).reset_index(drop=True)
+
+
+def test_caption_images_are_training_images_drawn_by_the_seed(train):
+    picked = pick_caption_images(train, 3, seed=0)
+    assert sorted(picked) == sorted(train.label.unique())
+    for label, files in picked.items():
+        assert len(files) == 3 and set(files) <= set(train.loc[train.label == label, "file"])
+    assert pick_caption_images(train, 3, seed=0) == picked and pick_caption_images(train, 3, seed=1) != picked
+    assert all(len(f) == 10 for f in pick_caption_images(train, 50, seed=0).values())  # all when fewer
+    with pytest.raises(ValueError, match="training split only"):
+        pick_caption_images(train.assign(split="test"), 3, seed=0)
+
+
+def test_captions_become_the_class_prompts(train, captioner_dir, tmp_path, device):
+    document = build_prompts("digits", train)
+    options = {"captioner": str(captioner_dir), "images_per_class": 2, "max_new_tokens": 6}
+    captioned = caption_prompts(document, train, options, seed=0, device=device)
+    files = pick_caption_images(train, 2, seed=0)
+    expected = caption_images(load_captioner(str(captioner_dir), device), files[0], 6)
+    zero = next(c for c in captioned["classes"] if c["label"] == 0)
+    assert zero["captions"] == expected and all(set(c.split()) <= set(CAPTION_WORDS) for c in expected)
+    assert zero["prompts"][0] == zero["plain"] == "a digit zero" and len(zero["prompts"]) > 1
+    assert zero["prompts"][1:] == list(dict.fromkeys(f"a digit zero, {c}" for c in expected if c))
+    # Written into the editable prompts file, read back like attribute prompts; the same seed gives the same file.
+    path = write_prompts(captioned, tmp_path / "prompts.yaml")
+    assert read_prompts(path, sorted(train.label.unique()))[0]["prompts"] == zero["prompts"]
+    assert yaml.safe_load(path.read_text())["source"] == "captions"
+    again = caption_prompts(document, train, options, seed=0, device=device)
+    assert again == captioned
+
+
+def test_captions_without_a_captioner_are_a_clear_error(train, tmp_path):
+    document = build_prompts("digits", train)
+    with pytest.raises(PromptsError, match="prompts.captioner is not set"):
+        caption_prompts(document, train, {"captioner": None, "images_per_class": 2, "max_new_tokens": 4}, seed=0)
+    with pytest.raises(PromptsError, match="prompts.captioner"):
+        load_captioner(str(tmp_path / "missing"), "cpu")
