@@ -41,7 +41,8 @@ log = logging.getLogger("dmlsynth.generation.filtering")
 
 KEPT, REJECTED, UNUSED = "kept", "rejected", "unused"
 # The filtered part: the generation part's columns plus these.
-FILTER_COLUMNS = ["score", "status", "scorer", "threshold"]
+# ``source_part``: the generation part that made the image (what to delete to make it again).
+FILTER_COLUMNS = ["score", "status", "scorer", "threshold", "source_part"]
 
 
 def keep_statuses(image_sets: Sequence[str], scores: np.ndarray, threshold: float, budget: int) -> list[str]:
@@ -146,12 +147,14 @@ def fidelity_scores(
 
 
 def filter_part(
-    part: pd.DataFrame, scores: np.ndarray, scorer: str, threshold: float, budget: int, out: str | Path
+    part: pd.DataFrame, scores: np.ndarray, scorer: str, threshold: float, budget: int, out: str | Path,
+    source_part: str | Path | None = None,
 ) -> pd.DataFrame:
     """Write the filtered part (``part`` plus :data:`FILTER_COLUMNS`) and return it; warn on a short set."""
     statuses = keep_statuses(part["image_set"].tolist(), scores, threshold, budget)
     filtered = part.assign(score=np.round(np.asarray(scores, dtype=np.float64), 6), status=statuses, scorer=scorer,
-                           threshold=threshold if scorer != "none" else float("nan"))  # fmt: skip
+                           threshold=threshold if scorer != "none" else float("nan"),
+                           source_part=str(source_part) if source_part is not None else "")  # fmt: skip
     for image_set, rows in filtered.groupby("image_set", sort=True):
         kept = int((rows["status"] == KEPT).sum())
         rejected = int((rows["status"] == REJECTED).sum())
@@ -204,7 +207,7 @@ def filter_generated(
         scores, threshold = np.full(len(part), np.nan), float("nan")
     else:
         raise ValueError(f"unknown filter scorer {scorer!r}; known: {', '.join(registry.FILTER_SCORERS)}")
-    return filter_part(part, scores, scorer, threshold, int(settings["images_per_class"]), out)
+    return filter_part(part, scores, scorer, threshold, int(settings["images_per_class"]), out, source_part=part_file)
 
 
 def filter_counts(filtered: pd.DataFrame) -> dict[str, Any]:

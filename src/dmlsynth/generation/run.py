@@ -222,6 +222,9 @@ def merge_parts(part_files: Sequence[str | Path], image_set: str, manifest: str 
     frame = frame[frame["image_set"] == image_set]
     if "status" in frame:
         frame = frame[frame["status"] == "kept"]
+        # The job that made an image is the generation job whose part the filter read.
+        made_by = frame["source_part"].fillna("").astype(str)
+        frame = frame.assign(part=[os.path.relpath(s, folder) if s else p for s, p in zip(made_by, frame["part"])])
     if "score" not in frame:
         frame = frame.assign(score=float("nan"))  # an unfiltered part
     if frame.empty:

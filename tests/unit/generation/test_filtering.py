@@ -135,7 +135,7 @@ def test_generation_then_filtering_keeps_each_sets_budget(sd_dir, clip_dir, tmp_
     files = [tmp_path / "gen" / s / p for s, p in zip(part.image_set, part.path)]
     scores = clip_scores(files, ["a photo of a black footed albatross, a bird"] * len(files), str(clip_dir), device)
     threshold = float(np.median(scores))  # half of the images fail
-    filtered = filter_part(part, scores, "clip", threshold, 3, tmp_path / "filtered/class0.csv")
+    filtered = filter_part(part, scores, "clip", threshold, 3, tmp_path / "filtered/class0.csv", tmp_path / "parts/class0.csv")
     for image_set in sets:
         rows = filtered[filtered.image_set == image_set]
         assert ((rows.status == REJECTED) == (rows.score < threshold)).all()
@@ -144,6 +144,7 @@ def test_generation_then_filtering_keeps_each_sets_budget(sd_dir, clip_dir, tmp_
         manifest = tmp_path / "gen" / image_set / "manifest.csv"
         merged = merge_parts([tmp_path / "filtered/class0.csv"], image_set, manifest)
         assert list(merged.path) == list(passing.path[:3]) and (merged.score >= threshold).all()
+        assert set(merged.part) == {"../../parts/class0.csv"}  # the generation job that made the images
         assert len(read_manifest(manifest)) == min(3, len(passing))
 
     # Same seed, same kept images.
