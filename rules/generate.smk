@@ -55,7 +55,8 @@ rule prompts:
     input:
         manifest=LAYOUT.manifest(),
     output:
-        prompts=LAYOUT.prompts(),
+        # update: Snakemake keeps the file for the job, which keeps a hand-edited one (dmlsynth.generation.prompts).
+        prompts=update(LAYOUT.prompts()),
     params:
         search=LAYOUT.raw_dir(),
         code=lambda w: provenance.code_digest(["dmlsynth.generation.prompts"]),

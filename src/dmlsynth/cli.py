@@ -144,7 +144,8 @@ def _train_split(manifest: Path, config: dict, dataset: str):
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from dmlsynth.generation.prompts import build_prompts, caption_prompts, write_prompts
+    from dmlsynth.layout import PROMPTS_REBUILT
+    from dmlsynth.generation.prompts import build_prompts, caption_prompts, update_prompts
     from dmlsynth.generation.settings import generation_settings
 
     config = _config(args.config)
@@ -153,8 +154,9 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     settings = generation_settings(config, args.dataset)
     if settings["prompts"]["source"] == "captions":
         document = caption_prompts(document, train, settings["prompts"], int(settings["seed"]), settings["device"])
-    write_prompts(document, args.out)
-    log.info("prompts of %d classes written to %s", len(document["classes"]), args.out)
+    rebuilt = args.out.with_name(PROMPTS_REBUILT)
+    if update_prompts(document, args.out, rebuilt):
+        log.info("prompts of %d classes written to %s", len(document["classes"]), args.out)
     return 0
 
 

@@ -12,6 +12,7 @@ a rule declares and ``.manifest("digits")`` the concrete file::
     {data}/{dataset}/resized/index.csv            the resized JPEG copy of a photo dataset (index written last)
     {data}/raw/{dataset}/                         downloads and files placed by hand
     {data}/{dataset}/prompts.yaml                 BLenDeR's editable per-class prompts
+    {data}/{dataset}/prompts.rebuilt.yaml         new prompts that were not written over an edited prompts.yaml
     {data}/{dataset}/generator/                   the trained embedded generator (+ generator.json)
     {data}/{dataset}/generated/parts/class{i}.csv one generation job's images (written last)
     {data}/{dataset}/generated/filtered/class{i}.csv the same rows with their filter score and status
@@ -32,6 +33,7 @@ from typing import Any, Mapping, Sequence
 # A prepared dataset's manifest: its presence means the dataset is complete.
 MANIFEST = "manifest.csv"
 PROMPTS = "prompts.yaml"
+PROMPTS_REBUILT = "prompts.rebuilt.yaml"
 GENERATOR = "generator"
 GENERATOR_METADATA = "generator.json"
 GENERATED = "generated"
@@ -162,6 +164,10 @@ class Layout:
     # BLenDeR generation --------------------------------------------------------------------
     def prompts(self, dataset: str = "{dataset}") -> str:
         return f"{self.dataset_dir(dataset)}/{PROMPTS}"
+
+    def prompts_rebuilt(self, dataset: str = "{dataset}") -> str:
+        """Where the prompts job puts new prompts instead of overwriting a hand-edited prompts file."""
+        return f"{self.dataset_dir(dataset)}/{PROMPTS_REBUILT}"
 
     def generator_dir(self, dataset: str = "{dataset}") -> str:
         return f"{self.dataset_dir(dataset)}/{GENERATOR}"

@@ -122,3 +122,22 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     assert generated.score.between(-1, 1).all() and list(generated.path[:3]) == [f"images/1/{i:04d}.jpg" for i in range(3)]
     log = (tmp_path / "logs/filter_generated/cub200/class0.log").read_text()
     assert "3 kept, 0 rejected of 6" in log
+
+
+def test_a_hand_edited_prompts_file_survives_a_rerun_of_the_prompts_job(default_params, tmp_path):
+    config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
+    config.update(paths={"data": "data", "results": "results", "logs": "logs"}, methods=["blender"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    prompts = tmp_path / "data/digits/prompts.yaml"
+    snakemake(tmp_path, str(prompts.relative_to(tmp_path)))
+    built = prompts.read_text()
+    prompts.write_text(built.replace("a digit zero, thin strokes", "a digit zero, drawn with a fountain pen"))
+    edited = prompts.read_text()
+    assert edited != built
+
+    out = snakemake(tmp_path, "--forcerun", "prompts", str(prompts.relative_to(tmp_path)))
+
+    assert re.search(r"^prompts\s+1$", out, re.M), out
+    assert prompts.read_text() == edited  # not overwritten
+    assert (tmp_path / "data/digits/prompts.rebuilt.yaml").read_text() == built
+    assert "edited by hand" in (tmp_path / "logs/prompts/digits.log").read_text()

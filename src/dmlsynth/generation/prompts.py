@@ -20,11 +20,16 @@ training images are captioned.
 
 The prompts file (``{data}/{dataset}/prompts.yaml``) lists, for every
 training class, its label, name, the single ``plain`` prompt and the
-``prompts`` that BLenDeR draws its K conditions from. Users may edit it.
+``prompts`` that BLenDeR draws its K conditions from. Users may edit it: when
+the ``prompts`` job runs again (a new manifest, prompts settings or code), a
+file edited by hand is kept and the new prompts are written beside it
+(``prompts.rebuilt.yaml``, :func:`update_prompts`), with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +39,8 @@ import yaml
 
 from dmlsynth import layout, registry
 from dmlsynth.io import atomic_write_text
+
+log = logging.getLogger("dmlsynth.generation.prompts")
 
 THICKNESS = ("thin strokes", "medium strokes", "thick strokes")
 SLANT = ("slanted left", "upright", "slanted right")
@@ -287,13 +294,60 @@ def caption_prompts(
     return {**document, "source": "captions", "captioner": str(options["captioner"]), "classes": classes}
 
 
+DIGEST_LINE = "# written by dmlsynth, sha256 of the lines below: "
+
+
+def _body_digest(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def write_prompts(document: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the prompts file; its header records the digest of what was written (see :func:`is_edited`)."""
+    body = yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True)
     header = (
         "# Prompts per training class for BLenDeR generation (docs/methods.md §7). Editable:\n"
         "# 'plain' is sd_plain's single prompt; each BLenDeR image draws its K conditions from 'prompts'.\n"
+        f"{DIGEST_LINE}{_body_digest(body)}\n"
     )
-    atomic_write_text(path, header + yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True))
+    atomic_write_text(path, header + body)
     return Path(path)
+
+
+def _split(text: str) -> tuple[str | None, str]:
+    """(recorded digest or None, the YAML below the header comments)."""
+    lines = text.splitlines(keepends=True)
+    digest, start = None, 0
+    while start < len(lines) and lines[start].startswith("#"):
+        if lines[start].startswith(DIGEST_LINE):
+            digest = lines[start][len(DIGEST_LINE) :].strip()
+        start += 1
+    return digest, "".join(lines[start:])
+
+
+def is_edited(path: str | Path) -> bool:
+    """Whether the prompts file at ``path`` was changed after dmlsynth wrote it (no digest: written by hand)."""
+    digest, body = _split(Path(path).read_text())
+    return digest != _body_digest(body)
+
+
+def update_prompts(document: Mapping[str, Any], path: str | Path, rebuilt: str | Path) -> bool:
+    """Write ``document`` to ``path`` unless the file there was edited by hand; return whether it was written.
+
+    An edited file that differs from the new prompts is kept: the new prompts go to ``rebuilt``
+    instead, with a warning saying how to take them. The same prompts overwrite nothing that matters.
+    """
+    path = Path(path)
+    if path.is_file() and is_edited(path):
+        body = yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True)
+        if yaml.safe_load(_split(path.read_text())[1]) != yaml.safe_load(body):
+            write_prompts(document, rebuilt)
+            log.warning(
+                "%s was edited by hand: kept as it is. The prompts built now are in %s; copy what you need "
+                "from there, or delete %s and run again to use them", path, rebuilt, path,
+            )  # fmt: skip
+            return False
+    write_prompts(document, path)
+    return True
 
 
 def read_prompts(path: str | Path, train_labels: Sequence[int] | None = None) -> dict[int, dict[str, Any]]:

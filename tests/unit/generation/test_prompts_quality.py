@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from dmlsynth import config as cfg
@@ -170,3 +171,25 @@ def test_report_goes_to_mlflow(tmp_path):
     assert runs[0].data.tags["image_set"] == "blender"
     # Artifacts go beside the local store, not into the working directory.
     assert client.get_experiment_by_name("generation").artifact_location == str(tmp_path / "mlruns" / "generation")
+
+
+def test_a_hand_edited_prompts_file_is_kept_and_new_prompts_go_beside_it(tmp_path, caplog):
+    from dmlsynth.generation.prompts import is_edited, update_prompts
+
+    first = {"dataset": "d", "classes": [{"label": 1, "class_name": "a", "plain": "a photo of a", "prompts": ["a photo of a"]}]}
+    second = {"dataset": "d", "classes": [{"label": 1, "class_name": "a", "plain": "a photo of a", "prompts": ["a photo of a", "red"]}]}
+    path, rebuilt = tmp_path / "prompts.yaml", tmp_path / "prompts.rebuilt.yaml"
+    assert update_prompts(first, path, rebuilt) and not is_edited(path)
+    # Not edited: new prompts overwrite it.
+    assert update_prompts(second, path, rebuilt) and read_prompts(path)[1]["prompts"] == ["a photo of a", "red"]
+    assert not rebuilt.exists()
+    # Edited by hand: kept, the new prompts go beside it, with a warning that says what to do.
+    path.write_text(path.read_text().replace("- red", "- blue"))
+    assert is_edited(path)
+    assert not update_prompts(first, path, rebuilt)
+    assert read_prompts(path)[1]["prompts"] == ["a photo of a", "blue"]
+    assert read_prompts(rebuilt)[1]["prompts"] == ["a photo of a"]
+    assert "edited by hand" in caplog.text and f"delete {path}" in caplog.text
+    # A file written by hand (no digest) that equals the new prompts is simply rewritten.
+    path.write_text(yaml.safe_dump(first))
+    assert is_edited(path) and update_prompts(first, path, rebuilt) and not is_edited(path)
