@@ -157,6 +157,13 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                     f"`exclude: [{{method: {method}, loss: {loss}}}]`"
                 )
     for name, given in (config.get("generation") or {}).items():
+        prompts = (given or {}).get("prompts") or {}
+        if prompts.get("source") == "captions" and not prompts.get("captioner"):
+            problems.append(
+                f"  - at generation.{name}.prompts: source is captions but no captioner is given; set "
+                "captioner to a transformers image-to-text model (e.g. Salesforce/blip-image-captioning-base) "
+                "or a local folder, or use source: attributes"
+            )
         generator = (given or {}).get("generator", registry.DATASETS[name].default_generator)
         if registry.GENERATORS[generator].trained_here and registry.DATASETS[name].image_mode != "L":
             problems.append(

@@ -67,8 +67,10 @@ def test_generation_workflow_is_complete_and_restartable(default_params, tmp_pat
     record = yaml.safe_load((tmp_path / "results/runs/digits/blender/multi_similarity/seed0/run.yaml").read_text())
     assert record["train_images"] == (real.split == "train").sum() + 4 * len(train_classes)
 
-    # As after a run killed while generating class 3: that class is redone alone, complete classes are not.
+    # As after a run killed while generating class 3 (neither its part nor its filtered part written):
+    # that class is redone alone, complete classes are not.
     (tmp_path / "data/digits/generated/parts/class3.csv").unlink()
+    (tmp_path / "data/digits/generated/filtered/class3.csv").unlink()
     (tmp_path / "data/digits/generated/blender/manifest.csv").unlink()
     out = snakemake(tmp_path, "data/digits/generated/blender/manifest.csv")
     assert re.search(r"^generate\s+1$", out, re.M), out  # job stats: one generate job ...
@@ -135,7 +137,7 @@ def test_a_hand_edited_prompts_file_survives_a_rerun_of_the_prompts_job(default_
     edited = prompts.read_text()
     assert edited != built
 
-    out = snakemake(tmp_path, "--forcerun", "prompts", str(prompts.relative_to(tmp_path)))
+    out = snakemake(tmp_path, "--force", str(prompts.relative_to(tmp_path)))
 
     assert re.search(r"^prompts\s+1$", out, re.M), out
     assert prompts.read_text() == edited  # not overwritten

@@ -24,7 +24,8 @@ log = logging.getLogger("dmlsynth.generation.generators")
 # compile: auto compiles when a job runs at least this many UNet sample-steps ((K+1) x images x steps).
 # torch.compile took an SD-1.5 UNet call at batch 16 from 52 to 36 ms on an H100 (issue #9): ~1 ms saved
 # per sample-step, so 100,000 of them repay ~1.5 min of compiling the job's two batch shapes (K = 3 and
-# the plain set's K = 1). A paper-config class job (150 images x 4 sets x 25 steps) runs ~52,500: not compiled.
+# the plain set's K = 1). A paper-config class job (150 + 25 % extra = 188 images x 4 sets x 25 steps) runs
+# ~65,800: not compiled.
 COMPILE_MIN_SAMPLE_STEPS = 100_000
 
 

@@ -45,7 +45,11 @@ def mix_synthetic(
         raise ManifestError("generated images must all be in the train split")
     missing = sorted(train_labels - synthetic_labels)
     if missing and ratio > 0:
-        raise ManifestError(f"the generated image set has no images of training class(es) {missing}; generate them")
+        raise ManifestError(
+            f"the generated image set has no images of training class(es) {missing}: generate them, or, if the "
+            "filter rejected them all (logs/filter_generated/), raise generation.<dataset>.filter.extra, lower "
+            "its threshold or set filter.scorer: none"
+        )
     rng = np.random.default_rng([int(seed), 7919])  # a stream of its own, independent of the training RNGs
     real = train_frame.assign(synthetic=False)
     picked = []

@@ -65,3 +65,13 @@ def test_captions_without_a_captioner_are_a_clear_error(train, tmp_path):
         caption_prompts(document, train, {"captioner": None, "images_per_class": 2, "max_new_tokens": 4}, seed=0)
     with pytest.raises(PromptsError, match="prompts.captioner"):
         load_captioner(str(tmp_path / "missing"), "cpu")
+
+
+def test_a_config_asking_for_captions_names_a_captioner(default_params):
+    from dmlsynth import config as cfg
+
+    bad = {**default_params, "generation": {"digits": {"prompts": {"source": "captions"}}}}
+    with pytest.raises(cfg.ConfigError, match="no captioner is given"):
+        cfg.validate(bad)
+    good = {**default_params, "generation": {"digits": {"prompts": {"source": "captions", "captioner": "my/blip"}}}}
+    assert cfg.validate(good)["generation"]["digits"]["prompts"]["captioner"] == "my/blip"

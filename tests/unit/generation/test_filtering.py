@@ -153,3 +153,17 @@ def test_generation_then_filtering_keeps_each_sets_budget(sd_dir, clip_dir, tmp_
     scores2 = clip_scores(files2, ["a photo of a black footed albatross, a bird"] * len(files2), str(clip_dir), device)
     np.testing.assert_allclose(scores2, scores, atol=1e-4 if device == "cuda" else 1e-6)
     assert filter_part(again, scores2, "clip", threshold, 3, tmp_path / "f2.csv").status.tolist() == filtered.status.tolist()
+
+
+def test_the_committed_filtering_measurement_matches_the_default_recipe():
+    """benchmarks/results/filtering_digits.csv (README, "Filtering") was made with today's defaults and keep rule."""
+    from dmlsynth.config import load
+    from tests.conftest import ROOT
+
+    frame = pd.read_csv(ROOT / "benchmarks/results/filtering_digits.csv")
+    settings = generation_settings(load(ROOT / "params.yaml"), "digits")
+    budget, classes = settings["images_per_class"], int(frame.classes.iloc[0])
+    assert (frame.budget == budget).all() and (frame.generated == classes * images_generated(settings)).all()
+    assert (frame.kept + frame.rejected + frame.unused == frame.generated).all()
+    assert (frame.kept == classes * budget).all()  # every set reached its budget
+    assert (frame.sampling_seconds_all > frame.sampling_seconds_budget).all()
