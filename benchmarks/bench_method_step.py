@@ -135,6 +135,8 @@ def measure(config: str, threads: int = 1) -> pd.DataFrame:
 def render(frame: pd.DataFrame) -> str:
     """BENCHMARKS.md: baseline ms and each method's ratio to it, per backbone and loss."""
     frame = frame[frame.config == "default"]
+    if frame.empty:
+        return "Not measured yet: `PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_method_step.py --write` measures the default configuration and writes it here.\n"
     methods = [m for m in METHODS if m != "baseline" and m in set(frame.method)]
     lines = [
         f"Measured {facts_line(frame.iloc[0])}; median over the timed steps, ratio to `baseline` of the same run.",

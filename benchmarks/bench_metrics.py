@@ -110,6 +110,8 @@ def measure(config: str) -> pd.DataFrame:
 def render(frame: pd.DataFrame) -> str:
     """BENCHMARKS.md: both sides' metrics, their differences and the median times of the default config."""
     frame = frame[frame.config == "default"]
+    if frame.empty:
+        return "Not measured yet: `PYTHONPATH=src python benchmarks/bench_metrics.py --write` measures the default configuration and writes it here.\n"
     first = frame.iloc[0]
     worst, worst_same = frame["abs_difference"].max(), frame["abs_difference_inner_product"].max()
     lines = [

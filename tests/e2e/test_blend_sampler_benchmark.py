@@ -51,3 +51,10 @@ def test_render_shows_the_measured_setups_but_not_the_tiny_one():
     for _, row in frame[frame.config != "tiny"].iterrows():
         assert f"**{row['config']}** on {row['device']}" in text
         assert f"**{row['ratio_blended_to_plain']:.3f}×**" in text
+
+
+def test_render_says_how_to_measure_when_only_the_tiny_rows_exist():
+    script = _script()
+    frame = pd.read_csv(ROOT / script["RESULTS"])
+    text = script["render"](frame[frame.config == "tiny"])
+    assert text.startswith("Not measured yet") and f"{script['SCRIPT']} --write" in text

@@ -51,3 +51,10 @@ def test_render_shows_every_loss_and_marks_incompatible_methods():
     assert not ((default.method == "symm") & (default.loss == "proxy_anchor")).any()
     assert all("—" in line for line in text.splitlines() if "| proxy_anchor |" in line)
     assert "machine shared" in text or "machine idle" in text
+
+
+def test_render_says_how_to_measure_when_only_the_tiny_rows_exist():
+    script = _script()
+    frame = pd.read_csv(ROOT / script["RESULTS"])
+    text = script["render"](frame[frame.config == "tiny"])
+    assert text.startswith("Not measured yet") and f"{script['SCRIPT']} --write" in text

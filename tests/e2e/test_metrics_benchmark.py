@@ -46,3 +46,10 @@ def test_committed_default_rows_agree_and_render():
     text = script["render"](frame)
     assert "Largest difference" in text and "NOT within" not in text
     assert f"**{default['speedup_pml_over_dmlsynth'].iloc[0]:.2f}×**" in text
+
+
+def test_render_says_how_to_measure_when_only_the_tiny_rows_exist():
+    script = _script()
+    frame = pd.read_csv(ROOT / script["RESULTS"])
+    text = script["render"](frame[frame.config == "tiny"])
+    assert text.startswith("Not measured yet") and f"{script['SCRIPT']} --write" in text
