@@ -5,22 +5,55 @@ one UNet batch [unconditional; c_1..c_K] x B; they differ only in how the residu
 are combined: plain guidance sums them (Composable Diffusion's conjunction), BLenDeR
 computes the per-element intersection and the union per image. The UNet
 has Stable Diffusion 1.5's widths (320/640/1280/1280, cross-attention 768), randomly
-initialised (no download). Runs alternate in ABBA order and the medians are compared.
+initialised (no download). Runs alternate in ABBA order in one process and the medians
+are compared; the operators (``combine``) are also timed alone.
 
-    python benchmarks/bench_blend_sampler.py                        # CPU, small latents
-    python benchmarks/bench_blend_sampler.py --device cuda --size 512 --fp16 --layers 2 --batch 4
+Besides the timings, each row records what a re-run reproduces exactly on the CPU:
+the setup, the mean of the images each variant makes, their largest difference
+(blended vs plain: the operators change the images) and the largest difference
+between repeats of one variant (0: the timed runs all did the same work).
+``--config tiny`` (a narrow UNet) is what tests/e2e/test_blend_sampler_benchmark.py
+re-runs from scratch.
+
+    PYTHONPATH=src python benchmarks/bench_blend_sampler.py --write                  # CPU, 128 px
+    PYTHONPATH=src python benchmarks/bench_blend_sampler.py --config sd15-cuda --write  # a CUDA GPU, 512 px fp16
+
+Results go to ``benchmarks/results/blend_sampler.csv`` (rows of the other configs are
+kept); ``--write`` renders the BENCHMARKS.md block from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import pandas as pd
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
-def build(args):
+from dmlsynth.machine import facts_line, machine_facts  # noqa: E402
+
+SCRIPT = "benchmarks/bench_blend_sampler.py"
+RESULTS = "benchmarks/results/blend_sampler.csv"
+SD15_WIDTHS = (320, 640, 1280, 1280)
+CONFIGS = {
+    "default": dict(device="cpu", size=128, fp16=False, layers=1, widths=SD15_WIDTHS, k=3, batch=2, steps=3, repeats=4),
+    "sd15-cuda": dict(device="cuda", size=512, fp16=True, layers=2, widths=SD15_WIDTHS, k=3, batch=4, steps=20, repeats=6),
+    "tiny": dict(device="cpu", size=32, fp16=False, layers=1, widths=(32, 32, 64, 64), k=3, batch=2, steps=2, repeats=2),
+}
+OPERATOR_REPEATS = 20
+EXACT = ["config", "device", "dtype", "size", "layers", "widths", "k", "batch", "unet_batch", "steps", "repeats",
+         "plain_image_mean", "blended_image_mean", "max_abs_difference_blended_vs_plain", "max_abs_difference_between_repeats"]  # fmt: skip
+PROMPTS = ["a photo of a bird, blue wings", "a photo of a bird, red head", "a photo of a bird, on a branch", "a photo of a bird"]
+
+
+def build(setup: dict, tokenizer_folder: Path):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -29,11 +62,11 @@ def build(args):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=args.size // 8,
+        sample_size=setup["size"] // 8,
         in_channels=4,
         out_channels=4,
-        layers_per_block=args.layers,
-        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=setup["layers"],
+        block_out_channels=tuple(setup["widths"]),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=768,
@@ -43,85 +76,141 @@ def build(args):
     vae = AutoencoderKL(
         latent_channels=4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
-    )
-    tokenizer = build_tokenizer(["a photo of a bird, blue wings, red head, on a branch"], "/tmp/dmlsynth-bench-tokenizer", 77)
+    )  # fmt: skip
+    tokenizer = build_tokenizer(PROMPTS, tokenizer_folder, 77)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=1024, num_hidden_layers=1,
                        num_attention_heads=12, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    )
-    dtype = torch.float16 if args.fp16 else torch.float32
-    device = torch.device(args.device)
+    )  # fmt: skip
+    dtype = torch.float16 if setup["fp16"] else torch.float32
+    device = torch.device(setup["device"])
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1)
     return Components(unet.to(device, dtype).eval(), text_encoder.to(device, dtype).eval(), tokenizer, scheduler,
-                      vae=vae.to(device, dtype).eval(), image_channels=3)
+                      vae=vae.to(device, dtype).eval(), image_channels=3)  # fmt: skip
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(config: str, threads: int = 1) -> pd.DataFrame:
+    """One row: both variants' median step time, the operators alone, and the images' exact checks."""
+    from dmlsynth.generation.blend import combine
+    from dmlsynth.generation.sampler import encode_prompts, sample
+
+    torch.set_num_threads(threads)
+    facts = machine_facts()
+    setup = CONFIGS[config]
+    device, k, batch, steps = setup["device"], setup["k"], setup["batch"], setup["steps"]
+    with tempfile.TemporaryDirectory(prefix="dmlsynth-bench-tokenizer-") as folder:
+        components = build(setup, Path(folder))
+    embedded = encode_prompts(components, (PROMPTS * k)[:k])
+    conditions = embedded.unsqueeze(1).expand(k, batch, *embedded.shape[1:]).contiguous()
+    unconditional = encode_prompts(components, [""])[0]
+    latent = setup["size"] // 8
+    noise = torch.randn(batch, 4, latent, latent, generator=torch.Generator().manual_seed(0))
+    operators = {"plain": ["conjunction"] * batch, "blended": (["union", "intersection"] * batch)[:batch]}
+    seconds: dict[str, list[float]] = {"plain": [], "blended": []}
+    images: dict[str, list[torch.Tensor]] = {"plain": [], "blended": []}
+
+    def run(variant: str, timed: bool = True) -> None:
+        synchronize(device)
+        start = time.perf_counter()
+        out = sample(components, conditions, unconditional, operators[variant], noise, guidance_scale=7.5, steps=steps, scheduler="ddim")
+        synchronize(device)
+        if timed:
+            seconds[variant].append(time.perf_counter() - start)
+        images[variant].append(out.float().cpu())
+
+    run("plain", timed=False)  # warm-up (allocations, kernels)
+    run("blended", timed=False)
+    for repeat in range(setup["repeats"]):
+        # ABBA order: neither variant always runs first (caches, clocks, neighbours' load).
+        for variant in ("plain", "blended") if repeat % 2 == 0 else ("blended", "plain"):
+            run(variant)
+    plain_step = statistics.median(seconds["plain"]) / steps
+    blended_step = statistics.median(seconds["blended"]) / steps
+
+    residuals = torch.randn(k, batch, 4, latent, latent, generator=torch.Generator().manual_seed(1))
+    residuals = residuals.to(device, torch.float16 if setup["fp16"] else torch.float32)
+    combine(residuals, operators["blended"])
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(OPERATOR_REPEATS):
+        combine(residuals, operators["blended"])
+    synchronize(device)
+    operators_ms = (time.perf_counter() - start) / OPERATOR_REPEATS * 1000
+
+    def largest(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().max())
+
+    row = dict(
+        config=config, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        dtype="float16" if setup["fp16"] else "float32", size=setup["size"], layers=setup["layers"],
+        widths="/".join(map(str, setup["widths"])), k=k, batch=batch, unet_batch=(k + 1) * batch, steps=steps,
+        repeats=setup["repeats"], plain_image_mean=float(images["plain"][0].mean()),
+        blended_image_mean=float(images["blended"][0].mean()),
+        max_abs_difference_blended_vs_plain=largest(images["blended"][0], images["plain"][0]),
+        max_abs_difference_between_repeats=max(largest(x, v[0]) for v in images.values() for x in v[1:]),
+        plain_ms_per_step=plain_step * 1000, blended_ms_per_step=blended_step * 1000, operators_ms=operators_ms,
+        plain_images_per_s=batch / (plain_step * steps), blended_images_per_s=batch / (blended_step * steps),
+        ratio_blended_to_plain=blended_step / plain_step, operators_share_of_plain_step=operators_ms / (plain_step * 1000),
+        **facts,
+    )  # fmt: skip
+    return pd.DataFrame([row])
+
+
+def render(frame: pd.DataFrame) -> str:
+    """BENCHMARKS.md: per measured setup, both variants' step time, the operators alone and the ratio."""
+    if (frame.config == "tiny").all():
+        return "Not measured yet: `PYTHONPATH=src python benchmarks/bench_blend_sampler.py --write` measures and writes it here.\n"
+    lines = []
+    for _, row in frame[frame.config != "tiny"].iterrows():
+        latent = row["size"] // 8
+        lines += [
+            f"**{row['config']}** on {row['device']} ({row['dtype']}), {row['size']} px ({latent}×{latent} latents), "
+            f"UNet widths {row['widths']}, layers per block {row['layers']}, K = {row['k']}, B = {row['batch']} "
+            f"(UNet batch {row['unet_batch']}), {row['steps']} DDIM steps, medians of {row['repeats']} ABBA-ordered runs; "
+            f"{facts_line(row)}",
+            "",
+            "| variant | ms / step | images / s |",
+            "|---|---|---|",
+            f"| plain CFG, K prompts in one batch | {row['plain_ms_per_step']:.1f} | {row['plain_images_per_s']:.3f} |",
+            f"| BLenDeR (union / intersection per image) | {row['blended_ms_per_step']:.1f} | {row['blended_images_per_s']:.3f} |",
+            f"| the operators alone (`combine`) | {row['operators_ms']:.3f} ({100 * row['operators_share_of_plain_step']:.3f} % of a plain step) | — |",
+            f"| **step-time ratio blended / plain** | **{row['ratio_blended_to_plain']:.3f}×** (goal ≤ 1.05×) | |",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, default=128, help="image size in px (latents are size/8)")
-    parser.add_argument("--fp16", action="store_true")
-    parser.add_argument("--layers", type=int, default=1, help="ResNet/attention layers per block (SD 1.5: 2)")
-    parser.add_argument("--k", type=int, default=3, help="prompt conditions per image")
-    parser.add_argument("--batch", type=int, default=2, help="images per sampler call")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / RESULTS)
+    parser.add_argument("--write", action="store_true", help="render the BENCHMARKS.md block from the results")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if CONFIGS[args.config]["device"] == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--config {args.config} needs a CUDA GPU")
 
-    from dmlsynth.generation.blend import combine
-    from dmlsynth.generation.sampler import encode_prompts, sample
+    frame = measure(args.config, args.threads)
+    print(frame.T.to_string(header=False))
+    if args.out.exists():  # keep the other configs' rows
+        old = pd.read_csv(args.out)
+        frame = pd.concat([old[old.config != args.config], frame], ignore_index=True)
+        frame = frame.sort_values("config", kind="stable", key=lambda c: c.map(list(CONFIGS).index)).reset_index(drop=True)
+    from dmlsynth.io import atomic_write_text
 
-    components = build(args)
-    prompts = ["a photo of a bird, blue wings", "a photo of a bird, red head", "a photo of a bird, on a branch", "a photo of a bird"]
-    embedded = encode_prompts(components, (prompts * args.k)[: args.k])
-    conditions = embedded.unsqueeze(1).expand(args.k, args.batch, *embedded.shape[1:]).contiguous()
-    unconditional = encode_prompts(components, [""])[0]
-    noise = torch.randn(args.batch, 4, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(0))
-    blended_ops = (["union", "intersection"] * args.batch)[: args.batch]
-    plain_ops = ["conjunction"] * args.batch
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, frame.to_csv(index=False, float_format="%.6g"))
+    if args.write:
+        from dmlsynth.docblocks import replace_block
 
-    def run(operators):
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        sample(components, conditions, unconditional, operators, noise, guidance_scale=7.5, steps=args.steps, scheduler="ddim")
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    run(plain_ops)  # warm-up (allocations, kernels)
-    run(blended_ops)
-    plain, blended = [], []
-    for repeat in range(args.repeats):
-        # ABBA order: neither variant always runs first (caches, clocks, neighbors' load).
-        if repeat % 2 == 0:
-            plain.append(run(plain_ops))
-            blended.append(run(blended_ops))
-        else:
-            blended.append(run(blended_ops))
-            plain.append(run(plain_ops))
-    plain_step = statistics.median(plain) / args.steps
-    blended_step = statistics.median(blended) / args.steps
-
-    residuals = torch.randn(args.k, args.batch, 4, args.size // 8, args.size // 8, device=args.device,
-                            dtype=torch.float16 if args.fp16 else torch.float32)
-    combine(residuals, blended_ops)
-    start = time.perf_counter()
-    for _ in range(20):
-        combine(residuals, blended_ops)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    operator_ms = (time.perf_counter() - start) / 20 * 1000
-
-    print(f"device={args.device} size={args.size}px fp16={args.fp16} layers_per_block={args.layers} K={args.k} "
-          f"B={args.batch} steps={args.steps} UNet batch={(args.k + 1) * args.batch} threads={args.threads}")
-    print(f"plain CFG (K prompts, one batch): {plain_step * 1000:.1f} ms/step, {args.batch / (plain_step * args.steps):.3f} images/s")
-    print(f"BLenDeR union/intersection:       {blended_step * 1000:.1f} ms/step, {args.batch / (blended_step * args.steps):.3f} images/s")
-    print(f"operators alone (combine):        {operator_ms:.3f} ms/step")
-    print(f"operators' share of a plain step: {operator_ms / (plain_step * 1000) * 100:.3f}% (the ratio's floor is 1 + this)")
-    print(f"step-time ratio blended / plain:  {blended_step / plain_step:.3f}x (goal <= 1.05x; medians of {args.repeats} ABBA-ordered runs each)")
+        source = args.out.relative_to(ROOT).as_posix()
+        if not replace_block(ROOT / "BENCHMARKS.md", SCRIPT, "render", source, render(pd.read_csv(args.out))):
+            raise SystemExit(f"BENCHMARKS.md has no block for {SCRIPT}:render from {source}; place its markers first")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from dmlsynth import registry
-from dmlsynth.io import atomic_write_text
+from dmlsynth.io import atomic_write_text, read_yaml
 
 
 class ConfigError(ValueError):
@@ -230,13 +230,7 @@ def _cache_problems(config: Mapping[str, Any], dataset: str) -> list[str]:
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a params file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass the path of params.yaml")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    config = read_yaml(path, ConfigError, "pass the path of params.yaml")
     return validate(config if config is not None else {}, source=str(path))
 
 

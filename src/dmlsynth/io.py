@@ -109,3 +109,19 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def read_yaml(path: str | os.PathLike[str], error: type[Exception], missing_hint: str) -> Any:
+    """The YAML document of a file the user may have written; ``error`` says what is wrong with it.
+
+    ``missing_hint`` completes "<path> does not exist; ..." with how to make the file.
+    """
+    import yaml  # here: the rest of this module is used by code that never reads YAML
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist; {missing_hint}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise error(f"{path} is not valid YAML: {exc}") from exc

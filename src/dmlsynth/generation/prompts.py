@@ -38,7 +38,7 @@ import pandas as pd
 import yaml
 
 from dmlsynth import layout, registry
-from dmlsynth.io import atomic_write_text
+from dmlsynth.io import atomic_write_text, read_yaml
 
 log = logging.getLogger("dmlsynth.generation.prompts")
 
@@ -353,12 +353,7 @@ def update_prompts(document: Mapping[str, Any], path: str | Path, rebuilt: str |
 def read_prompts(path: str | Path, train_labels: Sequence[int] | None = None) -> dict[int, dict[str, Any]]:
     """``label -> class entry``; checks that every entry has a name, a plain prompt and prompts."""
     path = Path(path)
-    if not path.is_file():
-        raise PromptsError(f"prompts file {path} does not exist; build it with `dmlsynth prompts`")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PromptsError(f"prompts file {path} is not valid YAML: {exc}") from exc
+    document = read_yaml(path, PromptsError, "build the prompts file with `dmlsynth prompts`")
     if not isinstance(document, dict) or not isinstance(document.get("classes"), list):
         raise PromptsError(f"prompts file {path} must be a mapping with a 'classes' list")
     entries = {}
