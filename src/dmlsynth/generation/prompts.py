@@ -339,7 +339,11 @@ def update_prompts(document: Mapping[str, Any], path: str | Path, rebuilt: str |
     path = Path(path)
     if path.is_file() and is_edited(path):
         body = yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True)
-        if yaml.safe_load(_split(path.read_text())[1]) != yaml.safe_load(body):
+        try:
+            same = yaml.safe_load(_split(path.read_text())[1]) == yaml.safe_load(body)
+        except yaml.YAMLError:
+            same = False  # kept: the generation jobs reading it say what is wrong with it
+        if not same:
             write_prompts(document, rebuilt)
             log.warning(
                 "%s was edited by hand: kept as it is. The prompts built now are in %s; copy what you need "

@@ -190,6 +190,9 @@ def test_a_hand_edited_prompts_file_is_kept_and_new_prompts_go_beside_it(tmp_pat
     assert read_prompts(path)[1]["prompts"] == ["a photo of a", "blue"]
     assert read_prompts(rebuilt)[1]["prompts"] == ["a photo of a"]
     assert "edited by hand" in caplog.text and f"delete {path}" in caplog.text
+    # An edit that broke the YAML is kept too (reading it says what is wrong).
+    path.write_text("classes: [unclosed\n")
+    assert not update_prompts(first, path, rebuilt) and path.read_text() == "classes: [unclosed\n"
     # A file written by hand (no digest) that equals the new prompts is simply rewritten.
     path.write_text(yaml.safe_dump(first))
     assert is_edited(path) and update_prompts(first, path, rebuilt) and not is_edited(path)
