@@ -40,6 +40,7 @@ def generation_settings(config: Mapping[str, Any], dataset: str) -> dict[str, An
     settings["generator"] = registry.DATASETS[dataset].default_generator
     given = dict(((config.get("generation") or {}).get(dataset)) or {})
     settings["embedded"].update(given.pop("embedded", None) or {})
+    settings["fine_tuning"].update(given.pop("fine_tuning", None) or {})
     settings.update(given)
     return settings
 
