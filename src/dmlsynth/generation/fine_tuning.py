@@ -126,6 +126,23 @@ def read_summary(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def fine_tuning_seconds(config: Mapping[str, Any], dataset: str) -> float:
+    """Measured fine-tuning time of every training class of ``dataset`` (0 when it is not fine-tuned)."""
+    from dmlsynth.data.split import training_class_count
+    from dmlsynth.generation.settings import generation_settings
+
+    if not fine_tunes(generation_settings(config, dataset)):
+        return 0.0
+    folders = layout.Layout.of(config)
+    total = 0.0
+    for index in range(training_class_count(config, dataset)):
+        summary = read_summary(folders.fine_tuned_dir(dataset, index))
+        if summary is None:
+            raise FileNotFoundError(f"{folders.fine_tuned_dir(dataset, index)} has no {layout.FINE_TUNING_SUMMARY}: fine-tune the class first")
+        total += float(summary["seconds"])
+    return total
+
+
 def adapter_settings(settings: Mapping[str, Any], folder: str | Path) -> tuple[dict[str, Any], str | None]:
     """``settings`` with the class's fine-tuned files as ``textual_inversion`` / ``lora``, and its token.
 
@@ -201,7 +218,7 @@ def fine_tune_class(
     """Fine-tune the configured Stable Diffusion on one class's training ``files``; return the summary.
 
     ``entry`` is the class's prompts-file entry (its captions). ``callbacks(step)`` run after each
-    step's checkpoint (the workflow's stop check). A finished folder with the same params is kept.
+    checkpoint (the workflow's stop check). A finished folder with the same params is kept.
     """
     import torch
     import torch.nn.functional as F
@@ -318,8 +335,8 @@ def fine_tune_class(
                  "optimizer": optimizer.state_dict(), "losses": losses, "seconds": seconds + time.perf_counter() - started},
                 checkpoint,
             )  # fmt: skip
-        for callback in callbacks:
-            callback(done_steps)
+            for callback in callbacks:  # after a checkpoint, so that stopping here loses no step
+                callback(done_steps)
     seconds += time.perf_counter() - started
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -102,13 +102,12 @@ def test_deterministic_restartable_and_not_redone(model_dir, images, tmp_path, c
     class Killed(Exception):
         pass
 
-    def kill_at_step_3(step):
-        if step == 3:
-            raise Killed
+    def kill_after_checkpoint(step):  # called after each checkpoint: step 2 of 4
+        raise Killed
 
     checkpoint = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "resumed", checkpoint, [kill_at_step_3])
+        fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "resumed", checkpoint, [kill_after_checkpoint])
     assert torch.load(checkpoint, weights_only=True)["step"] == 2 and not (tmp_path / "resumed").exists()
     with caplog.at_level(logging.INFO, logger="dmlsynth.generation.fine_tuning"):
         resumed = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "resumed", checkpoint)
