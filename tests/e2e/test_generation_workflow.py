@@ -125,6 +125,7 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     # As after a run killed while fine-tuning class 2: that class alone is fine-tuned and generated again.
     shutil.rmtree(tmp_path / "data/cub200/fine_tuned/class2")
     (tmp_path / "data/cub200/generated/parts/class2.csv").unlink()
+    (tmp_path / "data/cub200/generated/blender/manifest.csv").unlink()
     out = snakemake(tmp_path, "data/cub200/generated/blender/manifest.csv")
     assert re.search(r"^fine_tune\s+1$", out, re.M) and re.search(r"^generate\s+1$", out, re.M), out
     assert "class_index=2" in out and "class_index=1" not in out

@@ -271,7 +271,7 @@ def fine_tune_class(
         text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new row is set below
         embedding = text_encoder.get_input_embeddings().weight
         name = str(entry["class_name"]).split(".", 1)[-1].replace("_", " ")
-        name_ids = tokenizer(name, add_special_tokens=False).input_ids or [tokenizer.convert_tokens_to_ids(tokenizer.unk_token)]
+        name_ids = tokenizer(name, add_special_tokens=False, truncation=True).input_ids or [tokenizer.convert_tokens_to_ids(tokenizer.unk_token)]
         with torch.no_grad():
             embedding[token_id] = embedding[name_ids].mean(dim=0)
         embedding.requires_grad_(True)

@@ -29,6 +29,9 @@ from dmlsynth import registry
 # Settings that change the speed of generation, not its images (see the module docstring).
 SPEED_SETTINGS = ("batch_size", "gpu_memory_gib", "attention_slicing", "vae_slicing", "compile", "threads")
 
+# How often fine-tuning checkpoints: it changes neither the fine-tuned weights nor the images.
+FINE_TUNING_CHECKPOINT = "checkpoint_every"
+
 IMAGE_SETS = registry.IMAGE_SETS
 # Order of the columns of the sample grid after the real images.
 GRID_ORDER = ("plain", "union", "intersection", "blender")
@@ -46,8 +49,15 @@ def generation_settings(config: Mapping[str, Any], dataset: str) -> dict[str, An
 
 
 def image_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` without :data:`SPEED_SETTINGS`: what the generated images depend on."""
-    return {k: v for k, v in settings.items() if k not in SPEED_SETTINGS}
+    """``settings`` without :data:`SPEED_SETTINGS`: what the generated images depend on.
+
+    Fine-tuning counts only when it is on, and without its checkpoint interval (which does not change the weights).
+    """
+    kept = {k: v for k, v in settings.items() if k not in SPEED_SETTINGS}
+    tuning = dict(kept.pop("fine_tuning", None) or {})
+    if tuning.get("method", "none") != "none":
+        kept["fine_tuning"] = {k: v for k, v in tuning.items() if k != FINE_TUNING_CHECKPOINT}
+    return kept
 
 
 def image_sets(config: Mapping[str, Any], dataset: str | None = None) -> list[str]:
