@@ -180,8 +180,10 @@ def _training_labels(train, dataset: str, class_index: int) -> list[int]:
 def cmd_fine_tune(args: argparse.Namespace) -> int:
     import torch
 
+    from dmlsynth import tracking
     from dmlsynth.generation.fine_tuning import class_images, fine_tune_class
     from dmlsynth.generation.prompts import read_prompts
+    from dmlsynth.layout import FINE_TUNING_SUMMARY
     from dmlsynth.generation.settings import generation_settings
     from dmlsynth.workflow import WorkflowGone, workflow_alive
 
@@ -204,6 +206,11 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
         settings, class_images(train, label), entry, args.dataset, label, args.out_dir, args.checkpoint,
         callbacks=[stop_when_workflow_gone],
     )
+    summary = args.out_dir / FINE_TUNING_SUMMARY
+    tracking.tracked(
+        config, f"the fine-tuning of {args.dataset} class {label}", f"snakemake --forcerun fine_tune {args.out_dir}",
+        lambda settings: tracking.track_fine_tuning(summary, settings),
+    )  # fmt: skip
     return 0
 
 

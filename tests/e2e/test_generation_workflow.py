@@ -121,6 +121,13 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     # The measured fine-tuning time is part of the images' cost.
     assert report.generator_train_seconds.iloc[0] == pytest.approx(sum(s["seconds"] for s in summaries), abs=1e-3)
     assert (report.generator_train_seconds > 0).all()
+    # Each class's fine-tuning is an MLflow run with its loss per step.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=config["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("fine_tuning").experiment_id])
+    assert sorted(r.data.tags["token"] for r in runs) == [f"<cub200-{label}>" for label in (1, 2, 3, 4)]
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 3 for r in runs)
 
     # As after a run killed while fine-tuning class 2: that class alone is fine-tuned and generated again.
     shutil.rmtree(tmp_path / "data/cub200/fine_tuned/class2")
