@@ -30,7 +30,7 @@ step ``s`` come from a generator seeded with (generation seed, class label,
 ``s``), so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted one takes. Every ``checkpoint_every`` steps the trained
 tensors and the optimizer state are saved atomically (keyed on the params
-hash); the final files are written atomically, the summary
+hash, the code digest and the device); the final files are written atomically, the summary
 (``fine_tuning.json``: token, files, loss, measured seconds) last.
 
 Outputs (``{data}/{dataset}/fine_tuned/class{i}/``, :mod:`dmlsynth.layout`):
@@ -53,7 +53,7 @@ import pandas as pd
 
 from dmlsynth import layout
 from dmlsynth.io import atomic_output, atomic_write_text, save_torch
-from dmlsynth.provenance import params_hash
+from dmlsynth.provenance import code_digest, params_hash
 
 log = logging.getLogger("dmlsynth.generation.fine_tuning")
 
@@ -286,16 +286,18 @@ def fine_tune_class(
     # No weight decay: the embedding rows of the other tokens get zero gradients and must stay as they are.
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
 
+    # A checkpoint resumes only the same params with the same code on the same device.
+    identity = {"params_hash": key, "code": code_digest([__name__]), "device": str(device)}
     start, losses, seconds = 0, [], 0.0
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if saved.get("params_hash") == key:
+        if all(saved.get(k) == v for k, v in identity.items()):
             _restore(components, token_id, saved["trainable"])
             optimizer.load_state_dict(saved["optimizer"])
             start, losses, seconds = int(saved["step"]), list(saved["losses"]), float(saved["seconds"])
             log.info("resuming class %s from step %d of %d (%s)", label, start, steps, checkpoint)
         else:
-            log.info("checkpoint %s is of other params; starting over", checkpoint)
+            log.info("checkpoint %s is of other params, code or device; starting over", checkpoint)
 
     every = int(tuning["checkpoint_every"])
     prediction = noise_scheduler.config.prediction_type
@@ -331,7 +333,7 @@ def fine_tune_class(
         done_steps = step + 1
         if done_steps % every == 0 and done_steps < steps:
             save_torch(
-                {"params_hash": key, "step": done_steps, "trainable": _trainable(components, token_id),
+                {**identity, "step": done_steps, "trainable": _trainable(components, token_id),
                  "optimizer": optimizer.state_dict(), "losses": losses, "seconds": seconds + time.perf_counter() - started},
                 checkpoint,
             )  # fmt: skip

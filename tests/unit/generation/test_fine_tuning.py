@@ -118,6 +118,16 @@ def test_deterministic_restartable_and_not_redone(model_dir, images, tmp_path, c
         a, b = load_file(tmp_path / "whole" / name), load_file(tmp_path / "resumed" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    # A checkpoint of another device (or code) is not resumed.
+    with pytest.raises(Killed):
+        fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "other", checkpoint, [kill_after_checkpoint])
+    saved = torch.load(checkpoint, weights_only=True)
+    torch.save({**saved, "device": "cuda:0"}, checkpoint)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dmlsynth.generation.fine_tuning"):
+        other = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "other", checkpoint)
+    assert "of other params, code or device; starting over" in caplog.text and other["losses"] == whole["losses"]
+
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dmlsynth.generation.fine_tuning"):
         again = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "whole", tmp_path / "whole.pt")
