@@ -78,6 +78,17 @@ def class_images(folder: Path, count: int, size: int) -> list[str]:
     return files
 
 
+def tensor_checksum(file: Path) -> str:
+    """md5 of a safetensors file's tensors (names and values, in name order), not of its metadata."""
+    from safetensors.torch import load_file
+
+    digest = hashlib.md5()
+    for name, tensor in sorted(load_file(file).items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 def measure(config: str, device: str, workdir: Path) -> pd.DataFrame:
     shared = generation_benchmark()
     model = shared["save_model"](shared["CONFIGS"][config], workdir / "model")
@@ -107,7 +118,7 @@ def measure(config: str, device: str, workdir: Path) -> pd.DataFrame:
         "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB if cuda else float("nan"),
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB if cuda else float("nan"),
         "final_loss": summary["final_loss"],
-        "lora_checksum": hashlib.md5((out / layout.FINE_TUNED_LORA).read_bytes()).hexdigest()[:12],
+        "lora_checksum": tensor_checksum(out / layout.FINE_TUNED_LORA),
     }  # fmt: skip
     print(f"{config} on {row['device']}: {row['seconds_per_step']:.3f} s/step, peak {row['peak_reserved_gib']:.2f} GiB reserved",
           flush=True)  # fmt: skip

@@ -357,7 +357,7 @@ def fine_tune_class(
     summary = {
         "dataset": dataset, "label": int(label), "class_name": str(entry["class_name"]), "method": method,
         "token": token, "files": files_written, "steps": steps, "images": len(files), "resolution": resolution,
-        "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(1, steps - start), 4),
+        "seconds": round(seconds, 3), "seconds_per_step": round(seconds / steps, 4),  # seconds covers every step, resumed ones too
         "final_loss": float(np.mean(tail)) if tail else None, "losses": [round(l, 6) for l in losses],
         "device": str(device), "params_hash": key,
     }  # fmt: skip
