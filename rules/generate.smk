@@ -2,6 +2,7 @@
 # one generate and one filter job per dataset x training class -> one manifest per image set
 # (the kept images) -> quality report.
 # Runs only when a configured method trains with generated images (registry: synthetic_images).
+from dmlsynth.generation import fine_tuning
 from dmlsynth.generation import settings as generation
 
 
@@ -21,6 +22,15 @@ def uses_embedded_generator(dataset):
 def generator_dir(wildcards):
     """The trained embedded generator (a folder) when the dataset uses it; Stable Diffusion needs none."""
     return [LAYOUT.generator_dir(wildcards.dataset)] if uses_embedded_generator(wildcards.dataset) else []
+
+
+def fine_tunes(dataset):
+    return fine_tuning.fine_tunes(generation.generation_settings(CFG, dataset))
+
+
+def fine_tuned_class(wildcards):
+    """The class's fine-tuned weights (rules/fine_tune.smk) when its dataset fine-tunes Stable Diffusion."""
+    return [LAYOUT.fine_tuned_dir(wildcards.dataset, wildcards.class_index)] if fine_tunes(wildcards.dataset) else []
 
 
 def filtered_parts(wildcards):
@@ -105,6 +115,7 @@ rule generate:
         manifest=LAYOUT.manifest(),
         prompts=rules.prompts.output.prompts,
         generator=generator_dir,
+        fine_tuned=fine_tuned_class,
     output:
         # Written last: a class whose part exists is complete and is not redone.
         part=LAYOUT.generated_part(),
@@ -114,6 +125,7 @@ rule generate:
         validation_classes=lambda w: split.validation_class_count(CFG, w.dataset),
         code=lambda w: provenance.code_digest(["dmlsynth.generation.run", "dmlsynth.generation.stable_diffusion"]),
         generator=lambda w, input: ["--generator-dir", input.generator[0]] if input.generator else [],
+        fine_tuned=lambda w, input: ["--fine-tuned-dir", input.fine_tuned[0]] if input.fine_tuned else [],
         generated=LAYOUT.generated_dir(),
     log:
         LAYOUT.log("generate", "{dataset}", "class{class_index}"),
@@ -125,7 +137,7 @@ rule generate:
     shell:
         "{PY:q} -m dmlsynth generate --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --class-index {wildcards.class_index:q} --manifest {input.manifest:q} --prompts {input.prompts:q}"
-        " {params.generator:q} --generated-dir {params.generated:q} --out-part {output.part:q}"
+        " {params.generator:q} {params.fine_tuned:q} --generated-dir {params.generated:q} --out-part {output.part:q}"
         " --threads {threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
 
 
@@ -190,6 +202,13 @@ rule generation_report:
             LAYOUT.filtered_part(d, i) for d in GENERATION_DATASETS for i in range(split.training_class_count(CFG, d))
         ],
         generators=[LAYOUT.generator_dir(d) for d in GENERATION_DATASETS if uses_embedded_generator(d)],
+        # Their fine-tuning time is part of the images' cost.
+        fine_tuned=[
+            LAYOUT.fine_tuned_dir(d, i)
+            for d in GENERATION_DATASETS
+            if fine_tunes(d)
+            for i in range(split.training_class_count(CFG, d))
+        ],
     output:
         table=report(LAYOUT.generation_csv(), caption="../report/generation.rst", category="Generation"),
         figures=[
@@ -197,7 +216,9 @@ rule generation_report:
             for d in GENERATION_DATASETS
         ],
     params:
-        code=provenance.code_digest(["dmlsynth.generation.quality", "dmlsynth.generation.filtering"]),
+        code=provenance.code_digest(
+            ["dmlsynth.generation.quality", "dmlsynth.generation.filtering", "dmlsynth.generation.fine_tuning"]
+        ),
     log:
         LAYOUT.log("generation_report"),
     # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).

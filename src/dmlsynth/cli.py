@@ -177,9 +177,54 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_labels(train, dataset: str, class_index: int) -> list[int]:
+    labels = sorted(int(l) for l in train["label"].unique())
+    if not 0 <= class_index < len(labels):
+        raise cfg.ConfigError(f"--class-index {class_index} out of range: {dataset} has {len(labels)} training classes")
+    return labels
+
+
+def cmd_fine_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from dmlsynth import tracking
+    from dmlsynth.generation.fine_tuning import class_images, fine_tune_class
+    from dmlsynth.generation.prompts import read_prompts
+    from dmlsynth.layout import FINE_TUNING_SUMMARY
+    from dmlsynth.generation.settings import generation_settings
+    from dmlsynth.workflow import WorkflowGone, workflow_alive
+
+    config = _config(args.config)
+    settings = generation_settings(config, args.dataset)
+    torch.set_num_threads(max(1, args.threads))
+    train = _train_split(args.manifest, config, args.dataset)
+    labels = _training_labels(train, args.dataset, args.class_index)
+    label = labels[args.class_index]
+    entry = read_prompts(args.prompts, labels)[label]
+
+    def stop_when_workflow_gone(step: int) -> None:
+        if workflow_alive() is False:
+            raise WorkflowGone(
+                f"the Snakemake process that started this job is gone; stopped after step {step} (checkpoint written). "
+                "Run `snakemake --unlock`, then the same command again to resume."
+            )
+
+    fine_tune_class(
+        settings, class_images(train, label), entry, args.dataset, label, args.out_dir, args.checkpoint,
+        callbacks=[stop_when_workflow_gone],
+    )
+    summary = args.out_dir / FINE_TUNING_SUMMARY
+    tracking.tracked(
+        config, f"the fine-tuning of {args.dataset} class {label}", f"snakemake --forcerun fine_tune {args.out_dir}",
+        lambda settings: tracking.track_fine_tuning(summary, settings),
+    )  # fmt: skip
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from dmlsynth.generation.fine_tuning import adapter_settings
     from dmlsynth.generation.run import generate_class
     from dmlsynth.generation.settings import generation_settings, image_sets
     from dmlsynth.generation.generators import load_generator
@@ -188,13 +233,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = generation_settings(config, args.dataset)
     torch.set_num_threads(max(1, args.threads))
     train = _train_split(args.manifest, config, args.dataset)
-    labels = sorted(int(l) for l in train["label"].unique())
-    if not 0 <= args.class_index < len(labels):
-        raise cfg.ConfigError(f"--class-index {args.class_index} out of range: {args.dataset} has {len(labels)} training classes")
+    labels = _training_labels(train, args.dataset, args.class_index)
+    token = None
+    if args.fine_tuned_dir is not None:  # the class's own LoRA / textual-inversion weights
+        settings, token = adapter_settings(settings, args.fine_tuned_dir)
     components = load_generator(settings, args.generator_dir, image_sets(config, args.dataset))
     generate_class(
         components, args.prompts, labels[args.class_index], labels, image_sets(config, args.dataset), settings,
-        args.generated_dir, args.out_part,
+        args.generated_dir, args.out_part, class_token=token,
     )
     return 0
 
@@ -323,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_train_generator)
 
+    p = sub.add_parser("fine-tune", help="fine-tune Stable Diffusion (LoRA / textual inversion) on one training class")
+    p.add_argument("--config", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--class-index", required=True, type=int, help="index into the sorted training classes")
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--prompts", required=True, type=Path, help="the class's captions (prompts.yaml)")
+    p.add_argument("--out-dir", required=True, type=Path, help="{data}/{dataset}/fine_tuned/class{i}")
+    p.add_argument("--checkpoint", required=True, type=Path, help="where the running job keeps its checkpoint")
+    p.add_argument("--threads", type=int, default=1)
+    _add_gpu_slot_options(p)
+    p.set_defaults(func=cmd_fine_tune)
+
     p = sub.add_parser("generate", help="generate every image set of one training class")
     p.add_argument("--config", default="params.yaml")
     p.add_argument("--dataset", required=True)
@@ -330,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, type=Path)
     p.add_argument("--prompts", required=True, type=Path)
     p.add_argument("--generator-dir", type=Path, default=None, help="trained embedded generator")
+    p.add_argument("--fine-tuned-dir", type=Path, default=None, help="the class's fine-tuned weights (fine-tune)")
     p.add_argument("--generated-dir", required=True, type=Path, help="{data}/{dataset}/generated")
     p.add_argument("--out-part", required=True, type=Path)
     p.add_argument("--threads", type=int, default=1)
@@ -377,10 +436,11 @@ def _check_names(args: argparse.Namespace) -> None:
 
 def _generation_errors() -> tuple[type[Exception], ...]:
     """Bad prompts files and impossible generation requests are user errors, reported without a traceback."""
+    from dmlsynth.generation.fine_tuning import FineTuningError
     from dmlsynth.generation.prompts import PromptsError
     from dmlsynth.generation.run import GenerationError
 
-    return (PromptsError, GenerationError)
+    return (PromptsError, GenerationError, FineTuningError)
 
 
 def _result_errors() -> tuple[type[Exception], ...]:

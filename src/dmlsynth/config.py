@@ -170,6 +170,17 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                 f"  - at generation.{name}.generator: the {generator} generator makes small grayscale images, but "
                 f"{name!r} is a photo dataset: use generator: stable-diffusion"
             )
+        method = ((given or {}).get("fine_tuning") or {}).get("method", "none")
+        if method != "none" and generator != "stable-diffusion":
+            problems.append(
+                f"  - at generation.{name}.fine_tuning.method: {method!r} fine-tunes Stable Diffusion, but the "
+                f"generator of {name!r} is {generator!r} (trained on the dataset already): set method: none"
+            )
+        if method in ("lora", "both") and (given or {}).get("lora"):
+            problems.append(
+                f"  - at generation.{name}.lora: a LoRA file is given and fine_tuning.method {method!r} trains one "
+                "per class: unset one of them"
+            )
     training = config["training"]
     batch, per_class = training["batch_size"], training["m_per_class"]
     if batch % per_class:

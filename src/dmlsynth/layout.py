@@ -14,6 +14,8 @@ a rule declares and ``.manifest("digits")`` the concrete file::
     {data}/{dataset}/prompts.yaml                 BLenDeR's editable per-class prompts
     {data}/{dataset}/prompts.rebuilt.yaml         new prompts that were not written over an edited prompts.yaml
     {data}/{dataset}/generator/                   the trained embedded generator (+ generator.json)
+    {data}/{dataset}/fine_tuned/class{i}/        one class's fine-tuned LoRA / textual-inversion weights
+    {data}/{dataset}/fine_tuned/checkpoints/class{i}.pt   a fine-tuning job's checkpoint while it runs
     {data}/{dataset}/generated/parts/class{i}.csv one generation job's images (written last)
     {data}/{dataset}/generated/filtered/class{i}.csv the same rows with their filter score and status
     {data}/{dataset}/generated/{set}/manifest.csv an image set's manifest; its images in .../{set}/images/
@@ -37,6 +39,11 @@ PROMPTS_REBUILT = "prompts.rebuilt.yaml"
 GENERATOR = "generator"
 GENERATOR_METADATA = "generator.json"
 GENERATED = "generated"
+# Per-class fine-tuning of Stable Diffusion (dmlsynth.generation.fine_tuning); the summary is written last.
+FINE_TUNED = "fine_tuned"
+FINE_TUNED_LORA = "lora.safetensors"
+FINE_TUNED_EMBEDDING = "embedding.safetensors"
+FINE_TUNING_SUMMARY = "fine_tuning.json"
 IMAGES = "images"
 # What dataset preparations leave next to the manifest (registry DatasetSpec.outputs name them).
 EXTRACTED = "extracted"  # an archive's checked contents
@@ -174,6 +181,14 @@ class Layout:
 
     def generator_metadata(self, dataset: str = "{dataset}") -> str:
         return f"{self.generator_dir(dataset)}/{GENERATOR_METADATA}"
+
+    def fine_tuned_dir(self, dataset: str = "{dataset}", class_index: Any = "{class_index}") -> str:
+        """One class's fine-tuned weights and ``fine_tuning.json`` (the fine_tune job's output folder)."""
+        return f"{self.dataset_dir(dataset)}/{FINE_TUNED}/class{class_index}"
+
+    def fine_tuning_checkpoint(self, dataset: str = "{dataset}", class_index: Any = "{class_index}") -> str:
+        """A running fine-tuning job's checkpoint: outside its output folder, which Snakemake clears first."""
+        return f"{self.dataset_dir(dataset)}/{FINE_TUNED}/checkpoints/class{class_index}.pt"
 
     def generated_dir(self, dataset: str = "{dataset}") -> str:
         return f"{self.dataset_dir(dataset)}/{GENERATED}"

@@ -107,6 +107,7 @@ def _dataset_value(config: Mapping[str, Any], dataset: str, key: str) -> Any:
 
 def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
     """Every file (or folder) each stage's rules write."""
+    from dmlsynth.generation.fine_tuning import fine_tunes
     from dmlsynth.generation.settings import generation_settings, image_sets
 
     layout = Layout.of(config)
@@ -119,6 +120,8 @@ def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
             if generation_settings(config, dataset)["generator"] == "embedded":
                 generated.append(layout.generator_dir(dataset))
             classes = range(training_class_count(config, dataset))
+            if fine_tunes(generation_settings(config, dataset)):
+                generated += [layout.fine_tuned_dir(dataset, i) for i in classes]
             generated += [layout.generated_part(dataset, i) for i in classes]
             generated += [layout.filtered_part(dataset, i) for i in classes]
             generated += [layout.image_set_manifest(dataset, s) for s in sets]

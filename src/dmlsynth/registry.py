@@ -373,6 +373,21 @@ PROMPT_SOURCE_DEFAULTS: Mapping[str, Any] = {
     "max_new_tokens": 30,
 }
 
+# generation.<dataset>.fine_tuning: per-class fine-tuning of Stable Diffusion (dmlsynth.generation.fine_tuning).
+# Off by default (the embedded generator is trained per dataset already); config/paper.yaml turns it on.
+# [project definition] values (the paper names LoRA / textual inversion, not their settings): those of the
+# diffusers example scripts: LoRA rank 4 at lr 1e-4; textual inversion at 5e-4 x batch (their scale_lr).
+FINE_TUNING_DEFAULTS: Mapping[str, Any] = {
+    "method": "none",  # none | lora | textual_inversion | both
+    "steps": 400,
+    "rank": 4,
+    "learning_rate": 0.0001,  # LoRA weights
+    "embedding_learning_rate": 0.002,  # the class token's embedding
+    "batch_size": 4,
+    "resolution": None,  # None: the model's native size (512 for Stable Diffusion 1.5)
+    "checkpoint_every": 100,
+}
+
 # generation.<dataset> (the generator itself defaults to the dataset's default_generator).
 GENERATION_DEFAULTS: Mapping[str, Any] = {
     "model_id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -401,6 +416,7 @@ GENERATION_DEFAULTS: Mapping[str, Any] = {
     "embedded": EMBEDDED_GENERATOR_DEFAULTS,
     "filter": FILTER_DEFAULTS,
     "prompts": PROMPT_SOURCE_DEFAULTS,
+    "fine_tuning": FINE_TUNING_DEFAULTS,
 }
 
 

@@ -308,6 +308,40 @@ def track_generation(
             client.set_terminated(run_id, "FINISHED")
 
 
+def track_fine_tuning(summary_file: str | Path, tracking: TrackingSettings | str, experiment: str = "fine_tuning") -> str:
+    """One run per fine-tuned class (its ``fine_tuning.json``): settings as tags, the loss per step, the seconds.
+
+    A class fine-tuned again with the same params is not logged twice (the run is keyed on its params hash).
+    """
+    from mlflow.entities import Metric
+
+    if isinstance(tracking, str):
+        tracking = settings({"tracking": {"uri": tracking}})
+    summary = json.loads(Path(summary_file).read_text())
+    key = f"fine_tuning/{summary['dataset']}/{summary['label']}/{summary['params_hash']}"
+    with store_lock(tracking.uri):
+        client = _client(tracking)
+        experiment_id = _experiment_id(client, experiment, tracking)
+        run = _find_or_create(client, experiment_id, key, f"{summary['dataset']}/{summary['class_name']}", {})
+        run_id = run.info.run_id
+        if run.info.status == "FINISHED":
+            return run_id
+        for name in ("dataset", "label", "class_name", "method", "token", "device", "steps", "images", "resolution"):
+            client.set_tag(run_id, name, str(summary[name]))
+        now = int(time.time() * 1000)
+        metrics = [Metric("loss", float(loss), now, step) for step, loss in enumerate(summary["losses"], start=1)]
+        metrics += [
+            Metric(name, float(summary[name]), now, 0)
+            for name in ("seconds", "seconds_per_step", "final_loss")
+            if summary.get(name) is not None
+        ]
+        for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
+            client.log_batch(run_id, metrics=metrics[start : start + 900])
+        client.log_artifact(run_id, str(summary_file))
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 def report_failure(exc: BaseException, what: str, resync: str) -> None:
     """Say clearly that tracking failed, that results are safe, and how to re-sync (log, and a note for the console)."""
     message = (

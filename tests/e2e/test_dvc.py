@@ -35,20 +35,27 @@ def _snakemake_outputs(repo_root, workdir) -> set[str]:
     return {row[column] for row in lines[1:]}
 
 
+# Stable Diffusion fine-tuned per class (its fine_tune jobs' folders are outputs of the generation stage).
+FINE_TUNED_SD = {"digits": {"generator": "stable-diffusion", "fine_tuning": {"method": "lora"}}}
+
+
 @pytest.mark.parametrize(
-    "methods",
+    "methods, generation",
     [
-        ["baseline"],
-        None,
-        ["baseline", "blender", "sd_plain"],
+        (["baseline"], None),
+        (None, None),
+        (["baseline", "blender", "sd_plain"], None),
+        (["blender"], FINE_TUNED_SD),
     ],
 )
-def test_dvc_stages_declare_exactly_what_snakemake_produces(repo_root, default_params, tmp_path, methods):
+def test_dvc_stages_declare_exactly_what_snakemake_produces(repo_root, default_params, tmp_path, methods, generation):
     config = small_config(default_params, tmp_path, tmp_path)
     config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
     config["losses"] = ["multi_similarity", "triplet"]
     if methods:
         config["methods"] = methods
+    if generation:
+        config["generation"] = generation
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
     stages = yaml.safe_load(dvc_yaml(cfg.validate(config)))["stages"]
     declared = set()
@@ -60,6 +67,8 @@ def test_dvc_stages_declare_exactly_what_snakemake_produces(repo_root, default_p
     image_dirs = {o for o in declared if o.endswith("/images")}
     assert "data/digits/images" in image_dirs
     assert produced == declared - image_dirs
+    if generation:
+        assert "data/digits/fine_tuned/class0" in declared
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ on a tiny CUB-200-2011 copy with a tiny random SD model, on the CPU and in fp16 
 
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -80,7 +81,8 @@ def test_generation_workflow_is_complete_and_restartable(default_params, tmp_pat
 
 
 def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, device):
-    """CUB prompts -> Stable Diffusion (fp16 on CUDA) per class -> blender training -> report, table."""
+    """CUB prompts -> per-class fine-tuning (LoRA + textual inversion) -> Stable Diffusion (fp16 on CUDA) per class
+    with the class's weights -> blender training -> report, table."""
     fixture = cub_fixture(classes=8, per_class=4)
     place(tmp_path / "data" / "raw" / "cub200", "CUB_200_2011.tgz", fixture.archive)
     model = save_tiny_stable_diffusion(tmp_path / "tiny-sd")
@@ -98,6 +100,7 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
             "images_per_class": 3, "batch_size": 2, "steps": 2, "scheduler": "dpm-solver",
             # A random CLIP's similarities are near 0: -1 lets every image pass, so each set keeps its first 3.
             "filter": {"scorer": "clip", "clip_model": str(clip), "clip_threshold": -1.0, "extra": 1.0},
+            "fine_tuning": {"method": "both", "steps": 3, "rank": 2, "batch_size": 2, "checkpoint_every": 1},
         }},
     )  # fmt: skip
     config["training"].update(batch_size=8, m_per_class=2, device=device)
@@ -107,6 +110,7 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
 
     assert re.search(r"^generate\s+4$", out, re.M), out  # one job per training class (4 of the 8)
     assert re.search(r"^filter_generated\s+4$", out, re.M), out
+    assert re.search(r"^fine_tune\s+4$", out, re.M), out  # ... each after its class's fine-tuning
     table = pd.read_csv(tmp_path / "results" / "table.csv")
     assert list(table.method) == ["blender"] and list(table.dataset) == ["cub200"]
     generated = pd.read_csv(tmp_path / "data/cub200/generated/blender/manifest.csv")
@@ -117,13 +121,41 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     log = (tmp_path / "logs/generate/cub200/class0.log").read_text()
     assert f"on {device}" in log and ("torch.float16" if device == "cuda" else "torch.float32") in log
     report = pd.read_csv(tmp_path / "results" / "generation.csv")
-    assert set(report.generator) == {"stable-diffusion"} and (report.generator_train_seconds == 0).all()
+    assert set(report.generator) == {"stable-diffusion"}
     assert report.fidelity.between(0, 1).all() and (report.chance == 0.25).all()
     blender = report[report.operator == "all"].iloc[0]
     assert (blender["filter"], blender.generated, blender.rejected, blender.unused) == ("clip", 4 * 6, 0, 4 * 3)
     assert generated.score.between(-1, 1).all() and list(generated.path[:3]) == [f"images/1/{i:04d}.jpg" for i in range(3)]
-    log = (tmp_path / "logs/filter_generated/cub200/class0.log").read_text()
-    assert "3 kept, 0 rejected of 6" in log
+    assert "3 kept, 0 rejected of 6" in (tmp_path / "logs/filter_generated/cub200/class0.log").read_text()
+    # Each class was fine-tuned on its own training images and generated with its token and LoRA.
+    summaries = [json.loads((tmp_path / f"data/cub200/fine_tuned/class{i}/fine_tuning.json").read_text()) for i in range(4)]
+    real = pd.read_csv(tmp_path / "data/cub200/manifest.csv")
+    for index, summary in enumerate(summaries):
+        label = index + 1
+        assert summary["label"] == label and summary["token"] == f"<cub200-{label}>" and len(summary["losses"]) == 3
+        assert summary["images"] == ((real.label == label) & (real.split == "train")).sum()
+        assert all(f"<cub200-{label}>" in p for p in generated.loc[generated.label == label, "prompts"])
+        assert not (tmp_path / f"data/cub200/fine_tuned/checkpoints/class{index}.pt").exists()
+    assert "LoRA weights loaded from data/cub200/fine_tuned/class0/lora.safetensors" in log
+    # The measured fine-tuning time is part of the images' cost.
+    assert report.generator_train_seconds.iloc[0] == pytest.approx(sum(s["seconds"] for s in summaries), abs=1e-3)
+    assert (report.generator_train_seconds > 0).all()
+    # Each class's fine-tuning is an MLflow run with its loss per step.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=config["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("fine_tuning").experiment_id])
+    assert sorted(r.data.tags["token"] for r in runs) == [f"<cub200-{label}>" for label in (1, 2, 3, 4)]
+    assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 3 for r in runs)
+
+    # As after a run killed while fine-tuning class 2: that class alone is fine-tuned and generated again.
+    shutil.rmtree(tmp_path / "data/cub200/fine_tuned/class2")
+    (tmp_path / "data/cub200/generated/parts/class2.csv").unlink()
+    (tmp_path / "data/cub200/generated/filtered/class2.csv").unlink()
+    (tmp_path / "data/cub200/generated/blender/manifest.csv").unlink()
+    out = snakemake(tmp_path, "data/cub200/generated/blender/manifest.csv")
+    assert re.search(r"^fine_tune\s+1$", out, re.M) and re.search(r"^generate\s+1$", out, re.M), out
+    assert "class_index=2" in out and "class_index=1" not in out
 
 
 def test_a_hand_edited_prompts_file_survives_a_rerun_of_the_prompts_job(default_params, tmp_path):

@@ -131,6 +131,20 @@ def test_dry_run_lists_every_training_job(tmp_path, paper):
                 if wanted == "filter_generated":
                     assert "gpu=1" in re.search(r"resources: (.*)", body).group(1)
         assert generated == {"cub200": 80, "cars196": 78}, wanted
+    # Every one of those classes is fine-tuned first (LoRA + textual inversion), on a GPU, and its
+    # generate job reads the weights.
+    fine_tuned = {}
+    for rule, body in jobs:
+        if rule == "fine_tune":
+            dataset, index = re.search(r"dataset=(\w+), class_index=(\d+)", body).groups()
+            fine_tuned[dataset] = fine_tuned.get(dataset, 0) + 1
+            assert "gpu=1" in body and f"data/{dataset}/fine_tuned/class{index}" in body
+        if rule == "generate":
+            dataset, index = re.search(r"class_index=(\d+), dataset=(\w+)|dataset=(\w+), class_index=(\d+)", body).groups()[2:]
+            assert f"data/{dataset}/fine_tuned/class{index}" in body  # an input: the job waits for the weights
+    assert fine_tuned == {"cub200": 80, "cars196": 78}
+    for name in paper["datasets"]:
+        assert paper["generation"][name]["fine_tuning"]["method"] == "both"
     prepared = {re.search(r"wildcards: dataset=(\w+)", body).group(1) for rule, body in jobs if rule == "prepare_data"}
     assert prepared == set(paper["datasets"])
     assert not (ROOT / "results" / "runs" / "cub200").exists()  # nothing written into the repo

@@ -162,3 +162,18 @@ def test_a_generator_trained_here_is_refused_for_photos(default_params):
     config["generation"] = {"cub200": {"generator": "embedded"}}
     with pytest.raises(cfg.ConfigError, match="at generation.cub200.generator: the embedded generator makes small grayscale"):
         cfg.validate(config)
+
+
+def test_fine_tuning_is_for_stable_diffusion_and_excludes_a_given_lora(default_params):
+    config = copy.deepcopy(default_params)
+    config["generation"] = {"digits": {"fine_tuning": {"method": "lora"}}}  # digits default to the embedded generator
+    with pytest.raises(cfg.ConfigError, match="at generation.digits.fine_tuning.method: 'lora' fine-tunes Stable Diffusion"):
+        cfg.validate(config)
+    config["generation"] = {"digits": {"generator": "stable-diffusion", "lora": "x.safetensors", "fine_tuning": {"method": "both"}}}
+    with pytest.raises(cfg.ConfigError, match="at generation.digits.lora: a LoRA file is given"):
+        cfg.validate(config)
+    config["generation"]["digits"]["fine_tuning"] = {"method": "textual_inversion", "steps": 10, "rank": 2}
+    assert cfg.validate(config)["generation"]["digits"]["fine_tuning"]["steps"] == 10
+    config["generation"]["digits"]["fine_tuning"] = {"method": "dreambooth"}
+    with pytest.raises(cfg.ConfigError, match="dreambooth"):
+        cfg.validate(config)

@@ -28,3 +28,13 @@ def test_cache_images_of_a_dataset_without_a_copy_says_so(tmp_path, capsys):
     code = main(["cache-images", "--config", str(ROOT / "params.yaml"), "--dataset", "digits", "--manifest", str(tmp_path / "m.csv")])
     assert code == 2
     assert "cache_short_side is 0" in capsys.readouterr().err
+
+
+def test_the_paper_generation_stage_fine_tunes_every_training_class():
+    stages = yaml.safe_load(dvc_yaml(cfg.load(ROOT / "config" / "paper.yaml")))["stages"]
+    outs = {next(iter(o)) for o in stages["generate"]["outs"]}
+    assert {f"data/cub200/fine_tuned/class{i}" for i in range(80)} <= outs and "data/cub200/fine_tuned/class80" not in outs
+    assert {f"data/cars196/fine_tuned/class{i}" for i in range(78)} <= outs
+    assert "src/dmlsynth/generation/fine_tuning.py" in stages["generate"]["deps"]
+    # The training stage depends on the weights (through the generated images).
+    assert "data/cub200/fine_tuned/class0" in stages["train"]["deps"]

@@ -120,3 +120,30 @@ def test_track_without_runs_is_a_clear_error(tmp_path):
         [sys.executable, "-m", "dmlsynth", "track", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 2 and "no finished run folders" in result.stderr
+
+
+def test_fine_tuned_class_is_one_run_with_its_loss_curve(tmp_path):
+    from dmlsynth.tracking import track_fine_tuning
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = {
+        "dataset": "cub200", "label": 17, "class_name": "017.Cardinal", "method": "both", "token": "<cub200-17>",
+        "files": {"lora": "lora.safetensors"}, "steps": 3, "images": 30, "resolution": 512, "seconds": 12.5,
+        "seconds_per_step": 4.1667, "final_loss": 0.2, "losses": [0.5, 0.3, 0.2], "device": "cuda:0",
+        "params_hash": "abc",
+    }  # fmt: skip
+    file = tmp_path / "fine_tuning.json"
+    file.write_text(json.dumps(summary))
+    first = track_fine_tuning(file, uri)
+    assert track_fine_tuning(file, uri) == first  # a re-run adds nothing
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("fine_tuning").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_name == "cub200/017.Cardinal" and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["token"] == "<cub200-17>" and runs[0].data.tags["method"] == "both"
+    assert runs[0].data.metrics["seconds"] == 12.5 and runs[0].data.metrics["final_loss"] == 0.2
+    history = client.get_metric_history(first, "loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.5), (2, 0.3), (3, 0.2)]
+    assert {a.path for a in client.list_artifacts(first)} == {"fine_tuning.json"}
+    # Fine-tuned with other params: a run of its own.
+    file.write_text(json.dumps({**summary, "params_hash": "def"}))
+    assert track_fine_tuning(file, uri) != first

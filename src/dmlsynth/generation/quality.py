@@ -384,6 +384,7 @@ def generation_report(config: Mapping[str, Any], threads: int = 1) -> pd.DataFra
     from dmlsynth.config import dataset_settings
     from dmlsynth.data.manifest import read_manifest
     from dmlsynth.data.split import training_class_count, training_rows
+    from dmlsynth.generation.fine_tuning import fine_tuning_seconds
     from dmlsynth.generation.settings import GRID_ORDER, generation_settings, image_sets
     from dmlsynth.layout import Layout
 
@@ -404,9 +405,11 @@ def generation_report(config: Mapping[str, Any], threads: int = 1) -> pd.DataFra
             dataset, real, generated, spec.image_mode, settings["image_size"], generator, settings["pretrained"],
             device=generation["device"], threads=threads, filtered=filtered,
         )  # fmt: skip
-        # The embedded generator's training time belongs to the cost of its images.
+        # The embedded generator's training time, or Stable Diffusion's per-class fine-tuning, belongs to the cost of its images.
         metadata = Path(layout.generator_metadata(dataset))
-        quality["generator_train_seconds"] = json.loads(metadata.read_text())["seconds"] if generator == "embedded" else 0.0
+        quality["generator_train_seconds"] = (
+            json.loads(metadata.read_text())["seconds"] if generator == "embedded" else fine_tuning_seconds(config, dataset)
+        )
         rows.append(quality)
         sample_grid(real, generated, GRID_ORDER, layout.generated_grid(dataset), spec.image_mode)
     return write_report(rows, layout.generation_csv())

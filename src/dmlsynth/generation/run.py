@@ -32,6 +32,7 @@ from PIL import Image
 from dmlsynth.io import atomic_output, atomic_write_text
 from dmlsynth.data.manifest import COLUMNS
 from dmlsynth.generation.batching import choose_batch_size, in_batches, measure_memory, memory_budget
+from dmlsynth.generation.fine_tuning import entry_with_token
 from dmlsynth.generation.prompts import read_prompts
 from dmlsynth.generation.sampler import Components, blend_embeddings, encode_prompts, sample, to_uint8
 from dmlsynth.generation.settings import image_settings, images_generated, set_recipe
@@ -113,12 +114,16 @@ def generate_class(
     settings: Mapping[str, Any],
     generated_dir: str | Path,
     part_file: str | Path,
+    class_token: str | None = None,
 ) -> pd.DataFrame:
-    """Generate every image set of training class ``label``; return (and write) its part."""
+    """Generate every image set of training class ``label``; return (and write) its part.
+
+    ``class_token``: the class's textual-inversion token (fine-tuning), put into each of its prompts.
+    """
     if int(label) not in {int(l) for l in train_labels}:
         raise GenerationError(f"class {label} is not a training class; test classes never get synthetic images")
     entries = read_prompts(prompts_file, train_labels)
-    entry = entries[int(label)]
+    entry = entry_with_token(entries[int(label)], class_token)
     generated_dir, part_file = Path(generated_dir), Path(part_file)
     # Speed settings (batch size, memory budget, slicing, compiling) do not choose the images.
     key = params_hash({"settings": image_settings(settings), "sets": sorted(image_sets), "entry": entry, "label": int(label)})

@@ -29,9 +29,11 @@ from dmlsynth import registry
 
 # Settings that change the speed of generation, not its images (see the module docstring).
 SPEED_SETTINGS = ("batch_size", "gpu_memory_gib", "attention_slicing", "vae_slicing", "compile", "threads")
-# Groups of settings merged key by key over the registry defaults; the filter and the prompts'
-# source do not change which images the sampler makes (the prompts file they write does).
-NESTED_SETTINGS = ("embedded", "filter", "prompts")
+# Groups of settings merged key by key over the registry defaults.
+NESTED_SETTINGS = ("embedded", "fine_tuning", "filter", "prompts")
+
+# How often fine-tuning checkpoints: it changes neither the fine-tuned weights nor the images.
+FINE_TUNING_CHECKPOINT = "checkpoint_every"
 
 IMAGE_SETS = registry.IMAGE_SETS
 # Order of the columns of the sample grid after the real images.
@@ -71,8 +73,13 @@ def images_generated(settings: Mapping[str, Any]) -> int:
 
 def image_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """What the generated images depend on: ``settings`` without :data:`SPEED_SETTINGS`, the filter
-    or the prompts' source (both act before or after sampling), plus how many images are made."""
-    kept = {k: v for k, v in settings.items() if k not in SPEED_SETTINGS and k not in NESTED_SETTINGS[1:]}
+    or the prompts' source (both act before or after sampling; the prompts file they write is an
+    input of its own), plus how many images are made. Fine-tuning counts only when it is on, and
+    without its checkpoint interval (which does not change the weights)."""
+    kept = {k: v for k, v in settings.items() if k not in SPEED_SETTINGS and k not in ("filter", "prompts")}
+    tuning = dict(kept.pop("fine_tuning", None) or {})
+    if tuning.get("method", "none") != "none":
+        kept["fine_tuning"] = {k: v for k, v in tuning.items() if k != FINE_TUNING_CHECKPOINT}
     return {**kept, "images_generated": images_generated(settings)}
 
 

@@ -45,6 +45,20 @@ def test_speed_settings_are_not_image_settings():
     assert {"seed", "steps", "guidance_scale", "device", "fp16", "model_id", "images_per_class"} <= set(kept)
 
 
+def test_fine_tuning_is_an_image_setting_only_when_on():
+    off = generation_settings({"methods": ["blender"]}, "digits")
+    assert off["fine_tuning"]["method"] == "none" and "fine_tuning" not in image_settings(off)
+    assert image_settings({**off, "fine_tuning": {**off["fine_tuning"], "steps": 7}}) == image_settings(off)
+    on = generation_settings(
+        {"methods": ["blender"], "generation": {"cub200": {"fine_tuning": {"method": "lora", "rank": 8}}}}, "cub200"
+    )
+    kept = image_settings(on)["fine_tuning"]
+    assert kept["method"] == "lora" and kept["rank"] == 8 and kept["steps"] == on["fine_tuning"]["steps"]
+    # The checkpoint interval changes neither the weights nor the images.
+    assert "checkpoint_every" not in kept
+    assert image_settings({**on, "fine_tuning": {**on["fine_tuning"], "checkpoint_every": 3}}) == image_settings(on)
+
+
 def test_training_classes_follow_a_smaller_copy_of_the_dataset():
     from dmlsynth.data.split import split_class_count
 
