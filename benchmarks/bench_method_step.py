@@ -49,7 +49,7 @@ def build_methods(loss: str, dim: int, model: nn.Module, images: torch.Tensor, l
             continue
         torch.manual_seed(0)
         context = MethodContext(CLASSES, dim, 10, torch.Generator().manual_seed(0), embed_training_set, torch.device("cpu"))
-        method = registry.load_object(spec.module)(build_loss(loss, {}, CLASSES, dim), dict(spec.defaults), context)
+        method = registry.load_object(spec.module)(build_loss(loss, {}, CLASSES, dim), spec.resolve(), context)
         method.on_epoch_start(1)  # past IAA's warm-up: statistics estimated, synthesis on (not timed)
         methods[name] = method
     return methods

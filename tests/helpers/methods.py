@@ -36,7 +36,7 @@ def build(
     loss: str,
     params: dict[str, Any] | None = None,
     seed: int = 0,
-    embed_training_set: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    embed_training_set: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
     num_epochs: int = 10,
 ):
     """A method on a base loss with its registry defaults updated by ``params`` (proxies seeded)."""
@@ -48,10 +48,10 @@ def build(
         embedding_dim=EMB_DIM,
         num_epochs=num_epochs,
         generator=torch.Generator().manual_seed(seed),
-        embed_training_set=embed_training_set or (lambda: (_ for _ in ()).throw(AssertionError("not expected"))),
+        embed_training_set=embed_training_set or (lambda **_: (_ for _ in ()).throw(AssertionError("not expected"))),
         device=torch.device("cpu"),
     )
-    return registry.load_object(spec.module)(base, {**spec.defaults, **(params or {})}, context)
+    return registry.load_object(spec.module)(base, spec.resolve(params), context)
 
 
 def loss_and_grad(method_module, inputs: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> tuple[float, torch.Tensor]:

@@ -47,7 +47,7 @@ def one_step(method_name: str, loss_name: str, method_params: dict, seed: int = 
         num_classes=CLASSES, embedding_dim=DIM, num_epochs=EPOCHS, generator=torch.Generator().manual_seed(seed),
         embed_training_set=embed_training_set, device=torch.device("cpu"), embedding_layer=model.embedding,
     )  # fmt: skip
-    params = {**registry.METHODS[method_name].defaults, **method_params}
+    params = registry.METHODS[method_name].resolve(method_params)
     method = build_method(method_name, base, params, context)
     for epoch in range(EPOCHS // 2 + 1):  # past any warm-up, statistics estimated
         method.on_epoch_start(epoch)
