@@ -23,22 +23,22 @@ from torch import nn
 from dmlsynth import registry
 from dmlsynth.losses import build_loss
 from dmlsynth.methods.base import MethodContext
-from dmlsynth.models import small_cnn
+from dmlsynth.models import EmbeddingNet, small_cnn
 
 METHODS = ["baseline", "symm", "iaa", "sgar"]
 CLASSES, PER_CLASS = 5, 16
 
 
-def resnet18(embedding_dim: int) -> nn.Module:
+def resnet18(embedding_dim: int) -> EmbeddingNet:
     from torchvision.models import resnet18 as tv_resnet18
 
-    model = tv_resnet18(weights=None)
-    model.fc = nn.Linear(512, embedding_dim)
-    return model
+    trunk = tv_resnet18(weights=None)
+    trunk.fc = nn.Identity()
+    return EmbeddingNet(trunk, nn.Linear(512, embedding_dim))
 
 
-def build_methods(loss: str, dim: int, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, nn.Module]:
-    def embed_training_set():
+def build_methods(loss: str, dim: int, model: EmbeddingNet, images: torch.Tensor, labels: torch.Tensor) -> dict[str, nn.Module]:
+    def embed_training_set(**_):
         with torch.no_grad():
             return model(images), labels
 
@@ -48,7 +48,9 @@ def build_methods(loss: str, dim: int, model: nn.Module, images: torch.Tensor, l
         if not spec.is_compatible(loss):
             continue
         torch.manual_seed(0)
-        context = MethodContext(CLASSES, dim, 10, torch.Generator().manual_seed(0), embed_training_set, torch.device("cpu"))
+        context = MethodContext(
+            CLASSES, dim, 10, torch.Generator().manual_seed(0), embed_training_set, torch.device("cpu"), model.embedding
+        )
         method = registry.load_object(spec.module)(build_loss(loss, {}, CLASSES, dim), spec.resolve(), context)
         method.on_epoch_start(1)  # past IAA's warm-up: statistics estimated, synthesis on (not timed)
         methods[name] = method
@@ -61,7 +63,8 @@ def time_steps(model: nn.Module, methods: dict[str, nn.Module], images, labels, 
         for name, method in methods.items():
             model.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            loss = method(model(images), labels)
+            features = model.trunk(images)
+            loss = method(model.embedding(features), labels, features=features)
             loss.backward()
             elapsed = time.perf_counter() - start
             if rep >= 2:

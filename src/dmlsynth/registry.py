@@ -315,14 +315,14 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             name="sgar",
             module="dmlsynth.methods.sgar:GradedRanking",
-            description="SGAR: ranking loss keeping graded synthetic positives in order",
+            description="SGAR: ranking loss over samples graded in backbone feature space, before the embedding layer",
             params_schema={
-                "steps": {"type": "integer", "minimum": 1, "description": "J graded samples per pair"},
-                "delta": {"type": "number", "exclusiveMinimum": 0},
-                "margin": {"type": "number", "minimum": 0},
+                "steps": {"type": "integer", "minimum": 1, "description": "J intensity levels per sample"},
+                "alpha": {"type": "number", "exclusiveMinimum": 0, "description": "step per level, relative to ‖r‖"},
+                "margin": {"type": "number", "minimum": 0, "description": "similarity drop required per level"},
                 "weight": {"type": "number", "minimum": 0, "description": "0: the base loss alone"},
             },
-            defaults={"steps": 4, "delta": 0.1, "margin": 0.01, "weight": 1.0},
+            defaults={"steps": 5, "alpha": 0.1, "margin": 0.02, "weight": 1.0},
             off_params={"weight": 0.0},
         ),
         # BLenDeR (docs/methods.md §7) works on the data: real images plus generated images of the same

@@ -14,6 +14,7 @@ from dmlsynth.methods.base import MethodContext
 NUM_CLASSES = 5
 PER_CLASS = 8
 IN_DIM = 12
+FEATURE_DIM = 24
 EMB_DIM = 16
 
 
@@ -31,6 +32,12 @@ def backbone(seed: int = 0) -> nn.Linear:
     return nn.Linear(IN_DIM, EMB_DIM)
 
 
+def trunk_and_head(seed: int = 0) -> tuple[nn.Module, nn.Linear]:
+    """A tiny two-stage model: a trunk to ``FEATURE_DIM`` backbone features and a linear embedding head."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(IN_DIM, FEATURE_DIM), nn.ReLU()), nn.Linear(FEATURE_DIM, EMB_DIM)
+
+
 def build(
     method: str,
     loss: str,
@@ -38,6 +45,7 @@ def build(
     seed: int = 0,
     embed_training_set: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
     num_epochs: int = 10,
+    embedding_layer: nn.Module | None = None,
 ):
     """A method on a base loss with its registry defaults updated by ``params`` (proxies seeded)."""
     spec = registry.METHODS[method]
@@ -50,6 +58,7 @@ def build(
         generator=torch.Generator().manual_seed(seed),
         embed_training_set=embed_training_set or (lambda **_: (_ for _ in ()).throw(AssertionError("not expected"))),
         device=torch.device("cpu"),
+        embedding_layer=embedding_layer,
     )
     return registry.load_object(spec.module)(base, spec.resolve(params), context)
 
