@@ -229,8 +229,12 @@ METHODS: dict[str, MethodSpec] = {
             compatible_losses=NEGATIVE_PAIR_LOSSES,
             params_schema={
                 "synthesis": {"type": "boolean", "description": "false: the base loss alone (ablation)"},
+                "candidates": {
+                    "enum": ["official", "all", "anchor"],
+                    "description": "hardest-pair search: official code's 6 slot pairs, all 16, or anchor vs 4",
+                },
             },
-            defaults={"synthesis": True},
+            defaults={"synthesis": True, "candidates": "official"},
             off_params={"synthesis": False},
         ),
         MethodSpec(

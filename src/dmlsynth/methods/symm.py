@@ -16,9 +16,17 @@ How an M-per-class batch becomes the paper's N-pair units is a
 **[project definition]**: within each class the samples are paired in
 batch order (1st with 2nd, 3rd with 4th, ...); an odd sample left over is
 a unit of one point without synthetics. Every unit's point set is
-{a, p, s1, s2}; for every ordered pair of units of different classes the
-hardest pair (i*, j*) (largest cosine similarity) is one negative pair of
-the base loss:
+{a, p, s1, s2}; for every ordered pair of units (u, v) of different
+classes the hardest pair (i*, j*) (largest cosine similarity) among the
+``candidates`` is one negative pair of the base loss. ``candidates``:
+
+- ``official`` (default; the official code's ``itertools.combinations``):
+  the 6 slot pairs (a,p) (a,s1) (a,s2) (p,s1) (p,s2) (s1,s2), the first
+  point from u, the second from v;
+- ``all``: the 16 pairs of u's and v's points;
+- ``anchor`` (the paper's figure): u's anchor against v's four points.
+
+The negative pairs go to the base loss as follows:
 
 - multi_similarity / contrastive: negative pairs (i*, j*) over the
   collection [originals; s1; s2]; positive pairs are the original pairs
@@ -28,8 +36,12 @@ the base loss:
   similarity to i* equals the original pair's (a↔p, s1→a, s2→p), so the
   positive term has the value of the original pair.
 
-Proxy-Anchor has no negative pairs of samples, so ``symm`` is registered
-for the pair-based losses only (rejected at config validation otherwise).
+The hardest pair must become the loss's negative term, so ``symm`` is
+registered for the losses whose negative terms are the negative pairs they
+are given (registry ``negative_pairs``: multi_similarity, contrastive,
+triplet); Proxy-Anchor, Potential-Field, N-pair and angular are rejected at
+config validation (pml's NPairsLoss and AngularLoss take the positive pairs
+and use every other sample as negatives).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from dmlsynth import registry
 from dmlsynth.methods.base import Method, MethodContext
 
 # Slots of a unit's point table: a, p, s1, s2.
@@ -88,22 +101,51 @@ def pair_units(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return anchors, positives, singles
 
 
+# Which (slot in unit u, slot in unit v) pairs the hardest-negative search compares; slots a, p, s1, s2.
+CANDIDATE_SLOTS = {
+    # every point of u against every point of v: 16 pairs
+    "all": [(i, j) for i in range(UNIT_SIZE) for j in range(UNIT_SIZE)],
+    # the official code's itertools.combinations([a, p, s1, s2], 2): (a,p) (a,s1) (a,s2) (p,s1) (p,s2) (s1,s2)
+    "official": [(i, j) for i in range(UNIT_SIZE) for j in range(i + 1, UNIT_SIZE)],
+    # the paper's figure: the anchor of u against the four points of v
+    "anchor": [(0, j) for j in range(UNIT_SIZE)],
+}
+
+
+def candidate_mask(candidates: str, device: torch.device | None = None) -> torch.Tensor:
+    """``(4, 4)`` boolean: entry [i, j] says slot i of one unit is compared with slot j of the other."""
+    if candidates not in CANDIDATE_SLOTS:
+        raise ValueError(f"candidates must be one of {', '.join(CANDIDATE_SLOTS)}, got {candidates!r}")
+    mask = torch.zeros(UNIT_SIZE, UNIT_SIZE, dtype=torch.bool, device=device)
+    for i, j in CANDIDATE_SLOTS[candidates]:
+        mask[i, j] = True
+    return mask
+
+
 def hardest_negative_pairs(
-    similarity: torch.Tensor, units: torch.Tensor, unit_labels: torch.Tensor
+    similarity: torch.Tensor, units: torch.Tensor, unit_labels: torch.Tensor, slot_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The most similar pair of points between every two units of different classes.
 
     ``similarity`` is ``(P, P)`` over all points; ``units`` is ``(U, S)``
     holding each unit's point indices (−1 pads a shorter unit);
-    ``unit_labels`` is ``(U,)``. For every ordered pair of units (u, v) with
-    different labels it returns ``(i, j)``: ``i`` a point of u and ``j`` a
-    point of v maximising ``similarity[i, j]`` (ties: the first in slot order).
+    ``unit_labels`` is ``(U,)``; ``slot_mask`` ``(S, S)`` says which slot
+    of u is compared with which slot of v (default: all). For every ordered
+    pair of units (u, v) with different labels it returns ``(i, j)``: ``i``
+    a point of u and ``j`` a point of v maximising ``similarity[i, j]``
+    among the allowed slot pairs (ties: the first in slot order).
+    **[project definition]**: where no allowed slot pair exists because a
+    unit is a single sample, every pair of its points with the other unit's
+    is searched.
     """
     u, s = units.shape
     valid = units >= 0
     slots = units.clamp(min=0).reshape(-1)
     block = similarity[slots][:, slots].reshape(u, s, u, s).permute(0, 2, 1, 3)  # (U, U, S, S)
     usable = valid[:, None, :, None] & valid[None, :, None, :]
+    if slot_mask is not None:
+        allowed = usable & slot_mask[None, None]
+        usable = torch.where(allowed.flatten(2).any(dim=2)[:, :, None, None], allowed, usable)
     block = block.masked_fill(~usable, float("-inf")).reshape(u, u, s * s)
     best = block.argmax(dim=2)
     unit_u, unit_v = torch.nonzero(unit_labels[:, None] != unit_labels[None, :], as_tuple=True)
@@ -116,11 +158,13 @@ class SymmetricalSynthesis(Method):
 
     def __init__(self, base_loss, params: Mapping[str, Any], context: MethodContext):
         super().__init__(base_loss, params, context)
-        if not base_loss.pair_based:
+        if not registry.LOSSES[base_loss.name].negative_pairs:
             raise ValueError(
-                f"method 'symm' needs a pair-based loss (negative pairs of samples), got {base_loss.name!r}"
+                f"method 'symm' needs a loss whose negative terms are given negative pairs "
+                f"({', '.join(sorted(registry.NEGATIVE_PAIR_LOSSES))}), got {base_loss.name!r}"
             )
         self.enabled = bool(self.params.get("synthesis", True))
+        self.register_buffer("slot_mask", candidate_mask(str(self.params.get("candidates", "official"))), persistent=False)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         if not self.enabled:
@@ -142,7 +186,7 @@ class SymmetricalSynthesis(Method):
         unit_labels = labels[units[:, 0]]
         with torch.no_grad():
             normalised = F.normalize(points.detach(), dim=1)
-            neg_i, neg_j = hardest_negative_pairs(normalised @ normalised.T, units, unit_labels)
+            neg_i, neg_j = hardest_negative_pairs(normalised @ normalised.T, units, unit_labels, self.slot_mask)
 
         if self.base_loss.name == "triplet":
             # Each point's partner has the original pair's similarity to it: a<->p, s1->a, s2->p.
