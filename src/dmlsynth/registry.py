@@ -226,7 +226,8 @@ METHODS: dict[str, MethodSpec] = {
             name="symm",
             module="dmlsynth.methods.symm:SymmetricalSynthesis",
             description="Symmetrical Synthesis: reflected same-class pairs + hardest negative pair mining",
-            compatible_losses=NEGATIVE_PAIR_LOSSES,
+            # n_pairs and angular: the official code's unit softmax (dmlsynth.methods.symm.unit_logits).
+            compatible_losses=NEGATIVE_PAIR_LOSSES | {"n_pairs", "angular"},
             params_schema={
                 "synthesis": {"type": "boolean", "description": "false: the base loss alone (ablation)"},
                 "candidates": {

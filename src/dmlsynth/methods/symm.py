@@ -36,12 +36,13 @@ The negative pairs go to the base loss as follows:
   similarity to i* equals the original pair's (a↔p, s1→a, s2→p), so the
   positive term has the value of the original pair.
 
-The hardest pair must become the loss's negative term, so ``symm`` is
-registered for the losses whose negative terms are the negative pairs they
-are given (registry ``negative_pairs``: multi_similarity, contrastive,
-triplet); Proxy-Anchor, Potential-Field, N-pair and angular are rejected at
-config validation (pml's NPairsLoss and AngularLoss take the positive pairs
-and use every other sample as negatives).
+The hardest pair must become the loss's negative term, so ``symm`` works
+with the losses whose negative terms are the negative pairs they are given
+(registry ``negative_pairs``: multi_similarity, contrastive, triplet), and
+with N-pair and angular, whose pml versions take no negative pairs: for
+those it computes the official code's unit softmax itself
+(:func:`unit_logits`, :meth:`SymmetricalSynthesis.softmax_loss`).
+Proxy-Anchor and Potential-Field are rejected at config validation.
 """
 
 from __future__ import annotations
@@ -153,22 +154,88 @@ def hardest_negative_pairs(
     return units[unit_u, best // s], units[unit_v, best % s]
 
 
+# The N-pair and angular losses compare every pair of units in one softmax; the official code takes,
+# for units u and v, the largest logit over these (slot of u, slot of v) pairs.
+SOFTMAX_SLOTS = {
+    "n_pairs": CANDIDATE_SLOTS["official"],  # itertools.combinations([a, p, s1, s2], 2)
+    "angular": [(i, j) for i in range(UNIT_SIZE) for j in range(UNIT_SIZE) if i != j],  # its 12 ordered pairs
+}
+
+
+def unit_logits(points: torch.Tensor, loss: str, slot_mask: torch.Tensor, sq_tan_alpha: float = 1.0) -> torch.Tensor:
+    """``(U, U)`` logits of the symmetric N-pair / angular softmax over units ``points`` ``(U, 4, D)`` (a, p, s1, s2).
+
+    For a slot pair (X, Y): N-pair's logit of (u, v) is X_u·Y_v (official ``symm_npair_loss``);
+    angular's is 2(1 + tan²α) X_u·Y_u on the diagonal and 4 tan²α (X_u + Y_u)·Y_v off it
+    (official ``get_angular_sim_mat``). Each entry is the maximum over the slot pairs of ``slot_mask``.
+    """
+    if loss == "n_pairs":
+        pair = torch.einsum("uid,vjd->uvij", points, points)
+    elif loss == "angular":
+        u = points.shape[0]
+        both = points[:, :, None, :] + points[:, None, :, :]  # (U, X, Y, D): X_u + Y_u
+        pair = 4 * sq_tan_alpha * torch.einsum("uijd,vjd->uvij", both, points)
+        own = 2 * (1 + sq_tan_alpha) * torch.einsum("uid,ujd->uij", points, points)
+        diagonal = torch.eye(u, dtype=torch.bool, device=points.device)[:, :, None, None]
+        pair = torch.where(diagonal, own[:, None], pair)
+    else:
+        raise ValueError(f"no unit softmax for loss {loss!r}; it is for n_pairs and angular")
+    return pair.masked_fill(~slot_mask, float("-inf")).flatten(2).amax(dim=2)
+
+
+def unit_softmax_loss(logits: torch.Tensor, unit_labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy of every unit's row against its class's units (the official ``labels_remapped``)."""
+    targets = (unit_labels[:, None] == unit_labels[None, :]).to(logits.dtype)
+    return torch.nn.functional.cross_entropy(logits, targets / targets.sum(dim=1, keepdim=True))
+
+
 class SymmetricalSynthesis(Method):
     """Symmetrical Synthesis with hardest-negative-pair mining over originals and synthetics."""
 
     def __init__(self, base_loss, params: Mapping[str, Any], context: MethodContext):
         super().__init__(base_loss, params, context)
-        if not registry.LOSSES[base_loss.name].negative_pairs:
+        self.softmax = base_loss.name in SOFTMAX_SLOTS
+        if not (registry.LOSSES[base_loss.name].negative_pairs or self.softmax):
             raise ValueError(
                 f"method 'symm' needs a loss whose negative terms are given negative pairs "
-                f"({', '.join(sorted(registry.NEGATIVE_PAIR_LOSSES))}), got {base_loss.name!r}"
+                f"({', '.join(sorted(registry.NEGATIVE_PAIR_LOSSES))}) or {' or '.join(SOFTMAX_SLOTS)}, got {base_loss.name!r}"
             )
         self.enabled = bool(self.params.get("synthesis", True))
-        self.register_buffer("slot_mask", candidate_mask(str(self.params.get("candidates", "official"))), persistent=False)
+        candidates = str(self.params.get("candidates", "official"))
+        if self.softmax and candidates == "official":
+            # The official code's slot pairs for its N-pair and angular losses.
+            mask = torch.zeros(UNIT_SIZE, UNIT_SIZE, dtype=torch.bool)
+            for i, j in SOFTMAX_SLOTS[base_loss.name]:
+                mask[i, j] = True
+        else:
+            mask = candidate_mask(candidates)
+        self.register_buffer("slot_mask", mask, persistent=False)
+
+    def softmax_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """N-pair / angular over the units (pairs) of the batch, each logit the largest over the slot pairs.
+
+        [project definition]: a sample left over (odd class count) is not used; N-pair's L2 penalty
+        (the base loss's ``embedding_reg_weight`` × mean ‖x‖²) is over the paired originals, as the
+        official code's; angular works on L2-normalised points, like pml's AngularLoss.
+        """
+        anchors, positives, _ = pair_units(labels)
+        a, p = embeddings[anchors], embeddings[positives]
+        if self.base_loss.name == "angular":
+            a, p = F.normalize(a, dim=1), F.normalize(p, dim=1)
+        s1, s2 = symmetric_points(a, p)
+        points = torch.stack([a, p, s1, s2], dim=1)
+        sq_tan_alpha = float(torch.tan(torch.as_tensor(getattr(self.base_loss.loss, "alpha", 0.0))) ** 2)
+        loss = unit_softmax_loss(unit_logits(points, self.base_loss.name, self.slot_mask, sq_tan_alpha), labels[anchors])
+        weight = float(getattr(self.base_loss.loss, "embedding_reg_weight", 0.0) or 0.0)
+        if self.base_loss.name == "n_pairs" and getattr(self.base_loss.loss, "embedding_regularizer", None) is not None:
+            loss = loss + weight * torch.cat([a, p]).pow(2).sum(dim=1).mean()
+        return loss
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         if not self.enabled:
             return self.base_loss(embeddings, labels)
+        if self.softmax:
+            return self.softmax_loss(embeddings, labels)
         n = embeddings.shape[0]
         anchors, positives, singles = pair_units(labels)
         num_pairs = anchors.numel()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dmlsynth.config import ConfigError, validate
-from dmlsynth.methods.symm import candidate_mask, hardest_negative_pairs, pair_units, symmetric_points
+from dmlsynth.methods.symm import candidate_mask, hardest_negative_pairs, pair_units, symmetric_points, unit_logits
 from tests.helpers.methods import batch, build, loss_and_grad, train_digits
 
 
@@ -183,7 +183,7 @@ def test_gradients_flow_to_the_backbone(loss):
     assert value > 0 and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("loss", ["proxy_anchor", "n_pairs", "angular", "potential_field"])
+@pytest.mark.parametrize("loss", ["proxy_anchor", "potential_field"])
 def test_losses_without_given_negative_pairs_are_rejected(config, loss):
     config = dict(config, methods=["baseline", "symm"], losses=["multi_similarity", loss])
     with pytest.raises(ConfigError, match=f"method 'symm' does not work with loss '{loss}'"):
@@ -196,3 +196,55 @@ def test_symm_trains_on_digits(config, digits_manifest, tmp_path):
     result = train_digits("symm", "multi_similarity", config, digits_manifest, tmp_path / "run")
     assert len(result["history"]) == 2 and all(row["loss"] > 0 for row in result["history"])
     assert (tmp_path / "run" / "embeddings.npz").exists()
+
+
+def direct_unit_softmax(embeddings, labels, loss, slots, l2_weight=0.0):
+    """The official code's symmetric N-pair / angular loss, unit pair by unit pair (tan²45° = 1)."""
+    anchors, positives, _ = pair_units(labels)
+    a, p = embeddings[anchors], embeddings[positives]
+    if loss == "angular":
+        a, p = F.normalize(a, dim=1), F.normalize(p, dim=1)
+    s1, s2 = symmetric_points(a, p)
+    pts = [a, p, s1, s2]
+    u = len(anchors)
+    logits = torch.empty(u, u)
+    for i in range(u):
+        for j in range(u):
+            values = []
+            for x, y in slots:
+                if loss == "n_pairs":
+                    values.append(pts[x][i] @ pts[y][j])
+                elif i == j:
+                    values.append(2 * (1 + 1.0) * (pts[x][i] @ pts[y][i]))
+                else:
+                    values.append(4 * 1.0 * ((pts[x][i] + pts[y][i]) @ pts[y][j]))
+            logits[i, j] = max(values)
+    unit_labels = labels[anchors]
+    total = 0.0
+    for i in range(u):
+        same = (unit_labels == unit_labels[i]).float()
+        total = total - (same / same.sum() * torch.log_softmax(logits[i], dim=0)).sum()
+    reg = l2_weight * torch.cat([a, p]).pow(2).sum(1).mean()
+    return total / u + reg
+
+
+@pytest.mark.parametrize("loss", ["n_pairs", "angular"])
+@pytest.mark.parametrize("candidates", ["official", "all", "anchor"])
+def test_n_pairs_and_angular_are_the_official_unit_softmax(loss, candidates):
+    inputs, labels = batch(per_class=4)
+    embeddings = torch.nn.Linear(inputs.shape[1], 16)(inputs).detach()
+    method = build("symm", loss, {"candidates": candidates})
+    if candidates == "official":
+        slots = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)] if loss == "n_pairs" else [
+            (x, y) for x in range(4) for y in range(4) if x != y
+        ]
+    else:
+        slots = [(SLOT_NAMES.index(x), SLOT_NAMES.index(y)) for x, y in SEARCHED[candidates]]
+    weight = 0.001 if loss == "n_pairs" else 0.0  # l2_reg 0.002 / 2
+    expected = direct_unit_softmax(embeddings, labels, loss, slots, weight)
+    assert float(method(embeddings, labels)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_unit_logits_reject_other_losses():
+    with pytest.raises(ValueError, match="for n_pairs and angular"):
+        unit_logits(torch.zeros(2, 4, 3), "triplet", candidate_mask("all"))
