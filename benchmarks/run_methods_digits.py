@@ -6,7 +6,9 @@ outside Snakemake, to compare the methods on one machine in one go. One row per 
 ``benchmarks/results/methods_digits.csv``; ``--write-docs`` renders the README's table from it
 (:func:`render`, through :mod:`dmlsynth.docblocks`):
 
-    PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods --seeds 0 1 2 3 4 --write-docs
+    PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods --seeds 0 1 2 3 4
+    PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods --seeds 0 1 2 3 4 \
+        --configurations baseline symm --losses n_pairs angular --append --write-docs
 
 A *configuration* is a method with some of its params set (``iaa_official``: IAA with
 ``variant: official``); runs of one loss and seed are paired with ``baseline``'s, and the table
@@ -42,9 +44,16 @@ LOSSES = ["multi_similarity", "contrastive", "triplet", "proxy_anchor", "n_pairs
 
 
 def measure(
-    out: Path, configurations: list[str], losses: list[str], seeds: list[int], params_file: Path, results: Path
+    out: Path,
+    configurations: list[str],
+    losses: list[str],
+    seeds: list[int],
+    params_file: Path,
+    results: Path,
+    keep: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Train every run; the CSV ``results`` is rewritten after each run (a cut measurement keeps its runs)."""
+    """Train every run; the CSV ``results`` (``keep``'s rows, then this measurement's) is rewritten
+    after each run, so a cut measurement keeps its runs."""
     from dmlsynth import registry
     from dmlsynth.config import run_params, validate
     from dmlsynth.data.prepare import prepare_dataset
@@ -85,7 +94,8 @@ def measure(
                     "seconds": round(time.perf_counter() - started, 1),
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
-                atomic_write_text(results, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
+                measured = pd.DataFrame(rows, columns=COLUMNS)
+                atomic_write_text(results, (measured if keep is None else pd.concat([keep, measured])).to_csv(index=False))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -136,12 +146,19 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="the CSV to write")
     parser.add_argument("--write-docs", action="store_true", help="render the README block from the results")
     parser.add_argument("--render-only", action="store_true", help="train nothing: render the existing results")
+    parser.add_argument("--append", action="store_true", help="keep the results' other runs (e.g. more losses)")
     args = parser.parse_args()
 
     from dmlsynth import docblocks
 
     if not args.render_only:
-        measure(args.out, args.configurations, args.losses, args.seeds, args.params, args.results)
+        keep = None
+        if args.append and args.results.exists():
+            # The runs measured before that this measurement does not repeat.
+            keep = pd.read_csv(args.results)
+            again = keep.configuration.isin(args.configurations) & keep.loss.isin(args.losses) & keep.seed.isin(args.seeds)
+            keep = keep[~again]
+        measure(args.out, args.configurations, args.losses, args.seeds, args.params, args.results, keep)
     frame = pd.read_csv(args.results)
     print(render(frame))
     if args.write_docs:
