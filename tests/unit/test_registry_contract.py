@@ -83,6 +83,10 @@ def test_method_params_fit_their_schema(name):
     schema = _schema()["properties"]["method_params"]["properties"][name]
     jsonschema.validate(dict(spec.defaults), schema)
     jsonschema.validate({**spec.defaults, **spec.off_params}, schema)
+    for variant in spec.variants:  # every variant's resolved params are valid, and name every key they set
+        resolved = spec.resolve({"variant": variant})
+        jsonschema.validate(resolved, schema)
+        assert set(resolved) <= set(schema["properties"]) and resolved["variant"] == variant
     assert spec.synthetic_images is None or spec.synthetic_images in registry.IMAGE_SETS
     assert spec.compatible_losses is None or spec.compatible_losses <= set(registry.LOSSES)
 
