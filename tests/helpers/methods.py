@@ -71,6 +71,17 @@ def loss_and_grad(method_module, inputs: torch.Tensor, labels: torch.Tensor, see
     return float(loss.detach()), model.weight.grad.clone()
 
 
+def two_stage_step(method: str, loss: str, inputs: torch.Tensor, labels: torch.Tensor, params=None, seed: int = 0):
+    """Loss of one step through a fresh trunk + embedding head (the method also gets the features and the
+    head, as in training) and the gradients on all their parameters."""
+    trunk, head = trunk_and_head(seed)
+    module = build(method, loss, params, embedding_layer=head)
+    features = trunk(inputs)
+    value = module(head(features), labels, features=features)
+    value.backward()
+    return float(value.detach()), [p.grad.clone() for part in (trunk, head) for p in part.parameters()]
+
+
 def train_digits(method: str, loss: str, config: dict, manifest, run_dir, method_params=None, **kwargs):
     """A real :func:`dmlsynth.training.loop.train_run` of ``method`` on the prepared digits (config fixture budget)."""
     from dmlsynth.config import run_params, validate

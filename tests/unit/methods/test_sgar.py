@@ -8,20 +8,11 @@ import torch.nn.functional as F
 
 from dmlsynth.methods.sgar import graded_features, graded_similarities, ranking_loss
 from tests.helpers.methods import batch, build, train_digits, trunk_and_head
+from tests.helpers.methods import two_stage_step as step
 
 
 def sgar(loss: str, head, params=None, seed: int = 0):
     return build("sgar", loss, params, seed=seed, embedding_layer=head)
-
-
-def step(method_name: str, loss: str, inputs, labels, params=None, seed: int = 0):
-    """Loss of one step through a fresh trunk + head and the gradients on all their parameters."""
-    trunk, head = trunk_and_head(seed)
-    method = build(method_name, loss, params, embedding_layer=head)
-    features = trunk(inputs)
-    value = method(head(features), labels, features=features)
-    value.backward()
-    return float(value.detach()), [p.grad.clone() for m in (trunk, head) for p in m.parameters()]
 
 
 def test_graded_features_step_j_alpha_norm_with_a_fresh_direction_per_level():
