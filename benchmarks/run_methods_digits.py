@@ -101,7 +101,7 @@ def measure(
 
 def render(frame: pd.DataFrame) -> str:
     """Two markdown tables: R@1 / MAP@R (%, mean ± std over seeds), and R@1's paired difference with baseline."""
-    from dmlsynth.stats import t_interval
+    from dmlsynth.stats import holm, t_interval
 
     losses = [loss for loss in LOSSES if loss in set(frame["loss"])]
     configurations = [name for name in CONFIGURATIONS if name in set(frame["configuration"])]
@@ -115,23 +115,33 @@ def render(frame: pd.DataFrame) -> str:
         r1, mapr = runs["recall@1"].to_numpy() * 100, runs["map@r"].to_numpy() * 100
         return f"{r1.mean():.1f} ± {r1.std(ddof=1):.1f} / {mapr.mean():.1f} ± {mapr.std(ddof=1):.1f}"
 
-    def difference(name: str, loss: str) -> str:
+    def interval(name: str, loss: str):
         runs = frame[(frame.configuration == name) & (frame.loss == loss)].set_index("seed")["recall@1"]
         base = frame[(frame.configuration == "baseline") & (frame.loss == loss)].set_index("seed")["recall@1"]
         paired = (runs - base).dropna() * 100
-        if paired.empty:
-            return "—"
-        interval = t_interval(paired.to_numpy())
-        mark = " *" if interval.p < 0.05 else ""
-        return f"{interval.estimate:+.1f} [{interval.low:+.1f}, {interval.high:+.1f}]{mark}"
+        return None if paired.empty else t_interval(paired.to_numpy())
+
+    def differences(name: str) -> list[str]:
+        intervals = [interval(name, loss) for loss in losses]
+        tested = [i for i in intervals if i is not None]
+        adjusted = iter(holm([i.p for i in tested]) if tested else [])
+        cells = []
+        for i in intervals:
+            if i is None:
+                cells.append("—")
+                continue
+            mark = (" *" if i.p < 0.05 else "") + (" †" if next(adjusted) < 0.05 else "")
+            cells.append(f"{i.estimate:+.1f} [{i.low:+.1f}, {i.high:+.1f}]{mark}")
+        return cells
 
     text = f"R@1 / MAP@R in % (mean ± std over {len(seeds)} seeds: {', '.join(map(str, seeds))}):\n\n" + header
     text += "".join(f"| `{name}` | " + " | ".join(cell(name, loss) for loss in losses) + " |\n" for name in configurations)
-    text += "\nR@1 minus baseline's, paired by seed (mean [95 % t-interval], * p < 0.05, not adjusted):\n\n" + header
+    text += (
+        "\nR@1 minus baseline's, paired by seed (mean [95 % t-interval]; * p < 0.05; † p < 0.05 after Holm's "
+        "adjustment over the configuration's losses):\n\n" + header
+    )
     text += "".join(
-        f"| `{name}` | " + " | ".join(difference(name, loss) for loss in losses) + " |\n"
-        for name in configurations
-        if name != "baseline"
+        f"| `{name}` | " + " | ".join(differences(name)) + " |\n" for name in configurations if name != "baseline"
     )
     return text
 

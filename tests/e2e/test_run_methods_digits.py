@@ -40,4 +40,4 @@ def test_render_pairs_every_configuration_with_baseline_by_seed():
     text = script.render(frame)
     assert "| `baseline` | 92.0 ± 2.0 / 30.0 ± 0.0 |" in text
     # Every paired difference is +1.0: zero spread, a zero-width interval, p = 0.
-    assert "| `sgar` | +1.0 [+1.0, +1.0] * |" in text
+    assert "| `sgar` | +1.0 [+1.0, +1.0] * † |" in text
