@@ -6,9 +6,12 @@ outside Snakemake, to compare the methods on one machine in one go. One row per 
 ``benchmarks/results/methods_digits.csv``; ``--write-docs`` renders the README's table from it
 (:func:`render`, through :mod:`dmlsynth.docblocks`):
 
-    PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods --seeds 0 1 2 3 4
     PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods --seeds 0 1 2 3 4 \
-        --configurations baseline symm --losses n_pairs angular --append --write-docs
+        --configurations baseline symm iaa iaa_official sgar
+    PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods --seeds 0 1 2 3 4 \
+        --configurations baseline symm --losses n_pairs --append
+    PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods --seeds 0 1 2 3 4 \
+        --configurations iaa_official_equal_spread --append --write-docs
 
 A *configuration* is a method with some of its params set (``iaa_official``: IAA with
 ``variant: official``); runs of one loss and seed are paired with ``baseline``'s, and the table
@@ -38,6 +41,8 @@ CONFIGURATIONS = {
     "iaa_official": (
         "iaa", {"variant": "official"}, {"contrastive": {"reduction": "batch_sum"}}, ("multi_similarity", "contrastive")
     ),
+    # Which official switch costs IAA on digits: the official rule with the paper's equal copy spreads.
+    "iaa_official_equal_spread": ("iaa", {"variant": "official", "copy_spread": "equal"}, {}, ("multi_similarity",)),
     "sgar": ("sgar", {}, {}, None),
 }
 LOSSES = ["multi_similarity", "contrastive", "triplet", "proxy_anchor", "n_pairs", "angular"]
