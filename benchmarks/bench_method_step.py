@@ -40,7 +40,7 @@ from dmlsynth import registry  # noqa: E402
 from dmlsynth.losses import build_loss  # noqa: E402
 from dmlsynth.machine import facts_line, machine_facts  # noqa: E402
 from dmlsynth.methods.base import MethodContext  # noqa: E402
-from dmlsynth.models import small_cnn  # noqa: E402
+from dmlsynth.models import EmbeddingNet, small_cnn  # noqa: E402
 
 SCRIPT = "benchmarks/bench_method_step.py"
 RESULTS = "benchmarks/results/method_step.csv"
@@ -58,20 +58,20 @@ CONFIGS = {
 EXACT = ["config", "backbone", "batch", "embedding_dim", "loss", "method", "timed_steps", "first_loss"]
 
 
-def resnet18(embedding_dim: int) -> nn.Module:
+def resnet18(embedding_dim: int) -> EmbeddingNet:
     from torchvision.models import resnet18 as tv_resnet18
 
-    model = tv_resnet18(weights=None)
-    model.fc = nn.Linear(512, embedding_dim)
-    return model
+    trunk = tv_resnet18(weights=None)
+    trunk.fc = nn.Identity()
+    return EmbeddingNet(trunk, nn.Linear(512, embedding_dim))
 
 
-def make_backbone(name: str, embedding_dim: int) -> nn.Module:
+def make_backbone(name: str, embedding_dim: int) -> EmbeddingNet:
     return small_cnn(embedding_dim) if name == "small_cnn" else resnet18(embedding_dim)
 
 
-def build_methods(loss: str, dim: int, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, nn.Module]:
-    def embed_training_set():
+def build_methods(loss: str, dim: int, model: EmbeddingNet, images: torch.Tensor, labels: torch.Tensor) -> dict[str, nn.Module]:
+    def embed_training_set(**_):
         with torch.no_grad():
             return model(images), labels
 
@@ -81,8 +81,10 @@ def build_methods(loss: str, dim: int, model: nn.Module, images: torch.Tensor, l
         if not spec.is_compatible(loss):
             continue
         torch.manual_seed(0)
-        context = MethodContext(CLASSES, dim, 10, torch.Generator().manual_seed(0), embed_training_set, torch.device("cpu"))
-        method = registry.load_object(spec.module)(build_loss(loss, {}, CLASSES, dim), dict(spec.defaults), context)
+        context = MethodContext(
+            CLASSES, dim, 10, torch.Generator().manual_seed(0), embed_training_set, torch.device("cpu"), model.embedding
+        )
+        method = registry.load_object(spec.module)(build_loss(loss, {}, CLASSES, dim), spec.resolve(), context)
         method.on_epoch_start(1)  # past IAA's warm-up: statistics estimated, synthesis on (not timed)
         methods[name] = method
     return methods
@@ -96,7 +98,8 @@ def time_steps(model: nn.Module, methods: dict[str, nn.Module], images, labels, 
         for name, method in methods.items():
             model.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            loss = method(model(images), labels)
+            features = model.trunk(images)  # as the training loop: SGAR synthesises in these features
+            loss = method(model.embedding(features), labels, features=features)
             loss.backward()
             elapsed = time.perf_counter() - start
             first_loss.setdefault(name, float(loss.detach()))

@@ -50,6 +50,14 @@ def _schema() -> dict[str, Any]:
         name: {"type": "object", "additionalProperties": False, "properties": dict(spec.params_schema)}
         for name, spec in registry.METHODS.items()
     }
+    # A method's loss overrides take the keys loss_params allows for each loss.
+    loss_schemas = schema["properties"]["loss_params"]["properties"]
+    schema["properties"]["method_loss_params"]["additionalProperties"] = {
+        "type": "object",
+        "propertyNames": {"enum": sorted(registry.LOSSES)},
+        "additionalProperties": False,
+        "properties": loss_schemas,
+    }
     return schema
 
 
@@ -271,7 +279,7 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
             k: v for k, v in dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
         },
         "training": {**registry.TRAINING_DEFAULTS, **config["training"]},
-        "loss_params": registry.loss_params(loss, config),
+        "loss_params": registry.loss_params(loss, config, method),
         "method_params": registry.method_params(registry.METHODS[method], config),
         "evaluation": {**registry.EVALUATION_DEFAULTS, **config["evaluation"]},
     }

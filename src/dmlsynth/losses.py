@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-from pytorch_metric_learning import distances, losses, miners
+from pytorch_metric_learning import distances, losses, miners, reducers, regularizers
 from torch import nn
 
 from dmlsynth import registry
@@ -19,7 +19,9 @@ class BaseLoss(nn.Module):
     picks the pairs. Methods wrap this object (see :mod:`dmlsynth.methods`).
     """
 
-    def __init__(self, name: str, loss: nn.Module, miner: nn.Module | None, lr_multiplier: float = 1.0):
+    def __init__(
+        self, name: str, loss: nn.Module, miner: nn.Module | None, lr_multiplier: float = 1.0, per_anchor_sum: bool = False
+    ):
         super().__init__()
         self.name = name
         self.loss = loss
@@ -27,6 +29,9 @@ class BaseLoss(nn.Module):
         self.pair_based = registry.LOSSES[name].pair_based
         # Learning rate of the loss's own parameters (proxies) relative to the backbone's.
         self.lr_multiplier = lr_multiplier
+        # The loss sums its terms (pml SumReducer) and is divided here by the number of anchors
+        # (``embeddings``, not the reference set): IAA's official contrastive reduction.
+        self.per_anchor_sum = per_anchor_sum
 
     def mine(self, embeddings, labels, ref_emb=None, ref_labels=None):
         if self.miner is None:
@@ -36,7 +41,8 @@ class BaseLoss(nn.Module):
     def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None) -> torch.Tensor:
         if indices_tuple is None:
             indices_tuple = self.mine(embeddings, labels, ref_emb, ref_labels)
-        return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        loss = self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        return loss / embeddings.shape[0] if self.per_anchor_sum else loss
 
 
 def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding_dim: int) -> BaseLoss:
@@ -58,15 +64,28 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
             lr_multiplier=p["proxy_lr_multiplier"],
         )
     if name == "contrastive":
+        # mean_nonzero: pml's default reducer; batch_sum: Σ[0.8 − s_pos]₊ + Σ[s_neg − 0.5]₊ over the pairs,
+        # divided by the number of anchors (IAA's official ContrastiveLoss).
+        batch_sum = p["reduction"] == "batch_sum"
         return BaseLoss(
             name,
             losses.ContrastiveLoss(
-                pos_margin=p["pos_margin"], neg_margin=p["neg_margin"], distance=distances.CosineSimilarity()
+                pos_margin=p["pos_margin"],
+                neg_margin=p["neg_margin"],
+                distance=distances.CosineSimilarity(),
+                **({"reducer": reducers.SumReducer()} if batch_sum else {}),
             ),
             None,
+            per_anchor_sum=batch_sum,
         )
     if name == "triplet":
         return BaseLoss(name, losses.TripletMarginLoss(margin=p["margin"]), None)
+    if name == "n_pairs":
+        # The N-pair paper's penalty λ·¼(mean‖a‖² + mean‖p‖²) is λ/2 times the mean ‖x‖² over the pairs' samples.
+        regulariser = {"embedding_regularizer": regularizers.LpRegularizer(p=2, power=2), "embedding_reg_weight": p["l2_reg"] / 2}
+        return BaseLoss(name, losses.NPairsLoss(**(regulariser if p["l2_reg"] > 0 else {})), None)
+    if name == "angular":
+        return BaseLoss(name, losses.AngularLoss(alpha=p["alpha"]), None)
     if name == "potential_field":
         return BaseLoss(
             name,

@@ -30,7 +30,7 @@ from dmlsynth.published import FILE as PUBLISHED_FILE
 STAGE_PARAMS = {
     "data": ["paths", "datasets", "dataset_settings"],
     "generate": ["datasets", "methods", "dataset_settings", "generation"],
-    "train": ["datasets", "methods", "losses", "seeds", "exclude", "dataset_settings", "training", "loss_params", "method_params"],
+    "train": ["datasets", "methods", "losses", "seeds", "exclude", "dataset_settings", "training", "loss_params", "method_loss_params", "method_params"],
     "evaluate": ["evaluation"],
     "report": ["statistics"],
 }

@@ -60,9 +60,14 @@ class BackboneSpec:
 @dataclass(frozen=True)
 class LossSpec:
     name: str
-    pair_based: bool  # operates on pairs of embeddings (vs proxies)
+    # Takes mined pairs of samples against a reference set (pml's indices_tuple and ref_emb); the others
+    # (proxies, whole-batch losses) get synthetic samples as extra batch samples.
+    pair_based: bool
     defaults: Mapping[str, Any]
     description: str
+    # Its negative terms are exactly the negative pairs of an indices_tuple (what `symm`'s hardest
+    # negative pair needs); AngularLoss, e.g., takes the positive pairs and uses every other-class sample.
+    negative_pairs: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,26 @@ class MethodSpec:
     synthetic_images: str | None = None
     # Params that switch the method off: it must then be exactly `baseline` (a contract test checks it).
     off_params: Mapping[str, Any] = field(default_factory=dict)
+    # Named sets of defaults chosen by the param `variant` (e.g. IAA's paper vs official code); a key the
+    # config sets itself wins over its variant's value.
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def is_compatible(self, loss: str) -> bool:
         return self.compatible_losses is None or loss in self.compatible_losses
+
+    def resolve(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The method's params: its defaults, then its variant's defaults, then what ``given`` sets."""
+        given = dict(given or {})
+        params = dict(self.defaults)
+        if self.variants:
+            variant = given.get("variant", params.get("variant"))
+            if variant not in self.variants:
+                raise ValueError(
+                    f"method {self.name!r} has no variant {variant!r}; known: {', '.join(sorted(self.variants))}"
+                )
+            params.update(self.variants[variant])
+        params.update(given)
+        return params
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -152,6 +174,7 @@ LOSSES: dict[str, LossSpec] = {
             True,
             {"alpha": 2.0, "beta": 50.0, "base": 0.5, "miner_epsilon": 0.1},
             "MultiSimilarityLoss + MultiSimilarityMiner",
+            negative_pairs=True,
         ),
         LossSpec(
             "proxy_anchor",
@@ -162,10 +185,21 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec(
             "contrastive",
             True,
-            {"pos_margin": 0.8, "neg_margin": 0.5},
+            {"pos_margin": 0.8, "neg_margin": 0.5, "reduction": "mean_nonzero"},
             "ContrastiveLoss on cosine similarity",
+            negative_pairs=True,
         ),
-        LossSpec("triplet", True, {"margin": 0.1}, "TripletMarginLoss over all triplets of the batch"),
+        LossSpec(
+            "triplet", True, {"margin": 0.1}, "TripletMarginLoss over all triplets of the batch", negative_pairs=True
+        ),
+        # The losses Symmetrical Synthesis reports its headline numbers with (Gu & Ko, AAAI 2020).
+        LossSpec(
+            "n_pairs",
+            False,
+            {"l2_reg": 0.002},
+            "NPairsLoss (one pair per class, softmax over the other pairs) + the N-pair paper's L2 penalty",
+        ),
+        LossSpec("angular", True, {"alpha": 45.0}, "AngularLoss (angle alpha in degrees) on the batch's positive pairs"),
         # Bhatnagar & Ahuja, CVPR 2025 (dmlsynth.losses.PotentialFieldLoss): every pair of the batch and
         # the proxies, no miner; not pair-based in the sense the methods need (it takes no indices_tuple).
         LossSpec(
@@ -178,6 +212,7 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 PAIR_BASED_LOSSES = frozenset(name for name, spec in LOSSES.items() if spec.pair_based)
+NEGATIVE_PAIR_LOSSES = frozenset(name for name, spec in LOSSES.items() if spec.negative_pairs)
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
@@ -191,11 +226,16 @@ METHODS: dict[str, MethodSpec] = {
             name="symm",
             module="dmlsynth.methods.symm:SymmetricalSynthesis",
             description="Symmetrical Synthesis: reflected same-class pairs + hardest negative pair mining",
-            compatible_losses=PAIR_BASED_LOSSES,
+            # n_pairs and angular: the official code's unit softmax (dmlsynth.methods.symm.unit_logits).
+            compatible_losses=NEGATIVE_PAIR_LOSSES | {"n_pairs", "angular"},
             params_schema={
                 "synthesis": {"type": "boolean", "description": "false: the base loss alone (ablation)"},
+                "candidates": {
+                    "enum": ["official", "all", "anchor"],
+                    "description": "hardest-pair search: official code's 6 slot pairs, all 16, or anchor vs 4",
+                },
             },
-            defaults={"synthesis": True},
+            defaults={"synthesis": True, "candidates": "official"},
             off_params={"synthesis": False},
         ),
         MethodSpec(
@@ -212,11 +252,36 @@ METHODS: dict[str, MethodSpec] = {
                 "sigma_cv": {"type": "number", "exclusiveMinimum": 0},
                 "tau": {"type": "number", "minimum": 0, "description": "classes with n <= tau are corrected"},
                 "update_every": {"type": "integer", "minimum": 1, "description": "epochs between re-estimates"},
+                "variant": {
+                    "enum": ["paper", "official"],
+                    "description": "defaults of the keys below: the paper's rule or the released code's",
+                },
+                "start_fraction": {
+                    "type": "number", "minimum": 0, "maximum": 1,
+                    "description": "synthesis starts once this fraction of training is done (and after warmup_epochs)",
+                },
                 "warmup_epochs": {"type": "integer", "minimum": 0},
-                "neighbor_correction": {"type": "boolean"},
+                "statistics_update": {
+                    "enum": ["momentum", "count_weighted"],
+                    "description": "momentum: m·old + (1−m)·fresh; count_weighted: fresh weight ≥ 1−m plus cross term",
+                },
                 "momentum": {"type": "number", "minimum": 0, "maximum": 1, "description": "weight of the old estimate"},
+                "estimation_images": {
+                    "enum": ["centre_crop", "augmented"],
+                    "description": "class statistics from the evaluation view or the training augmentation",
+                },
+                "copy_spread": {
+                    "enum": ["equal", "repeated_root"],
+                    "description": "std of copy k: √λ·Σ^½ for all (equal) or √λ·Σ^(1/2^k) (repeated_root)",
+                },
+                "neighbor_correction": {"type": "boolean"},
+                "triplet_negatives": {
+                    "enum": ["hardest", "all"],
+                    "description": "triplet: each anchor's hardest negative candidate, or every negative",
+                },
             },
             defaults={
+                "variant": "paper",
                 "num_synthetic": 3,
                 "lambda": 0.8,
                 "beta": 0.1,
@@ -226,23 +291,43 @@ METHODS: dict[str, MethodSpec] = {
                 "sigma_cv": 1.0,
                 "tau": 40,
                 "update_every": 2,
-                "warmup_epochs": 1,
-                "neighbor_correction": True,
-                "momentum": 0.5,
+                "triplet_negatives": "hardest",
+            },
+            variants={
+                # [project definition] where the paper gives no value: warm-up of one epoch, momentum 0.5.
+                "paper": {
+                    "start_fraction": 0.0,
+                    "warmup_epochs": 1,
+                    "statistics_update": "momentum",
+                    "momentum": 0.5,
+                    "estimation_images": "centre_crop",
+                    "copy_spread": "equal",
+                    "neighbor_correction": True,
+                },
+                # darkpromise98/IAA run.py / intra.py defaults (start_epoch 30 of 100, momentum 0.2).
+                "official": {
+                    "start_fraction": 0.3,
+                    "warmup_epochs": 0,
+                    "statistics_update": "count_weighted",
+                    "momentum": 0.2,
+                    "estimation_images": "augmented",
+                    "copy_spread": "repeated_root",
+                    "neighbor_correction": False,
+                },
             },
             off_params={"num_synthetic": 0},
         ),
         MethodSpec(
             name="sgar",
             module="dmlsynth.methods.sgar:GradedRanking",
-            description="SGAR: ranking loss keeping graded synthetic positives in order",
+            description="SGAR: ranking loss over samples graded in backbone feature space, before the embedding layer",
             params_schema={
-                "steps": {"type": "integer", "minimum": 1, "description": "J graded samples per pair"},
-                "delta": {"type": "number", "exclusiveMinimum": 0},
-                "margin": {"type": "number", "minimum": 0},
+                "steps": {"type": "integer", "minimum": 1, "description": "J intensity levels per sample"},
+                "alpha": {"type": "number", "exclusiveMinimum": 0, "description": "step per level, relative to ‖r‖"},
+                "margin": {"type": "number", "minimum": 0, "description": "similarity drop required per level"},
                 "weight": {"type": "number", "minimum": 0, "description": "0: the base loss alone"},
             },
-            defaults={"steps": 4, "delta": 0.1, "margin": 0.01, "weight": 1.0},
+            defaults={"steps": 5, "alpha": 0.1, "margin": 0.02, "weight": 1.0},
             off_params={"weight": 0.0},
         ),
         # BLenDeR (docs/methods.md §7) works on the data: real images plus generated images of the same
@@ -436,15 +521,18 @@ def dataset_defaults(name: str) -> dict[str, Any]:
 
 
 def method_params(spec: MethodSpec, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The method's defaults updated with ``config['method_params'][name]``."""
-    params = dict(spec.defaults)
-    params.update((config.get("method_params") or {}).get(spec.name) or {})
-    return params
+    """The method's params (:meth:`MethodSpec.resolve`) with ``config['method_params'][name]``."""
+    return spec.resolve((config.get("method_params") or {}).get(spec.name))
 
 
-def loss_params(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+def loss_params(name: str, config: Mapping[str, Any], method: str | None = None) -> dict[str, Any]:
+    """The params of loss ``name``: its defaults, ``config['loss_params'][name]``, then, when it is
+    trained under ``method``, ``config['method_loss_params'][method][name]`` (a method's published
+    loss settings, e.g. IAA's Multi-Similarity beta = 40)."""
     params = dict(LOSSES[name].defaults)
     params.update((config.get("loss_params") or {}).get(name) or {})
+    if method is not None:
+        params.update(((config.get("method_loss_params") or {}).get(method) or {}).get(name) or {})
     return params
 
 

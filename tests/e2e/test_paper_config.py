@@ -164,3 +164,13 @@ def test_slurm_profile_is_accepted_by_snakemake(tmp_path, paper):
         paper["seeds"]
     )
     assert re.search(rf"^train\s+{runs}$", result.stdout, re.M)
+
+
+def test_paper_config_gives_iaa_its_published_loss_settings(paper):
+    """IAA's MS beta = 40 and its official contrastive reduction apply to IAA's runs only."""
+    iaa = cfg.run_params(paper, "cub200", "iaa", "multi_similarity", 0)
+    assert iaa["loss_params"]["beta"] == 40.0 and iaa["method_params"]["variant"] == "official"
+    assert iaa["method_params"]["start_fraction"] == 0.3
+    assert cfg.run_params(paper, "cub200", "baseline", "multi_similarity", 0)["loss_params"]["beta"] == 50.0
+    assert cfg.run_params(paper, "cub200", "iaa", "contrastive", 0)["loss_params"]["reduction"] == "batch_sum"
+    assert cfg.run_params(paper, "cub200", "symm", "contrastive", 0)["loss_params"]["reduction"] == "mean_nonzero"

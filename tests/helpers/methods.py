@@ -14,6 +14,7 @@ from dmlsynth.methods.base import MethodContext
 NUM_CLASSES = 5
 PER_CLASS = 8
 IN_DIM = 12
+FEATURE_DIM = 24
 EMB_DIM = 16
 
 
@@ -31,13 +32,20 @@ def backbone(seed: int = 0) -> nn.Linear:
     return nn.Linear(IN_DIM, EMB_DIM)
 
 
+def trunk_and_head(seed: int = 0) -> tuple[nn.Module, nn.Linear]:
+    """A tiny two-stage model: a trunk to ``FEATURE_DIM`` backbone features and a linear embedding head."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(IN_DIM, FEATURE_DIM), nn.ReLU()), nn.Linear(FEATURE_DIM, EMB_DIM)
+
+
 def build(
     method: str,
     loss: str,
     params: dict[str, Any] | None = None,
     seed: int = 0,
-    embed_training_set: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    embed_training_set: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
     num_epochs: int = 10,
+    embedding_layer: nn.Module | None = None,
 ):
     """A method on a base loss with its registry defaults updated by ``params`` (proxies seeded)."""
     spec = registry.METHODS[method]
@@ -48,10 +56,11 @@ def build(
         embedding_dim=EMB_DIM,
         num_epochs=num_epochs,
         generator=torch.Generator().manual_seed(seed),
-        embed_training_set=embed_training_set or (lambda: (_ for _ in ()).throw(AssertionError("not expected"))),
+        embed_training_set=embed_training_set or (lambda **_: (_ for _ in ()).throw(AssertionError("not expected"))),
         device=torch.device("cpu"),
+        embedding_layer=embedding_layer,
     )
-    return registry.load_object(spec.module)(base, {**spec.defaults, **(params or {})}, context)
+    return registry.load_object(spec.module)(base, spec.resolve(params), context)
 
 
 def loss_and_grad(method_module, inputs: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> tuple[float, torch.Tensor]:
@@ -60,6 +69,17 @@ def loss_and_grad(method_module, inputs: torch.Tensor, labels: torch.Tensor, see
     loss = method_module(model(inputs), labels)
     loss.backward()
     return float(loss.detach()), model.weight.grad.clone()
+
+
+def two_stage_step(method: str, loss: str, inputs: torch.Tensor, labels: torch.Tensor, params=None, seed: int = 0):
+    """Loss of one step through a fresh trunk + embedding head (the method also gets the features and the
+    head, as in training) and the gradients on all their parameters."""
+    trunk, head = trunk_and_head(seed)
+    module = build(method, loss, params, embedding_layer=head)
+    features = trunk(inputs)
+    value = module(head(features), labels, features=features)
+    value.backward()
+    return float(value.detach()), [p.grad.clone() for part in (trunk, head) for p in part.parameters()]
 
 
 def train_digits(method: str, loss: str, config: dict, manifest, run_dir, method_params=None, **kwargs):

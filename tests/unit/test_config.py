@@ -20,7 +20,7 @@ def test_default_params_are_valid(repo_root):
     "key, value, expected",
     [
         ("methods", ["baseline", "nonsense"], "at methods[1]: 'nonsense' is not allowed; allowed values: "),
-        ("losses", ["arcface"], "at losses[0]: 'arcface' is not allowed; allowed values: contrastive"),
+        ("losses", ["arcface"], "at losses[0]: 'arcface' is not allowed; allowed values: angular, contrastive"),
         ("datasets", ["mnist"], "at datasets[0]: 'mnist' is not allowed; allowed values: "),
         ("seeds", [-1], "at seeds[0]"),
         ("seeds", [], "at seeds"),

@@ -47,7 +47,7 @@ def one_step(method_name: str, loss_name: str, method_params: dict, seed: int = 
         num_classes=CLASSES, embedding_dim=DIM, num_epochs=EPOCHS, generator=torch.Generator().manual_seed(seed),
         embed_training_set=embed_training_set, device=torch.device("cpu"), embedding_layer=model.embedding,
     )  # fmt: skip
-    params = {**registry.METHODS[method_name].defaults, **method_params}
+    params = registry.METHODS[method_name].resolve(method_params)
     method = build_method(method_name, base, params, context)
     for epoch in range(EPOCHS // 2 + 1):  # past any warm-up, statistics estimated
         method.on_epoch_start(epoch)
@@ -83,6 +83,10 @@ def test_method_params_fit_their_schema(name):
     schema = _schema()["properties"]["method_params"]["properties"][name]
     jsonschema.validate(dict(spec.defaults), schema)
     jsonschema.validate({**spec.defaults, **spec.off_params}, schema)
+    for variant in spec.variants:  # every variant's resolved params are valid, and name every key they set
+        resolved = spec.resolve({"variant": variant})
+        jsonschema.validate(resolved, schema)
+        assert set(resolved) <= set(schema["properties"]) and resolved["variant"] == variant
     assert spec.synthetic_images is None or spec.synthetic_images in registry.IMAGE_SETS
     assert spec.compatible_losses is None or spec.compatible_losses <= set(registry.LOSSES)
 

@@ -20,14 +20,17 @@ class MethodContext:
     checkpointed with the run, so a resumed run draws the same samples).
     ``embed_training_set()`` returns the un-normalised embeddings of every
     training image and their class indices, computed in eval mode without
-    gradients (IAA re-estimates its class statistics with it).
+    gradients (IAA re-estimates its class statistics with it); with
+    ``augmented=True`` the images go through the training augmentation
+    instead of the evaluation view. ``embedding_layer`` is the model's head
+    that maps backbone features to embeddings (SGAR synthesises before it).
     """
 
     num_classes: int
     embedding_dim: int
     num_epochs: int
     generator: torch.Generator
-    embed_training_set: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    embed_training_set: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     device: torch.device
     embedding_layer: nn.Module | None = None
 

@@ -2,8 +2,8 @@
 
 Each training class is modelled as a Gaussian with diagonal covariance in
 the *un-normalised* embedding space, re-estimated over the whole training
-set every ``update_every`` epochs (eqs. 7–8, blended with the previous
-estimate by ``momentum``). Classes with few samples (n ≤ τ) borrow
+set every ``update_every`` epochs (eqs. 7–8) and merged with the previous
+estimate (``statistics_update``). Classes with few samples (n ≤ τ) borrow
 variance from their nearest classes and from the global average
 (eqs. 11–16, :func:`corrected_variance`; the paper's rule, which the
 released code never calls; switch with ``neighbor_correction``).
@@ -12,21 +12,44 @@ Each original embedding z gets ``num_synthetic`` samples from
 N(z, λ Σ^cr_y). Only originals are anchors; originals and synthetics are
 the candidates, and an anchor's own synthetic copies (and itself) are not
 its positives. λ is annealed (×1.0 / 0.9 / 0.75 / 0.6 from 0 / 40 / 60 /
-80 % of training) and synthesis starts after ``warmup_epochs`` epochs.
+80 % of training). With triplet, every (anchor, positive) pair gets the
+anchor's hardest negative among the candidates (``triplet_negatives``).
 
-[project definition] details: ``momentum`` blends a new estimate with the
-previous one (new = momentum·old + (1 − momentum)·fresh; the first estimate
-is taken as is); a class with no candidate neighbor uses Σ_global as its
-neighbor variance; K is capped at the number of candidates (digits has
-five training classes). With Proxy-Anchor (whose anchors are the proxies)
-the synthetics simply join the batch as extra samples of their class.
+The paper and the released code (which produced the published numbers)
+differ; ``variant: paper | official`` picks the defaults of these keys
+(registry ``METHODS['iaa'].variants``), each of which can be set alone:
+
+============================  ==========================  =====================================
+key                           paper                       official code
+============================  ==========================  =====================================
+``start_fraction``            0 (+ ``warmup_epochs`` 1)   0.3 (synthesis from epoch 31 of 100)
+``statistics_update``         ``momentum`` (0.5)          ``count_weighted`` (momentum 0.2)
+``estimation_images``         ``centre_crop``             ``augmented`` (its train transform)
+``copy_spread``               ``equal``: √λ·Σ^½           ``repeated_root``: √λ·Σ^½, Σ^¼, Σ^⅛
+``neighbor_correction``       true                        false (never called for < 1000 classes)
+============================  ==========================  =====================================
+
+Statistics updates (:func:`merge_statistics`): ``momentum`` keeps
+new = momentum·old + (1 − momentum)·fresh for means and variances
+**[project definition]**; ``count_weighted`` is the official code's:
+w = max(n / (n + n_seen), 1 − momentum) (w = 1 for the first estimate),
+μ = (1 − w)μ_old + wμ, Σ = (1 − w)Σ_old + wΣ + w(1 − w)(μ_old − μ)².
+
+[project definition] details: the first estimate is taken as is; a class
+with no candidate neighbor uses Σ_global as its neighbor variance; K is
+capped at the number of candidates (digits has five training classes).
+Losses that take no reference set (Proxy-Anchor, whose anchors are the
+proxies; N-pair; Potential-Field) get the synthetics as extra samples of
+their class in the batch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import torch
+from pytorch_metric_learning import miners
 
 from dmlsynth.methods.base import Method, MethodContext
 
@@ -117,16 +140,73 @@ def lambda_at(epoch: int, num_epochs: int, base: float) -> float:
     return base * factor
 
 
-def sample_synthetic(embeddings: torch.Tensor, variances: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
-    """``num`` draws from N(z_i, diag(variances_i)) per row, ``(N * num, D)`` in row-major order.
+def spread_powers(copy_spread: str, num: int) -> list[float]:
+    """The power p of Σ in each copy's standard deviation √λ·Σ^p.
 
-    Reparameterised (z + σ ε), so gradients reach ``embeddings``; ε comes
-    from ``generator`` on the CPU (reproducible on every device).
+    ``equal`` (paper: every copy from N(z, λΣ)): ½ for all copies;
+    ``repeated_root`` (official code, which takes the square root again for
+    every further copy): ½, ¼, ⅛, …
+    """
+    if copy_spread == "equal":
+        return [0.5] * num
+    if copy_spread == "repeated_root":
+        return [0.5 ** (i + 1) for i in range(num)]
+    raise ValueError(f"copy_spread must be 'equal' or 'repeated_root', got {copy_spread!r}")
+
+
+def sample_synthetic(
+    embeddings: torch.Tensor,
+    variances: torch.Tensor,
+    num: int,
+    generator: torch.Generator,
+    scale: float = 1.0,
+    powers: list[float] | None = None,
+) -> torch.Tensor:
+    """``num`` draws per row, ``(N * num, D)`` in row-major order: copy k of z_i is
+    z_i + √scale · variances_i^powers[k] · ε (default powers ½: N(z_i, scale·diag(variances_i))).
+
+    Reparameterised, so gradients reach ``embeddings``; ε comes from
+    ``generator`` on the CPU (reproducible on every device).
     """
     n, d = embeddings.shape
+    powers = [0.5] * num if powers is None else list(powers)
+    if len(powers) != num:
+        raise ValueError(f"need one spread power per copy: {num} copies, {len(powers)} powers")
     noise = torch.randn((n, num, d), generator=generator, dtype=torch.float32).to(embeddings.device, embeddings.dtype)
-    std = variances.to(embeddings.dtype).sqrt()
-    return (embeddings[:, None, :] + std[:, None, :] * noise).reshape(n * num, d)
+    variances = variances.to(embeddings.dtype)
+    std = torch.stack([variances**p for p in powers], dim=1) * math.sqrt(scale)  # (N, num, D)
+    return (embeddings[:, None, :] + std * noise).reshape(n * num, d)
+
+
+def merge_statistics(
+    rule: str,
+    old: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    fresh: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    momentum: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge a fresh estimate (means, variances, counts) into the previous one ``old`` (means,
+    variances, counts seen so far); returns (means, variances, counts seen).
+
+    ``momentum``: μ = m·μ_old + (1 − m)·μ, Σ = m·Σ_old + (1 − m)·Σ **[project definition]**.
+    ``count_weighted`` (official code): w = max(n / (n + n_seen), 1 − m), 0 for a class with no
+    fresh sample; μ = (1 − w)μ_old + wμ; Σ = (1 − w)Σ_old + wΣ + w(1 − w)(μ_old − μ)².
+    """
+    old_means, old_variances, seen = old
+    means, variances, counts = fresh
+    if rule == "momentum":
+        return momentum * old_means + (1 - momentum) * means, momentum * old_variances + (1 - momentum) * variances, seen + counts
+    if rule == "count_weighted":
+        w = (counts / (counts + seen).clamp(min=1e-12)).clamp(min=1 - momentum) * (counts > 0)
+        w = w[:, None]
+        merged_variances = (1 - w) * old_variances + w * variances + w * (1 - w) * (old_means - means) ** 2
+        return (1 - w) * old_means + w * means, merged_variances, seen + counts
+    raise ValueError(f"statistics_update must be 'momentum' or 'count_weighted', got {rule!r}")
+
+
+def start_epoch(start_fraction: float, warmup_epochs: int, num_epochs: int) -> int:
+    """The first (0-based) epoch with synthesis: at least ``warmup_epochs`` and a fraction
+    ``start_fraction`` of training done (official code: 30 of 100 epochs, synthesis from epoch 31)."""
+    return max(int(warmup_epochs), math.ceil(float(start_fraction) * num_epochs - 1e-9))
 
 
 class IntraClassAdaptiveAugmentation(Method):
@@ -135,24 +215,28 @@ class IntraClassAdaptiveAugmentation(Method):
     def __init__(self, base_loss, params: Mapping[str, Any], context: MethodContext):
         super().__init__(base_loss, params, context)
         p = self.params
-        self.num_synthetic = int(p.get("num_synthetic", 3))
-        self.base_lambda = float(p.get("lambda", 0.8))
-        self.update_every = int(p.get("update_every", 2))
-        self.warmup_epochs = int(p.get("warmup_epochs", 1))
-        self.momentum = float(p.get("momentum", 0.5))
-        self.neighbor_correction = bool(p.get("neighbor_correction", True))
-        self.correction = {
-            "k": int(p.get("k", 25)),
-            "sigma_m": float(p.get("sigma_m", 1.0)),
-            "sigma_cv": float(p.get("sigma_cv", 1.0)),
-            "tau": float(p.get("tau", 40)),
-            "beta": float(p.get("beta", 0.1)),
-            "gamma": float(p.get("gamma", 0.1)),
-        }
+        self.num_synthetic = int(p["num_synthetic"])
+        self.base_lambda = float(p["lambda"])
+        self.update_every = int(p["update_every"])
+        self.start = start_epoch(p["start_fraction"], p["warmup_epochs"], context.num_epochs)
+        self.statistics_update = str(p["statistics_update"])
+        self.momentum = float(p["momentum"])
+        self.augmented_estimation = p["estimation_images"] == "augmented"
+        self.powers = spread_powers(str(p["copy_spread"]), self.num_synthetic)
+        self.neighbor_correction = bool(p["neighbor_correction"])
+        self.correction = {key: float(p[key]) for key in ("sigma_m", "sigma_cv", "tau", "beta", "gamma")}
+        self.correction["k"] = int(p["k"])
+        # Triplet: the hardest negative of each anchor among all candidates, with every positive.
+        self.hardest_negative = (
+            miners.BatchEasyHardMiner(pos_strategy="all", neg_strategy="hard")
+            if base_loss.name == "triplet" and p["triplet_negatives"] == "hardest"
+            else None
+        )
         c, d = context.num_classes, context.embedding_dim
         self.register_buffer("means", torch.zeros(c, d, dtype=torch.float64))
         self.register_buffer("variances", torch.zeros(c, d, dtype=torch.float64))
         self.register_buffer("counts", torch.zeros(c, dtype=torch.float64))
+        self.register_buffer("seen_counts", torch.zeros(c, dtype=torch.float64))
         self.register_buffer("sampling_variances", torch.zeros(c, d))  # Σ^cr (or Σ), float32
         self.register_buffer("estimated", torch.zeros((), dtype=torch.bool))
         self.register_buffer("current_lambda", torch.zeros(()))
@@ -162,24 +246,28 @@ class IntraClassAdaptiveAugmentation(Method):
         return self.num_synthetic > 0 and bool(self.estimated) and float(self.current_lambda) > 0
 
     def on_epoch_start(self, epoch: int) -> None:
-        if epoch < self.warmup_epochs:
+        if epoch < self.start:
             self.current_lambda.fill_(0.0)
             return
-        if (epoch - self.warmup_epochs) % self.update_every == 0 and self.num_synthetic > 0 and self.base_lambda > 0:
-            embeddings, classes = self.context.embed_training_set()
+        if (epoch - self.start) % self.update_every == 0 and self.num_synthetic > 0 and self.base_lambda > 0:
+            estimate = self.context.embed_training_set
+            embeddings, classes = estimate(augmented=True) if self.augmented_estimation else estimate()
             self.update_statistics(embeddings, classes)
         self.current_lambda.fill_(lambda_at(epoch, self.context.num_epochs, self.base_lambda))
 
     @torch.no_grad()
     def update_statistics(self, embeddings: torch.Tensor, classes: torch.Tensor) -> None:
-        means, variances, counts = class_statistics(embeddings.cpu(), classes.cpu().long(), self.context.num_classes)
-        means, variances, counts = means.to(self.means.device), variances.to(self.means.device), counts.to(self.means.device)
+        fresh = class_statistics(embeddings.cpu(), classes.cpu().long(), self.context.num_classes)
+        means, variances, counts = (t.to(self.means.device) for t in fresh)
+        seen = self.seen_counts + counts
         if bool(self.estimated):
-            means = self.momentum * self.means + (1 - self.momentum) * means
-            variances = self.momentum * self.variances + (1 - self.momentum) * variances
+            means, variances, seen = merge_statistics(
+                self.statistics_update, (self.means, self.variances, self.seen_counts), (means, variances, counts), self.momentum
+            )
         self.means.copy_(means)
         self.variances.copy_(variances)
         self.counts.copy_(counts)
+        self.seen_counts.copy_(seen)
         sampling = corrected_variance(means, variances, counts, **self.correction) if self.neighbor_correction else variances
         self.sampling_variances.copy_(sampling.float())
         self.estimated.fill_(True)
@@ -189,11 +277,17 @@ class IntraClassAdaptiveAugmentation(Method):
             return self.base_loss(embeddings, labels)
         n, m = embeddings.shape[0], self.num_synthetic
         synthetic = sample_synthetic(
-            embeddings, float(self.current_lambda) * self.sampling_variances[labels], m, self.context.generator
+            embeddings,
+            self.sampling_variances[labels],
+            m,
+            self.context.generator,
+            scale=float(self.current_lambda),
+            powers=self.powers,
         )
         synthetic_labels = labels.repeat_interleave(m)
         if not self.base_loss.pair_based:
-            # Proxy-based: the proxies are the anchors; synthetics are extra samples of their class.
+            # No reference set (proxies are the anchors, or the loss takes the whole batch): the
+            # synthetics are extra samples of their class.
             return self.base_loss(torch.cat([embeddings, synthetic]), torch.cat([labels, synthetic_labels]))
 
         candidates = torch.cat([embeddings, synthetic])
@@ -202,6 +296,14 @@ class IntraClassAdaptiveAugmentation(Method):
         same = labels[:, None] == candidate_labels[None, :]
         positive = same & (owner[None, :] != torch.arange(n, device=labels.device)[:, None])
         negative = ~same
+        if self.hardest_negative is not None:
+            # Triplets (a, p, n*(a)): every allowed positive with the anchor's hardest negative candidate.
+            a1, p, a2, neg = self.hardest_negative(embeddings, labels, candidates, candidate_labels)
+            hardest = torch.full((n,), -1, dtype=torch.long, device=labels.device)
+            hardest[a2] = neg
+            keep = positive[a1, p] & (hardest[a1] >= 0)
+            indices = (a1[keep], p[keep], hardest[a1[keep]])
+            return self.base_loss(embeddings, labels, indices_tuple=indices, ref_emb=candidates, ref_labels=candidate_labels)
         mined = self.base_loss.mine(embeddings, labels, candidates, candidate_labels)
         if mined is not None:
             # The miner sees every candidate; drop the anchor itself and its own copies from its positives.

@@ -16,9 +16,17 @@ How an M-per-class batch becomes the paper's N-pair units is a
 **[project definition]**: within each class the samples are paired in
 batch order (1st with 2nd, 3rd with 4th, ...); an odd sample left over is
 a unit of one point without synthetics. Every unit's point set is
-{a, p, s1, s2}; for every ordered pair of units of different classes the
-hardest pair (i*, j*) (largest cosine similarity) is one negative pair of
-the base loss:
+{a, p, s1, s2}; for every ordered pair of units (u, v) of different
+classes the hardest pair (i*, j*) (largest cosine similarity) among the
+``candidates`` is one negative pair of the base loss. ``candidates``:
+
+- ``official`` (default; the official code's ``itertools.combinations``):
+  the 6 slot pairs (a,p) (a,s1) (a,s2) (p,s1) (p,s2) (s1,s2), the first
+  point from u, the second from v;
+- ``all``: the 16 pairs of u's and v's points;
+- ``anchor`` (the paper's figure): u's anchor against v's four points.
+
+The negative pairs go to the base loss as follows:
 
 - multi_similarity / contrastive: negative pairs (i*, j*) over the
   collection [originals; s1; s2]; positive pairs are the original pairs
@@ -28,8 +36,13 @@ the base loss:
   similarity to i* equals the original pair's (a↔p, s1→a, s2→p), so the
   positive term has the value of the original pair.
 
-Proxy-Anchor has no negative pairs of samples, so ``symm`` is registered
-for the pair-based losses only (rejected at config validation otherwise).
+The hardest pair must become the loss's negative term, so ``symm`` works
+with the losses whose negative terms are the negative pairs they are given
+(registry ``negative_pairs``: multi_similarity, contrastive, triplet), and
+with N-pair and angular, whose pml versions take no negative pairs: for
+those it computes the official code's unit softmax itself
+(:func:`unit_logits`, :meth:`SymmetricalSynthesis.softmax_loss`).
+Proxy-Anchor and Potential-Field are rejected at config validation.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from dmlsynth import registry
 from dmlsynth.methods.base import Method, MethodContext
 
 # Slots of a unit's point table: a, p, s1, s2.
@@ -88,22 +102,51 @@ def pair_units(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return anchors, positives, singles
 
 
+# Which (slot in unit u, slot in unit v) pairs the hardest-negative search compares; slots a, p, s1, s2.
+CANDIDATE_SLOTS = {
+    # every point of u against every point of v: 16 pairs
+    "all": [(i, j) for i in range(UNIT_SIZE) for j in range(UNIT_SIZE)],
+    # the official code's itertools.combinations([a, p, s1, s2], 2): (a,p) (a,s1) (a,s2) (p,s1) (p,s2) (s1,s2)
+    "official": [(i, j) for i in range(UNIT_SIZE) for j in range(i + 1, UNIT_SIZE)],
+    # the paper's figure: the anchor of u against the four points of v
+    "anchor": [(0, j) for j in range(UNIT_SIZE)],
+}
+
+
+def candidate_mask(candidates: str, device: torch.device | None = None) -> torch.Tensor:
+    """``(4, 4)`` boolean: entry [i, j] says slot i of one unit is compared with slot j of the other."""
+    if candidates not in CANDIDATE_SLOTS:
+        raise ValueError(f"candidates must be one of {', '.join(CANDIDATE_SLOTS)}, got {candidates!r}")
+    mask = torch.zeros(UNIT_SIZE, UNIT_SIZE, dtype=torch.bool, device=device)
+    for i, j in CANDIDATE_SLOTS[candidates]:
+        mask[i, j] = True
+    return mask
+
+
 def hardest_negative_pairs(
-    similarity: torch.Tensor, units: torch.Tensor, unit_labels: torch.Tensor
+    similarity: torch.Tensor, units: torch.Tensor, unit_labels: torch.Tensor, slot_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The most similar pair of points between every two units of different classes.
 
     ``similarity`` is ``(P, P)`` over all points; ``units`` is ``(U, S)``
     holding each unit's point indices (−1 pads a shorter unit);
-    ``unit_labels`` is ``(U,)``. For every ordered pair of units (u, v) with
-    different labels it returns ``(i, j)``: ``i`` a point of u and ``j`` a
-    point of v maximising ``similarity[i, j]`` (ties: the first in slot order).
+    ``unit_labels`` is ``(U,)``; ``slot_mask`` ``(S, S)`` says which slot
+    of u is compared with which slot of v (default: all). For every ordered
+    pair of units (u, v) with different labels it returns ``(i, j)``: ``i``
+    a point of u and ``j`` a point of v maximising ``similarity[i, j]``
+    among the allowed slot pairs (ties: the first in slot order).
+    **[project definition]**: where no allowed slot pair exists because a
+    unit is a single sample, every pair of its points with the other unit's
+    is searched.
     """
     u, s = units.shape
     valid = units >= 0
     slots = units.clamp(min=0).reshape(-1)
     block = similarity[slots][:, slots].reshape(u, s, u, s).permute(0, 2, 1, 3)  # (U, U, S, S)
     usable = valid[:, None, :, None] & valid[None, :, None, :]
+    if slot_mask is not None:
+        allowed = usable & slot_mask[None, None]
+        usable = torch.where(allowed.flatten(2).any(dim=2)[:, :, None, None], allowed, usable)
     block = block.masked_fill(~usable, float("-inf")).reshape(u, u, s * s)
     best = block.argmax(dim=2)
     unit_u, unit_v = torch.nonzero(unit_labels[:, None] != unit_labels[None, :], as_tuple=True)
@@ -111,20 +154,88 @@ def hardest_negative_pairs(
     return units[unit_u, best // s], units[unit_v, best % s]
 
 
+# The N-pair and angular losses compare every pair of units in one softmax; the official code takes,
+# for units u and v, the largest logit over these (slot of u, slot of v) pairs.
+SOFTMAX_SLOTS = {
+    "n_pairs": CANDIDATE_SLOTS["official"],  # itertools.combinations([a, p, s1, s2], 2)
+    "angular": [(i, j) for i in range(UNIT_SIZE) for j in range(UNIT_SIZE) if i != j],  # its 12 ordered pairs
+}
+
+
+def unit_logits(points: torch.Tensor, loss: str, slot_mask: torch.Tensor, sq_tan_alpha: float = 1.0) -> torch.Tensor:
+    """``(U, U)`` logits of the symmetric N-pair / angular softmax over units ``points`` ``(U, 4, D)`` (a, p, s1, s2).
+
+    For a slot pair (X, Y): N-pair's logit of (u, v) is X_u·Y_v (official ``symm_npair_loss``);
+    angular's is 2(1 + tan²α) X_u·Y_u on the diagonal and 4 tan²α (X_u + Y_u)·Y_v off it
+    (official ``get_angular_sim_mat``). Each entry is the maximum over the slot pairs of ``slot_mask``.
+    """
+    if loss == "n_pairs":
+        pair = torch.einsum("uid,vjd->uvij", points, points)
+    elif loss == "angular":
+        u = points.shape[0]
+        both = points[:, :, None, :] + points[:, None, :, :]  # (U, X, Y, D): X_u + Y_u
+        pair = 4 * sq_tan_alpha * torch.einsum("uijd,vjd->uvij", both, points)
+        own = 2 * (1 + sq_tan_alpha) * torch.einsum("uid,ujd->uij", points, points)
+        diagonal = torch.eye(u, dtype=torch.bool, device=points.device)[:, :, None, None]
+        pair = torch.where(diagonal, own[:, None], pair)
+    else:
+        raise ValueError(f"no unit softmax for loss {loss!r}; it is for n_pairs and angular")
+    return pair.masked_fill(~slot_mask, float("-inf")).flatten(2).amax(dim=2)
+
+
+def unit_softmax_loss(logits: torch.Tensor, unit_labels: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy of every unit's row against its class's units (the official ``labels_remapped``)."""
+    targets = (unit_labels[:, None] == unit_labels[None, :]).to(logits.dtype)
+    return torch.nn.functional.cross_entropy(logits, targets / targets.sum(dim=1, keepdim=True))
+
+
 class SymmetricalSynthesis(Method):
     """Symmetrical Synthesis with hardest-negative-pair mining over originals and synthetics."""
 
     def __init__(self, base_loss, params: Mapping[str, Any], context: MethodContext):
         super().__init__(base_loss, params, context)
-        if not base_loss.pair_based:
+        self.softmax = base_loss.name in SOFTMAX_SLOTS
+        if not (registry.LOSSES[base_loss.name].negative_pairs or self.softmax):
             raise ValueError(
-                f"method 'symm' needs a pair-based loss (negative pairs of samples), got {base_loss.name!r}"
+                f"method 'symm' needs a loss whose negative terms are given negative pairs "
+                f"({', '.join(sorted(registry.NEGATIVE_PAIR_LOSSES))}) or {' or '.join(SOFTMAX_SLOTS)}, got {base_loss.name!r}"
             )
         self.enabled = bool(self.params.get("synthesis", True))
+        candidates = str(self.params.get("candidates", "official"))
+        if self.softmax and candidates == "official":
+            # The official code's slot pairs for its N-pair and angular losses.
+            mask = torch.zeros(UNIT_SIZE, UNIT_SIZE, dtype=torch.bool)
+            for i, j in SOFTMAX_SLOTS[base_loss.name]:
+                mask[i, j] = True
+        else:
+            mask = candidate_mask(candidates)
+        self.register_buffer("slot_mask", mask, persistent=False)
+
+    def softmax_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """N-pair / angular over the units (pairs) of the batch, each logit the largest over the slot pairs.
+
+        [project definition]: a sample left over (odd class count) is not used; N-pair's L2 penalty
+        (the base loss's ``embedding_reg_weight`` × mean ‖x‖²) is over the paired originals, as the
+        official code's; angular works on L2-normalised points, like pml's AngularLoss.
+        """
+        anchors, positives, _ = pair_units(labels)
+        a, p = embeddings[anchors], embeddings[positives]
+        if self.base_loss.name == "angular":
+            a, p = F.normalize(a, dim=1), F.normalize(p, dim=1)
+        s1, s2 = symmetric_points(a, p)
+        points = torch.stack([a, p, s1, s2], dim=1)
+        sq_tan_alpha = float(torch.tan(torch.as_tensor(getattr(self.base_loss.loss, "alpha", 0.0))) ** 2)
+        loss = unit_softmax_loss(unit_logits(points, self.base_loss.name, self.slot_mask, sq_tan_alpha), labels[anchors])
+        weight = float(getattr(self.base_loss.loss, "embedding_reg_weight", 0.0) or 0.0)
+        if self.base_loss.name == "n_pairs" and getattr(self.base_loss.loss, "embedding_regularizer", None) is not None:
+            loss = loss + weight * torch.cat([a, p]).pow(2).sum(dim=1).mean()
+        return loss
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         if not self.enabled:
             return self.base_loss(embeddings, labels)
+        if self.softmax:
+            return self.softmax_loss(embeddings, labels)
         n = embeddings.shape[0]
         anchors, positives, singles = pair_units(labels)
         num_pairs = anchors.numel()
@@ -142,7 +253,7 @@ class SymmetricalSynthesis(Method):
         unit_labels = labels[units[:, 0]]
         with torch.no_grad():
             normalised = F.normalize(points.detach(), dim=1)
-            neg_i, neg_j = hardest_negative_pairs(normalised @ normalised.T, units, unit_labels)
+            neg_i, neg_j = hardest_negative_pairs(normalised @ normalised.T, units, unit_labels, self.slot_mask)
 
         if self.base_loss.name == "triplet":
             # Each point's partner has the original pair's similarity to it: a<->p, s1->a, s2->p.

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from dmlsynth import registry
 from dmlsynth.data.image_cache import open_cache
@@ -192,8 +192,16 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
     base_loss = build_loss(params["loss"], params["loss_params"], len(classes), settings["embedding_dim"]).to(device)
 
     # 5. The method around the base loss.
-    def embed_training_set() -> tuple[torch.Tensor, torch.Tensor]:
-        loader = DataLoader(train_eval_set, batch_size=eval_batch, shuffle=False, **loader_kwargs)
+    def embed_training_set(augmented: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        # augmented: the training transform (IAA's official code estimates on it), one draw per image;
+        # photos take a seed per image from the global stream, like the training loader.
+        if not augmented:
+            loader = DataLoader(train_eval_set, batch_size=eval_batch, shuffle=False, **loader_kwargs)
+        elif image_input.seeded:
+            sampler = SeededSampler(SequentialSampler(train_set))
+            loader = DataLoader(train_set, batch_sampler=BatchSampler(sampler, eval_batch, drop_last=False), **loader_kwargs)
+        else:
+            loader = DataLoader(train_set, batch_size=eval_batch, shuffle=False, **loader_kwargs)
         return embed(model, loader, device, amp, image_input)
 
     context = MethodContext(

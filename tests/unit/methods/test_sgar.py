@@ -1,116 +1,163 @@
-"""SGAR (METHODS.md §6, project definition): graded positives, ranking loss, wiring."""
+"""SGAR (METHODS.md §6, project definition): graded features before the embedding layer, ranking loss, wiring."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dmlsynth.methods.sgar import graded_positives, graded_similarity_matrix, ranking_loss
-from tests.helpers.methods import (
-    backbone,
-    batch,
-    build,
-    loss_and_grad,
-    train_digits,
-)
+from dmlsynth.methods.sgar import graded_features, graded_similarities, ranking_loss
+from tests.helpers.methods import batch, build, train_digits, trunk_and_head
+from tests.helpers.methods import two_stage_step as step
 
 
-def test_graded_positives_are_unit_vectors_with_strictly_falling_similarity():
+def sgar(loss: str, head, params=None, seed: int = 0):
+    return build("sgar", loss, params, seed=seed, embedding_layer=head)
+
+
+def test_graded_features_step_j_alpha_norm_with_a_fresh_direction_per_level():
     g = torch.Generator().manual_seed(0)
-    p = torch.randn(30, 16, generator=g, dtype=torch.float64) * 4
-    graded = graded_positives(p, steps=5, delta=0.2, generator=g)
-    assert graded.shape == (5, 30, 16)
-    assert torch.allclose(graded.norm(dim=2), torch.ones(5, 30, dtype=torch.float64))
-    sims = F.cosine_similarity(graded, p[None].expand_as(graded), dim=2)  # (5, 30)
-    expected = torch.tensor([1 / math.sqrt(1 + (0.2 * j) ** 2) for j in range(1, 6)], dtype=torch.float64)
-    assert torch.allclose(sims, expected[:, None].expand_as(sims))
-    assert (sims[1:] < sims[:-1]).all() and (sims[0] < 1).all()
-    # All steps of a row move along one direction u perpendicular to p.
-    p_hat = F.normalize(p, dim=1)
-    u1 = F.normalize(graded[0] / (graded[0] * p_hat).sum(1, keepdim=True) - p_hat, dim=1)
-    u3 = F.normalize(graded[2] / (graded[2] * p_hat).sum(1, keepdim=True) - p_hat, dim=1)
-    assert torch.allclose(u1, u3) and torch.allclose((u1 * p_hat).sum(1), torch.zeros(30, dtype=torch.float64), atol=1e-12)
+    r = torch.randn(6, 20, generator=g)
+    graded = graded_features(r, steps=5, alpha=0.1, generator=torch.Generator().manual_seed(1))
+    assert graded.shape == (5, 6, 20)
+    offsets = graded - r[None]
+    for j in range(5):
+        assert torch.allclose(offsets[j].norm(dim=1), (j + 1) * 0.1 * r.norm(dim=1), rtol=1e-5)
+    directions = F.normalize(offsets, dim=2)
+    cos = (directions[0] * directions[1]).sum(dim=1)
+    assert (cos.abs() < 0.9).all()  # not one direction scaled: a fresh one per level
+    again = graded_features(r, steps=5, alpha=0.1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(graded, again)
 
 
-def test_graded_positives_are_reproducible_from_the_generator():
-    p = torch.randn(4, 8)
-    a = graded_positives(p, generator=torch.Generator().manual_seed(5))
-    b = graded_positives(p, generator=torch.Generator().manual_seed(5))
-    c = graded_positives(p, generator=torch.Generator().manual_seed(6))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+def test_graded_features_reject_bad_input():
+    with pytest.raises(ValueError, match=r"\(N, F\)"):
+        graded_features(torch.zeros(3))
+    with pytest.raises(ValueError, match="alpha > 0"):
+        graded_features(torch.zeros(2, 3), alpha=0)
 
 
 def test_ranking_loss_is_zero_when_the_order_holds_and_positive_otherwise():
-    ordered = torch.tensor([[0.9, 0.5], [0.8, 0.4], [0.7, 0.3]])  # falling by 0.1 per step
-    assert ranking_loss(ordered, margin=0.01) == 0
-    assert ranking_loss(ordered, margin=0.09) == 0  # gaps wider than the margin
-    # A margin wider than the gaps: [−0.1 + 0.15]+ per step, 2 steps, both columns.
-    assert ranking_loss(ordered, margin=0.15) == pytest.approx(0.1)
-    swapped = ordered.clone()
-    swapped[[1, 2], 0] = swapped[[2, 1], 0]  # column 0 out of order between steps 1 and 2
-    # column 0: [0.7-0.9+0.01]+ + [0.8-0.7+0.01]+ = 0.11; column 1: 0 -> mean 0.055
-    assert ranking_loss(swapped, margin=0.01) == pytest.approx(0.055)
+    ordered = torch.tensor([[0.9], [0.7], [0.5], [0.3], [0.1]])
+    assert ranking_loss(ordered, margin=0.1).item() == 0.0
+    swapped = torch.tensor([[0.5], [0.7], [0.4], [0.3], [0.1]])
+    # [0.7 - 0.5 + 0.1] + [0.4 - 0.7 + 0.1]_+ + [0.3 - 0.4 + 0.1]_+ + [0.1 - 0.3 + 0.1]_+ = 0.3
+    assert ranking_loss(swapped, margin=0.1).item() == pytest.approx(0.3)
+    assert ranking_loss(torch.zeros(5, 0), 0.1).item() == 0.0
 
 
-def test_closed_form_similarities_equal_the_explicit_graded_samples_with_gradients():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(12, 6, generator=g, dtype=torch.float64)
-    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    closed = graded_similarity_matrix(x1, 3, 0.2, torch.Generator().manual_seed(9))
-    graded = graded_positives(x2, 3, 0.2, torch.Generator().manual_seed(9))  # (3, N, D)
-    x_hat = F.normalize(x2, dim=1)
-    explicit = torch.cat([(x_hat @ x_hat.T)[None], torch.einsum("id,jkd->jik", x_hat, graded)])
-    assert torch.allclose(closed, explicit)
-    weights = torch.randn(closed.shape, generator=g, dtype=torch.float64)
-    (closed * weights).sum().backward()
-    (explicit * weights).sum().backward()
-    assert torch.allclose(x1.grad, x2.grad)
+def test_rank_loss_equals_a_direct_evaluation_over_every_same_class_pair():
+    inputs, labels = batch(per_class=3)
+    trunk, head = trunk_and_head()
+    method = sgar("multi_similarity", head, {"steps": 3, "alpha": 0.2, "margin": 0.03}, seed=5)
+    features = trunk(inputs)
+    got = method.rank_loss(head(features), labels, features)
 
-
-def test_rank_loss_equals_a_direct_evaluation_over_pairs_above_the_median():
-    inputs, labels = batch()
-    method = build("sgar", "multi_similarity", {"margin": 0.05})
-    emb = backbone()(inputs).detach().double()
-    got = method.rank_loss(emb, labels)
-    graded = graded_positives(emb, 4, 0.1, torch.Generator().manual_seed(0))  # the method's seed-0 stream
-    x_hat = F.normalize(emb, dim=1)
-    pairs = [(i, k) for i in range(len(labels)) for k in range(len(labels)) if i != k and labels[i] == labels[k]]
-    sims = torch.tensor([float(x_hat[i] @ x_hat[k]) for i, k in pairs], dtype=torch.float64)
-    median = sims.median() if len(sims) % 2 else sims.sort().values[len(sims) // 2 - 1 : len(sims) // 2 + 1].mean()
+    g = torch.Generator().manual_seed(5)
+    directions = F.normalize(torch.randn((3, len(labels), features.shape[1]), generator=g), dim=2)
     terms = []
-    for (i, k), s_ap in zip(pairs, sims):
-        if s_ap <= median:
-            continue
-        chain = [float(s_ap)] + [float(x_hat[i] @ graded[j, k]) for j in range(4)]
-        terms.append(sum(max(0.0, chain[j + 1] - chain[j] + 0.05) for j in range(4)))
-    assert len(terms) == len(pairs) // 2  # strictly above the median of 280 distinct similarities
-    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-9)
+    with torch.no_grad():
+        for a in range(len(labels)):
+            for k in range(len(labels)):
+                if a == k or labels[a] != labels[k]:
+                    continue
+                anchor = head(features[a])
+                samples = [head(features[k])] + [
+                    head(features[k] + j * 0.2 * features[k].norm() * directions[j - 1, k]) for j in range(1, 4)
+                ]
+                sims = [F.cosine_similarity(anchor, s, dim=0) for s in samples]
+                terms.append(sum(F.relu(sims[j + 1] - sims[j] + 0.03) for j in range(3)))
+    assert got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+def test_graded_similarities_row_zero_is_the_batch_similarity():
+    emb = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    graded = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(1))
+    sims = graded_similarities(emb, graded)
+    x = F.normalize(emb, dim=1)
+    assert torch.allclose(sims[0], x @ x.T, atol=1e-6)
+    assert torch.allclose(sims[2, 1, 3], F.cosine_similarity(emb[1], graded[1, 3], dim=0), atol=1e-6)
 
 
 @pytest.mark.parametrize("loss", ["multi_similarity", "contrastive", "triplet", "proxy_anchor"])
 def test_weight_zero_is_exactly_baseline(loss):
     inputs, labels = batch()
-    off = loss_and_grad(build("sgar", loss, {"weight": 0.0}), inputs, labels)
-    base = loss_and_grad(build("baseline", loss), inputs, labels)
-    assert off[0] == base[0] and torch.equal(off[1], base[1])
+    off = step("sgar", loss, inputs, labels, {"weight": 0.0})
+    base = step("baseline", loss, inputs, labels)
+    assert off[0] == base[0] and all(torch.equal(a, b) for a, b in zip(off[1], base[1]))
 
 
 @pytest.mark.parametrize("loss", ["multi_similarity", "contrastive", "triplet", "proxy_anchor"])
 def test_total_is_base_plus_weighted_rank_loss_and_gradients_flow(loss):
     inputs, labels = batch()
-    method = build("sgar", loss, {"weight": 2.0, "margin": 0.05})
-    emb = backbone()(inputs)
-    rank = method.rank_loss(emb, labels)
+    trunk, head = trunk_and_head()
+    method = sgar(loss, head, {"weight": 2.0})
+    features = trunk(inputs)
+    emb = head(features)
+    rank = method.rank_loss(emb, labels, features)
     assert rank > 0
     method.context.generator.manual_seed(0)
-    total = method(emb, labels)
+    total = method(emb, labels, features=features)
     assert total.item() == pytest.approx((method.base_loss(emb, labels) + 2.0 * rank).item(), rel=1e-5)
-    value, grad = loss_and_grad(build("sgar", loss), inputs, labels)
-    base_grad = loss_and_grad(build("baseline", loss), inputs, labels)[1]
-    assert torch.isfinite(grad).all() and not torch.allclose(grad, base_grad)
+    value, grads = step("sgar", loss, inputs, labels)
+    base_grads = step("baseline", loss, inputs, labels)[1]
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, base_grads))
+
+
+def test_sgar_needs_features_and_the_embedding_layer():
+    inputs, labels = batch()
+    trunk, head = trunk_and_head()
+    with pytest.raises(ValueError, match="needs the backbone features"):
+        sgar("multi_similarity", head)(head(trunk(inputs)), labels)
+    with pytest.raises(ValueError, match="needs embedding_layer"):
+        build("sgar", "multi_similarity")
+
+
+def rank_share(run, images, labels, seed: int = 0):
+    """The ranking term on one batch, the share of its hinges that are active, and its gradient norm on
+    the backbone relative to the base loss's."""
+    from dmlsynth.methods.sgar import GradedRanking
+
+    method = run.method
+    assert isinstance(method, GradedRanking)
+    method.context.generator.manual_seed(seed)
+    features = run.model.trunk(images)
+    embeddings = run.model.embedding(features)
+    parameters = [p for p in run.model.parameters() if p.requires_grad]
+    rank = method.rank_loss(embeddings, labels, features)
+    rank_grads = torch.autograd.grad(rank, parameters, retain_graph=True)
+    base_grads = torch.autograd.grad(method.base_loss(embeddings, labels), parameters)
+    norm = lambda grads: torch.sqrt(sum((g**2).sum() for g in grads))  # noqa: E731
+    with torch.no_grad():
+        method.context.generator.manual_seed(seed)
+        graded = run.model.embedding(graded_features(features, method.steps, method.alpha, method.context.generator))
+        sims = graded_similarities(embeddings, graded)
+        same = labels[:, None] == labels[None, :]
+        same.fill_diagonal_(False)
+        pairs = sims[:, same]
+        active = ((pairs[1:] - pairs[:-1] + method.margin) > 0).float().mean()
+    return float(rank), float(active), float(norm(rank_grads) / norm(base_grads))
+
+
+def test_ranking_term_is_active_with_a_non_negligible_gradient_on_digits_batches(config, digits_manifest, tmp_path):
+    """Issue #11: on typical batches, at the start and after training, the ranking term is non-zero, a good
+    share of its hinges are active, and its gradient on the backbone is not negligible next to the base loss's."""
+    from dmlsynth import config as cfg
+    from dmlsynth.training.build import build_run
+
+    config = dict(config, methods=["sgar"], losses=["multi_similarity"])
+    params = cfg.run_params(cfg.validate(config), "digits", "sgar", "multi_similarity", 0)
+    run = build_run(params, digits_manifest)
+    images, labels = next(iter(run.training_batches()))
+    at_start = rank_share(run, images, labels)
+    train_digits("sgar", "multi_similarity", config, digits_manifest, tmp_path / "run")
+    trained = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"]
+    run.model.load_state_dict(trained)
+    after = rank_share(run, images, labels)
+    print("sgar rank term (value, active share, gradient ratio) at start / trained:", at_start, after)
+    for rank, active, gradient_ratio in (at_start, after):
+        assert rank > 0.01 and active > 0.2 and gradient_ratio > 0.05, (at_start, after)
 
 
 def test_sgar_trains_on_digits(config, digits_manifest, tmp_path):

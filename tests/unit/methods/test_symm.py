@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dmlsynth.config import ConfigError, validate
-from dmlsynth.methods.symm import hardest_negative_pairs, pair_units, symmetric_points
+from dmlsynth.methods.symm import candidate_mask, hardest_negative_pairs, pair_units, symmetric_points, unit_logits
 from tests.helpers.methods import batch, build, loss_and_grad, train_digits
 
 
@@ -55,32 +55,67 @@ def test_pair_units_pairs_same_class_samples_and_keeps_odd_ones_single():
     assert positives.tolist()[:2] == [4, 7]
 
 
-def brute_force_hardest(sim, units, unit_labels):
+# What each `candidates` option says it searches, written out point by point.
+SLOT_NAMES = ["a", "p", "s1", "s2"]
+SEARCHED = {
+    "all": [(x, y) for x in SLOT_NAMES for y in SLOT_NAMES],
+    "official": [("a", "p"), ("a", "s1"), ("a", "s2"), ("p", "s1"), ("p", "s2"), ("s1", "s2")],
+    "anchor": [("a", "a"), ("a", "p"), ("a", "s1"), ("a", "s2")],
+}
+
+
+def brute_force_hardest(sim, units, unit_labels, candidates="all"):
+    """The hardest pair between every two units over the slot pairs ``candidates`` names (all of a single's)."""
     rows, cols = [], []
+    searched = [(SLOT_NAMES.index(x), SLOT_NAMES.index(y)) for x, y in SEARCHED[candidates]]
     for u, v in itertools.product(range(len(units)), repeat=2):
         if unit_labels[u] == unit_labels[v]:
             continue
-        best, best_pair = -float("inf"), None
-        for i in units[u]:
-            for j in units[v]:
-                if i >= 0 and j >= 0 and sim[i][j] > best:
-                    best, best_pair = sim[i][j], (i, j)
+        pairs = [(units[u][x], units[v][y]) for x, y in searched if units[u][x] >= 0 and units[v][y] >= 0]
+        if not pairs:  # a single sample: every pair of its points with the other unit's
+            pairs = [(i, j) for i in units[u] for j in units[v] if i >= 0 and j >= 0]
+        best_pair = max(pairs, key=lambda ij: sim[ij[0]][ij[1]])  # first maximum, in slot order
         rows.append(best_pair[0])
         cols.append(best_pair[1])
     return rows, cols
 
 
-def test_hardest_negative_pairs_equals_brute_force():
+@pytest.mark.parametrize("candidates", ["all", "official", "anchor"])
+def test_hardest_negative_pairs_equals_brute_force(candidates):
     g = torch.Generator().manual_seed(3)
     points = F.normalize(torch.randn(30, 8, generator=g), dim=1)
     sim = points @ points.T
     units = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19],
                           [20, 21, 22, 23], [24, -1, -1, -1], [25, 26, 27, 28]])
     unit_labels = torch.tensor([0, 0, 1, 1, 2, 3, 3, 2])
-    rows, cols = hardest_negative_pairs(sim, units, unit_labels)
-    expected_rows, expected_cols = brute_force_hardest(sim.tolist(), units.tolist(), unit_labels.tolist())
+    rows, cols = hardest_negative_pairs(sim, units, unit_labels, candidate_mask(candidates))
+    expected_rows, expected_cols = brute_force_hardest(sim.tolist(), units.tolist(), unit_labels.tolist(), candidates)
     assert rows.tolist() == expected_rows and cols.tolist() == expected_cols
     assert len(expected_rows) == 8 * 8 - 16  # every ordered pair of units of different classes
+
+
+def test_candidate_options_search_what_they_say():
+    assert candidate_mask("all").sum() == 16 and candidate_mask("official").sum() == 6 and candidate_mask("anchor").sum() == 4
+    # official: a point of u is paired only with a later slot of v; anchor: u's anchor only.
+    for name in ("all", "official", "anchor"):
+        expected = {(SLOT_NAMES.index(x), SLOT_NAMES.index(y)) for x, y in SEARCHED[name]}
+        assert {tuple(ij) for ij in torch.nonzero(candidate_mask(name)).tolist()} == expected
+    with pytest.raises(ValueError, match="candidates must be one of all, official, anchor"):
+        candidate_mask("some")
+    # The options give different hardest pairs on the same points.
+    g = torch.Generator().manual_seed(4)
+    points = F.normalize(torch.randn(16, 6, generator=g), dim=1)
+    units = torch.arange(16).reshape(4, 4)
+    found = {name: hardest_negative_pairs(points @ points.T, units, torch.arange(4), candidate_mask(name)) for name in SEARCHED}
+    assert not torch.equal(torch.stack(found["all"]), torch.stack(found["official"]))
+    assert not torch.equal(torch.stack(found["official"]), torch.stack(found["anchor"]))
+
+
+def test_the_method_searches_its_configured_candidates():
+    inputs, labels = batch(per_class=6)
+    values = {name: loss_and_grad(build("symm", "multi_similarity", {"candidates": name}), inputs, labels)[0] for name in SEARCHED}
+    assert len(set(values.values())) == 3
+    assert build("symm", "multi_similarity").params["candidates"] == "official"
 
 
 class Spy(torch.nn.Module):
@@ -111,7 +146,7 @@ def test_hardest_pairs_over_originals_and_synthetics_drive_the_negative_terms(lo
     units = [[int(anchors[u]), int(positives[u]), n + u, n + k + u] for u in range(k)]
     unit_labels = labels[anchors].tolist()
     normalised = F.normalize(points, dim=1)
-    expected = set(zip(*brute_force_hardest((normalised @ normalised.T).tolist(), units, unit_labels)))
+    expected = set(zip(*brute_force_hardest((normalised @ normalised.T).tolist(), units, unit_labels, "official")))
     neg_rows = indices[0] if loss == "triplet" else indices[2]  # (a, p, n) or (a1, p, a2, n)
     negatives = set(zip(neg_rows.tolist(), indices[-1].tolist()))
     assert negatives == expected
@@ -148,13 +183,68 @@ def test_gradients_flow_to_the_backbone(loss):
     assert value > 0 and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-def test_proxy_anchor_is_rejected_when_the_config_is_validated(config):
-    config = dict(config, methods=["baseline", "symm"], losses=["multi_similarity", "proxy_anchor"])
-    with pytest.raises(ConfigError, match="method 'symm' does not work with loss 'proxy_anchor'"):
+@pytest.mark.parametrize("loss", ["proxy_anchor", "potential_field"])
+def test_losses_without_given_negative_pairs_are_rejected(config, loss):
+    config = dict(config, methods=["baseline", "symm"], losses=["multi_similarity", loss])
+    with pytest.raises(ConfigError, match=f"method 'symm' does not work with loss '{loss}'"):
         validate(config)
+    with pytest.raises(ValueError, match="needs a loss whose negative terms are given negative pairs"):
+        build("symm", loss)
 
 
 def test_symm_trains_on_digits(config, digits_manifest, tmp_path):
     result = train_digits("symm", "multi_similarity", config, digits_manifest, tmp_path / "run")
     assert len(result["history"]) == 2 and all(row["loss"] > 0 for row in result["history"])
     assert (tmp_path / "run" / "embeddings.npz").exists()
+
+
+def direct_unit_softmax(embeddings, labels, loss, slots, l2_weight=0.0):
+    """The official code's symmetric N-pair / angular loss, unit pair by unit pair (tan²45° = 1)."""
+    anchors, positives, _ = pair_units(labels)
+    a, p = embeddings[anchors], embeddings[positives]
+    if loss == "angular":
+        a, p = F.normalize(a, dim=1), F.normalize(p, dim=1)
+    s1, s2 = symmetric_points(a, p)
+    pts = [a, p, s1, s2]
+    u = len(anchors)
+    logits = torch.empty(u, u)
+    for i in range(u):
+        for j in range(u):
+            values = []
+            for x, y in slots:
+                if loss == "n_pairs":
+                    values.append(pts[x][i] @ pts[y][j])
+                elif i == j:
+                    values.append(2 * (1 + 1.0) * (pts[x][i] @ pts[y][i]))
+                else:
+                    values.append(4 * 1.0 * ((pts[x][i] + pts[y][i]) @ pts[y][j]))
+            logits[i, j] = max(values)
+    unit_labels = labels[anchors]
+    total = 0.0
+    for i in range(u):
+        same = (unit_labels == unit_labels[i]).float()
+        total = total - (same / same.sum() * torch.log_softmax(logits[i], dim=0)).sum()
+    reg = l2_weight * torch.cat([a, p]).pow(2).sum(1).mean()
+    return total / u + reg
+
+
+@pytest.mark.parametrize("loss", ["n_pairs", "angular"])
+@pytest.mark.parametrize("candidates", ["official", "all", "anchor"])
+def test_n_pairs_and_angular_are_the_official_unit_softmax(loss, candidates):
+    inputs, labels = batch(per_class=4)
+    embeddings = torch.nn.Linear(inputs.shape[1], 16)(inputs).detach()
+    method = build("symm", loss, {"candidates": candidates})
+    if candidates == "official":
+        slots = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)] if loss == "n_pairs" else [
+            (x, y) for x in range(4) for y in range(4) if x != y
+        ]
+    else:
+        slots = [(SLOT_NAMES.index(x), SLOT_NAMES.index(y)) for x, y in SEARCHED[candidates]]
+    weight = 0.001 if loss == "n_pairs" else 0.0  # l2_reg 0.002 / 2
+    expected = direct_unit_softmax(embeddings, labels, loss, slots, weight)
+    assert float(method(embeddings, labels)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_unit_logits_reject_other_losses():
+    with pytest.raises(ValueError, match="for n_pairs and angular"):
+        unit_logits(torch.zeros(2, 4, 3), "triplet", candidate_mask("all"))

@@ -30,8 +30,12 @@ def test_every_part_of_a_run_is_on_its_device(config, digits_manifest, device):
     assert len(targets) == len(run.test_set)
 
 
-@pytest.mark.parametrize("method", ["baseline", "iaa"])  # IAA embeds the training set on the device
+# IAA embeds the training set on the device (iaa_official: augmented images); SGAR sends graded features
+# through the embedding layer on the device.
+@pytest.mark.parametrize("method", ["baseline", "iaa", "iaa_official", "sgar"])
 def test_digits_run_trains_on_the_device(config, digits_manifest, tmp_path, device, method):
+    if method == "iaa_official":
+        method, config["method_params"] = "iaa", {"iaa": {"variant": "official", "start_fraction": 0.0}}
     result = train_run(digits_params(config, device, method=method), digits_manifest, tmp_path / "run", progress=False)
     assert np.isfinite([h["loss"] for h in result["history"]]).all()
     assert torch.isfinite(result["embeddings"]).all()
