@@ -1,28 +1,192 @@
-"""Wall time of the embedded default, end to end, from nothing.
+"""The embedded default, end to end, from nothing: its wall time and its results.
 
 Runs ``snakemake --cores 8 results/table.csv`` with the repository's
 params.yaml in a fresh temporary folder (no prepared data, no results, no
-MLflow store), then prints the total wall time and what each stage's jobs
-cost, summed from the runs' own records.
+MLflow store) — what the README's first command does after installing —
+then prints the total wall time and what each stage's jobs cost, summed
+from the runs' own records.
 
-    python benchmarks/bench_embedded_default.py [--cores 8] [--keep DIR] [--seeds 5] [--target results/comparison.md]
+With ``--write`` it keeps what the run produced in ``benchmarks/results/``
+and renders the README's blocks from it:
+
+- ``embedded_default_runs.csv``: one row per training run (metrics.json,
+  params hash, training seconds) — ``tests/e2e/test_embedded_default_numbers.py``
+  re-trains some of these runs from scratch and requires the same numbers;
+- ``embedded_default_table.csv``: the run's ``results/table.csv``, verbatim;
+- ``embedded_default_time.csv``: wall time, jobs, what each stage cost, machine;
+- ``embedded_default_generation.csv``: the run's ``results/generation.csv``, verbatim.
+
+    python benchmarks/bench_embedded_default.py [--cores 8] [--keep DIR] [--seeds N] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
+from dmlsynth import docblocks
+from dmlsynth.machine import machine_facts
+
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = "benchmarks/bench_embedded_default.py"
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS_CSV = RESULTS / "embedded_default_runs.csv"
+TABLE_CSV = RESULTS / "embedded_default_table.csv"
+TIME_CSV = RESULTS / "embedded_default_time.csv"
+GENERATION_CSV = RESULTS / "embedded_default_generation.csv"
+RUN_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"]
+
+
+def run_workflow(workdir: Path, params: dict, cores: str, target: str) -> tuple[float, int]:
+    """Snakemake on ``params`` in ``workdir``: (wall seconds, jobs finished)."""
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+         "--cores", cores, target],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    total = time.perf_counter() - started
+    if result.returncode != 0:
+        print(result.stdout[-4000:], result.stderr[-4000:])
+        raise SystemExit(f"workflow failed ({result.returncode})")
+    return total, result.stdout.count("Finished jobid") + result.stderr.count("Finished jobid")
+
+
+def collect_runs(results: Path) -> pd.DataFrame:
+    """One row per training run of a results folder: what it is, its metrics and its cost."""
+    rows = []
+    for record_file in sorted((results / "runs").rglob("run.yaml")):
+        record = yaml.safe_load(record_file.read_text())
+        metrics = json.loads((record_file.parent / "metrics.json").read_text())
+        params = record["params"]
+        row = {key: params[key] for key in ("dataset", "method", "loss", "seed")}
+        row.update(params_hash=record["params_hash"], train_seconds=round(record["wall_seconds"]["train"], 1))
+        row.update(eval_seconds=round(metrics["eval_seconds"], 2))
+        row.update({name: metrics[name] for name in RUN_METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["dataset", "method", "loss", "seed"]).reset_index(drop=True)
+
+
+def stage_costs(runs: pd.DataFrame, generation_csv: Path) -> dict:
+    """Seconds each stage took inside its jobs: training per method (summed over seeds), metrics, generation."""
+    costs = {f"train_seconds.{method}": round(seconds, 1) for method, seconds in runs.groupby("method").train_seconds.sum().items()}
+    costs["eval_seconds"] = round(runs.eval_seconds.sum(), 1)
+    if generation_csv.is_file():
+        generation = pd.read_csv(generation_csv)
+        everything = generation[generation.operator.isin(["all", "cfg"]) | (generation.image_set == generation.operator)]
+        costs["generator_train_seconds"] = round(float(generation.generator_train_seconds.max()), 1)
+        costs["generated_images"] = int(everything.images.sum())
+        costs["generation_seconds"] = round(float((everything.images * everything.seconds_per_image).sum()), 1)
+    return costs
+
+
+def render_cost(frame: pd.DataFrame) -> str:
+    """The BENCHMARKS block: what the default costs end to end and per stage."""
+    row = frame.iloc[0]
+    methods = sorted(c.split(".", 1)[1] for c in frame.columns if c.startswith("train_seconds."))
+    training = ", ".join(f"{m} {row[f'train_seconds.{m}']:.0f} s" for m in methods)
+    lines = [
+        f"{int(row.methods)} methods × {int(row.seeds)} seeds, `--cores {row.cores_flag}`; "
+        f"{row.date}, {int(row.cpus)} CPUs, torch {row.torch}, {row.load}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| jobs | {int(row.jobs)} ({int(row.runs)} training runs) |",
+        f"| **end-to-end wall time** | **{row.wall_seconds:.0f} s ({row.wall_seconds / 60:.1f} min)** |",
+    ]
+    if "generator_train_seconds" in frame.columns and row.generator_train_seconds == row.generator_train_seconds:
+        lines += [
+            f"| embedded generator training | {row.generator_train_seconds:.0f} s (beside the feature-space runs) |",
+            f"| image generation, {int(row.generated_images)} images | {row.generation_seconds:.0f} s in all "
+            f"({row.generation_seconds / row.generated_images:.2f} s per image) |",
+        ]
+    lines += [
+        f"| training, summed over the seeds | {training} |",
+        f"| metric computation, all {int(row.runs)} runs | {row.eval_seconds:.0f} s |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_generation(frame: pd.DataFrame) -> str:
+    """The BENCHMARKS block: the default's generated image sets, from its results/generation.csv."""
+    lines = [
+        "| image set | operator | images | fidelity (chance) | diversity (generated / real) | union vs intersection separation (p) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, row in frame.iterrows():
+        separation = (
+            f"{row.union_intersection_separation:.4f} ({row.union_intersection_pvalue:.3f})"
+            if row.union_intersection_separation == row.union_intersection_separation else "—"
+        )  # fmt: skip
+        lines.append(
+            f"| {row.image_set} | {row.operator} | {int(row.images)} | {row.fidelity:.3f} ({row.chance:.2f}) | "
+            f"{row.diversity:.3f} | {separation} |"
+        )
+    real = frame.real_accuracy.iloc[0]
+    lines += ["", f"(The fidelity classifier's own cross-validated accuracy on real images: {real:.3f}.)"]
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _signed(value: float) -> str:
+    text = f"{100 * value:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text.replace("-", "−")
+
+
+def render(table: pd.DataFrame) -> str:
+    """The README block: every method of the default, R@1 and MAP@R, paired differences to baseline."""
+    seeds = int(table.seeds.max())
+    lines = [
+        "| method | R@1 (%) | Δ R@1 vs baseline, 95 % CI over seeds | p (Holm) | MAP@R (%) | Δ MAP@R, 95 % CI | p (Holm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = ["baseline"] + sorted(m for m in table.method.unique() if m != "baseline")
+    for method in order:
+        row = table[table.method == method].iloc[0]
+        cells = [f"`{method}`"]
+        for metric in ("recall@1", "map@r"):
+            cells.append(f"{_percent(row[f'{metric}_mean'])} ± {_percent(row[f'{metric}_std'])}")
+            if method == "baseline":
+                cells += ["—", "—"]
+                continue
+            delta = (
+                f"{_signed(row[f'{metric}_delta'])} "
+                f"[{_signed(row[f'{metric}_delta_ci_low'])}, {_signed(row[f'{metric}_delta_ci_high'])}]"
+            )
+            significant = row[f"{metric}_significant"] == "yes"
+            cells += [f"**{delta}**" if significant else delta, f"{row[f'{metric}_p_holm']:.2g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    loss = table.loss.iloc[0]
+    lines += [
+        "",
+        f"({seeds} seeds, {loss} loss, mean ± standard deviation over seeds; bold: significant at 0.05 "
+        "after Holm correction over the methods; from `results/table.csv` of a fresh run.)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_time(frame: pd.DataFrame) -> str:
+    """The README's quick-start sentence on what the first command costs."""
+    row = frame.iloc[0]
+    return (
+        f"The workflow part took **{row.wall_seconds / 60:.1f} min** on a {int(row.cpus)}-core machine without a GPU "
+        f"({int(row.jobs)} jobs, {int(row.runs)} training runs of {int(row.methods)} methods × {int(row.seeds)} seeds; "
+        f"{row.load}; measured {row.date} by `{SCRIPT}`).\n"
+    )
 
 
 def main() -> None:
@@ -31,40 +195,50 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it")
     parser.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 instead of params.yaml's")
     parser.add_argument("--target", default="results/table.csv", help="e.g. results/comparison.md")
+    parser.add_argument("--write", action="store_true", help="keep the results in benchmarks/results and render the README")
     args = parser.parse_args()
+    if args.write and (args.seeds is not None or args.target != "results/table.csv"):
+        parser.error("--write records the default exactly as params.yaml runs it: no --seeds, no --target")
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="dmlsynth-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     if args.seeds is not None:
         params["seeds"] = list(range(args.seeds))
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-         "--cores", args.cores, args.target],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    total = time.perf_counter() - started
-    if result.returncode != 0:
-        print(result.stdout[-4000:], result.stderr[-4000:])
-        raise SystemExit(f"workflow failed ({result.returncode})")
+    facts = machine_facts()  # before the run: the load is other processes', not ours
+    total, jobs = run_workflow(workdir, params, args.cores, args.target)
 
-    train_seconds: dict[str, float] = defaultdict(float)
-    eval_seconds = 0.0
-    runs = 0
-    for record_file in sorted((workdir / "results" / "runs").rglob("run.yaml")):
-        record = yaml.safe_load(record_file.read_text())
-        train_seconds[record["params"]["method"]] += record["wall_seconds"]["train"]
-        eval_seconds += json.loads((record_file.parent / "metrics.json").read_text())["eval_seconds"]
-        runs += 1
-    jobs = result.stdout.count("Finished jobid") + result.stderr.count("Finished jobid")
-    print(f"embedded default (params.yaml, seeds {params['seeds']}), --cores {args.cores}, {jobs} jobs, {runs} training runs")
+    runs = collect_runs(workdir / "results")
+    print(f"embedded default (params.yaml, seeds {params['seeds']}), --cores {args.cores}, {jobs} jobs, {len(runs)} training runs")
     print(f"end-to-end wall time: {total:.1f} s ({total / 60:.1f} min)")
     print("training time inside the jobs, summed over seeds and losses (s):")
-    for method, seconds in sorted(train_seconds.items()):
+    for method, seconds in runs.groupby("method").train_seconds.sum().items():
         print(f"  {method:<22}{seconds:8.1f}")
-    print(f"metric computation, all runs (s): {eval_seconds:.1f}")
+    print(f"metric computation, all runs (s): {runs.eval_seconds.sum():.1f}")
+
+    if args.write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        runs.to_csv(RUNS_CSV, index=False, float_format="%.10g")
+        shutil.copyfile(workdir / "results" / "table.csv", TABLE_CSV)
+        timing = pd.DataFrame([{
+            "wall_seconds": round(total, 1), "jobs": jobs, "runs": len(runs), "methods": runs.method.nunique(),
+            "seeds": len(params["seeds"]), "cores_flag": args.cores, "machine": platform.machine(), **facts,
+            **stage_costs(runs, workdir / "results" / "generation.csv"),
+        }])  # fmt: skip
+        shutil.copyfile(workdir / "results" / "generation.csv", GENERATION_CSV)
+        timing.to_csv(TIME_CSV, index=False)
+        for function, source, frame in (
+            ("render", TABLE_CSV, pd.read_csv(TABLE_CSV)),
+            ("render_time", TIME_CSV, timing),
+            ("render_cost", TIME_CSV, timing),
+            ("render_generation", GENERATION_CSV, pd.read_csv(GENERATION_CSV)),
+        ):
+            relative = str(source.relative_to(ROOT))
+            body = globals()[function](frame)
+            written = [doc for doc in ("README.md", "BENCHMARKS.md")
+                       if docblocks.replace_block(ROOT / doc, SCRIPT, function, relative, body)]  # fmt: skip
+            if not written:
+                print(f"no document has a block for {function} from {relative}; add its markers")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -1,0 +1,77 @@
+"""The README's embedded-default numbers are what a fresh run of params.yaml gives.
+
+``benchmarks/bench_embedded_default.py --write`` recorded every run of the
+default in ``benchmarks/results/embedded_default_runs.csv`` and its table in
+``embedded_default_table.csv`` (rendered into the README). Here runs of that
+record are trained again from scratch with the repository's params.yaml and
+must give the same numbers on the CPU; a code change that moves them fails
+until the record (and so the README) is measured again.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from dmlsynth import docblocks
+from dmlsynth.layout import Layout
+from tests.conftest import ROOT
+from tests.helpers.workflow import snakemake
+
+SCRIPT = "benchmarks/bench_embedded_default.py"
+RUNS = pd.read_csv(ROOT / "benchmarks" / "results" / "embedded_default_runs.csv")
+TABLE = pd.read_csv(ROOT / "benchmarks" / "results" / "embedded_default_table.csv")
+METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"]
+# The feature-space methods (no image generation: seconds each); generation's cost is the record's.
+RETRAINED = [("baseline", 0), ("symm", 0), ("iaa", 0), ("sgar", 0)]
+
+
+def test_the_record_is_of_the_current_default():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert sorted(RUNS.method.unique()) == sorted(params["methods"])
+    assert sorted(RUNS.seed.unique()) == sorted(params["seeds"])
+    assert sorted(RUNS.loss.unique()) == sorted(params["losses"])
+    assert len(RUNS) == len(params["methods"]) * len(params["seeds"]) * len(params["losses"])
+    assert (TABLE.seeds == len(params["seeds"])).all()
+
+
+def test_the_table_record_aggregates_the_run_record():
+    # The recorded table's means are the recorded runs' means: both come from the same fresh run.
+    for _, row in TABLE.iterrows():
+        runs = RUNS[(RUNS.method == row.method) & (RUNS.loss == row.loss)]
+        for metric in METRICS:
+            # table.csv holds 6 decimals
+            assert runs[metric].mean() == pytest.approx(row[f"{metric}_mean"], abs=1e-6), (row.method, metric)
+        hashes = sorted(str(row.params_hashes).split(";"))
+        assert hashes == sorted(runs.params_hash), row.method
+
+
+@pytest.mark.slow
+def test_a_fresh_run_of_params_yaml_gives_the_recorded_numbers(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tracking"] = {"enabled": False}  # not part of a run's params; keeps the test off MLflow
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    layout = Layout.of(params)
+    targets = [layout.run(params["datasets"][0], m, params["losses"][0], s).metrics for m, s in RETRAINED]
+    # The record was measured on the CPU; "device: auto" would take a GPU here.
+    snakemake(tmp_path, *targets, env={"CUDA_VISIBLE_DEVICES": ""}, timeout=1800)
+    for (method, seed), target in zip(RETRAINED, targets):
+        record = RUNS[(RUNS.method == method) & (RUNS.seed == seed)].iloc[0]
+        metrics = json.loads((tmp_path / target).read_text())
+        run = yaml.safe_load((tmp_path / target).with_name("run.yaml").read_text())
+        assert run["params_hash"] == record.params_hash, f"{method} seed {seed}: params changed since the record"
+        for metric in METRICS:
+            assert metrics[metric] == pytest.approx(record[metric], abs=1e-9), (
+                f"{method} seed {seed} {metric}: {metrics[metric]} now, {record[metric]} recorded; "
+                f"measure again with {SCRIPT} --write"
+            )
+
+
+def test_the_readme_renders_the_record():
+    text = (ROOT / "README.md").read_text()
+    sources = {(b.script, b.function, b.source) for b in docblocks.blocks(text)}
+    assert (SCRIPT, "render", "benchmarks/results/embedded_default_table.csv") in sources
+    assert (SCRIPT, "render_time", "benchmarks/results/embedded_default_time.csv") in sources
