@@ -192,7 +192,7 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
     from dmlsynth.generation.prompts import read_prompts
     from dmlsynth.layout import FINE_TUNING_SUMMARY
     from dmlsynth.generation.settings import generation_settings
-    from dmlsynth.workflow import WorkflowGone, workflow_alive
+    from dmlsynth.workflow import stop_if_workflow_gone
 
     config = _config(args.config)
     settings = generation_settings(config, args.dataset)
@@ -202,16 +202,9 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
     label = labels[args.class_index]
     entry = read_prompts(args.prompts, labels)[label]
 
-    def stop_when_workflow_gone(step: int) -> None:
-        if workflow_alive() is False:
-            raise WorkflowGone(
-                f"the Snakemake process that started this job is gone; stopped after step {step} (checkpoint written). "
-                "Run `snakemake --unlock`, then the same command again to resume."
-            )
-
     fine_tune_class(
         settings, class_images(train, label), entry, args.dataset, label, args.out_dir, args.checkpoint,
-        callbacks=[stop_when_workflow_gone],
+        callbacks=[lambda step: stop_if_workflow_gone(f"step {step}")],
     )
     summary = args.out_dir / FINE_TUNING_SUMMARY
     tracking.tracked(

@@ -47,14 +47,20 @@ def workflow_alive(token: str | None = None) -> bool | None:
     return _start_time(int(pid)) == start
 
 
+def stop_if_workflow_gone(after: str) -> None:
+    """Raise :class:`WorkflowGone` when the workflow that started this job is gone; ``after`` says where
+    the job stopped (e.g. ``"epoch 3"``), right after a checkpoint was written."""
+    if workflow_alive() is False:
+        raise WorkflowGone(
+            f"the Snakemake process that started this job is gone; stopped after {after} (checkpoint "
+            "written). Run `snakemake --unlock`, then the same command again to resume."
+        )
+
+
 def stop_when_workflow_gone():
     """A training callback: stop after the epoch's checkpoint when the workflow that started the job is gone."""
 
     def callback(run, epoch, history):
-        if workflow_alive() is False:
-            raise WorkflowGone(
-                f"the Snakemake process that started this job is gone; stopped after epoch {epoch} (checkpoint "
-                "written). Run `snakemake --unlock`, then the same command again to resume."
-            )
+        stop_if_workflow_gone(f"epoch {epoch}")
 
     return callback
