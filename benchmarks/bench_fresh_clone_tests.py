@@ -82,8 +82,10 @@ def main() -> None:
     result = subprocess.run([str(workdir / ".ci" / "run")], cwd=workdir, capture_output=True, text=True)
     total = time.perf_counter() - started
     output = result.stdout + result.stderr
-    counts, seconds = pytest_summary(output)
-    print(output[-3000:])
+    (workdir / "ci-output.log").write_text(output)  # all of it, for a failure's details
+    counts, seconds = pytest_summary(result.stdout)
+    summary_at = result.stdout.rfind("short test summary info")
+    print(result.stdout[summary_at:] if summary_at >= 0 else result.stdout[-3000:])
     print(f"exit {result.returncode}; {total / 60:.1f} min in all, pytest {seconds / 60:.1f} min: {counts}")
     if result.returncode != 0:
         raise SystemExit("the test command failed in the fresh clone; nothing recorded")

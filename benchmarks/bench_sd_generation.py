@@ -157,6 +157,9 @@ def measure(config: str, device: str, variants, workdir: Path, images: int | Non
     paper = cfg.load(ROOT / "config" / "paper.yaml")
     recipe = generation_settings(paper, "cub200")
     recipe.update(model_id=str(model), device=device, images_per_class=images or shapes["images"])
+    # The sampler's cost per image: exactly the images asked for. The filter's extra images are added
+    # in the per-class cost (render_paper_generation), not generated here.
+    recipe["filter"] = {**recipe["filter"], "scorer": "none"}
     if shapes["steps"]:
         recipe["steps"] = shapes["steps"]
     recipe.update(shapes["settings"])
