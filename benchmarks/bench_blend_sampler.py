@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from dmlsynth import docblocks  # noqa: E402
 from dmlsynth.machine import facts_line, machine_facts  # noqa: E402
 
 SCRIPT = "benchmarks/bench_blend_sampler.py"
@@ -197,20 +198,11 @@ def main() -> None:
 
     frame = measure(args.config, args.threads)
     print(frame.T.to_string(header=False))
-    if args.out.exists():  # keep the other configs' rows
-        old = pd.read_csv(args.out)
-        frame = pd.concat([old[old.config != args.config], frame], ignore_index=True)
-        frame = frame.sort_values("config", kind="stable", key=lambda c: c.map(list(CONFIGS).index)).reset_index(drop=True)
-    from dmlsynth.io import atomic_write_text
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, frame.to_csv(index=False, float_format="%.6g"))
+    docblocks.record_rows(args.out, frame, ["config"], float_format="%.6g", order=list(CONFIGS))
     if args.write:
-        from dmlsynth.docblocks import replace_block
-
         source = args.out.relative_to(ROOT).as_posix()
-        if not replace_block(ROOT / "BENCHMARKS.md", SCRIPT, "render", source, render(pd.read_csv(args.out))):
-            raise SystemExit(f"BENCHMARKS.md has no block for {SCRIPT}:render from {source}; place its markers first")
+        if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(pd.read_csv(args.out))}):
+            raise SystemExit(f"no document has a block for {SCRIPT}:render from {source}; place its markers first")
 
 
 if __name__ == "__main__":

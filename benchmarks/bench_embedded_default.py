@@ -227,17 +227,14 @@ def main() -> None:
         }])  # fmt: skip
         shutil.copyfile(workdir / "results" / "generation.csv", GENERATION_CSV)
         timing.to_csv(TIME_CSV, index=False)
-        for function, source, frame in (
-            ("render", TABLE_CSV, pd.read_csv(TABLE_CSV)),
-            ("render_time", TIME_CSV, timing),
-            ("render_cost", TIME_CSV, timing),
-            ("render_generation", GENERATION_CSV, pd.read_csv(GENERATION_CSV)),
+        table, generation = pd.read_csv(TABLE_CSV), pd.read_csv(GENERATION_CSV)
+        for source, rendered in (
+            (TABLE_CSV, {"render": render(table)}),
+            (TIME_CSV, {"render_time": render_time(pd.read_csv(TIME_CSV)), "render_cost": render_cost(pd.read_csv(TIME_CSV))}),
+            (GENERATION_CSV, {"render_generation": render_generation(generation)}),
         ):
             relative = str(source.relative_to(ROOT))
-            body = globals()[function](frame)
-            written = [doc for doc in ("README.md", "BENCHMARKS.md")
-                       if docblocks.replace_block(ROOT / doc, SCRIPT, function, relative, body)]  # fmt: skip
-            if not written:
+            for function in docblocks.render_into(ROOT, SCRIPT, relative, rendered):
                 print(f"no document has a block for {function} from {relative}; add its markers")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -58,10 +58,7 @@ def render(frame: pd.DataFrame) -> str:
 def render_documents() -> None:
     from dmlsynth import docblocks
 
-    body = render(pd.read_csv(RESULTS))
-    source = str(RESULTS.relative_to(ROOT))
-    written = [doc for doc in ("README.md", "BENCHMARKS.md") if docblocks.replace_block(ROOT / doc, SCRIPT, "render", source, body)]
-    if not written:
+    if docblocks.render_into(ROOT, SCRIPT, str(RESULTS.relative_to(ROOT)), {"render": render(pd.read_csv(RESULTS))}):
         print("no document has a block for this script; add its markers")
 
 

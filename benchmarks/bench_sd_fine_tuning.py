@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from dmlsynth import config as cfg  # noqa: E402
 from dmlsynth import layout  # noqa: E402
 from dmlsynth.data.split import training_class_count  # noqa: E402
-from dmlsynth.docblocks import load_renderer, replace_block  # noqa: E402
+from dmlsynth import docblocks  # noqa: E402
+from dmlsynth.docblocks import load_renderer  # noqa: E402
 from dmlsynth.generation.fine_tuning import fine_tune_class  # noqa: E402
 from dmlsynth.generation.settings import generation_settings  # noqa: E402
 
@@ -166,16 +167,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="dmlsynth-sd-fine-tuning-") as tmp:
         frame = measure(args.config, args.device, Path(tmp))
-    if args.out.exists():  # keep the rows of other configs and devices
-        old = pd.read_csv(args.out)
-        keep = ~((old.config == args.config) & (old.device == frame["device"].iloc[0]))
-        frame = pd.concat([old[keep], frame], ignore_index=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False, float_format="%.6g")
+    frame = docblocks.record_rows(args.out, frame, ["config", "device"])  # other configs and devices kept
     if args.render:
         source = args.out.relative_to(ROOT).as_posix()
-        if not replace_block(ROOT / "README.md", SCRIPT, "render_paper_fine_tuning", source, render_paper_fine_tuning(frame)):
-            print(f"README.md has no block for {SCRIPT}:render_paper_fine_tuning from {source}", file=sys.stderr)
+        rendered = {"render_paper_fine_tuning": render_paper_fine_tuning(frame)}
+        for function in docblocks.render_into(ROOT, SCRIPT, source, rendered):
+            print(f"no document has a block for {SCRIPT}:{function} from {source}", file=sys.stderr)
 
 
 if __name__ == "__main__":

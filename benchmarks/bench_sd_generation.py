@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dmlsynth import config as cfg  # noqa: E402
-from dmlsynth.docblocks import replace_block  # noqa: E402
+from dmlsynth import docblocks  # noqa: E402
 from dmlsynth.generation.prompts import write_prompts  # noqa: E402
 from dmlsynth.generation.run import generate_class  # noqa: E402
 from dmlsynth.generation.settings import generation_settings, images_generated  # noqa: E402
@@ -301,20 +301,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="dmlsynth-sd-bench-") as tmp:
         frame = measure(args.config, args.device, args.variants or CONFIGS[args.config]["variants"], Path(tmp), args.images)
-    if args.out.exists():  # keep the rows of other configs and devices
-        old = pd.read_csv(args.out)
-        keep = ~((old.config == args.config) & (old.device == frame["device"].iloc[0]))
-        frame = pd.concat([old[keep], frame], ignore_index=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False, float_format="%.6g")
+    frame = docblocks.record_rows(args.out, frame, ["config", "device"])  # other configs and devices kept
     if args.render:
         source = args.out.relative_to(ROOT).as_posix()
-        for document, function, text in (
-            ("BENCHMARKS.md", "render", render(frame)),
-            ("README.md", "render_paper_generation", render_paper_generation(frame)),
-        ):
-            if not replace_block(ROOT / document, SCRIPT, function, source, text):
-                print(f"{document} has no block for {SCRIPT}:{function} from {source}", file=sys.stderr)
+        rendered = {"render": render(frame), "render_paper_generation": render_paper_generation(frame)}
+        for function in docblocks.render_into(ROOT, SCRIPT, source, rendered):
+            print(f"no document has a block for {SCRIPT}:{function} from {source}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from dmlsynth import config as cfg, registry  # noqa: E402
 from dmlsynth.data.image_cache import build_cache  # noqa: E402
 from dmlsynth.data.manifest import write_manifest  # noqa: E402
-from dmlsynth.docblocks import replace_block  # noqa: E402
+from dmlsynth import docblocks  # noqa: E402
 from dmlsynth.training.build import build_run  # noqa: E402
 from dmlsynth.training.loop import set_up_torch, train_epoch, train_step  # noqa: E402
 
@@ -328,20 +328,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dmlsynth-throughput-") as tmp:
         frame = measure(args.config, args.device, args.variants, args.workdir or Path(tmp), args.threads, args.workers)
     print(frame[["variant", "measure", "images_per_s", "ratio_to_model_only", "first_epoch_images_per_s"]].to_string(index=False))
-    if args.out.exists():  # keep the rows of other configs and devices
-        old = pd.read_csv(args.out)
-        keep = ~((old.config == args.config) & (old.device == frame["device"].iloc[0]) & (old.workers == frame["workers"].iloc[0]))
-        frame = pd.concat([old[keep], frame], ignore_index=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False, float_format="%.6g")
+    frame = docblocks.record_rows(args.out, frame, ["config", "device", "workers"])  # other setups kept
     if args.render:
         source = args.out.relative_to(ROOT).as_posix()
-        for document, function, text in (
-            ("BENCHMARKS.md", "render", render(frame)),
-            ("README.md", "render_paper_times", render_paper_times(frame)),
-        ):
-            if not replace_block(ROOT / document, SCRIPT, function, source, text):
-                print(f"{document} has no block for {SCRIPT}:{function} from {source}", file=sys.stderr)
+        rendered = {"render": render(frame), "render_paper_times": render_paper_times(frame)}
+        for function in docblocks.render_into(ROOT, SCRIPT, source, rendered):
+            print(f"no document has a block for {SCRIPT}:{function} from {source}", file=sys.stderr)
 
 
 if __name__ == "__main__":

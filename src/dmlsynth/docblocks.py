@@ -21,7 +21,7 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from dmlsynth.io import atomic_write_text
 
@@ -80,3 +80,40 @@ def replace_block(document: Path, script: str, function: str, source: str, body:
     body = body if body.endswith("\n") else body + "\n"
     atomic_write_text(document, text[: start + len(begin)] + "\n" + body + text[end:])
     return True
+
+
+# The documents whose generated blocks tests/unit/test_docblocks.py checks.
+DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/methods.md")
+
+
+def render_into(root: Path, script: str, source: str, rendered: dict[str, str]) -> list[str]:
+    """Put each ``function -> text`` of ``rendered`` into every block of :data:`DOCUMENTS` that names
+    (script, function, source); returns the functions no document has a block for."""
+    placed = {
+        function
+        for document in DOCUMENTS
+        if (Path(root) / document).is_file()
+        for function, text in rendered.items()
+        if replace_block(Path(root) / document, script, function, source, text)
+    }
+    return [function for function in rendered if function not in placed]
+
+
+def record_rows(path: Path, frame, replaces: Sequence[str], float_format: str = "%.6g", order: Sequence[str] = ()):
+    """Write a measurement's rows into its results CSV: earlier rows with the same values of the
+    ``replaces`` columns as the new rows are replaced, all others kept (other configurations, devices);
+    rows sorted by ``config`` in ``order`` when given. Returns what was written."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.exists():
+        old = pd.read_csv(path)
+        same = pd.Series(True, index=old.index)
+        for column in replaces:
+            same &= old[column] == frame[column].iloc[0]
+        frame = pd.concat([old[~same], frame], ignore_index=True)
+    if order:
+        frame = frame.sort_values("config", kind="stable", key=lambda c: c.map(list(order).index)).reset_index(drop=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, frame.to_csv(index=False, float_format=float_format))
+    return frame

@@ -5,7 +5,7 @@ import pytest
 from dmlsynth import docblocks
 from tests.conftest import ROOT
 
-DOCUMENTS = ["README.md", "BENCHMARKS.md", "docs/methods.md"]
+DOCUMENTS = docblocks.DOCUMENTS
 FOUND = [(doc, block) for doc in DOCUMENTS for block in docblocks.blocks((ROOT / doc).read_text())]
 
 
@@ -32,3 +32,30 @@ def test_replace_block_rewrites_only_between_its_markers(tmp_path):
     [block] = docblocks.blocks(text)
     assert block.body == docblocks.render(tmp_path, block) == "rows: 2\n"
     assert not docblocks.replace_block(doc, "other.py", "render", "r.csv", "x")
+
+
+def test_record_rows_replaces_only_the_same_setup(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "results" / "bench.csv"
+    first = pd.DataFrame({"config": ["tiny", "tiny"], "device": ["cpu", "cpu"], "seconds": [1.0, 2.0]})
+    docblocks.record_rows(path, first, ["config", "device"])
+    gpu = pd.DataFrame({"config": ["tiny"], "device": ["cuda"], "seconds": [0.5]})
+    docblocks.record_rows(path, gpu, ["config", "device"])  # another device: both kept
+    again = pd.DataFrame({"config": ["tiny"], "device": ["cpu"], "seconds": [3.0]})
+    written = docblocks.record_rows(path, again, ["config", "device"])  # the cpu rows replaced
+    assert written.to_dict("list") == {"config": ["tiny", "tiny"], "device": ["cuda", "cpu"], "seconds": [0.5, 3.0]}
+    assert pd.read_csv(path).equals(written)
+    ordered = docblocks.record_rows(path, pd.DataFrame({"config": ["big"], "device": ["cpu"], "seconds": [9.0]}),
+                                    ["config", "device"], order=["big", "tiny"])  # fmt: skip
+    assert list(ordered.config) == ["big", "tiny", "tiny"]
+
+
+def test_render_into_fills_every_document_and_names_missing_blocks(tmp_path):
+    begin = docblocks.BEGIN.format(script="s.py", function="render", source="r.csv")
+    for document in ("README.md", "BENCHMARKS.md"):
+        (tmp_path / document).write_text(f"# {document}\n{begin}\nold\n{docblocks.END}\n")
+    missing = docblocks.render_into(tmp_path, "s.py", "r.csv", {"render": "new", "render_other": "x"})
+    assert missing == ["render_other"]
+    for document in ("README.md", "BENCHMARKS.md"):
+        assert f"{begin}\nnew\n{docblocks.END}" in (tmp_path / document).read_text()
