@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import io
-
 import pandas as pd
 import pytest
-import torch
 
-from dmlsynth import docblocks
 from tests.conftest import ROOT
+from tests.helpers.benchmarks import remeasure_tiny, script_globals
 
 SCRIPT = "benchmarks/bench_blend_sampler.py"
 
 
 def _script():
-    return docblocks.load_renderer(ROOT, SCRIPT, "render").__globals__
+    return script_globals(SCRIPT)
 
 
 @pytest.mark.slow
 def test_tiny_row_is_reproduced_from_scratch():
-    script = _script()
-    threads = torch.get_num_threads()
-    try:
-        measured = script["measure"]("tiny", threads=1)
-    finally:
-        torch.set_num_threads(threads)
-    committed = pd.read_csv(ROOT / script["RESULTS"])
-    committed = committed[committed.config == "tiny"].reset_index(drop=True)
-    again = pd.read_csv(io.StringIO(measured.to_csv(index=False, float_format="%.6g")))
-    exact = script["EXACT"]
-    pd.testing.assert_frame_equal(again[exact], committed[exact], check_dtype=False)
+    measured = remeasure_tiny(SCRIPT, threads=1)
     row = measured.iloc[0]
     # Same work in every timed run, and the operators really change the images.
     assert row["max_abs_difference_between_repeats"] == 0

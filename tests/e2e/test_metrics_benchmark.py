@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import io
-
 import pandas as pd
 import pytest
 
-from dmlsynth import docblocks
 from tests.conftest import ROOT
+from tests.helpers.benchmarks import remeasure_tiny, script_globals
 
 SCRIPT = "benchmarks/bench_metrics.py"
 
 
 def _script():
-    return docblocks.load_renderer(ROOT, SCRIPT, "render").__globals__
+    return script_globals(SCRIPT)
 
 
 @pytest.mark.slow
 def test_tiny_rows_are_reproduced_from_scratch():
     script = _script()
-    measured = script["measure"]("tiny")
-    committed = pd.read_csv(ROOT / script["RESULTS"])
-    committed = committed[committed.config == "tiny"].reset_index(drop=True)
-    again = pd.read_csv(io.StringIO(measured.to_csv(index=False, float_format="%.9g")))
-    exact = script["EXACT"]
-    pd.testing.assert_frame_equal(again[exact], committed[exact], check_dtype=False)
+    measured = remeasure_tiny(SCRIPT, float_format="%.9g")
     # With the same search both sides agree; the difference columns are the differences; the
     # speed-up is the ratio of the two median times of the same run.
     assert (measured["abs_difference_inner_product"] <= script["AGREEMENT"]).all()
