@@ -184,21 +184,28 @@ def _training_labels(train, dataset: str, class_index: int) -> list[int]:
     return labels
 
 
-def cmd_fine_tune(args: argparse.Namespace) -> int:
+def _class_job(args: argparse.Namespace):
+    """What every per-class generation job starts from: (config, generation settings, training rows,
+    training labels), with torch on the job's threads."""
     import torch
 
-    from dmlsynth import tracking
-    from dmlsynth.generation.fine_tuning import class_images, fine_tune_class
-    from dmlsynth.generation.prompts import read_prompts
-    from dmlsynth.layout import FINE_TUNING_SUMMARY
     from dmlsynth.generation.settings import generation_settings
-    from dmlsynth.workflow import stop_if_workflow_gone
 
     config = _config(args.config)
     settings = generation_settings(config, args.dataset)
     torch.set_num_threads(max(1, args.threads))
     train = _train_split(args.manifest, config, args.dataset)
-    labels = _training_labels(train, args.dataset, args.class_index)
+    return config, settings, train, _training_labels(train, args.dataset, args.class_index)
+
+
+def cmd_fine_tune(args: argparse.Namespace) -> int:
+    from dmlsynth import tracking
+    from dmlsynth.generation.fine_tuning import class_images, fine_tune_class
+    from dmlsynth.generation.prompts import read_prompts
+    from dmlsynth.layout import FINE_TUNING_SUMMARY
+    from dmlsynth.workflow import stop_if_workflow_gone
+
+    config, settings, train, labels = _class_job(args)
     label = labels[args.class_index]
     entry = read_prompts(args.prompts, labels)[label]
 
@@ -215,18 +222,12 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from dmlsynth.generation.fine_tuning import adapter_settings
     from dmlsynth.generation.run import generate_class
-    from dmlsynth.generation.settings import generation_settings, image_sets
+    from dmlsynth.generation.settings import image_sets
     from dmlsynth.generation.generators import load_generator
 
-    config = _config(args.config)
-    settings = generation_settings(config, args.dataset)
-    torch.set_num_threads(max(1, args.threads))
-    train = _train_split(args.manifest, config, args.dataset)
-    labels = _training_labels(train, args.dataset, args.class_index)
+    config, settings, train, labels = _class_job(args)
     token = None
     if args.fine_tuned_dir is not None:  # the class's own LoRA / textual-inversion weights
         settings, token = adapter_settings(settings, args.fine_tuned_dir)
