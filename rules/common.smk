@@ -1,5 +1,6 @@
 # Shared definitions: the validated config, the layout of every file, the job matrix and helpers.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -55,7 +56,8 @@ RUN = LAYOUT.run()  # the run folder pattern, {dataset}/{method}/{loss}/seed{see
 
 wildcard_constraints:
     dataset="|".join(registry.DATASETS),
-    method="|".join(registry.METHODS),
+    # A method, or a control with a method's loss params ("baseline+beta=40", dmlsynth.registry.control_label).
+    method="|".join(re.escape(name) for name in dict.fromkeys([*registry.METHODS, *(run["method"] for run in RUNS)])),
     loss="|".join(registry.LOSSES),
     seed=r"\d+",
 

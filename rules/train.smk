@@ -3,7 +3,7 @@
 
 def synthetic_manifest(wildcards):
     """Data-level methods (BLenDeR and its ablations) train on real + generated images."""
-    image_set = registry.METHODS[wildcards.method].synthetic_images
+    image_set = registry.METHODS[run_params(wildcards)["method"]].synthetic_images
     return [] if image_set is None else [LAYOUT.image_set_manifest(wildcards.dataset, image_set)]
 
 

@@ -25,7 +25,7 @@ from dmlsynth import published as published_numbers
 from dmlsynth import registry
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import forest_figure_name
-from dmlsynth.table import BASELINE, NOT_AVAILABLE, Run
+from dmlsynth.table import NOT_AVAILABLE, Run
 
 # What the forest plots and the report show, in this order.
 SHOWN = ("recall@1", "map@r")
@@ -92,7 +92,7 @@ def comparison(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | 
                 f"the table has {record['seeds']} seed(s) of {dataset}/{method}/{loss} but {len(members)} run folder(s) "
                 f"were given: rebuild the table from the same runs (snakemake --cores 1 --forcerun table)"
             )
-        row: dict[str, Any] = {k: record[k] for k in ("dataset", "loss", "method", "seeds", "pairs", "test")}
+        row: dict[str, Any] = {k: record[k] for k in ("dataset", "loss", "method", "control", "seeds", "pairs", "test")}
         for name in SHOWN:
             for stat in STAT_COLUMNS:
                 row[f"{name}_{stat}"] = record.get(f"{name}_{stat}", np.nan)
@@ -184,7 +184,7 @@ def forest_plot(part: pd.DataFrame, out: str | Path, confidence: float) -> None:
     import matplotlib.pyplot as plt
 
     dataset, loss = part["dataset"].iloc[0], part["loss"].iloc[0]
-    compared = part[part["method"] != BASELINE].iloc[::-1]
+    compared = part[part["control"].notna() & (part["control"] != NOT_AVAILABLE)].iloc[::-1]
     level = f"{100 * confidence:g} %"
     height = 1.6 + 0.55 * max(1, len(compared))
     fig, axes = plt.subplots(1, len(SHOWN), figsize=(5.2 * len(SHOWN), height), sharey=True, squeeze=False)

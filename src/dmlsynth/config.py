@@ -263,15 +263,36 @@ def dataset_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
 NOT_RUN_PARAMS = ("resources", "urls", "md5", "expected")
 
 
+def run_method(config: Mapping[str, Any], label: str, loss: str) -> tuple[str, str]:
+    """``(method, loss_owner)`` of the run named ``label`` in the job matrix: a method trains as itself;
+    a control label (``baseline+beta=40``, :func:`dmlsynth.registry.control_label`) is ``baseline``
+    trained with the loss params of the configured method it is the control of."""
+    if label in registry.METHODS:
+        return label, label
+    for method in config["methods"]:
+        if registry.control_label(config, method, loss) == label:
+            return registry.BASELINE, method
+    controls = sorted({registry.control_label(config, m, loss) for m in config["methods"]} - {registry.BASELINE})
+    raise ConfigError(
+        f"{label!r} is neither a method nor the control of a configured method with loss {loss!r}; "
+        f"methods: {', '.join(sorted(registry.METHODS))}; controls of this config: {', '.join(controls) or 'none'}"
+    )
+
+
 def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, seed: int) -> dict[str, Any]:
     """Everything that determines the numbers of one training run, fully resolved.
 
-    This is what a run records, what its checkpoint is keyed on and what
-    Snakemake compares to decide whether a finished run is out of date.
+    ``method`` is the run's name in the job matrix: a method, or a control label
+    (:func:`run_method`). This is what a run records, what its checkpoint is keyed on and what
+    Snakemake compares to decide whether a finished run is out of date. ``label`` is the run's row
+    in the results table; ``control`` the label of the run it is compared with (None for controls).
     """
+    trained, owner = run_method(config, method, loss)
     return {
         "dataset": dataset,
-        "method": method,
+        "method": trained,
+        "label": method,
+        "control": None if trained == registry.BASELINE else registry.control_label(config, trained, loss),
         "loss": loss,
         "seed": int(seed),
         # Where the data came from (mirror URLs, checksums) and cluster resources don't change the numbers.
@@ -279,8 +300,8 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
             k: v for k, v in dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
         },
         "training": {**registry.TRAINING_DEFAULTS, **config["training"]},
-        "loss_params": registry.loss_params(loss, config, method),
-        "method_params": registry.method_params(registry.METHODS[method], config),
+        "loss_params": registry.loss_params(loss, config, owner),
+        "method_params": registry.method_params(registry.METHODS[trained], config),
         "evaluation": {**registry.EVALUATION_DEFAULTS, **config["evaluation"]},
     }
 

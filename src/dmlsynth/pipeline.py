@@ -61,12 +61,22 @@ def cached_datasets(config: Mapping[str, Any]) -> list[str]:
 
 
 def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every training run of the config: dataset x method x loss x seed, less ``exclude``d pairs."""
+    """Every training run of the config: dataset x method x loss x seed, less ``exclude``d pairs, and the
+    controls the methods are compared with (:func:`dmlsynth.registry.control_label`): ``baseline`` even
+    when the config does not list it, and a baseline with a method's own loss params where it has some.
+    ``method`` is the run's name (its folder and its row in the table)."""
     excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
+    pairs = [(m, l) for m, l in itertools.product(config["methods"], config["losses"]) if (m, l) not in excluded]
+    for method, loss in list(pairs):
+        if method != registry.BASELINE:
+            control = (registry.control_label(config, method, loss), loss)
+            if control not in pairs:
+                pairs.append(control)
+    names = list(dict.fromkeys(m for m, _ in pairs))  # the configured methods first, then the controls
     return [
         {"dataset": d, "method": m, "loss": l, "seed": s}
-        for d, m, l, s in itertools.product(config["datasets"], config["methods"], config["losses"], config["seeds"])
-        if (m, l) not in excluded
+        for d, m, l, s in itertools.product(config["datasets"], names, config["losses"], config["seeds"])
+        if (m, l) in pairs
     ]
 
 

@@ -88,6 +88,10 @@ class MethodSpec:
     # Named sets of defaults chosen by the param `variant` (e.g. IAA's paper vs official code); a key the
     # config sets itself wins over its variant's value.
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Loss params the method's runs need with a base loss, over loss_params (e.g. a loss form the
+    # method is built on). They apply to the method's *control* too (see control_label): the control
+    # differs from the method only in the synthesis. config's method_loss_params win over them.
+    loss_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def is_compatible(self, loss: str) -> bool:
         return self.compatible_losses is None or loss in self.compatible_losses
@@ -527,15 +531,49 @@ def method_params(spec: MethodSpec, config: Mapping[str, Any]) -> dict[str, Any]
 
 def loss_params(name: str, config: Mapping[str, Any], method: str | None = None) -> dict[str, Any]:
     """The params of loss ``name``: its defaults, ``config['loss_params'][name]``, then, when it is
-    trained under ``method``, ``config['method_loss_params'][method][name]`` (a method's published
-    loss settings, e.g. IAA's Multi-Similarity beta = 40)."""
+    trained under ``method``, the loss params the method's registry entry needs (``MethodSpec.loss_params``)
+    and ``config['method_loss_params'][method][name]`` (a method's published loss settings, e.g. IAA's
+    Multi-Similarity beta = 40)."""
     params = dict(LOSSES[name].defaults)
     params.update((config.get("loss_params") or {}).get(name) or {})
     if method is not None:
+        params.update(METHODS[method].loss_params.get(name) or {})
         params.update(((config.get("method_loss_params") or {}).get(method) or {}).get(name) or {})
     return params
 
 
+# Controls (docs/methods.md §1, "Like-for-like comparison") -------------------------------------
+#
+# A method's delta is taken against its *control*: `baseline` with the same dataset, loss, loss params
+# (incl. the form a method builds on), seed, batches and steps — the method with its synthesis switched
+# off. Where a method's runs use other loss params than plain `baseline` (IAA's published beta = 40,
+# Symmetrical Synthesis's unit-softmax N-pair), the control is a baseline run of its own, named after
+# what differs ("baseline+beta=40"); methods that need the same params share it.
+
+BASELINE = "baseline"
+CONTROL_SEPARATOR = "+"
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def control_label(config: Mapping[str, Any], method: str, loss: str) -> str:
+    """The name of ``method``'s control with ``loss``: ``baseline`` when the method trains with the plain
+    loss params, else ``baseline+<key>=<value>...`` for the params that differ (sorted by key)."""
+    plain = loss_params(loss, config)
+    own = loss_params(loss, config, method)
+    changed = sorted(key for key in own if own[key] != plain.get(key))
+    return BASELINE + "".join(f"{CONTROL_SEPARATOR}{key}={_label_value(own[key])}" for key in changed)
+
+
+def is_control_label(label: str) -> bool:
+    """Whether ``label`` names a control with other loss params (``baseline+...``), not a method."""
+    return label.startswith(BASELINE + CONTROL_SEPARATOR)
 
 
 def compatibility_table() -> str:

@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dmlsynth import stats
+from dmlsynth import registry, stats
 from dmlsynth.metrics import METRIC_KEYS
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import RunFolder
 
-BASELINE = "baseline"
+BASELINE = registry.BASELINE
 BOOKKEEPING = {"queries", "eval_seconds"}
 # What the table reads of a run (it refuses a run that lacks one), and the job that writes it.
 RUN_FILES = {"record": "training", "embeddings": "training", "metrics": "evaluation", "queries": "evaluation"}
@@ -42,7 +42,17 @@ METRIC_STATS = (
     "mean", "std", "ci_low", "ci_high", "boot_low", "boot_high",
     "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p", "p_holm", "significant",
 )  # fmt: skip
-ROW_COLUMNS = ["seeds", "pairs", "test", "seed_list", "chosen_epochs", "params_hashes", "git_commits"]
+# What each row was trained and compared with: its control (the same runs with the synthesis off), the
+# settings that change numbers without being params (threads, device kind), and the step budget.
+ROW_COLUMNS = [
+    "control", "seeds", "pairs", "test", "optimisation_steps", "batch_size", "threads", "device",
+    "seed_list", "chosen_epochs", "params_hashes", "git_commits",
+]  # fmt: skip
+INTEGER_COLUMNS = ("seeds", "pairs", "optimisation_steps", "batch_size", "threads")
+TEXT_COLUMNS = ("control", "test", "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits")
+# Params in which a method's run may differ from its control's: everything else (dataset settings,
+# training, loss params, evaluation) must be equal, or the delta would mix the synthesis with something else.
+METHOD_PARAMS = ("method", "label", "control", "method_params")
 
 
 class TableError(ValueError):
@@ -53,16 +63,20 @@ class TableError(ValueError):
 class Run:
     folder: Path
     dataset: str
-    method: str
+    method: str  # the run's row: a method, or a control with other loss params ("baseline+beta=40")
     loss: str
     seed: int
     params_hash: str
     git_commit: str
     git_dirty: bool
     metrics: dict[str, float]
-    train_seconds: float
+    train_seconds: float  # over every attempt of the run (resumes and retries included)
     device: str
     chosen_epoch: int | None  # the epoch whose test embeddings are reported (chosen on validation, else the last)
+    control: str | None = None  # the row this run is compared with (None: it is a control)
+    params: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    threads: int | None = None
+    optimisation_steps: int | None = None
     _per_query: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -72,6 +86,16 @@ class Run:
     @property
     def code_version(self) -> str:
         return self.git_commit + ("+dirty" if self.git_dirty else "")
+
+    @property
+    def device_kind(self) -> str:
+        """``cpu`` or ``cuda`` (float results differ between kinds, not between two GPUs of one kind)."""
+        return self.device.split(":")[0]
+
+    @property
+    def batch_size(self) -> int | None:
+        value = (self.params.get("training") or {}).get("batch_size")
+        return None if value is None else int(value)
 
     def per_query(self) -> dict[str, np.ndarray]:
         """The run's per-query results, checked against its metrics."""
@@ -158,10 +182,16 @@ def read_run(folder: str | Path) -> Run:
         values = {k: float(v) for k, v in metrics.items() if k not in BOOKKEEPING}
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise TableError(f"cannot read {run.metrics} ({exc}); {_rerun_evaluation(folder)}") from exc
+    label = str(params.get("label", identity["method"]))
+    # Records from before controls existed: every method was compared with plain baseline.
+    control = params["control"] if "control" in params else (None if identity["method"] == BASELINE else BASELINE)
+    environment = record.get("environment") or {}
+    threads = record.get("threads", environment.get("torch.threads"))
+    steps = (record.get("budget") or {}).get("optimisation_steps")
     return Run(
         folder=folder,
         dataset=str(identity["dataset"]),
-        method=str(identity["method"]),
+        method=label,
         loss=str(identity["loss"]),
         seed=int(identity["seed"]),
         params_hash=str(record.get("params_hash", "unknown")),
@@ -169,8 +199,12 @@ def read_run(folder: str | Path) -> Run:
         git_dirty=bool(code.get("git_dirty", False)),
         metrics=values,
         train_seconds=float((record.get("wall_seconds") or {}).get("train", float("nan"))),
-        device=str((record.get("environment") or {}).get("device", "unknown")),
+        device=str(environment.get("device", "unknown")),
         chosen_epoch=_chosen_epoch(record),
+        control=None if control is None else str(control),
+        params=params,
+        threads=None if threads is None else int(threads),
+        optimisation_steps=None if steps is None else int(steps),
     )
 
 
@@ -232,35 +266,117 @@ def _mean_of(arrays: list[np.ndarray]) -> np.ndarray | None:
     return np.mean(arrays, axis=0) if arrays and all(a is not None for a in arrays) else None
 
 
+def _flat(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_MISSING = object()
+
+
+def _differences(run: Run, other: Run, ignore: Iterable[str]) -> list[str]:
+    """What differs between two runs' params (less ``ignore``), step budgets, thread counts and device kinds."""
+    ignore = set(ignore)
+    mine = _flat({k: v for k, v in run.params.items() if k not in ignore})
+    theirs = _flat({k: v for k, v in other.params.items() if k not in ignore})
+    found = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key, _MISSING), theirs.get(key, _MISSING)
+        if a != b:
+            found.append(f"{key} ({'unset' if a is _MISSING else a!r} vs {'unset' if b is _MISSING else b!r})")
+    for name, what in (("optimisation_steps", "optimisation steps"), ("threads", "threads"), ("device_kind", "device")):
+        a, b = getattr(run, name), getattr(other, name)
+        if a is not None and b is not None and a != b:
+            found.append(f"{what} ({a} vs {b})")
+    return found
+
+
+def check_like_for_like(run: Run, control: Run) -> None:
+    """Refuse to compare a method's run with a control that differs in more than the synthesis."""
+    differ = _differences(run, control, METHOD_PARAMS)
+    if differ:
+        raise TableError(
+            f"{run.folder} cannot be compared with its control {control.folder}: besides the synthesis they differ in "
+            f"{'; '.join(differ)}. A delta must isolate the synthesis: train both with the same settings "
+            f"(snakemake re-trains them from one config; give the table runs of one config)"
+        )
+
+
+def check_row(members: list[Run]) -> None:
+    """Refuse to average runs of one row that were made with different settings (threads, device, params)."""
+    first = members[0]
+    for run in members[1:]:
+        differ = _differences(run, first, ("seed",))
+        if differ:
+            raise TableError(
+                f"{run.folder} and {first.folder} are seeds of one row ({run.dataset}/{run.method}/{run.loss}) but "
+                f"differ in {'; '.join(differ)}: their mean would mix settings. Re-run them with the same settings "
+                f"(thread count: dataset_settings.<dataset>.resources.threads; device: training.device)"
+            )
+
+
+def _row_value(members: list[Run], name: str) -> Any:
+    """The value the row's runs share (check_row made sure they agree); NaN where no run records it."""
+    values = {getattr(r, name) for r in members} - {None}
+    return values.pop() if values else np.nan
+
+
 def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """The table (one row per dataset x method x loss) from runs; NaN where a value does not exist."""
+    """The table (one row per dataset x method x loss) from runs; NaN where a value does not exist.
+
+    Each method's row is compared with its control's (``Run.control``, seed by seed); the control must
+    differ from it in nothing but the synthesis (:func:`check_like_for_like`). A run that lacks a metric
+    its row's other runs have is refused, never left out of the mean.
+    """
     settings = {**stats.DEFAULTS, **(settings or {})}
     confidence, alpha = float(settings["confidence"]), float(settings["alpha"])
     metrics = metric_names(runs)
+    for run in runs:
+        missing = [name for name in metrics if name not in run.metrics]
+        if missing:
+            raise TableError(
+                f"{run.folder}: its metrics lack {', '.join(missing)}, which other runs have; a mean without it would "
+                f"be over fewer seeds than the row says: {_rerun_evaluation(run.folder)}"
+            )
     replicates = bootstrap_replicates(runs, metrics, settings)
     rows: list[dict[str, Any]] = []
     groups: dict[tuple[str, str], dict[str, dict[int, Run]]] = {}
     for run in runs:
         groups.setdefault((run.dataset, run.loss), {}).setdefault(run.method, {})[run.seed] = run
     for (dataset, loss), methods in groups.items():
-        baseline = methods.get(BASELINE)
         group_rows = []
-        # Baseline first, then the methods in the order their runs were given.
-        for method, by_seed in sorted(methods.items(), key=lambda item: item[0] != BASELINE):
+        # Controls first (plain baseline, then those with a method's loss params), then the methods in the
+        # order their runs were given.
+        for method, by_seed in sorted(methods.items(), key=lambda item: (item[0] != BASELINE, not registry.is_control_label(item[0]))):
             seeds = sorted(by_seed)
             members = [by_seed[s] for s in seeds]
-            pairs = sorted(set(seeds) & set(baseline)) if baseline is not None and method != BASELINE else []
+            check_row(members)
+            control_name = members[0].control
+            control = methods.get(control_name) if control_name is not None else None
+            pairs = sorted(set(seeds) & set(control)) if control is not None else []
+            for s in pairs:
+                check_like_for_like(by_seed[s], control[s])
             test = ("paired-t" if len(pairs) >= 2 else "bootstrap") if pairs else NOT_AVAILABLE
             row: dict[str, Any] = {
-                "dataset": dataset, "method": method, "loss": loss, "seeds": len(seeds),
-                "pairs": len(pairs) if method != BASELINE and baseline is not None else np.nan, "test": test,
+                "dataset": dataset, "method": method, "loss": loss,
+                "control": NOT_AVAILABLE if control_name is None else control_name, "seeds": len(seeds),
+                "pairs": len(pairs) if control_name is not None else np.nan, "test": test,
+                "optimisation_steps": _row_value(members, "optimisation_steps"),
+                "batch_size": _row_value(members, "batch_size"),
+                "threads": _row_value(members, "threads"),
+                "device": _row_value(members, "device_kind"),
                 "seed_list": ";".join(map(str, seeds)),
                 "chosen_epochs": ";".join(NOT_AVAILABLE if r.chosen_epoch is None else str(r.chosen_epoch) for r in members),
                 "params_hashes": ";".join(r.params_hash for r in members),
                 "git_commits": ";".join(r.code_version for r in members),
             }  # fmt: skip
             for name in metrics:
-                values = [r.metrics.get(name, np.nan) for r in members]
+                values = [r.metrics[name] for r in members]
                 spread = stats.t_interval(values, confidence)
                 row[f"{name}_mean"] = spread.estimate
                 row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
@@ -272,12 +388,13 @@ def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.
                 delta = stats.NOT_AVAILABLE
                 boot_delta = None
                 if pairs:
-                    differences = [by_seed[s].metrics.get(name, np.nan) - baseline[s].metrics.get(name, np.nan) for s in pairs]
+                    differences = [by_seed[s].metrics[name] - control[s].metrics[name] for s in pairs]
                     delta = stats.t_interval(differences, confidence)
+                    # The same query resamples for a run and its control: paired bootstrap replicates.
                     boot_delta = _mean_of(
                         [
-                            replicates[by_seed[s].key][name] - replicates[baseline[s].key][name]
-                            if name in replicates[by_seed[s].key] and name in replicates[baseline[s].key]
+                            replicates[by_seed[s].key][name] - replicates[control[s].key][name]
+                            if name in replicates[by_seed[s].key] and name in replicates[control[s].key]
                             else None
                             for s in pairs
                         ]
@@ -294,7 +411,7 @@ def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.
                 else:
                     row[f"{name}_p"] = np.nan
             group_rows.append(row)
-        # Holm over the methods compared with this baseline, one family per metric.
+        # Holm over the methods compared with a control in this dataset x loss, one family per metric.
         for name in metrics:
             adjusted = stats.holm([row[f"{name}_p"] for row in group_rows])
             for row, p_holm in zip(group_rows, adjusted):
@@ -326,8 +443,9 @@ def table_csv(table: pd.DataFrame) -> str:
     for column in out.columns:
         if column.endswith("_significant"):
             out[column] = out[column].map({True: "yes", False: "no"})
-    if "pairs" in out:
-        out["pairs"] = out["pairs"].astype("Int64")
+    for column in INTEGER_COLUMNS:
+        if column in out:
+            out[column] = out[column].astype("Int64")
     return out.to_csv(index=False, float_format="%.6f", na_rep=NOT_AVAILABLE)
 
 
@@ -346,7 +464,7 @@ def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
     Significance is 1 or 0; values that do not exist (n/a) are left out.
     """
     out: dict[str, float] = {}
-    numeric = [c for c in table.columns if c not in IDENTITY and c not in ("test", "seed_list", "chosen_epochs", "params_hashes", "git_commits")]
+    numeric = [c for c in table.columns if c not in IDENTITY and c not in TEXT_COLUMNS]
     for record in table.to_dict(orient="records"):
         prefix = f"{record['dataset']}/{record['method']}/{record['loss']}/"
         for column in numeric:

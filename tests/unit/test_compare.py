@@ -33,7 +33,7 @@ def results(tmp_path):
         for seed in range(2):
             make_run(tmp_path, "cub200", "baseline", loss, seed, simulated_hits(rng, 0.6, 0.0), device="cuda", seconds=3600.0)
             make_run(tmp_path, "cub200", "iaa", loss, seed, simulated_hits(rng, 0.7, 0.0), device="cuda", seconds=1800.0)
-            make_run(tmp_path, "cub200", "blender", loss, seed, simulated_hits(rng, 0.6, 0.0), device="cpu", seconds=7200.0)
+            make_run(tmp_path, "cub200", "blender", loss, seed, simulated_hits(rng, 0.6, 0.0), device="cuda", seconds=7200.0)
     out = tmp_path / "results"
     write_table([tmp_path / "runs"], out / "table.csv", out / "metrics.json", out / "figures" / "recall.png", {"bootstrap_samples": 300})
     return tmp_path, out
@@ -66,8 +66,8 @@ def test_comparison_has_statistics_published_numbers_and_cost(results):
     assert iaa["train_seconds_per_run"] == 1800.0 and iaa["train_seconds_total"] == 3600.0
     assert iaa["gpu_hours"] == pytest.approx(1.0) and iaa["generation_seconds"] == 0.0
     blender = frame.loc[("multi_similarity", "blender")]
-    assert blender["train_device"] == "cpu" and blender["generation_seconds"] == pytest.approx(50.0)
-    assert blender["gpu_hours"] == pytest.approx(50.0 / 3600)
+    assert blender["train_device"] == "cuda" and blender["generation_seconds"] == pytest.approx(50.0)
+    assert blender["gpu_hours"] == pytest.approx(2 * 2.0 + 50.0 / 3600)
     assert frame.loc[("multi_similarity", "baseline"), "gpu_hours"] == pytest.approx(2.0)
 
 

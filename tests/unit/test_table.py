@@ -60,8 +60,9 @@ def test_known_difference_is_covered_and_flagged(tmp_path):
     # CSV: every column, 'n/a' where a value does not exist, yes/no significance; read back equal.
     text = (out / "table.csv").read_text()
     header = text.splitlines()[0].split(",")
-    assert header[:10] == [
-        "dataset", "method", "loss", "seeds", "pairs", "test", "seed_list", "chosen_epochs", "params_hashes", "git_commits",
+    assert header[:15] == [
+        "dataset", "method", "loss", "control", "seeds", "pairs", "test", "optimisation_steps", "batch_size", "threads",
+        "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits",
     ]  # fmt: skip
     for metric in ("recall@1", "map@r", "nmi"):
         assert f"{metric}_delta_boot_high" in header and f"{metric}_significant" in header
@@ -138,7 +139,7 @@ def test_inconsistent_runs_are_refused(tmp_path):
     with pytest.raises(TableError, match="different test images"):
         write(tmp_path, [a, other])
     stale = make_run(tmp_path, "digits", "iaa", "ms", 0, np.ones(20))
-    (stale / "metrics.json").write_text(json.dumps({"recall@1": 0.5, "map@r": 0.5}))
+    (stale / "metrics.json").write_text(json.dumps({"recall@1": 0.5, "map@r": 0.5, "nmi": 1.0}))
     with pytest.raises(TableError, match="disagree on recall@1"):
         write(tmp_path, [a, stale])
     (stale / "metrics.json").write_text("{not json")
