@@ -31,12 +31,17 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return centres[labels] + 0.5 * torch.randn(len(labels), IN_DIM, generator=g), labels
 
 
-def one_step(method_name: str, loss_name: str, method_params: dict, seed: int = 0) -> tuple[float, list[torch.Tensor]]:
-    """The loss and backbone gradients of one training step, after the method's mid-training epoch hook."""
+def one_step(
+    method_name: str, loss_name: str, method_params: dict, seed: int = 0, loss_params: dict | None = None
+) -> tuple[float, list[torch.Tensor]]:
+    """The loss and backbone gradients of one training step, after the method's mid-training epoch hook.
+
+    ``loss_params``: default, the loss params the method's runs use (its registry ``loss_params``)."""
     torch.manual_seed(7)
     model = EmbeddingNet(nn.Sequential(nn.Linear(IN_DIM, FEATURES), nn.ReLU()), nn.Linear(FEATURES, DIM))
     inputs, labels = batch()
-    loss_params = {**registry.LOSSES[loss_name].defaults}
+    if loss_params is None:
+        loss_params = registry.loss_params(loss_name, {}, method_name)
     base = build_loss(loss_name, loss_params, CLASSES, DIM)
 
     @torch.no_grad()
@@ -67,11 +72,12 @@ def test_every_method_trains_a_step_with_every_compatible_loss(method, loss):
 
 
 @pytest.mark.parametrize("method,loss", PAIRS, ids=[f"{m}-{l}" for m, l in PAIRS])
-def test_switched_off_every_method_is_exactly_baseline(method, loss):
+def test_switched_off_every_method_is_exactly_its_control(method, loss):
+    """The control is baseline with the loss params the method's runs use (registry.control_label)."""
     off = registry.METHODS[method].off_params
     assert method == "baseline" or off, f"{method} declares no off_params"
     value, grads = one_step(method, loss, dict(off))
-    reference, reference_grads = one_step("baseline", loss, {})
+    reference, reference_grads = one_step("baseline", loss, {}, loss_params=registry.loss_params(loss, {}, method))
     assert value == reference and all(torch.equal(a, b) for a, b in zip(grads, reference_grads))
 
 
