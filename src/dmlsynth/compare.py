@@ -6,7 +6,7 @@ device) and ``results/generation.csv`` (generation cost), and writes:
 
 - ``comparison.csv``: one row per dataset x loss x method (README defines the columns);
 - ``comparison.md``: the same per dataset x loss as readable tables, with the forest plots;
-- a forest plot per dataset x loss (:func:`dmlsynth.layout.forest_figure_name`): per method, the paired difference to baseline
+- a forest plot per dataset x loss (:func:`dmlsynth.layout.forest_figure_name`): per method, the paired difference to its control
   (R@1 and MAP@R, percentage points) with its t interval over seeds (thick) and
   query-bootstrap interval (thin), filled when significant after Holm, and the
   published R@1 gains (:mod:`dmlsynth.published`) beside ours.
@@ -92,7 +92,10 @@ def comparison(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | 
                 f"the table has {record['seeds']} seed(s) of {dataset}/{method}/{loss} but {len(members)} run folder(s) "
                 f"were given: rebuild the table from the same runs (snakemake --cores 1 --forcerun table)"
             )
-        row: dict[str, Any] = {k: record[k] for k in ("dataset", "loss", "method", "control", "seeds", "pairs", "test")}
+        row: dict[str, Any] = {
+            k: record.get(k, np.nan)
+            for k in ("dataset", "loss", "method", "control", "seeds", "pairs", "test", "optimisation_steps", "batch_size", "threads", "device")
+        }
         for name in SHOWN:
             for stat in STAT_COLUMNS:
                 row[f"{name}_{stat}"] = record.get(f"{name}_{stat}", np.nan)
@@ -140,12 +143,15 @@ def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
     """The readable report: per dataset x loss, the forest plot and a table per method."""
     level = f"{100 * confidence:g} %"
     lines = [
-        "# Does it really help? Methods vs baseline",
+        "# Does it really help? Methods vs their controls",
         "",
+        "Each method's difference is taken against its *control*: `baseline` with the same loss params (a method's "
+        "own, e.g. IAA's beta = 40, give a control of their own such as `baseline+beta=40`), batch size, "
+        "optimisation steps, threads and device — the method with its synthesis switched off. "
         f"Differences are paired (same dataset, loss and seed) in percentage points, with the {level} "
         "t interval over seeds (needs 2 or more paired seeds) and the "
         f"{level} bootstrap interval over test queries (one seed suffices; it ignores training randomness). "
-        "*significant*: Holm-adjusted p-value below alpha over the methods compared with the same baseline "
+        "*significant*: Holm-adjusted p-value below alpha over the methods compared in the same dataset and loss "
         "(paired t-test with 2 or more paired seeds, else the query bootstrap). Published gains are R@1 "
         "of the papers (other backbones and recipes except the ResNet-50 rows). GPU-hours count seconds "
         "on a CUDA device.",
@@ -153,16 +159,18 @@ def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
     ]
     for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=False):
         lines += [f"## {dataset} · {loss}", "", f"![forest plot]({figure_dir}/{forest_figure_name(dataset, loss)})", ""]
+        lines += [_what_was_compared(part), ""]
         lines += [
-            "| method | seeds | R@1 % | ΔR@1 | t CI | bootstrap CI | p (Holm) | significant "
+            "| method | compared with | seeds | R@1 % | ΔR@1 | t CI | bootstrap CI | p (Holm) | significant "
             "| ΔMAP@R | t CI | significant | published R@1 | train s / run | generation s | GPU-h |",
-            "|---|---:|---:|---:|---|---|---:|---|---:|---|---|---|---:|---:|---:|",
+            "|---|---|---:|---:|---:|---|---|---:|---|---:|---|---|---|---:|---:|---:|",
         ]
         for r in part.to_dict(orient="records"):
             p_holm = r["recall@1_p_holm"]
             generated = r["generation_seconds"] + r["generator_train_seconds"]
+            compared_with = r["control"] if isinstance(r["control"], str) and r["control"] != NOT_AVAILABLE else "— (a control)"
             lines.append(
-                f"| {r['method']} | {r['seeds']} | {100 * r['recall@1_mean']:.1f} | {_points(r['recall@1_delta'])} "
+                f"| {r['method']} | {compared_with} | {r['seeds']} | {100 * r['recall@1_mean']:.1f} | {_points(r['recall@1_delta'])} "
                 f"| {_interval(r['recall@1_delta_ci_low'], r['recall@1_delta_ci_high'])} "
                 f"| {_interval(r['recall@1_delta_boot_low'], r['recall@1_delta_boot_high'])} "
                 f"| {_p(p_holm)} | {_significance(r['recall@1_significant'])} "
@@ -176,8 +184,24 @@ def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
     return "\n".join(lines)
 
 
+def _what_was_compared(part: pd.DataFrame) -> str:
+    """One sentence per dataset x loss: what every delta is taken against, and what the table checked."""
+    def shared(column: str) -> str:
+        values = {str(int(v)) if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) else str(v)
+                  for v in part.get(column, pd.Series(dtype=object)).dropna() if str(v) != NOT_AVAILABLE}
+        return ", ".join(sorted(values)) or NOT_AVAILABLE
+
+    controls = sorted({c for c in part["control"].dropna() if c != NOT_AVAILABLE})
+    return (
+        f"Each method is compared with its control ({', '.join(f'`{c}`' for c in controls) or 'none'}): `baseline` "
+        "trained with the method's own loss params, seed by seed. The table checked every pair: the same dataset "
+        f"settings, loss params, batch size ({shared('batch_size')}), optimisation steps ({shared('optimisation_steps')}), "
+        f"seeds, threads ({shared('threads')}) and device ({shared('device')}); they differ only in the synthesis."
+    )
+
+
 def forest_plot(part: pd.DataFrame, out: str | Path, confidence: float) -> None:
-    """One dataset x loss: paired differences to baseline per method, R@1 and MAP@R panels."""
+    """One dataset x loss: paired differences to their controls per method, R@1 and MAP@R panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,7 +233,7 @@ def forest_plot(part: pd.DataFrame, out: str | Path, confidence: float) -> None:
                 )  # fmt: skip
             if name == "recall@1" and np.isfinite(row.get("published_gain_same_loss", np.nan)):
                 ax.plot([row["published_gain_same_loss"]], [yi + 0.25], "D", color="#c44e52", markersize=6, zorder=3)
-        ax.set_title(f"{name}: method − baseline (points)", fontsize=10)
+        ax.set_title(f"{name}: method − control (points)", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlabel(f"difference (%-points); thick: {level} t CI over seeds, thin: {level} query bootstrap", fontsize=7)
     axes[0, 0].set_yticks(y, [f"{m} ({s} seed{'s' if s != 1 else ''})" for m, s in zip(compared["method"], compared["seeds"])])
@@ -222,7 +246,7 @@ def forest_plot(part: pd.DataFrame, out: str | Path, confidence: float) -> None:
     if compared["published_gain_same_loss"].notna().any():
         legend.append(Line2D([], [], marker="D", color="#c44e52", linestyle="", label="published R@1 gain, same loss"))
     fig.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
-    fig.suptitle(f"{dataset} · {loss}: paired difference to baseline", fontsize=11)
+    fig.suptitle(f"{dataset} · {loss}: paired difference to each method's control", fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     save_figure(fig, out, dpi=120)
 

@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from sklearn.metrics import normalized_mutual_info_score
-
 from dmlsynth.io import atomic_output, atomic_write_text, save_figure
 from dmlsynth.layout import RunFolder
-from dmlsynth.metrics import _normalised, kmeans_clusters, per_query_metrics
+from dmlsynth.metrics import _normalised, nmi, per_query_metrics, nmi_clusters
 
 
 # Prefix of the metrics (and per-query arrays) of the last epoch, when the reported epoch was
@@ -25,8 +23,9 @@ def _test_results(embeddings: np.ndarray, labels: np.ndarray, ks: Iterable[int])
     per_query = per_query_metrics(embeddings, labels, ks)
     keep = per_query["kept"]
     metrics = {name: float(values[keep].mean()) for name, values in per_query.items() if name != "kept"}
-    per_query["clusters"] = kmeans_clusters(_normalised(embeddings), len(np.unique(labels)))
-    metrics["nmi"] = float(normalized_mutual_info_score(labels, per_query["clusters"]))
+    x = _normalised(embeddings)
+    per_query["clusters"] = nmi_clusters(x, labels)
+    metrics["nmi"] = nmi(x, labels, clusters=per_query["clusters"])
     return metrics, per_query
 
 

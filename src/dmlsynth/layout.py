@@ -107,6 +107,11 @@ class RunFolder:
         """Last finished epoch while a job runs (removed when the run is complete; not an output)."""
         return self.file("checkpoint.pt")
 
+    @property
+    def attempts(self) -> str:
+        """The wall time of every attempt while a run is unfinished (removed when it is complete; not an output)."""
+        return self.file("attempts.json")
+
     # Written by the evaluation job.
     @property
     def metrics(self) -> str:

@@ -120,12 +120,21 @@ def kmeans_clusters(x: np.ndarray, n_clusters: int, seed: int = 0, restarts: int
     return KMeans(n_clusters=n_clusters, n_init=restarts, random_state=seed).fit_predict(x)
 
 
-def nmi(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """NMI between the k-means clusters of ``x`` (k = number of classes) and the labels.
+def nmi_clusters(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The k-means clusters NMI is computed on: k = the number of classes in ``labels``, on ``x``."""
+    return kmeans_clusters(x, len(np.unique(np.asarray(labels).reshape(-1))), seed=seed)
+
+
+def nmi(x: np.ndarray, labels: np.ndarray, seed: int = 0, clusters: np.ndarray | None = None) -> float:
+    """NMI between the k-means clusters of ``x`` (:func:`nmi_clusters`: k = number of classes) and the labels.
 
     ``x`` are the L2-normalised embeddings (the space retrieval searches); NMI
     is scikit-learn's (mutual information over the arithmetic mean of the two
-    entropies), the same formula pytorch-metric-learning calls.
+    entropies), the same formula pytorch-metric-learning calls. ``clusters``:
+    the :func:`nmi_clusters` of ``x`` when the caller keeps them (the
+    evaluation does, for the table's bootstrap), so k-means runs once.
     """
     labels = np.asarray(labels).reshape(-1)
-    return float(normalized_mutual_info_score(labels, kmeans_clusters(x, len(np.unique(labels)), seed=seed)))
+    if clusters is None:
+        clusters = nmi_clusters(x, labels, seed=seed)
+    return float(normalized_mutual_info_score(labels, clusters))

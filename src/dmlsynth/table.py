@@ -1,17 +1,21 @@
-"""The results table: one row per dataset x method x loss, aggregated over seeds, compared with baseline.
+"""The results table: one row per dataset x method x loss, aggregated over seeds, compared with its control.
 
 Input: run folders (``results/runs/<dataset>/<method>/<loss>/seed<N>/``). A
-run's identity (dataset, method, loss, seed), params hash and code version
-are read from its ``run.yaml``, its metrics from ``metrics.json`` and its
-per-query results from ``queries.npz``; a folder without these files is
-refused with the job to re-run.
+run's identity (dataset, row, loss, seed), its control, params, params hash,
+code version, threads, device and step budget are read from its ``run.yaml``,
+its metrics from ``metrics.json`` and its per-query results from
+``queries.npz``; a folder without these files is refused with the job to re-run.
 
 For every metric the row holds the mean over seeds with its spread and two
-95 % intervals, and — for every method but ``baseline`` — the paired
-difference to ``baseline`` with a t interval over seeds, a query-bootstrap
-interval, a p-value and whether the difference is significant after Holm
-correction over the methods compared. README ("What you get") defines every
-column; :mod:`dmlsynth.stats` holds the statistics.
+95 % intervals, and — for every method row — the paired difference to its
+*control* (``baseline`` with the method's loss params,
+:func:`dmlsynth.registry.control_label`) with a t interval over seeds, a
+query-bootstrap interval (the same resamples for a run and its control), a
+p-value and whether the difference is significant after Holm correction over
+the methods compared in the dataset x loss. A pair whose runs differ in
+anything but the synthesis (params, steps, threads, device) is refused, and so
+are seeds of one row made with different settings. README ("What you get")
+defines every column; :mod:`dmlsynth.stats` holds the statistics.
 """
 
 from __future__ import annotations

@@ -172,8 +172,17 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def _milliseconds(seconds: Any) -> int | None:
+    """Unix seconds (run.yaml, train_log.csv) as MLflow's milliseconds; None when not recorded."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        return None
+    return int(round(value * 1000)) if math.isfinite(value) else None
+
+
 def _run_key(params: Mapping[str, Any]) -> str:
-    return f"{params['dataset']}/{params['method']}/{params['loss']}/seed{params['seed']}"
+    return f"{params['dataset']}/{params.get('label', params['method'])}/{params['loss']}/seed{params['seed']}"
 
 
 def _find_or_create(client, experiment_id: str, key: str, run_name: str, tags: Mapping[str, str]):
@@ -212,16 +221,20 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
                 KEY_TAG: key,
                 HASH_TAG: params_hash,
                 "dataset": params["dataset"],
-                "method": params["method"],
+                # The table's row (a method, or a control such as baseline+beta=40) and what it is compared with.
+                "method": str(params.get("label", params["method"])),
+                "control": str(params.get("control") or ""),
                 "loss": params["loss"],
                 "seed": str(params["seed"]),
+                "threads": str(record.get("threads", "")),
                 "mlflow.source.git.commit": code["git_commit"],
                 "git_dirty": str(code["git_dirty"]),
                 **({"dmlsynth.code_digest": code["digest"]} if "digest" in code else {}),
                 **{f"env.{k}": str(v) for k, v in record["environment"].items()},
             }
             run = client.create_run(
-                experiment_id, run_name=f"{params['method']}/{params['loss']}/seed{params['seed']}", tags=tags
+                experiment_id, run_name=f"{params.get('label', params['method'])}/{params['loss']}/seed{params['seed']}",
+                tags=tags, start_time=_milliseconds(record.get("started")),
             )
             client.log_batch(
                 run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flatten(params).items())]
@@ -231,17 +244,19 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
         logged = run.data.metrics
 
         metrics: list[Metric] = []
-        now = 0
+        # Metrics carry the time they were made: each epoch's when it ended, the final ones when training did.
+        finished = _milliseconds(record.get("finished")) or int(time.time() * 1000)
         if "train_loss" not in logged and Path(folder.history).is_file():
             history = pd.read_csv(folder.history)
             # Validation classes' metrics per epoch too, when the run has them (val_recall@1, val_map@r).
             validation = [c for c in history.columns if c.startswith("val_")]
             for row in history.to_dict(orient="records"):
                 step = int(row["epoch"])
-                metrics.append(Metric("train_loss", float(row["loss"]), now, step))
-                metrics.append(Metric("epoch_seconds", float(row["seconds"]), now, step))
-                metrics.append(Metric("lr", float(row["lr"]), now, step))
-                metrics.extend(Metric(metric_name(c), float(row[c]), now, step) for c in validation)
+                when = _milliseconds(row.get("time")) or finished
+                metrics.append(Metric("train_loss", float(row["loss"]), when, step))
+                metrics.append(Metric("epoch_seconds", float(row["seconds"]), when, step))
+                metrics.append(Metric("lr", float(row["lr"]), when, step))
+                metrics.extend(Metric(metric_name(c), float(row[c]), when, step) for c in validation)
         finals = {f"wall_seconds_{k}": float(v) for k, v in (record.get("wall_seconds") or {}).items()}
         if record.get("validation"):
             finals["chosen_epoch"] = float(record["validation"]["chosen_epoch"])
@@ -250,13 +265,14 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
             finals.update({metric_name(k): float(v) for k, v in evaluation.items() if isinstance(v, (int, float))})
         for name, value in finals.items():
             if math.isfinite(value) and logged.get(name) != value:
-                metrics.append(Metric(name, value, now, 0))
+                metrics.append(Metric(name, value, finished, 0))
         for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
             client.log_batch(run_id, metrics=metrics[start : start + 900])
         for file in [folder.record, folder.history, folder.metrics, folder.training_curve, folder.embedding_plot]:
             if Path(file).is_file():
                 client.log_artifact(run_id, file)
-        client.set_terminated(run_id, "FINISHED")
+        # The run lasts as long as its training did (not until its evaluation job tracked it).
+        client.set_terminated(run_id, "FINISHED", end_time=finished)
     return run_id
 
 

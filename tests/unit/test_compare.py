@@ -81,7 +81,9 @@ def test_report_files(results):
     for loss in LOSSES:
         assert f"## cub200 · {loss}" in report
         assert f"![forest plot](figures/forest_cub200_{loss}.png)" in report
-    assert "| iaa | 2 |" in report and "## Published numbers" in report
+    assert "| iaa | baseline | 2 |" in report and "## Published numbers" in report
+    assert "| baseline | — (a control) | 2 |" in report
+    assert "Each method is compared with its control (`baseline`)" in report
     raw = pd.read_csv(out / "comparison.csv", keep_default_na=False)
     assert (raw.loc[raw.method == "baseline", "recall@1_delta"] == "n/a").all()
     # The Snakemake rule declares the same forest plots the command writes.

@@ -4,7 +4,9 @@
 seeded random streams are consumed, so it is part of reproducibility):
 
 1. read the manifest, hold out the validation classes (if any) and mix in
-   generated images for data-level methods;
+   generated images for data-level methods; fix the step budget from the *real*
+   training images (generated images change what a batch holds, never how many
+   steps a run makes: a method and its control make the same steps);
 2. seed every random stream from the run's seed;
 3. make the image datasets (train with augmentation, train without, test),
    reading the resized copy of a photo dataset where it has one;
@@ -83,6 +85,9 @@ class TrainingRun:
     loader_kwargs: dict[str, Any]
     train_loader: DataLoader
     loader_parts: int  # loader batches per training batch (see _train_loader)
+    batches_per_epoch: int  # optimisation steps per epoch: training.batches_per_epoch, or one pass over the real images
+    real_images: int  # training images of the run: real ones, then (data-level methods) generated ones
+    generated_images: int
     eval_batch: int
     model: EmbeddingNet
     base_loss: BaseLoss
@@ -92,6 +97,7 @@ class TrainingRun:
     scaler: torch.amp.GradScaler
     sampler_rng: np.random.RandomState
     method_generator: torch.Generator
+    train_sampler: "_FreshSampler"  # the train loader's; it counts the real and generated images it hands out
 
     @property
     def epochs(self) -> int:
@@ -102,8 +108,13 @@ class TrainingRun:
         return int(self.params["training"]["batch_size"])
 
     @property
-    def batches_per_epoch(self) -> int:
-        return int(self.params["training"]["batches_per_epoch"] or max(1, len(self.train_set) // self.batch_size))
+    def optimisation_steps(self) -> int:
+        """Steps of the whole run: the same for every method of a dataset x loss."""
+        return self.epochs * self.batches_per_epoch
+
+    def images_seen(self) -> dict[str, int]:
+        """Real and generated images the training batches have held so far in this epoch."""
+        return self.train_sampler.seen()
 
     def training_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of training batches: model inputs and labels, on the device."""
@@ -141,6 +152,12 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
     train_frame = method_class(params["method"]).training_frame(train_frame, generated, params["method_params"], params["seed"])
     classes = sorted(train_frame["label"].unique())
     class_index = {label: i for i, label in enumerate(classes)}
+    # Data-level methods append their generated rows after the real ones (methods.blender.mix_synthetic).
+    generated_rows = train_frame["synthetic"].to_numpy(dtype=bool) if "synthetic" in train_frame.columns else np.zeros(len(train_frame), bool)
+    real_images = int((~generated_rows).sum())
+    if generated_rows[:real_images].any():
+        raise AssertionError("generated training rows must follow the real ones")
+    batches_per_epoch = int(training["batches_per_epoch"] or max(1, real_images // int(training["batch_size"])))
 
     # 2. Every random stream from the run's seed; the method draws from a stream of its own.
     sampler_rng = seed_everything(int(params["seed"]))
@@ -178,8 +195,8 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
         "collate_fn": image_input.collate_fn,
     }
     eval_batch = int(params["evaluation"]["batch_size"])
-    train_loader, loader_parts = _train_loader(
-        train_set, train_targets, training, image_input, loader_kwargs, int(params["seed"])
+    train_loader, loader_parts, sampler = _train_loader(
+        train_set, train_targets, training, batches_per_epoch, real_images, image_input, loader_kwargs, int(params["seed"])
     )
 
     # 4. Backbone and base loss.
@@ -242,6 +259,9 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
         loader_kwargs=loader_kwargs,
         train_loader=train_loader,
         loader_parts=loader_parts,
+        batches_per_epoch=batches_per_epoch,
+        real_images=real_images,
+        generated_images=len(train_frame) - real_images,
         eval_batch=eval_batch,
         model=model,
         base_loss=base_loss,
@@ -251,26 +271,39 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
         scaler=scaler,
         sampler_rng=sampler_rng,
         method_generator=method_generator,
+        train_sampler=sampler,
     )
 
 
 class _FreshSampler(Sampler):
-    """A new MPerClassSampler for every epoch.
+    """A new MPerClassSampler for every epoch, counting the real and generated images it hands out.
 
     MPerClassSampler shuffles its list of labels in place, so a reused one
     would carry that order from epoch to epoch; a fresh one per epoch has
-    no state but pml's random stream, which checkpoints hold.
+    no state but pml's random stream, which checkpoints hold. Indices from
+    ``first_generated`` on are generated images (they follow the real ones).
     """
 
-    def __init__(self, targets: list[int], m: int, batch_size: int, length: int):
+    def __init__(self, targets: list[int], m: int, batch_size: int, length: int, first_generated: int):
         self._make = lambda: MPerClassSampler(targets, m=m, batch_size=batch_size, length_before_new_iter=length)
         self._length = len(self._make())
+        self._first_generated = first_generated
+        self._generated = 0
+        self._handed_out = 0
 
     def __len__(self) -> int:
         return self._length
 
+    def seen(self) -> dict[str, int]:
+        """Images handed out since the epoch began: ``{"real": …, "generated": …}``."""
+        return {"real": self._handed_out - self._generated, "generated": self._generated}
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self._make())
+        self._generated = self._handed_out = 0
+        for index in self._make():
+            self._handed_out += 1
+            self._generated += int(index >= self._first_generated)
+            yield index
 
 
 class _SplitBatches(Sampler):
@@ -298,32 +331,33 @@ def _train_loader(
     train_set: Dataset,
     targets: list[int],
     training: Mapping[str, Any],
+    batches: int,
+    first_generated: int,
     image_input: ImageInput,
     loader_kwargs: Mapping[str, Any],
     seed: int,
-) -> tuple[DataLoader, int]:
-    """The training loader and how many of its batches make one training batch.
+) -> tuple[DataLoader, int, _FreshSampler]:
+    """The training loader, how many of its batches make one training batch, and its sampler.
 
-    Batches hold M images per class (pml's MPerClassSampler). Photos: each
-    index comes with its augmentation seed, so the numbers do not depend on
-    which worker loads an image, and the loader's workers live across epochs
-    (starting a dozen of them costs a good part of a short epoch); the loader
-    gets a generator of its own so that starting workers draws nothing from
-    the global stream the seeds come from. A worker loads a whole loader
-    batch, so the first batch of an epoch takes a batch's worth of decoding
-    while the GPU waits: a training batch is therefore loaded as a few
+    Batches hold M images per class (pml's MPerClassSampler), ``batches`` per
+    epoch. Photos: each index comes with its augmentation seed, so the numbers
+    do not depend on which worker loads an image, and the loader's workers live
+    across epochs (starting a dozen of them costs a good part of a short epoch);
+    the loader gets a generator of its own so that starting workers draws
+    nothing from the global stream the seeds come from. A worker loads a whole
+    loader batch, so the first batch of an epoch takes a batch's worth of
+    decoding while the GPU waits: a training batch is therefore loaded as a few
     smaller batches by several workers at once, and joined on the device.
     Grayscale images keep the global stream, whole batches and fresh workers
     every epoch.
     """
     batch_size = int(training["batch_size"])
-    batches = training["batches_per_epoch"] or max(1, len(targets) // batch_size)
-    sampler: Sampler = _FreshSampler(targets, int(training["m_per_class"]), batch_size, batches * batch_size)
+    sampler = _FreshSampler(targets, int(training["m_per_class"]), batch_size, batches * batch_size, first_generated)
     kwargs = dict(loader_kwargs)
     if not image_input.seeded:
-        return DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs), 1
+        return DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs), 1, sampler
     kwargs["persistent_workers"] = kwargs["num_workers"] > 0
     kwargs["generator"] = torch.Generator().manual_seed(seed)
     parts = max(1, min(kwargs["num_workers"], batch_size // MIN_PART_SIZE))
     split = _SplitBatches(BatchSampler(SeededSampler(sampler), batch_size, drop_last=True), parts)
-    return DataLoader(train_set, batch_sampler=split, **kwargs), parts
+    return DataLoader(train_set, batch_sampler=split, **kwargs), parts, sampler

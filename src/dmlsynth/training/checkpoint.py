@@ -12,8 +12,10 @@ Checkpoints load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning.utils import common_functions as pml_common
 
-from dmlsynth.io import save_torch
+from dmlsynth.io import atomic_write_text, save_torch
 
 log = logging.getLogger("dmlsynth.training")
 
@@ -94,3 +96,57 @@ def load_checkpoint(path: str | Path, key: Mapping[str, Any]) -> dict[str, Any] 
         )
         return None
     return payload
+
+
+class AttemptClock:
+    """The wall time of every attempt of one run, kept beside its checkpoint until the run is complete.
+
+    A run interrupted (a cluster time-out, a killed job) and resumed costs the time of every attempt,
+    not only the last one's. Each attempt adds an entry (its start, and its seconds so far, written at
+    every :meth:`tick`, i.e. after every epoch, and when the attempt ends by an exception). Entries made
+    under another key (params, code, threads, device) belong to another run and are dropped, as its
+    checkpoint is. What an attempt killed without warning (SIGKILL) spent after its last tick is not
+    counted.
+    """
+
+    def __init__(self, path: str | Path, key: Mapping[str, Any], started: float):
+        self.path = Path(path)
+        self.key = dict(key)
+        self._started_perf = started  # time.perf_counter() at the attempt's start
+        self.attempts: list[dict[str, Any]] = []
+        try:
+            stored = json.loads(self.path.read_text())
+            if stored.get("key") == self.key:
+                self.attempts = list(stored["attempts"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        self.attempts.append({"started": time.time() - (time.perf_counter() - started), "seconds": 0.0})
+        self.tick()
+
+    def tick(self) -> None:
+        self.attempts[-1]["seconds"] = round(time.perf_counter() - self._started_perf, 3)
+        atomic_write_text(self.path, json.dumps({"key": self.key, "attempts": self.attempts}, indent=1) + "\n")
+
+    def record(self) -> dict[str, Any]:
+        """``run.yaml``'s timing: seconds over every attempt, their count, this attempt's seconds, and when the
+        first attempt started and this one finished (Unix time; MLflow shows the run over that span)."""
+        return {
+            "train_seconds": round(sum(float(a["seconds"]) for a in self.attempts), 3),
+            "attempts": len(self.attempts),
+            "last_attempt_seconds": float(self.attempts[-1]["seconds"]),
+            "started": round(float(self.attempts[0]["started"]), 3),
+            "finished": round(time.time(), 3),
+        }
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AttemptClock":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            try:
+                self.tick()  # a failed or interrupted attempt spent its time too
+            except OSError:
+                pass  # never hide the error that ended the attempt

@@ -34,7 +34,9 @@ from tqdm import tqdm
 from dmlsynth.layout import RunFolder
 from dmlsynth.provenance import params_hash, run_code_digest
 from dmlsynth.training.build import TrainingRun, build_run
-from dmlsynth.training.checkpoint import checkpoint_key, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dmlsynth.training.checkpoint import (
+    AttemptClock, checkpoint_key, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)  # fmt: skip
 from dmlsynth.training.outputs import write_outputs
 from dmlsynth.training.validation import EpochSelection
 
@@ -77,7 +79,8 @@ def train_step(run: TrainingRun, images: torch.Tensor, labels: torch.Tensor, epo
 
 
 def train_epoch(run: TrainingRun, epoch: int, progress: bool = True) -> dict[str, Any]:
-    """One epoch of ``run``; returns its history row (mean loss, learning rate, seconds)."""
+    """One epoch of ``run``; returns its history row: mean loss, learning rate, optimisation steps, the
+    real and generated images its batches held, seconds, and when it ended (Unix time)."""
     started = time.perf_counter()
     run.method.on_epoch_start(epoch)
     total, steps = 0.0, 0
@@ -87,11 +90,16 @@ def train_epoch(run: TrainingRun, epoch: int, progress: bool = True) -> dict[str
         total += train_step(run, images, labels, epoch)
         steps += 1
         bar.set_postfix(loss=f"{total / steps:.4f}", refresh=False)
+    seen = run.images_seen()
     row = {
         "epoch": epoch + 1,
         "loss": total / max(steps, 1),
         "lr": run.optimizer.param_groups[0]["lr"],
+        "steps": steps,
+        "real_images": seen["real"],
+        "generated_images": seen["generated"],
         "seconds": time.perf_counter() - started,
+        "time": time.time(),
     }
     run.scheduler.step()
     return row
@@ -122,81 +130,112 @@ def train_run(
     run = build_run(params, manifest, synthetic_manifest)
     code_digest = run_code_digest(params)
     key = checkpoint_key(params_hash(params), code_digest, threads, run.device)
-
     # Epoch-end hooks run before the checkpoint, which holds their state.
     selection = EpochSelection() if run.validation_set is not None else None
     hooks = {"selection": selection} if selection is not None else {}
 
-    # 3. Resume.
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    checkpoint = load_checkpoint(folder.checkpoint, key)
-    if checkpoint is not None:
-        run.model.load_state_dict(checkpoint["model"])
-        run.method.load_state_dict(checkpoint["method"])
-        run.optimizer.load_state_dict(checkpoint["optimizer"])
-        run.scheduler.load_state_dict(checkpoint["scheduler"])
-        run.scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"], run.sampler_rng, run.method_generator)
-        history = list(checkpoint["history"])
-        start_epoch = int(checkpoint["epoch"])
-        for name, hook in hooks.items():
-            hook.load_state_dict(checkpoint["hooks"][name])
-        log.info("resuming from %s after epoch %d of %d", folder.checkpoint, start_epoch, run.epochs)
+    # Every attempt's wall time counts towards the run's cost (a resumed run sums them); an attempt
+    # that fails still spent its time.
+    with AttemptClock(folder.attempts, key, started) as clock:
+        # 3. Resume.
+        history, start_epoch = _resume(run, folder, key, hooks)
 
-    # 4. Epochs.
-    run.model.train()
-    for epoch in range(start_epoch, run.epochs):
-        row = train_epoch(run, epoch, progress)
-        for hook in hooks.values():
-            hook.on_epoch_end(run, epoch + 1, row)
-        history.append(row)
-        log.info("epoch %d/%d loss %.4f (%.1fs)%s", epoch + 1, run.epochs, row["loss"], row["seconds"], _validation_note(row))
-        save_checkpoint(
-            folder.checkpoint,
-            key,
-            {
-                "epoch": epoch + 1,
-                "model": run.model.state_dict(),
-                "method": run.method.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
-                "scaler": run.scaler.state_dict(),
-                "rng": rng_state(run.sampler_rng, run.method_generator),
-                "history": history,
-                "hooks": {name: hook.state_dict() for name, hook in hooks.items()},
-            },
-        )
-        for callback in callbacks:
-            callback(run, epoch + 1, history)
+        # 4. Epochs.
+        run.model.train()
+        for epoch in range(start_epoch, run.epochs):
+            row = train_epoch(run, epoch, progress)
+            for hook in hooks.values():
+                hook.on_epoch_end(run, epoch + 1, row)
+            history.append(row)
+            log.info("epoch %d/%d loss %.4f (%.1fs)%s", epoch + 1, run.epochs, row["loss"], row["seconds"], _validation_note(row))
+            _save_checkpoint(run, folder, key, hooks, history, epoch + 1)
+            clock.tick()
+            for callback in callbacks:
+                callback(run, epoch + 1, history)
 
-    # 5. Test embeddings: of the last epoch, and with validation of the epoch chosen on it. The test
-    # classes are embedded only now, after every choice is made.
-    test_embeddings, test_labels = run.embed(run.test_set)
-    last_epoch_embeddings, validation = None, None
-    if selection is not None:
-        last_epoch_embeddings = test_embeddings.numpy()
-        selection.restore(run)
+        # 5. Test embeddings: of the last epoch, and with validation of the epoch chosen on it. The test
+        # classes are embedded only now, after every choice is made.
         test_embeddings, test_labels = run.embed(run.test_set)
-        validation = selection.record(run.validation_classes)
-        log.info("epoch %d of %d chosen on the validation classes (val MAP@R %.4f)", selection.best_epoch, run.epochs, selection.best_score)
+        last_epoch_embeddings, validation = None, None
+        if selection is not None:
+            last_epoch_embeddings = test_embeddings.numpy()
+            selection.restore(run)
+            test_embeddings, test_labels = run.embed(run.test_set)
+            validation = selection.record(run.validation_classes)
+            log.info("epoch %d of %d chosen on the validation classes (val MAP@R %.4f)", selection.best_epoch, run.epochs, selection.best_score)
 
-    # 6. Outputs; then the checkpoint goes (a finished run is re-run from scratch when forced).
-    write_outputs(
-        folder,
-        params=params,
-        params_hash=key["params_hash"],
-        code_digest=code_digest,
-        model_state={"model": run.model.state_dict(), "method": run.method.state_dict()},
-        history=history,
-        embeddings=test_embeddings.numpy(),
-        labels=test_labels.numpy(),
-        device=run.device,
-        threads=threads,
-        seconds=time.perf_counter() - started,
-        num_train_images=len(run.train_set),
-        last_epoch_embeddings=last_epoch_embeddings,
-        validation=validation,
-    )
+        # 6. Outputs; then the checkpoint and the attempts go (a finished run is re-run from scratch when forced).
+        clock.tick()
+        write_outputs(
+            folder,
+            params=params,
+            params_hash=key["params_hash"],
+            code_digest=code_digest,
+            model_state={"model": run.model.state_dict(), "method": run.method.state_dict()},
+            history=history,
+            embeddings=test_embeddings.numpy(),
+            labels=test_labels.numpy(),
+            device=run.device,
+            threads=threads,
+            timing=clock.record(),
+            budget=_budget(run, history),
+            train_images={"real": run.real_images, "generated": run.generated_images},
+            last_epoch_embeddings=last_epoch_embeddings,
+            validation=validation,
+        )
     Path(folder.checkpoint).unlink(missing_ok=True)
+    clock.remove()
     return {"history": history, "embeddings": test_embeddings, "labels": test_labels}
+
+
+def _resume(
+    run: TrainingRun, folder: RunFolder, key: Mapping[str, Any], hooks: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], int]:
+    """Load the checkpoint made under ``key`` into ``run``; returns its history and the epochs it had done."""
+    checkpoint = load_checkpoint(folder.checkpoint, key)
+    if checkpoint is None:
+        return [], 0
+    run.model.load_state_dict(checkpoint["model"])
+    run.method.load_state_dict(checkpoint["method"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    run.scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng"], run.sampler_rng, run.method_generator)
+    for name, hook in hooks.items():
+        hook.load_state_dict(checkpoint["hooks"][name])
+    log.info("resuming from %s after epoch %d of %d", folder.checkpoint, int(checkpoint["epoch"]), run.epochs)
+    return list(checkpoint["history"]), int(checkpoint["epoch"])
+
+
+def _save_checkpoint(
+    run: TrainingRun, folder: RunFolder, key: Mapping[str, Any], hooks: Mapping[str, Any], history: list[dict[str, Any]], epochs: int
+) -> None:
+    save_checkpoint(
+        folder.checkpoint,
+        key,
+        {
+            "epoch": epochs,
+            "model": run.model.state_dict(),
+            "method": run.method.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": rng_state(run.sampler_rng, run.method_generator),
+            "history": history,
+            "hooks": {name: hook.state_dict() for name, hook in hooks.items()},
+        },
+    )
+
+
+def _budget(run: TrainingRun, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's step budget and what its batches held (``run.yaml`` ``budget``; the table compares it)."""
+    return {
+        "epochs": run.epochs,
+        "batches_per_epoch": run.batches_per_epoch,
+        "batch_size": run.batch_size,
+        "optimisation_steps": int(sum(row["steps"] for row in history)),
+        "images_seen": {
+            "real": int(sum(row["real_images"] for row in history)),
+            "generated": int(sum(row["generated_images"] for row in history)),
+        },
+    }

@@ -4,9 +4,12 @@
 - ``embeddings.npz``  un-normalised embeddings (``embeddings``) and labels (``labels``) of the test split
                       (with validation classes: at the epoch chosen on them)
 - ``embeddings_last_epoch.npz``  the same at the last epoch (only with validation classes)
-- ``train_log.csv``   one row per epoch: mean loss, learning rate, seconds (+ validation R@1, MAP@R)
+- ``train_log.csv``   one row per epoch: mean loss, learning rate, optimisation steps, real and
+                      generated images its batches held, seconds, end time (+ validation R@1, MAP@R)
 - ``run.yaml``        resolved params and their hash, code version (git commit of the project,
-                      digest of the executed source), environment, threads, wall time
+                      digest of the executed source), environment, threads and device, the step
+                      ``budget`` (epochs, batches per epoch, batch size, optimisation steps, images
+                      seen), the training images (real, generated), wall time over every attempt
                       (+ ``validation``: its classes and the chosen epoch)
 
 Each goes through a temporary name (:mod:`dmlsynth.io`), and ``run.yaml`` is
@@ -39,8 +42,9 @@ def write_outputs(
     labels: np.ndarray,
     device: torch.device,
     threads: int,
-    seconds: float,
-    num_train_images: int,
+    timing: Mapping[str, Any],
+    budget: Mapping[str, Any],
+    train_images: Mapping[str, int],
     last_epoch_embeddings: np.ndarray | None = None,
     validation: Mapping[str, Any] | None = None,
 ) -> None:
@@ -56,8 +60,16 @@ def write_outputs(
         "params_hash": params_hash,
         "code": {**code_version(), "digest": code_digest},
         "environment": {**environment(str(device)), "torch.threads": str(threads)},
-        "wall_seconds": {"train": round(seconds, 3)},
-        "train_images": num_train_images,
+        # What changes the numbers without being a param: the table shows them and never averages over them.
+        "threads": int(threads),
+        "device": str(device),
+        "budget": dict(budget),
+        "train_images": dict(train_images),
+        # Seconds over every attempt (resumes and retries included), the attempts, and their span.
+        "wall_seconds": {"train": timing["train_seconds"], "last_attempt": timing["last_attempt_seconds"]},
+        "attempts": int(timing["attempts"]),
+        "started": timing["started"],
+        "finished": timing["finished"],
     }
     if validation is not None:
         record["validation"] = dict(validation)

@@ -39,7 +39,7 @@ def test_the_epoch_is_chosen_on_validation_classes(config, digits_manifest, tmp_
     assert record["validation"]["val_map@r"] == pytest.approx(history["val_map@r"].max())
     # Training saw only digits 0-2.
     manifest = pd.read_csv(digits_manifest)
-    assert record["train_images"] == int(manifest.label.isin([0, 1, 2]).sum())
+    assert record["train_images"] == {"real": int(manifest.label.isin([0, 1, 2]).sum()), "generated": 0}
     # Test embeddings: of the chosen epoch, and of the last epoch; both of the test classes only.
     with np.load(folder.embeddings) as chosen_epoch, np.load(folder.last_epoch_embeddings) as last_epoch:
         assert np.array_equal(chosen_epoch["labels"], last_epoch["labels"])
@@ -85,7 +85,7 @@ def test_interrupted_run_resumes_to_the_same_choice(config, digits_manifest, tmp
     with pytest.raises(Interrupted):
         train_run(params, digits_manifest, tmp_path / "cut", callbacks=[stop_after(2)], progress=False)
     resumed = train_run(params, digits_manifest, tmp_path / "cut", progress=False)
-    assert resumed["history"] == [{**h, "seconds": r["seconds"]} for h, r in zip(whole["history"], resumed["history"])]
+    assert resumed["history"] == [{**h, "seconds": r["seconds"], "time": r["time"]} for h, r in zip(whole["history"], resumed["history"])]
     assert torch.equal(resumed["embeddings"], whole["embeddings"])
     for name in ("whole", "cut"):
         assert yaml.safe_load(open(RunFolder(str(tmp_path / name)).record))["validation"] == yaml.safe_load(
