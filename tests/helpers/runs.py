@@ -9,8 +9,15 @@ from sklearn.metrics import normalized_mutual_info_score
 N_QUERIES = 400
 
 
-def make_run(root, dataset, method, loss, seed, hits, *, folder=None, labels=None, commit="c0ffee", dirty=False, device="cpu", seconds=2.0):
-    """A finished, evaluated run folder whose per-query Recall@1 hits are ``hits``."""
+def make_run(
+    root, dataset, method, loss, seed, hits, *, folder=None, labels=None, commit="c0ffee", dirty=False, device="cpu",
+    seconds=2.0, params=None, control="default", threads=1, steps=100,
+):
+    """A finished, evaluated run folder whose per-query Recall@1 hits are ``hits``.
+
+    ``params``: extra run params (e.g. ``{"loss_params": {...}}``); ``control``: the row it is compared
+    with (default: ``baseline`` for every method but baseline; None for a control); ``threads`` and
+    ``steps`` (optimisation steps) as the training job records them."""
     folder = folder or root / "runs" / dataset / method / loss / f"seed{seed}"
     folder.mkdir(parents=True)
     n = len(hits)
@@ -25,11 +32,18 @@ def make_run(root, dataset, method, loss, seed, hits, *, folder=None, labels=Non
     }  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
     np.savez(folder / "embeddings.npz", embeddings=np.ones((n, 2)), labels=labels)
+    if control == "default":
+        control = None if method.startswith("baseline") else "baseline"
     record = {
-        "params": {"dataset": dataset, "method": method, "loss": loss, "seed": seed},
+        "params": {
+            "dataset": dataset, "method": "baseline" if method.startswith("baseline") else method, "label": method,
+            "control": control, "loss": loss, "seed": seed, "training": {"batch_size": 80}, **(params or {}),
+        },
         "params_hash": f"h-{method}-{seed}",
         "code": {"git_commit": commit, "git_dirty": dirty},
         "environment": {"device": device},
+        "threads": threads,
+        "budget": {"optimisation_steps": steps},
         "wall_seconds": {"train": seconds},
     }
     (folder / "run.yaml").write_text(yaml.safe_dump(record))

@@ -177,3 +177,127 @@ def test_summary_metrics_are_the_table_numbers(tmp_path):
     assert "digits/better/ms/recall_at_1_std" not in metrics
     assert "digits/baseline/ms/recall_at_1_delta" not in metrics
     assert all(np.isfinite(v) for v in metrics.values())
+
+
+# --- What the table compares, as the workflow's table job computes it (dmlsynth.table.write_table) ----------
+
+
+def test_each_row_is_compared_with_its_own_control(tmp_path):
+    # IAA's runs use beta = 40: its control is baseline+beta=40, not plain baseline.
+    rng = np.random.default_rng(3)
+    beta40 = {"loss_params": {"beta": 40.0}}
+    for seed in range(3):
+        make_run(tmp_path, "digits", "baseline", "ms", seed, simulated_hits(rng, 0.5, 0.0), params={"loss_params": {"beta": 50.0}})
+        make_run(tmp_path, "digits", "baseline+beta=40", "ms", seed, simulated_hits(rng, 0.7, 0.0), params=beta40)
+        make_run(tmp_path, "digits", "iaa", "ms", seed, simulated_hits(rng, 0.7, 0.0), params=beta40, control="baseline+beta=40")
+    table, out = write(tmp_path, [tmp_path / "runs"], bootstrap_samples=300)
+    rows = table.set_index("method")
+    assert rows.loc["iaa", "control"] == "baseline+beta=40" and rows.loc["iaa", "pairs"] == 3
+    runs = {(r.method, r.seed): r.metrics["recall@1"] for r in collect([tmp_path / "runs"])}
+    assert rows.loc["iaa", "recall@1_delta"] == pytest.approx(np.mean([runs[("iaa", s)] - runs[("baseline+beta=40", s)] for s in range(3)]))
+    # Controls are rows of their own, compared with nothing.
+    assert rows.loc["baseline+beta=40", "control"] == "n/a" and np.isnan(rows.loc["baseline+beta=40", "recall@1_delta"])
+    assert list(table["method"]) == ["baseline", "baseline+beta=40", "iaa"]
+
+
+def test_a_pair_that_differs_in_more_than_the_synthesis_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    a = make_run(tmp_path, "digits", "baseline", "ms", 0, simulated_hits(rng, 0.6, 0.0), params={"loss_params": {"beta": 50.0}})
+    b = make_run(tmp_path, "digits", "iaa", "ms", 0, simulated_hits(rng, 0.6, 0.0), params={"loss_params": {"beta": 40.0}})
+    with pytest.raises(TableError, match=r"differ in loss_params.beta \(40.0 vs 50.0\)"):
+        write(tmp_path, [a, b])
+    c = make_run(tmp_path, "digits", "symm", "ms", 0, simulated_hits(rng, 0.6, 0.0), params={"loss_params": {"beta": 50.0}}, steps=150)
+    with pytest.raises(TableError, match=r"differ in optimisation steps \(150 vs 100\)"):
+        write(tmp_path, [a, c])
+    d = make_run(tmp_path, "digits", "sgar", "ms", 0, simulated_hits(rng, 0.6, 0.0), params={"loss_params": {"beta": 50.0}, "training": {"batch_size": 40}})
+    with pytest.raises(TableError, match=r"training.batch_size \(40 vs 80\)"):
+        write(tmp_path, [a, d])
+    assert not (tmp_path / "out" / "table.csv").exists()
+
+
+def test_seeds_of_one_row_made_with_other_threads_or_devices_are_never_averaged(tmp_path):
+    rng = np.random.default_rng(0)
+    a = make_run(tmp_path, "digits", "baseline", "ms", 0, simulated_hits(rng, 0.6, 0.0), threads=1)
+    b = make_run(tmp_path, "digits", "baseline", "ms", 1, simulated_hits(rng, 0.6, 0.0), threads=2)
+    with pytest.raises(TableError, match=r"differ in threads \(2 vs 1\).*resources.threads"):
+        write(tmp_path, [a, b])
+    c = make_run(tmp_path, "digits", "baseline", "ms", 2, simulated_hits(rng, 0.6, 0.0), device="cuda:0")
+    with pytest.raises(TableError, match=r"differ in device \(cuda vs cpu\)"):
+        write(tmp_path, [a, c])
+    table, _ = write(tmp_path, [a])
+    assert (table.iloc[0]["threads"], table.iloc[0]["device"], table.iloc[0]["optimisation_steps"]) == (1, "cpu", 100)
+
+
+def test_the_query_bootstrap_pairs_each_run_with_its_control(tmp_path):
+    # One seed: the method finds the first hit on exactly 12 more of 400 queries than its control
+    # (+3 points), and on no query fewer. Resampled together, every replicate of the difference is
+    # >= 0 and about +3; resampled independently, the two runs' own noise (±5 points) would swamp it.
+    rng = np.random.default_rng(1)
+    control = (rng.random(400) < 0.5).astype(float)
+    method = control.copy()
+    method[np.flatnonzero(control == 0)[:12]] = 1.0
+    folders = [make_run(tmp_path, "digits", "baseline", "ms", 0, control), make_run(tmp_path, "digits", "m", "ms", 0, method)]
+    row = write(tmp_path, folders, bootstrap_samples=1000)[0].set_index("method").loc["m"]
+    assert row["recall@1_delta"] == pytest.approx(0.03)
+    assert 0.0 <= row["recall@1_delta_boot_low"] and row["recall@1_delta_boot_high"] <= 0.06
+    assert row["recall@1_significant"] is True
+
+
+def test_significance_is_holm_adjusted_over_the_methods(tmp_path):
+    # Three methods each about 1.6 standard errors better than baseline over 5 seeds: each raw p is
+    # below 0.05 but not after Holm over the three.
+    rng = np.random.default_rng(11)
+    base = 0.5 + rng.normal(scale=0.01, size=5)
+    hits = lambda rate: (QUERY_DIFFICULTY < rate).astype(float)  # noqa: E731 - hits of exactly that rate
+    shifts = {"m1": [0.03, 0.0, 0.02, 0.01, 0.015], "m2": [0.028, 0.0, 0.019, 0.012, 0.016], "m3": [0.03, 0.002, 0.018, 0.01, 0.014]}
+    for seed in range(5):
+        make_run(tmp_path, "digits", "baseline", "ms", seed, hits(base[seed]))
+        for name, shift in shifts.items():
+            make_run(tmp_path, "digits", name, "ms", seed, hits(base[seed] + shift[seed]))
+    table = write(tmp_path, [tmp_path / "runs"], bootstrap_samples=200)[0].set_index("method")
+    raw = table.loc[list(shifts), "recall@1_p"]
+    assert (raw < 0.05).all()  # the premise: significant one by one
+    assert np.allclose(table.loc[list(shifts), "recall@1_p_holm"], stats.holm(raw.tolist()))
+    assert (table.loc[list(shifts), "recall@1_p_holm"] >= 0.05).all()
+    assert not table.loc[list(shifts), "recall@1_significant"].any()
+
+
+def test_pairs_are_the_seeds_both_have(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        make_run(tmp_path, "digits", "baseline", "ms", seed, simulated_hits(rng, 0.6, 0.0))
+    for seed in (0, 1, 2):
+        make_run(tmp_path, "digits", "m", "ms", seed, simulated_hits(rng, 0.7, 0.0))
+    row = write(tmp_path, [tmp_path / "runs"], bootstrap_samples=200)[0].set_index("method").loc["m"]
+    runs = {(r.method, r.seed): r.metrics["recall@1"] for r in collect([tmp_path / "runs"])}
+    assert (row["seeds"], row["pairs"]) == (3, 2)
+    assert row["recall@1_delta"] == pytest.approx(np.mean([runs[("m", s)] - runs[("baseline", s)] for s in (0, 1)]))
+    assert row["recall@1_mean"] == pytest.approx(np.mean([runs[("m", s)] for s in (0, 1, 2)]))
+
+
+def test_a_run_missing_a_metric_is_refused_not_left_out_of_the_mean(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        make_run(tmp_path, "digits", "baseline", "ms", seed, simulated_hits(rng, 0.6, 0.0))
+    metrics = tmp_path / "runs" / "digits" / "baseline" / "ms" / "seed1" / "metrics.json"
+    values = json.loads(metrics.read_text())
+    del values["nmi"]
+    metrics.write_text(json.dumps(values))
+    with pytest.raises(TableError, match=r"seed1: its metrics lack nmi, which other runs have"):
+        write(tmp_path, [tmp_path / "runs"])
+
+
+@pytest.mark.parametrize("confidence", [0.8, 0.99])
+def test_every_interval_has_the_configured_confidence(tmp_path, confidence):
+    rng = np.random.default_rng(5)
+    for seed in range(4):
+        effect = rng.normal(scale=0.01)
+        make_run(tmp_path, "digits", "baseline", "ms", seed, simulated_hits(rng, 0.6, effect))
+        make_run(tmp_path, "digits", "m", "ms", seed, simulated_hits(rng, 0.65, effect))
+    table = write(tmp_path, [tmp_path / "runs"], confidence=confidence, bootstrap_samples=400)[0].set_index("method")
+    runs = {(r.method, r.seed): r.metrics["recall@1"] for r in collect([tmp_path / "runs"])}
+    m, b = (np.array([runs[(name, s)] for s in range(4)]) for name in ("m", "baseline"))
+    paired = scipy_stats.ttest_rel(m, b).confidence_interval(confidence)
+    assert (table.loc["m", "recall@1_delta_ci_low"], table.loc["m", "recall@1_delta_ci_high"]) == pytest.approx((paired.low, paired.high))
+    spread = scipy_stats.ttest_1samp(m, 0.0).confidence_interval(confidence)
+    assert (table.loc["m", "recall@1_ci_low"], table.loc["m", "recall@1_ci_high"]) == pytest.approx((spread.low, spread.high))
