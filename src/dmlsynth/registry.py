@@ -321,12 +321,13 @@ METHODS: dict[str, MethodSpec] = {
                 "sigma_m": 1.0,
                 "sigma_cv": 1.0,
                 "tau": 40,
-                "update_every": 2,
                 "triplet_negatives": "hardest",
             },
             variants={
                 # [project definition] where the paper gives no value: warm-up of one epoch, momentum 0.5.
+                # The paper re-estimates the class statistics every 4 epochs.
                 "paper": {
+                    "update_every": 4,
                     "start_fraction": 0.0,
                     "warmup_epochs": 1,
                     "statistics_update": "momentum",
@@ -335,8 +336,10 @@ METHODS: dict[str, MethodSpec] = {
                     "copy_spread": "equal",
                     "neighbor_correction": True,
                 },
-                # darkpromise98/IAA run.py / intra.py defaults (start_epoch 30 of 100, momentum 0.2).
+                # darkpromise98/IAA run.py / intra.py defaults (start_epoch 30 of 100, momentum 0.2,
+                # update_every_M_epoch 2).
                 "official": {
+                    "update_every": 2,
                     "start_fraction": 0.3,
                     "warmup_epochs": 0,
                     "statistics_update": "count_weighted",
