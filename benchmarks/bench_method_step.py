@@ -85,7 +85,9 @@ def build_methods(loss: str, dim: int, model: EmbeddingNet, images: torch.Tensor
         context = MethodContext(
             CLASSES, dim, 10, torch.Generator().manual_seed(0), embed_training_set, torch.device("cpu"), model.embedding
         )
-        method = registry.load_object(spec.module)(build_loss(loss, {}, CLASSES, dim), spec.resolve(), context)
+        # Each method on the loss params its runs use (e.g. symm's unit form of n_pairs and angular).
+        base_loss = build_loss(loss, registry.loss_params(loss, {}, name), CLASSES, dim)
+        method = registry.load_object(spec.module)(base_loss, spec.resolve(), context)
         method.on_epoch_start(1)  # past IAA's warm-up: statistics estimated, synthesis on (not timed)
         methods[name] = method
     return methods

@@ -226,6 +226,21 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                 )
     for name in config["datasets"]:
         problems += _cache_problems(config, name)
+    problems += _loss_param_problems(config, excluded)
+    return problems
+
+
+def _loss_param_problems(config: Mapping[str, Any], excluded: set[tuple[str, str]]) -> list[str]:
+    """Loss params that cannot train: plain, and under each configured method (its control trains the same)."""
+    problems = []
+    for loss in config["losses"]:
+        plain = registry.loss_param_problems(loss, registry.loss_params(loss, config))
+        problems += [f"  - at loss_params.{loss}: {problem}" for problem in plain]
+        for method in config["methods"]:
+            if not registry.METHODS[method].is_compatible(loss) or (method, loss) in excluded:
+                continue
+            own = registry.loss_param_problems(loss, registry.loss_params(loss, config, method), method)
+            problems += [f"  - at method_loss_params.{method}.{loss}: {problem}" for problem in own if problem not in plain]
     return problems
 
 

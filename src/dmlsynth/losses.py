@@ -1,11 +1,15 @@
-"""Base losses with the papers' defaults (docs/methods.md §3): pytorch-metric-learning's, and the Potential-Field loss."""
+"""Base losses with the papers' defaults (docs/methods.md §3): pytorch-metric-learning's, the N-pair / angular
+softmax over the pair units of a batch, and the Potential-Field loss."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners, reducers, regularizers
+from pytorch_metric_learning.utils import common_functions as c_f
 from torch import nn
 
 from dmlsynth import registry
@@ -20,13 +24,21 @@ class BaseLoss(nn.Module):
     """
 
     def __init__(
-        self, name: str, loss: nn.Module, miner: nn.Module | None, lr_multiplier: float = 1.0, per_anchor_sum: bool = False
+        self,
+        name: str,
+        loss: nn.Module,
+        miner: nn.Module | None,
+        lr_multiplier: float = 1.0,
+        per_anchor_sum: bool = False,
+        pair_based: bool | None = None,
     ):
         super().__init__()
         self.name = name
         self.loss = loss
         self.miner = miner
-        self.pair_based = registry.LOSSES[name].pair_based
+        # Whether it takes mined pairs against a reference set: the registry's answer for the loss, unless the
+        # built form says otherwise (angular with `pairs: units` forms its own pairs and takes no reference set).
+        self.pair_based = registry.LOSSES[name].pair_based if pair_based is None else pair_based
         # Learning rate of the loss's own parameters (proxies) relative to the backbone's.
         self.lr_multiplier = lr_multiplier
         # The loss sums its terms (pml SumReducer) and is divided here by the number of anchors
@@ -50,6 +62,8 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(registry.LOSSES))}")
     p = dict(registry.LOSSES[name].defaults)
     p.update(params)
+    if "pairs" in p and p["pairs"] not in registry.PAIR_FORMS[name]:
+        raise ValueError(f"loss {name!r}: pairs must be one of {', '.join(registry.PAIR_FORMS[name])}, got {p['pairs']!r}")
     if name == "multi_similarity":
         return BaseLoss(
             name,
@@ -82,10 +96,22 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
         return BaseLoss(name, losses.TripletMarginLoss(margin=p["margin"]), None)
     if name == "n_pairs":
         # The N-pair paper's penalty λ·¼(mean‖a‖² + mean‖p‖²) is λ/2 times the mean ‖x‖² over the pairs' samples.
+        if p["pairs"] == "units":
+            return BaseLoss(name, PairUnitSoftmaxLoss("n_pairs", normalize=p["normalize"], l2_reg=p["l2_reg"]), None)
         regulariser = {"embedding_regularizer": regularizers.LpRegularizer(p=2, power=2), "embedding_reg_weight": p["l2_reg"] / 2}
-        return BaseLoss(name, losses.NPairsLoss(**(regulariser if p["l2_reg"] > 0 else {})), None)
+        similarity = distances.DotProductSimilarity(normalize_embeddings=p["normalize"])
+        return BaseLoss(name, losses.NPairsLoss(distance=similarity, **(regulariser if p["l2_reg"] > 0 else {})), None)
     if name == "angular":
-        return BaseLoss(name, losses.AngularLoss(alpha=p["alpha"]), None)
+        if p["pairs"] == "units":
+            unit_form = PairUnitSoftmaxLoss("angular", alpha=p["alpha"], normalize=p["normalize"], l2_reg=p["l2_reg"])
+            return BaseLoss(name, unit_form, None, pair_based=False)
+        if not p["normalize"]:
+            raise ValueError(
+                "loss 'angular' with pairs: every_pair is pytorch-metric-learning's AngularLoss, which works on "
+                "L2-normalised embeddings: set normalize: true, or pairs: units for un-normalised features"
+            )
+        regulariser = {"embedding_regularizer": regularizers.LpRegularizer(p=2, power=2), "embedding_reg_weight": p["l2_reg"] / 2}
+        return BaseLoss(name, losses.AngularLoss(alpha=p["alpha"], **(regulariser if p["l2_reg"] > 0 else {})), None)
     if name == "potential_field":
         return BaseLoss(
             name,
@@ -96,6 +122,148 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
             lr_multiplier=p["proxy_lr_multiplier"],
         )
     raise AssertionError(f"loss {name!r} is registered but has no builder")
+
+
+def pair_units(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a batch into same-class pairs ("units"), in batch order within each class.
+
+    Returns ``(anchors, positives, singles)``: index tensors of the paired samples
+    (``labels[anchors] == labels[positives]``; the 1st sample of a class with the 2nd, the 3rd with
+    the 4th, ...) and of the samples left over (one per class with an odd count). **[project
+    definition]**: the official Symmetrical Synthesis code is fed (anchor, positive) image pairs by its
+    loader; an M-per-class batch is cut into pairs this way (docs/methods.md §3, §4).
+    """
+    n = labels.numel()
+    order = torch.sort(labels, stable=True).indices
+    sorted_labels = labels[order]
+    position = torch.arange(n, device=labels.device)
+    is_first = torch.ones(n, dtype=torch.bool, device=labels.device)
+    is_first[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    class_start = torch.cummax(torch.where(is_first, position, torch.zeros_like(position)), dim=0).values
+    rank = position - class_start
+    has_next = torch.zeros(n, dtype=torch.bool, device=labels.device)
+    has_next[:-1] = sorted_labels[1:] == sorted_labels[:-1]
+    starts = (rank % 2 == 0) & has_next
+    anchors = order[starts]
+    positives = order[torch.nonzero(starts).squeeze(1) + 1]
+    paired = torch.zeros(n, dtype=torch.bool, device=labels.device)
+    paired[anchors] = True
+    paired[positives] = True
+    singles = torch.nonzero(~paired).squeeze(1)
+    return anchors, positives, singles
+
+
+# The units' own (anchor, positive) pair: slot 0 of u against slot 1 of v, the only logit without synthesis.
+ORIGINAL_PAIR = ((0, 1),)
+
+
+def slot_pair_mask(slot_pairs, slots: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(slots, slots)`` boolean: entry [i, j] says slot i of unit u is paired with slot j of unit v."""
+    mask = torch.zeros(slots, slots, dtype=torch.bool, device=device)
+    for i, j in slot_pairs:
+        mask[i, j] = True
+    return mask
+
+
+def unit_logits(points: torch.Tensor, form: str, slot_mask: torch.Tensor, sq_tan_alpha: float = 1.0) -> torch.Tensor:
+    """``(U, U)`` logits of the N-pair / angular softmax over units ``points`` ``(U, S, D)`` (slot 0 the anchor,
+    1 the positive, further slots e.g. synthetic points).
+
+    For a slot pair (X, Y): N-pair's logit of units (u, v) is X_u·Y_v (the official code's ``npairs_loss`` and
+    ``symm_npair_loss``); angular's is 2(1 + tan²α) X_u·Y_u on the diagonal and 4 tan²α (X_u + Y_u)·Y_v off it
+    (its ``get_angular_sim_mat``). Each entry is the largest over the slot pairs of ``slot_mask`` ``(S, S)``.
+    """
+    if form == "n_pairs":
+        pair = torch.einsum("uid,vjd->uvij", points, points)
+    elif form == "angular":
+        u = points.shape[0]
+        both = points[:, :, None, :] + points[:, None, :, :]  # (U, X, Y, D): X_u + Y_u
+        pair = 4 * sq_tan_alpha * torch.einsum("uijd,vjd->uvij", both, points)
+        own = 2 * (1 + sq_tan_alpha) * torch.einsum("uid,ujd->uij", points, points)
+        diagonal = torch.eye(u, dtype=torch.bool, device=points.device)[:, :, None, None]
+        pair = torch.where(diagonal, own[:, None], pair)
+    else:
+        raise ValueError(f"no unit softmax for loss {form!r}; it is for n_pairs and angular")
+    return pair.masked_fill(~slot_mask, float("-inf")).flatten(2).amax(dim=2)
+
+
+class PairUnitSoftmaxLoss(losses.BaseMetricLossFunction):
+    """N-pair or angular loss as a softmax over the pair units of a batch (loss param ``pairs: units``;
+    docs/methods.md §3).
+
+    The batch is cut into same-class pairs (:func:`pair_units`); every unit u = (a_u, p_u) is one row
+    of a softmax over all units v of the batch, whose target spreads evenly over the units of u's
+    class (the official Symmetrical Synthesis code's ``labels_remapped``, TensorFlow's
+    ``npairs_loss``)::
+
+        n_pairs:  logit(u, v) = a_u·p_v
+        angular:  logit(u, u) = 2(1 + tan²α) a_u·p_u,   logit(u, v) = 4 tan²α (a_u + p_u)·p_v  (v ≠ u)
+        loss = mean_u CE(logits_u, targets_u) + (l2_reg / 2) · mean ‖x‖² over the paired samples
+
+    which is the official code's ``npairs_loss`` (``reg_lambda`` 0.002) and ``angular_loss`` (with
+    ``with_l2reg``) on its (anchor, positive) batches. ``normalize`` L2-normalises a and p before
+    the logits (the L2 penalty is on the features as given, as in the official code). Every pair of a
+    class takes part, where pytorch-metric-learning's ``NPairsLoss`` keeps one pair per class.
+
+    :meth:`loss_with_synthesis` is the same loss with further points in every unit (Symmetrical
+    Synthesis's reflections) and a logit that is the largest over chosen slot pairs; with no further
+    points and the slot pair (anchor of u, positive of v) it is this loss. [project definition]: a
+    sample left over (odd count in its class) is not used; a batch without a pair gives zero.
+    """
+
+    def __init__(self, form: str, alpha: float = 45.0, normalize: bool = False, l2_reg: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if form not in ("n_pairs", "angular"):
+            raise ValueError(f"PairUnitSoftmaxLoss is the unit form of n_pairs or angular, got {form!r}")
+        if not 0 < alpha < 90 or l2_reg < 0:
+            raise ValueError(f"PairUnitSoftmaxLoss needs 0 < alpha < 90 (degrees) and l2_reg >= 0, got {alpha}, {l2_reg}")
+        self.form, self.alpha, self.normalize, self.l2_reg = form, float(alpha), bool(normalize), float(l2_reg)
+        self.sq_tan_alpha = math.tan(math.radians(self.alpha)) ** 2
+        self.add_to_recordable_attributes(list_of_names=["alpha", "l2_reg"], is_stat=False)
+        self.add_to_recordable_attributes(name="num_units", is_stat=True)
+
+    def _sub_loss_names(self):
+        return ["loss", "l2_penalty"]
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        c_f.labels_required(labels)
+        c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        if indices_tuple is not None:
+            raise ValueError(f"{self.form} with pairs: units forms its own pairs of the batch; it takes no indices_tuple (miner)")
+        return self.unit_loss_dict(embeddings, labels)
+
+    def unit_loss_dict(self, embeddings, labels, synthesize=None, slot_mask=None) -> dict[str, dict[str, Any]]:
+        """The loss terms (pml loss dict) over the units of ``embeddings``; ``synthesize(a, p)`` returns
+        further points of every unit (a tuple of ``(U, D)`` tensors, slots 2, 3, ...), ``slot_mask`` which
+        slot pairs each logit is the largest over (default: the original pair only)."""
+        anchors, positives, _ = pair_units(labels)
+        self.num_units = int(anchors.numel())
+        if anchors.numel() == 0:
+            return self.zero_losses()
+        a, p = embeddings[anchors], embeddings[positives]
+        penalty = self.l2_reg / 2 * torch.cat([a, p]).pow(2).sum(dim=1).mean() if self.l2_reg else 0
+        if self.normalize:
+            a, p = F.normalize(a, dim=1), F.normalize(p, dim=1)
+        points = torch.stack([a, p, *(synthesize(a, p) if synthesize is not None else ())], dim=1)
+        if slot_mask is None:
+            slot_mask = slot_pair_mask(ORIGINAL_PAIR, points.shape[1], embeddings.device)
+        if slot_mask.shape != (points.shape[1],) * 2:
+            raise ValueError(f"slot_mask must be ({points.shape[1]}, {points.shape[1]}) for {points.shape[1]} points per unit")
+        logits = unit_logits(points, self.form, slot_mask.to(embeddings.device), self.sq_tan_alpha)
+        unit_labels = labels[anchors]
+        targets = (unit_labels[:, None] == unit_labels[None, :]).to(logits.dtype)
+        cross_entropy = F.cross_entropy(logits, targets / targets.sum(dim=1, keepdim=True), reduction="none")
+        return {
+            "loss": {"losses": cross_entropy, "indices": anchors, "reduction_type": "element"},
+            "l2_penalty": {"losses": penalty, "indices": None, "reduction_type": "already_reduced"},
+        }
+
+    def loss_with_synthesis(self, embeddings, labels, synthesize, slot_mask: torch.Tensor) -> torch.Tensor:
+        """The loss with the further points ``synthesize(a, p)`` in every unit (see :meth:`unit_loss_dict`)."""
+        self.reset_stats()
+        c_f.check_shapes(embeddings, labels)
+        labels = c_f.to_device(labels, embeddings)
+        return self.reducer(self.unit_loss_dict(embeddings, labels, synthesize, slot_mask), embeddings, labels)
 
 
 class PotentialFieldLoss(losses.WeightRegularizerMixin, losses.BaseMetricLossFunction):

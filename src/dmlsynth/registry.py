@@ -92,6 +92,9 @@ class MethodSpec:
     # method is built on). They apply to the method's *control* too (see control_label): the control
     # differs from the method only in the synthesis. config's method_loss_params win over them.
     loss_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Of those, the loss params the method cannot work without: validation refuses a config whose
+    # method_loss_params change them (loss_param_problems).
+    required_loss_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def is_compatible(self, loss: str) -> bool:
         return self.compatible_losses is None or loss in self.compatible_losses
@@ -196,14 +199,22 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec(
             "triplet", True, {"margin": 0.1}, "TripletMarginLoss over all triplets of the batch", negative_pairs=True
         ),
-        # The losses Symmetrical Synthesis reports its headline numbers with (Gu & Ko, AAAI 2020).
+        # The losses Symmetrical Synthesis reports its headline numbers with (Gu & Ko, AAAI 2020). `pairs`
+        # picks the form (PAIR_FORMS): pytorch-metric-learning's loss, or the softmax over every same-class pair
+        # unit of the batch (dmlsynth.losses.PairUnitSoftmaxLoss, the official Symmetrical Synthesis code's
+        # npairs_loss / angular_loss); `normalize`: L2-normalised embeddings, as pml's losses use them.
         LossSpec(
             "n_pairs",
             False,
-            {"l2_reg": 0.002},
-            "NPairsLoss (one pair per class, softmax over the other pairs) + the N-pair paper's L2 penalty",
+            {"l2_reg": 0.002, "pairs": "one_per_class", "normalize": True},
+            "N-pair + the N-pair paper's L2 penalty: pml NPairsLoss (one pair per class) or the softmax over every pair unit",
         ),
-        LossSpec("angular", True, {"alpha": 45.0}, "AngularLoss (angle alpha in degrees) on the batch's positive pairs"),
+        LossSpec(
+            "angular",
+            True,
+            {"alpha": 45.0, "pairs": "every_pair", "normalize": True, "l2_reg": 0.0},
+            "angular loss (alpha in degrees): pml AngularLoss on every positive pair, or the softmax over every pair unit",
+        ),
         # Bhatnagar & Ahuja, CVPR 2025 (dmlsynth.losses.PotentialFieldLoss): every pair of the batch and
         # the proxies, no miner; not pair-based in the sense the methods need (it takes no indices_tuple).
         LossSpec(
@@ -214,6 +225,12 @@ LOSSES: dict[str, LossSpec] = {
         ),
     ]
 }
+
+# The forms of the losses with a loss param `pairs` (the first is the default; docs/methods.md §3). pml's own
+# forms stay the defaults: NPairsLoss's one pair per class is Sohn's N-pair batch (N pairs of N classes),
+# AngularLoss is Wang et al.'s loss over the batch's positive pairs; `units` is the official Symmetrical
+# Synthesis code's form, which `symm` builds on (its MethodSpec.loss_params).
+PAIR_FORMS: Mapping[str, tuple[str, ...]] = {"n_pairs": ("one_per_class", "units"), "angular": ("every_pair", "units")}
 
 PAIR_BASED_LOSSES = frozenset(name for name, spec in LOSSES.items() if spec.pair_based)
 NEGATIVE_PAIR_LOSSES = frozenset(name for name, spec in LOSSES.items() if spec.negative_pairs)
@@ -230,17 +247,27 @@ METHODS: dict[str, MethodSpec] = {
             name="symm",
             module="dmlsynth.methods.symm:SymmetricalSynthesis",
             description="Symmetrical Synthesis: reflected same-class pairs + hardest negative pair mining",
-            # n_pairs and angular: the official code's unit softmax (dmlsynth.methods.symm.unit_logits).
+            # n_pairs and angular: the official code's softmax over the pair units (loss param pairs: units).
             compatible_losses=NEGATIVE_PAIR_LOSSES | {"n_pairs", "angular"},
             params_schema={
                 "synthesis": {"type": "boolean", "description": "false: the base loss alone (ablation)"},
                 "candidates": {
-                    "enum": ["official", "all", "anchor"],
-                    "description": "hardest-pair search: official code's 6 slot pairs, all 16, or anchor vs 4",
+                    "enum": ["by_loss", "official", "all", "anchor"],
+                    "description": "hardest-pair search: official code's 6 slot pairs, all 16, anchor vs 4 (paper's "
+                    "figure), or by_loss: anchor for triplet, official for the others",
                 },
             },
-            defaults={"synthesis": True, "candidates": "official"},
+            defaults={"synthesis": True, "candidates": "by_loss"},
             off_params={"synthesis": False},
+            # The official code (clovaai/symmetrical-synthesis, train.py defaults) runs N-pair and angular on
+            # un-normalised features with the L2 penalty 0.002, each over every (anchor, positive) unit of its
+            # batch; its control trains the same form (`angular: {normalize: true, l2_reg: 0}` in
+            # method_loss_params.symm is the normalised option).
+            loss_params={
+                "n_pairs": {"pairs": "units", "normalize": False},
+                "angular": {"pairs": "units", "normalize": False, "l2_reg": 0.002},
+            },
+            required_loss_params={"n_pairs": {"pairs": "units"}, "angular": {"pairs": "units"}},
         ),
         MethodSpec(
             name="iaa",
@@ -294,12 +321,13 @@ METHODS: dict[str, MethodSpec] = {
                 "sigma_m": 1.0,
                 "sigma_cv": 1.0,
                 "tau": 40,
-                "update_every": 2,
                 "triplet_negatives": "hardest",
             },
             variants={
                 # [project definition] where the paper gives no value: warm-up of one epoch, momentum 0.5.
+                # The paper re-estimates the class statistics every 4 epochs.
                 "paper": {
+                    "update_every": 4,
                     "start_fraction": 0.0,
                     "warmup_epochs": 1,
                     "statistics_update": "momentum",
@@ -308,8 +336,10 @@ METHODS: dict[str, MethodSpec] = {
                     "copy_spread": "equal",
                     "neighbor_correction": True,
                 },
-                # darkpromise98/IAA run.py / intra.py defaults (start_epoch 30 of 100, momentum 0.2).
+                # darkpromise98/IAA run.py / intra.py defaults (start_epoch 30 of 100, momentum 0.2,
+                # update_every_M_epoch 2).
                 "official": {
+                    "update_every": 2,
                     "start_fraction": 0.3,
                     "warmup_epochs": 0,
                     "statistics_update": "count_weighted",
@@ -540,6 +570,25 @@ def loss_params(name: str, config: Mapping[str, Any], method: str | None = None)
         params.update(METHODS[method].loss_params.get(name) or {})
         params.update(((config.get("method_loss_params") or {}).get(method) or {}).get(name) or {})
     return params
+
+
+def loss_param_problems(name: str, params: Mapping[str, Any], method: str | None = None) -> list[str]:
+    """Why the resolved params of loss ``name`` cannot train (under ``method``), each with how to fix it;
+    empty when they can. Checks what the schema cannot: combinations of keys and a method's needs."""
+    problems = []
+    if name == "angular" and params.get("pairs") == "every_pair" and not params.get("normalize", True):
+        problems.append(
+            "angular with pairs: every_pair is pytorch-metric-learning's AngularLoss, which works on L2-normalised "
+            "embeddings: set normalize: true, or pairs: units for un-normalised features"
+        )
+    required = METHODS[method].required_loss_params.get(name, {}) if method is not None else {}
+    for key, value in required.items():
+        if params.get(key) != value:
+            problems.append(
+                f"method {method!r} needs {name} with {key}: {_label_value(value)} (got {_label_value(params.get(key))}); "
+                f"remove method_loss_params.{method}.{name}.{key}"
+            )
+    return problems
 
 
 # Controls (docs/methods.md §1, "Like-for-like comparison") -------------------------------------

@@ -46,11 +46,15 @@ def build(
     embed_training_set: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
     num_epochs: int = 10,
     embedding_layer: nn.Module | None = None,
+    loss_params: dict[str, Any] | None = None,
 ):
-    """A method on a base loss with its registry defaults updated by ``params`` (proxies seeded)."""
+    """A method on a base loss with its registry defaults updated by ``params`` (proxies seeded).
+
+    The base loss gets the loss params the method's runs use (``registry.loss_params(loss, {}, method)``,
+    e.g. symm's unit form of n_pairs), updated by ``loss_params``."""
     spec = registry.METHODS[method]
     torch.manual_seed(1234)  # same proxies for every method
-    base = build_loss(loss, {}, NUM_CLASSES, EMB_DIM)
+    base = build_loss(loss, {**registry.loss_params(loss, {}, method), **(loss_params or {})}, NUM_CLASSES, EMB_DIM)
     context = MethodContext(
         num_classes=NUM_CLASSES,
         embedding_dim=EMB_DIM,

@@ -177,3 +177,39 @@ def test_fine_tuning_is_for_stable_diffusion_and_excludes_a_given_lora(default_p
     config["generation"]["digits"]["fine_tuning"] = {"method": "dreambooth"}
     with pytest.raises(cfg.ConfigError, match="dreambooth"):
         cfg.validate(config)
+
+
+@pytest.mark.parametrize(
+    "loss, given, expected",
+    [
+        ("n_pairs", {"pairs": "all"}, "at loss_params.n_pairs.pairs: 'all' is not allowed; allowed values: one_per_class, units"),
+        ("angular", {"pairs": "one_per_class"}, "at loss_params.angular.pairs: 'one_per_class' is not allowed; allowed values: every_pair, units"),
+        ("angular", {"normalize": "often"}, "at loss_params.angular.normalize: 'often' is not of type 'boolean'"),
+        ("angular", {"l2_reg": -1}, "at loss_params.angular.l2_reg: -1 is less than the minimum of 0"),
+    ],
+)
+def test_pair_forms_of_n_pairs_and_angular_are_checked(default_params, loss, given, expected):
+    config = copy.deepcopy(default_params)
+    config["loss_params"][loss] = given
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert expected in str(info.value)
+    # The same keys under one method (method_loss_params takes loss_params's keys).
+    config = copy.deepcopy(default_params)
+    config["method_loss_params"] = {"symm": {loss: given}}
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    assert expected.replace("loss_params.", "method_loss_params.symm.") in str(info.value)
+
+
+def test_symms_unit_forms_are_its_runs_and_its_controls_loss_params(default_params):
+    config = cfg.validate(dict(copy.deepcopy(default_params), methods=["baseline", "symm"], losses=["n_pairs", "angular"]))
+    for loss, label in [("n_pairs", "baseline+normalize=false+pairs=units"), ("angular", "baseline+l2_reg=0.002+normalize=false+pairs=units")]:
+        assert registry.control_label(config, "symm", loss) == label
+        own = cfg.run_params(config, "digits", "symm", loss, 0)
+        control = cfg.run_params(config, "digits", label, loss, 0)
+        assert own["control"] == label and control["method"] == "baseline" and own["loss_params"] == control["loss_params"]
+        assert cfg.run_params(config, "digits", "baseline", loss, 0)["loss_params"]["pairs"] == registry.PAIR_FORMS[loss][0]
+    # The normalised option of angular: the control follows.
+    config["method_loss_params"] = {"symm": {"angular": {"normalize": True, "l2_reg": 0.0}}}
+    assert registry.control_label(cfg.validate(config), "symm", "angular") == "baseline+pairs=units"

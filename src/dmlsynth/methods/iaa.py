@@ -22,6 +22,7 @@ differ; ``variant: paper | official`` picks the defaults of these keys
 ============================  ==========================  =====================================
 key                           paper                       official code
 ============================  ==========================  =====================================
+``update_every``              4 (the paper's)             2 (``update_every_M_epoch``)
 ``start_fraction``            0 (+ ``warmup_epochs`` 1)   0.3 (synthesis from epoch 31 of 100)
 ``statistics_update``         ``momentum`` (0.5)          ``count_weighted`` (momentum 0.2)
 ``estimation_images``         ``centre_crop``             ``augmented`` (its train transform)
@@ -39,8 +40,8 @@ w = max(n / (n + n_seen), 1 − momentum) (w = 1 for the first estimate),
 with no candidate neighbor uses Σ_global as its neighbor variance; K is
 capped at the number of candidates (digits has five training classes).
 Losses that take no reference set (Proxy-Anchor, whose anchors are the
-proxies; N-pair; Potential-Field) get the synthetics as extra samples of
-their class in the batch.
+proxies; N-pair; Potential-Field; the unit forms of N-pair and angular) get
+the synthetics as extra samples of their class in the batch.
 """
 
 from __future__ import annotations

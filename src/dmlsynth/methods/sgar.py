@@ -1,9 +1,11 @@
-"""``sgar``: intra-class ranking over graded synthetic samples (Liu et al., EAAI 2024; METHODS.md §6).
+"""``sgar``: intra-class ranking over graded synthetic samples (after Liu et al., EAAI 2024; METHODS.md §6).
 
-Published idea: synthesise intra-class samples at several intensities in the
-backbone's feature space, before the embedding layer, and add a ranking loss
-that keeps them in order. Following the published description, for every
-sample k of the batch with backbone features r_k, J graded features
+What the paper's abstract fixes: samples are synthesised at several intensities (with diversity,
+"for samples satisfying certain conditions") and a ranking loss keeps them ordered by intensity,
+next to a supervised base loss. The paper's equations and the official code could not be read
+(docs/methods.md §6 says what was searched), so **the rule here is a [project definition]**:
+for every sample k of the batch with backbone features r_k (before the embedding layer), J
+graded features
 
     r_{k,j} = r_k + j·α·‖r_k‖·u_{k,j},   j = 1..J,
 
@@ -17,10 +19,10 @@ similarities to the anchor must fall with the intensity, by a margin m:
 
 (s: cosine similarity), and the training loss is base loss + w·L_rank.
 
-**[project definition]** (the paper does not give them): the step is
-relative to the feature norm (α·‖r_k‖, ‖r_k‖ without gradient, so α means
-the same for every backbone); every same-class pair of the batch is ranked
-(no selection); the hinge with margin m between consecutive levels; the
+Its parts: the step is relative to the feature norm (α·‖r_k‖, ‖r_k‖ without
+gradient, so α means the same for every backbone); every sample is
+synthesised and every same-class pair is ranked (the abstract's conditions
+are not known); the hinge with margin m between consecutive levels; the
 directions are uniform on the unit sphere of the feature space. Gradients
 reach the backbone through r_k and e_a and the embedding layer through
 every g_{k,j}. The ranking term uses only the batch's labels, so it works

@@ -13,18 +13,24 @@ hardest negative pair among the originals *and* synthetics of the two
 units; positive terms use the original pairs.
 
 How an M-per-class batch becomes the paper's N-pair units is a
-**[project definition]**: within each class the samples are paired in
-batch order (1st with 2nd, 3rd with 4th, ...); an odd sample left over is
-a unit of one point without synthetics. Every unit's point set is
-{a, p, s1, s2}; for every ordered pair of units (u, v) of different
-classes the hardest pair (i*, j*) (largest cosine similarity) among the
-``candidates`` is one negative pair of the base loss. ``candidates``:
+**[project definition]** (:func:`dmlsynth.losses.pair_units`): within each
+class the samples are paired in batch order (1st with 2nd, 3rd with 4th,
+...); an odd sample left over is a unit of one point without synthetics.
+Every unit's point set is {a, p, s1, s2}; for every ordered pair of units
+(u, v) of different classes the hardest pair (i*, j*) (largest cosine
+similarity) among the ``candidates`` is one negative pair of the base loss.
+``candidates``:
 
-- ``official`` (default; the official code's ``itertools.combinations``):
-  the 6 slot pairs (a,p) (a,s1) (a,s2) (p,s1) (p,s2) (s1,s2), the first
-  point from u, the second from v;
-- ``all``: the 16 pairs of u's and v's points;
-- ``anchor`` (the paper's figure): u's anchor against v's four points.
+- ``official`` (the official code's ``itertools.combinations``): the 6 slot
+  pairs (a,p) (a,s1) (a,s2) (p,s1) (p,s2) (s1,s2), the first point from u,
+  the second from v (for angular its 12 ordered pairs X ≠ Y);
+- ``all``: the 16 pairs of u's and v's points (the paper's text);
+- ``anchor`` (the paper's figure of the triplet loss): u's anchor against
+  v's four points;
+- ``by_loss`` (default): ``anchor`` for triplet, ``official`` for the others
+  (the official code has N-pair and angular only; for multi-similarity and
+  contrastive, which neither the paper nor the code runs, this is a
+  [project definition]).
 
 The negative pairs go to the base loss as follows:
 
@@ -35,13 +41,16 @@ The negative pairs go to the base loss as follows:
 - triplet: triplets (i*, partner(i*), j*) where partner is the point whose
   similarity to i* equals the original pair's (a↔p, s1→a, s2→p), so the
   positive term has the value of the original pair.
+- n_pairs / angular: their unit form (loss param ``pairs: units``,
+  :class:`dmlsynth.losses.PairUnitSoftmaxLoss`, which symm's registry
+  ``loss_params`` select for its runs and its control) with the synthetic
+  points in every unit: the logit of units (u, v) is the largest over the
+  slot pairs, as the official ``symm_npair_loss`` / ``symm_angular_loss``.
+  Synthesis switched off, it is that base loss itself, i.e. the control.
 
 The hardest pair must become the loss's negative term, so ``symm`` works
 with the losses whose negative terms are the negative pairs they are given
-(registry ``negative_pairs``: multi_similarity, contrastive, triplet), and
-with N-pair and angular, whose pml versions take no negative pairs: for
-those it computes the official code's unit softmax itself
-(:func:`unit_logits`, :meth:`SymmetricalSynthesis.softmax_loss`).
+(registry ``negative_pairs``) and with the unit form of N-pair and angular.
 Proxy-Anchor and Potential-Field are rejected at config validation.
 """
 
@@ -53,7 +62,10 @@ import torch
 import torch.nn.functional as F
 
 from dmlsynth import registry
+from dmlsynth.losses import PairUnitSoftmaxLoss, pair_units, slot_pair_mask
 from dmlsynth.methods.base import Method, MethodContext
+
+__all__ = ["SymmetricalSynthesis", "candidate_mask", "hardest_negative_pairs", "pair_units", "symmetric_points"]
 
 # Slots of a unit's point table: a, p, s1, s2.
 UNIT_SIZE = 4
@@ -75,33 +87,6 @@ def symmetric_points(a: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, to
     return s1, s2
 
 
-def pair_units(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split a batch into same-class pairs, in batch order within each class.
-
-    Returns ``(anchors, positives, singles)``: index tensors of the paired
-    samples (``labels[anchors] == labels[positives]``) and of the samples
-    left over (one per class with an odd count).
-    """
-    n = labels.numel()
-    order = torch.sort(labels, stable=True).indices
-    sorted_labels = labels[order]
-    position = torch.arange(n, device=labels.device)
-    is_first = torch.ones(n, dtype=torch.bool, device=labels.device)
-    is_first[1:] = sorted_labels[1:] != sorted_labels[:-1]
-    class_start = torch.cummax(torch.where(is_first, position, torch.zeros_like(position)), dim=0).values
-    rank = position - class_start
-    has_next = torch.zeros(n, dtype=torch.bool, device=labels.device)
-    has_next[:-1] = sorted_labels[1:] == sorted_labels[:-1]
-    starts = (rank % 2 == 0) & has_next
-    anchors = order[starts]
-    positives = order[torch.nonzero(starts).squeeze(1) + 1]
-    paired = torch.zeros(n, dtype=torch.bool, device=labels.device)
-    paired[anchors] = True
-    paired[positives] = True
-    singles = torch.nonzero(~paired).squeeze(1)
-    return anchors, positives, singles
-
-
 # Which (slot in unit u, slot in unit v) pairs the hardest-negative search compares; slots a, p, s1, s2.
 CANDIDATE_SLOTS = {
     # every point of u against every point of v: 16 pairs
@@ -111,16 +96,20 @@ CANDIDATE_SLOTS = {
     # the paper's figure: the anchor of u against the four points of v
     "anchor": [(0, j) for j in range(UNIT_SIZE)],
 }
+# `candidates: by_loss`: the paper's figure for triplet, the official code's combinations for the others.
+CANDIDATES_BY_LOSS = {"triplet": "anchor"}
 
 
 def candidate_mask(candidates: str, device: torch.device | None = None) -> torch.Tensor:
     """``(4, 4)`` boolean: entry [i, j] says slot i of one unit is compared with slot j of the other."""
     if candidates not in CANDIDATE_SLOTS:
         raise ValueError(f"candidates must be one of {', '.join(CANDIDATE_SLOTS)}, got {candidates!r}")
-    mask = torch.zeros(UNIT_SIZE, UNIT_SIZE, dtype=torch.bool, device=device)
-    for i, j in CANDIDATE_SLOTS[candidates]:
-        mask[i, j] = True
-    return mask
+    return slot_pair_mask(CANDIDATE_SLOTS[candidates], UNIT_SIZE, device)
+
+
+def resolve_candidates(candidates: str, loss: str) -> str:
+    """The search ``candidates`` names for base loss ``loss`` (``by_loss``: :data:`CANDIDATES_BY_LOSS`, else official)."""
+    return CANDIDATES_BY_LOSS.get(loss, "official") if candidates == "by_loss" else candidates
 
 
 def hardest_negative_pairs(
@@ -154,39 +143,12 @@ def hardest_negative_pairs(
     return units[unit_u, best // s], units[unit_v, best % s]
 
 
-# The N-pair and angular losses compare every pair of units in one softmax; the official code takes,
-# for units u and v, the largest logit over these (slot of u, slot of v) pairs.
+# The N-pair and angular losses compare every pair of units in one softmax; the official code takes, for
+# units u and v, the largest logit over these (slot of u, slot of v) pairs (`candidates: official`).
 SOFTMAX_SLOTS = {
-    "n_pairs": CANDIDATE_SLOTS["official"],  # itertools.combinations([a, p, s1, s2], 2)
-    "angular": [(i, j) for i in range(UNIT_SIZE) for j in range(UNIT_SIZE) if i != j],  # its 12 ordered pairs
+    "n_pairs": CANDIDATE_SLOTS["official"],  # symm_npair_loss: itertools.combinations([a, p, s1, s2], 2)
+    "angular": [(i, j) for i in range(UNIT_SIZE) for j in range(UNIT_SIZE) if i != j],  # symm_angular_loss: its 12
 }
-
-
-def unit_logits(points: torch.Tensor, loss: str, slot_mask: torch.Tensor, sq_tan_alpha: float = 1.0) -> torch.Tensor:
-    """``(U, U)`` logits of the symmetric N-pair / angular softmax over units ``points`` ``(U, 4, D)`` (a, p, s1, s2).
-
-    For a slot pair (X, Y): N-pair's logit of (u, v) is X_u·Y_v (official ``symm_npair_loss``);
-    angular's is 2(1 + tan²α) X_u·Y_u on the diagonal and 4 tan²α (X_u + Y_u)·Y_v off it
-    (official ``get_angular_sim_mat``). Each entry is the maximum over the slot pairs of ``slot_mask``.
-    """
-    if loss == "n_pairs":
-        pair = torch.einsum("uid,vjd->uvij", points, points)
-    elif loss == "angular":
-        u = points.shape[0]
-        both = points[:, :, None, :] + points[:, None, :, :]  # (U, X, Y, D): X_u + Y_u
-        pair = 4 * sq_tan_alpha * torch.einsum("uijd,vjd->uvij", both, points)
-        own = 2 * (1 + sq_tan_alpha) * torch.einsum("uid,ujd->uij", points, points)
-        diagonal = torch.eye(u, dtype=torch.bool, device=points.device)[:, :, None, None]
-        pair = torch.where(diagonal, own[:, None], pair)
-    else:
-        raise ValueError(f"no unit softmax for loss {loss!r}; it is for n_pairs and angular")
-    return pair.masked_fill(~slot_mask, float("-inf")).flatten(2).amax(dim=2)
-
-
-def unit_softmax_loss(logits: torch.Tensor, unit_labels: torch.Tensor) -> torch.Tensor:
-    """Mean softmax cross-entropy of every unit's row against its class's units (the official ``labels_remapped``)."""
-    targets = (unit_labels[:, None] == unit_labels[None, :]).to(logits.dtype)
-    return torch.nn.functional.cross_entropy(logits, targets / targets.sum(dim=1, keepdim=True))
 
 
 class SymmetricalSynthesis(Method):
@@ -200,36 +162,27 @@ class SymmetricalSynthesis(Method):
                 f"method 'symm' needs a loss whose negative terms are given negative pairs "
                 f"({', '.join(sorted(registry.NEGATIVE_PAIR_LOSSES))}) or {' or '.join(SOFTMAX_SLOTS)}, got {base_loss.name!r}"
             )
+        if self.softmax and not isinstance(base_loss.loss, PairUnitSoftmaxLoss):
+            raise ValueError(
+                f"method 'symm' with {base_loss.name} needs its unit form: loss param pairs: units (symm's registry "
+                f"loss_params set it; remove method_loss_params.symm.{base_loss.name}.pairs)"
+            )
         self.enabled = bool(self.params.get("synthesis", True))
-        candidates = str(self.params.get("candidates", "official"))
+        candidates = resolve_candidates(str(self.params.get("candidates", "by_loss")), base_loss.name)
         if self.softmax and candidates == "official":
-            # The official code's slot pairs for its N-pair and angular losses.
-            mask = torch.zeros(UNIT_SIZE, UNIT_SIZE, dtype=torch.bool)
-            for i, j in SOFTMAX_SLOTS[base_loss.name]:
-                mask[i, j] = True
+            mask = slot_pair_mask(SOFTMAX_SLOTS[base_loss.name], UNIT_SIZE)
         else:
             mask = candidate_mask(candidates)
         self.register_buffer("slot_mask", mask, persistent=False)
 
     def softmax_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """N-pair / angular over the units (pairs) of the batch, each logit the largest over the slot pairs.
+        """N-pair / angular in their unit form with s1 and s2 in every unit, each logit the largest over the slot pairs.
 
-        [project definition]: a sample left over (odd class count) is not used; N-pair's L2 penalty
-        (the base loss's ``embedding_reg_weight`` × mean ‖x‖²) is over the paired originals, as the
-        official code's; angular works on L2-normalised points, like pml's AngularLoss.
+        The base loss normalises the pairs first where its ``normalize`` says so, and its L2 penalty
+        is on the paired originals as given, as the official code's (``l2_norm`` before the
+        reflections, ``with_l2reg`` on the features).
         """
-        anchors, positives, _ = pair_units(labels)
-        a, p = embeddings[anchors], embeddings[positives]
-        if self.base_loss.name == "angular":
-            a, p = F.normalize(a, dim=1), F.normalize(p, dim=1)
-        s1, s2 = symmetric_points(a, p)
-        points = torch.stack([a, p, s1, s2], dim=1)
-        sq_tan_alpha = float(torch.tan(torch.as_tensor(getattr(self.base_loss.loss, "alpha", 0.0))) ** 2)
-        loss = unit_softmax_loss(unit_logits(points, self.base_loss.name, self.slot_mask, sq_tan_alpha), labels[anchors])
-        weight = float(getattr(self.base_loss.loss, "embedding_reg_weight", 0.0) or 0.0)
-        if self.base_loss.name == "n_pairs" and getattr(self.base_loss.loss, "embedding_regularizer", None) is not None:
-            loss = loss + weight * torch.cat([a, p]).pow(2).sum(dim=1).mean()
-        return loss
+        return self.base_loss.loss.loss_with_synthesis(embeddings, labels, symmetric_points, self.slot_mask)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         if not self.enabled:

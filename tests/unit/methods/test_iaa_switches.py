@@ -81,6 +81,22 @@ def test_synthesis_is_off_before_the_start_and_on_from_it(variant, first):
     assert loss_and_grad(method, inputs, labels)[0] != baseline[0]
 
 
+@pytest.mark.parametrize("variant,every,estimated_at", [("paper", 4, [1, 5, 9]), ("official", 2, [3, 5, 7, 9])])
+def test_statistics_are_re_estimated_every_update_every_epochs_of_the_variant(variant, every, estimated_at):
+    """Paper: every 4 epochs; darkpromise98/IAA run.py: update_every_M_epoch 2, from the first synthesis epoch."""
+    assert registry.METHODS["iaa"].resolve({"variant": variant})["update_every"] == every
+    inputs, labels = batch()
+    embed, calls = recorder(inputs, labels)
+    method = build("iaa", "multi_similarity", {"variant": variant}, embed_training_set=embed, num_epochs=10)
+    estimated = []
+    for epoch in range(10):
+        before = len(calls)
+        method.on_epoch_start(epoch)
+        if len(calls) > before:
+            estimated.append(epoch)
+    assert estimated == estimated_at
+
+
 # --- statistics update ------------------------------------------------------------------------
 
 

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from dmlsynth import registry
 from dmlsynth.config import ConfigError, validate
-from dmlsynth.methods.symm import candidate_mask, hardest_negative_pairs, pair_units, symmetric_points, unit_logits
+from dmlsynth.losses import unit_logits
+from dmlsynth.methods.symm import (
+    candidate_mask,
+    hardest_negative_pairs,
+    pair_units,
+    resolve_candidates,
+    symmetric_points,
+)
 from tests.helpers.methods import batch, build, loss_and_grad, train_digits
+
+SYMM_LOSSES = sorted(loss for loss in registry.LOSSES if registry.METHODS["symm"].is_compatible(loss))
+NEGATIVE_PAIR_LOSSES = sorted(registry.NEGATIVE_PAIR_LOSSES)
 
 
 def test_symmetric_points_hand_example():
@@ -115,7 +127,14 @@ def test_the_method_searches_its_configured_candidates():
     inputs, labels = batch(per_class=6)
     values = {name: loss_and_grad(build("symm", "multi_similarity", {"candidates": name}), inputs, labels)[0] for name in SEARCHED}
     assert len(set(values.values())) == 3
-    assert build("symm", "multi_similarity").params["candidates"] == "official"
+    # The default picks by loss: the official code's combinations, and for triplet the paper's figure.
+    assert build("symm", "multi_similarity").params["candidates"] == "by_loss"
+    assert loss_and_grad(build("symm", "multi_similarity"), inputs, labels)[0] == values["official"]
+    triplet = {name: loss_and_grad(build("symm", "triplet", {"candidates": name}), inputs, labels)[0] for name in ("anchor", "official")}
+    assert triplet["anchor"] != triplet["official"]
+    assert loss_and_grad(build("symm", "triplet"), inputs, labels)[0] == triplet["anchor"]
+    assert resolve_candidates("by_loss", "triplet") == "anchor" and resolve_candidates("by_loss", "contrastive") == "official"
+    assert resolve_candidates("all", "triplet") == "all"
 
 
 class Spy(torch.nn.Module):
@@ -130,7 +149,7 @@ class Spy(torch.nn.Module):
         return self.inner(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "multi_similarity", "triplet"])
+@pytest.mark.parametrize("loss", NEGATIVE_PAIR_LOSSES)
 def test_hardest_pairs_over_originals_and_synthetics_drive_the_negative_terms(loss):
     inputs, labels = batch(per_class=6)
     method = build("symm", loss)
@@ -146,7 +165,8 @@ def test_hardest_pairs_over_originals_and_synthetics_drive_the_negative_terms(lo
     units = [[int(anchors[u]), int(positives[u]), n + u, n + k + u] for u in range(k)]
     unit_labels = labels[anchors].tolist()
     normalised = F.normalize(points, dim=1)
-    expected = set(zip(*brute_force_hardest((normalised @ normalised.T).tolist(), units, unit_labels, "official")))
+    searched = resolve_candidates("by_loss", loss)  # the default: anchor for triplet, official otherwise
+    expected = set(zip(*brute_force_hardest((normalised @ normalised.T).tolist(), units, unit_labels, searched)))
     neg_rows = indices[0] if loss == "triplet" else indices[2]  # (a, p, n) or (a1, p, a2, n)
     negatives = set(zip(neg_rows.tolist(), indices[-1].tolist()))
     assert negatives == expected
@@ -166,17 +186,24 @@ def test_hardest_pairs_over_originals_and_synthetics_drive_the_negative_terms(lo
         assert torch.equal(labels[a1], labels[p])
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "multi_similarity", "triplet"])
-def test_switched_off_is_exactly_baseline(loss):
+@pytest.mark.parametrize("loss", SYMM_LOSSES)
+def test_switched_off_is_exactly_its_control(loss):
+    """The control: baseline with the loss params symm's runs use (for N-pair and angular their unit form)."""
     inputs, labels = batch()
     off = loss_and_grad(build("symm", loss, {"synthesis": False}), inputs, labels)
-    base = loss_and_grad(build("baseline", loss), inputs, labels)
-    assert off[0] == base[0] and torch.equal(off[1], base[1])
+    control = loss_and_grad(build("baseline", loss, loss_params=registry.loss_params(loss, {}, "symm")), inputs, labels)
+    assert off[0] == control[0] and torch.equal(off[1], control[1])
     on = loss_and_grad(build("symm", loss), inputs, labels)
-    assert on[0] != base[0]
+    assert on[0] != control[0]
+    if loss in ("n_pairs", "angular"):
+        # Not the plain baseline: that is pytorch-metric-learning's form, with other pairs.
+        assert registry.control_label({}, "symm", loss) != "baseline"
+        assert off[0] != loss_and_grad(build("baseline", loss), inputs, labels)[0]
+    else:
+        assert registry.control_label({}, "symm", loss) == "baseline"
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "multi_similarity", "triplet"])
+@pytest.mark.parametrize("loss", SYMM_LOSSES)
 def test_gradients_flow_to_the_backbone(loss):
     inputs, labels = batch()
     value, grad = loss_and_grad(build("symm", loss), inputs, labels)
@@ -198,11 +225,12 @@ def test_symm_trains_on_digits(config, digits_manifest, tmp_path):
     assert (tmp_path / "run" / "embeddings.npz").exists()
 
 
-def direct_unit_softmax(embeddings, labels, loss, slots, l2_weight=0.0):
-    """The official code's symmetric N-pair / angular loss, unit pair by unit pair (tan²45° = 1)."""
+def direct_unit_softmax(embeddings, labels, loss, slots, normalize, l2_reg):
+    """The official code's symm_npair_loss / symm_angular_loss, unit pair by unit pair (tan²45° = 1)."""
     anchors, positives, _ = pair_units(labels)
     a, p = embeddings[anchors], embeddings[positives]
-    if loss == "angular":
+    reg = l2_reg / 2 * torch.cat([a, p]).pow(2).sum(1).mean()  # on the features as given, before l2_norm
+    if normalize:
         a, p = F.normalize(a, dim=1), F.normalize(p, dim=1)
     s1, s2 = symmetric_points(a, p)
     pts = [a, p, s1, s2]
@@ -224,27 +252,97 @@ def direct_unit_softmax(embeddings, labels, loss, slots, l2_weight=0.0):
     for i in range(u):
         same = (unit_labels == unit_labels[i]).float()
         total = total - (same / same.sum() * torch.log_softmax(logits[i], dim=0)).sum()
-    reg = l2_weight * torch.cat([a, p]).pow(2).sum(1).mean()
     return total / u + reg
 
 
-@pytest.mark.parametrize("loss", ["n_pairs", "angular"])
+# symm's own loss params for n_pairs and angular (the official code's: raw features, L2 penalty 0.002), and the
+# normalised option of angular.
+FORMS = [("n_pairs", {}), ("angular", {}), ("angular", {"normalize": True, "l2_reg": 0.0})]
+
+
+@pytest.mark.parametrize("loss,override", FORMS, ids=["n_pairs", "angular", "angular-normalised"])
 @pytest.mark.parametrize("candidates", ["official", "all", "anchor"])
-def test_n_pairs_and_angular_are_the_official_unit_softmax(loss, candidates):
+def test_n_pairs_and_angular_are_the_official_unit_softmax(loss, override, candidates):
     inputs, labels = batch(per_class=4)
     embeddings = torch.nn.Linear(inputs.shape[1], 16)(inputs).detach()
-    method = build("symm", loss, {"candidates": candidates})
+    method = build("symm", loss, {"candidates": candidates}, loss_params=override)
     if candidates == "official":
         slots = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)] if loss == "n_pairs" else [
             (x, y) for x in range(4) for y in range(4) if x != y
         ]
     else:
         slots = [(SLOT_NAMES.index(x), SLOT_NAMES.index(y)) for x, y in SEARCHED[candidates]]
-    weight = 0.001 if loss == "n_pairs" else 0.0  # l2_reg 0.002 / 2
-    expected = direct_unit_softmax(embeddings, labels, loss, slots, weight)
+    params = {**registry.loss_params(loss, {}, "symm"), **override}
+    assert params["pairs"] == "units"
+    expected = direct_unit_softmax(embeddings, labels, loss, slots, params["normalize"], params["l2_reg"])
     assert float(method(embeddings, labels)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_angular_runs_as_the_official_code_by_default():
+    """Raw features with the L2 penalty (clovaai/symmetrical-synthesis train.py: angular_l2norm False, l2_reg True)."""
+    params = registry.loss_params("angular", {}, "symm")
+    assert params["normalize"] is False and params["l2_reg"] == 0.002 and params["pairs"] == "units"
+    inputs, labels = batch(per_class=4)
+    embeddings = torch.nn.Linear(inputs.shape[1], 16)(inputs).detach()
+    raw, normalised = build("symm", "angular"), build("symm", "angular", loss_params={"normalize": True, "l2_reg": 0.0})
+    assert float(raw(embeddings * 3, labels)) != pytest.approx(float(raw(embeddings, labels)))  # scale matters
+    assert float(normalised(embeddings * 3, labels)) == pytest.approx(float(normalised(embeddings, labels)), rel=1e-6)
 
 
 def test_unit_logits_reject_other_losses():
     with pytest.raises(ValueError, match="for n_pairs and angular"):
         unit_logits(torch.zeros(2, 4, 3), "triplet", candidate_mask("all"))
+
+
+@pytest.mark.parametrize("loss", ["n_pairs", "angular"])
+def test_symm_refuses_the_pml_form_with_a_clear_error(config, loss):
+    config = dict(config, methods=["baseline", "symm"], losses=[loss])
+    config["method_loss_params"] = {"symm": {loss: {"pairs": registry.PAIR_FORMS[loss][0]}}}
+    with pytest.raises(ConfigError, match=f"at method_loss_params.symm.{loss}: method 'symm' needs {loss} with pairs: units"):
+        validate(config)
+    with pytest.raises(ValueError, match="needs its unit form: loss param pairs: units"):
+        build("symm", loss, loss_params={"pairs": registry.PAIR_FORMS[loss][0], "normalize": True})
+
+
+def test_pml_angular_needs_normalised_embeddings(config):
+    config = dict(config, methods=["baseline"], losses=["angular"])
+    config["loss_params"] = dict(config["loss_params"], angular={"normalize": False})
+    with pytest.raises(ConfigError, match="at loss_params.angular: angular with pairs: every_pair .* set normalize: true"):
+        validate(config)
+    config["loss_params"]["angular"] = {"normalize": False, "pairs": "units"}
+    validate(config)
+
+
+def test_switched_off_trains_exactly_as_its_control(config, digits_manifest, tmp_path):
+    """Through train_run: symm + n_pairs with synthesis off and its control (the run the workflow trains as
+    `baseline+normalize=false+pairs=units`) give the same loss every epoch, weights and test embeddings."""
+    from dmlsynth.config import run_params
+    from dmlsynth.layout import RunFolder
+    from dmlsynth.training.loop import train_run
+
+    config = dict(config, methods=["baseline", "symm"], losses=["n_pairs"], method_params={"symm": {"synthesis": False}})
+    config = validate(config)
+    control = registry.control_label(config, "symm", "n_pairs")
+    assert control == "baseline+normalize=false+pairs=units"
+    results, weights = {}, {}
+    for label in ("symm", control, "baseline"):
+        params = run_params(config, "digits", label, "n_pairs", 0)
+        results[label] = train_run(params, digits_manifest, tmp_path / label, progress=False)
+        weights[label] = torch.load(RunFolder(str(tmp_path / label)).model, weights_only=True)["model"]
+    assert run_params(config, "digits", control, "n_pairs", 0)["loss_params"] == run_params(config, "digits", "symm", "n_pairs", 0)["loss_params"]
+    off, ctl, plain = results["symm"], results[control], results["baseline"]
+    assert [row["loss"] for row in off["history"]] == [row["loss"] for row in ctl["history"]]
+    assert weights["symm"].keys() == weights[control].keys()
+    assert all(torch.equal(weights["symm"][k], weights[control][k]) for k in weights[control])
+    assert torch.equal(off["embeddings"], ctl["embeddings"]) and torch.equal(off["labels"], ctl["labels"])
+    # The plain baseline (pml's one pair per class, cosine logits) is another loss: it must not pass for the control.
+    assert [row["loss"] for row in plain["history"]] != [row["loss"] for row in ctl["history"]]
+
+
+@pytest.mark.parametrize("loss", ["n_pairs", "angular"])
+def test_unit_form_trains_on_the_device(config, digits_manifest, tmp_path, device, loss):
+    """symm's unit-form N-pair / angular (raw features, L2 penalty) through train_run on every device."""
+    config["training"]["device"] = device
+    result = train_digits("symm", loss, config, digits_manifest, tmp_path / "run")
+    assert all(math.isfinite(row["loss"]) and row["loss"] > 0 for row in result["history"])
+    assert torch.isfinite(result["embeddings"]).all()
