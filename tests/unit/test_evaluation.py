@@ -143,3 +143,19 @@ def test_nmi_restarts_make_it_depend_less_on_the_kmeans_seed():
     one_start = [normalized_mutual_info_score(labels, KMeans(20, n_init=1, random_state=s).fit_predict(x)) for s in range(6)]
     assert KMEANS_RESTARTS == 10
     assert np.ptp(ours) < np.ptp(one_start)
+
+
+def test_a_runs_nmi_clusters_into_as_many_groups_as_test_classes(tmp_path):
+    # Five well-separated test classes: k-means with k = 5 recovers them exactly (NMI 1); any other k
+    # cannot. The evaluation job's NMI is metrics.nmi's, the one k-means of the project.
+    rng = np.random.default_rng(0)
+    labels = np.repeat([5, 6, 7, 8, 9], 30)
+    centres = 10.0 * np.eye(16)[:5]
+    x = (centres[labels - 5] + rng.normal(scale=0.05, size=(len(labels), 16))).astype(np.float32)
+    np.savez(tmp_path / "embeddings.npz", embeddings=x, labels=labels)
+    (tmp_path / "train_log.csv").write_text("epoch,loss,lr,seconds\n1,0.5,0.001,1.0\n")
+    metrics = evaluate_run(tmp_path)
+    with np.load(RunFolder(str(tmp_path)).queries) as data:
+        assert len(np.unique(data["clusters"])) == 5
+    assert metrics["nmi"] == pytest.approx(1.0)
+    assert metrics["nmi"] == pytest.approx(nmi(x / np.linalg.norm(x, axis=1, keepdims=True), labels))

@@ -147,3 +147,24 @@ def test_fine_tuned_class_is_one_run_with_its_loss_curve(tmp_path):
     # Fine-tuned with other params: a run of its own.
     file.write_text(json.dumps({**summary, "params_hash": "def"}))
     assert track_fine_tuning(file, uri) != first
+
+
+def test_a_run_spans_its_training_with_real_metric_times(tmp_path):
+    # Training started at t0 and finished 90 s later (over two attempts); its epochs ended at t0+40, t0+85.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = fake_run(tmp_path, with_metrics=False)
+    t0 = 1_790_000_000.25
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    record.update({"started": t0, "finished": t0 + 90.0, "wall_seconds": {"train": 70.0}, "attempts": 2})
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(record))
+    history = pd.read_csv(run_dir / "train_log.csv").assign(time=[t0 + 40.0, t0 + 85.0])
+    history.to_csv(run_dir / "train_log.csv", index=False)
+    track_run(run_dir, uri)
+    (run_dir / "metrics.json").write_text(json.dumps({"recall@1": 0.75}))
+    run_id = track_run(run_dir, uri)  # the evaluation job, minutes later, must not stretch the run
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert (run.info.start_time, run.info.end_time) == (int(t0 * 1000), int((t0 + 90.0) * 1000))
+    assert [m.timestamp for m in client.get_metric_history(run_id, "train_loss")] == [int((t0 + 40) * 1000), int((t0 + 85) * 1000)]
+    assert client.get_metric_history(run_id, "recall_at_1")[0].timestamp == int((t0 + 90.0) * 1000)
+    assert run.data.metrics["wall_seconds_train"] == 70.0
