@@ -424,6 +424,8 @@ def _check_names(args: argparse.Namespace) -> None:
 
     for attr, table in (("dataset", registry.DATASETS), ("method", registry.METHODS), ("loss", registry.LOSSES)):
         value = getattr(args, attr, None)
+        if attr == "method" and value is not None and registry.is_control_label(value):
+            continue  # a control (baseline+beta=40): config.run_method checks it against the config
         if value is not None and value not in table:
             raise cfg.ConfigError(f"unknown {attr} {value!r}; known: {', '.join(sorted(table))}")
 
