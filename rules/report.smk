@@ -20,8 +20,11 @@ rule table:
         # Generation cost and quality, when BLenDeR methods run.
         generation=rules.generation_report.output.table if IMAGE_SETS else [],
     output:
+        summary=LAYOUT.summary_md(),
+        summary_csv=LAYOUT.table_files().summary_csv,
         table=report(LAYOUT.table_csv(), caption="../report/table.rst", category="Results"),
-        metrics=LAYOUT.table_json(),
+        json=LAYOUT.table_json(),
+        metrics=LAYOUT.headline_metrics(),
         figure=report(LAYOUT.recall_figure(), caption="../report/recall.rst", category="Results"),
     params:
         # Which runs, of which config and code: a changed or failed run makes the table out of date.
@@ -30,6 +33,8 @@ rule table:
         # Re-built when the statistics settings change (no run depends on them).
         statistics=CFG.get("statistics") or {},
         run_dirs=[run.path for run in RUN_FOLDERS],
+        generation=lambda w, input: ["--generation", input.generation] if input.generation else [],
+        out_dir=LAYOUT.results,
     log:
         LAYOUT.log("table"),
     threads: 1
@@ -37,8 +42,8 @@ rule table:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{PY:q} -m dmlsynth table --config {EFFECTIVE_CONFIG:q} --out-csv {output.table:q}"
-        " --out-json {output.metrics:q} --out-figure {output.figure:q} {params.run_dirs:q} > {log:q} 2>&1"
+        "{PY:q} -m dmlsynth table --config {EFFECTIVE_CONFIG:q} --out-dir {params.out_dir:q} {params.generation:q}"
+        " {params.run_dirs:q} > {log:q} 2>&1"
 
 
 rule compare:

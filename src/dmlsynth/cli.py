@@ -97,15 +97,20 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from dmlsynth import tracking
+    from dmlsynth.layout import TableFiles
     from dmlsynth.table import summary_metrics, write_table
 
     config = _config(args.config)
-    table = write_table(args.runs, args.out_csv, args.out_json, args.out_figure, config.get("statistics"))
-    log.info("table with %d rows written to %s", len(table), args.out_csv)
+    files = TableFiles.under(str(args.out_dir))
+    generation = pd.read_csv(args.generation) if args.generation else None
+    table = write_table(args.runs, files, config.get("statistics"), generation)
+    log.info("table with %d rows written to %s (in brief: %s)", len(table), files.csv, files.summary_md)
     tracking.tracked(
-        config, "the results table", f"snakemake --forcerun table {args.out_csv}",
-        lambda settings: tracking.track_table(settings, [args.out_csv, args.out_json, args.out_figure], summary_metrics(table)),
+        config, "the results table", f"snakemake --forcerun table {files.csv}",
+        lambda settings: tracking.track_table(settings, files.all(), summary_metrics(table)),
     )  # fmt: skip
     return 0
 
@@ -328,11 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="params.yaml")
     p.set_defaults(func=cmd_dvc_yaml)
 
-    p = sub.add_parser("table", help="aggregate runs over seeds into the results table, with paired statistics vs baseline")
-    p.add_argument("--config", default="params.yaml")
-    p.add_argument("--out-csv", required=True, type=Path)
-    p.add_argument("--out-json", required=True, type=Path)
-    p.add_argument("--out-figure", required=True, type=Path)
+    p = sub.add_parser(
+        "table", help="aggregate runs over seeds into the results table, each method paired with its control",
+        description="Writes into --out-dir: summary.md and summary.csv (the results in brief), table.csv and "
+        "table.json (every column), metrics.json (DVC's headline metrics) and figures/recall_at_1.png.",
+    )  # fmt: skip
+    p.add_argument("--config", default="params.yaml", help="params file whose `statistics` settings to use (default: %(default)s)")
+    p.add_argument("--out-dir", required=True, type=Path, help="the results folder to write the table's files into (e.g. results)")
+    p.add_argument("--generation", type=Path, default=None, help="results/generation.csv, for the cost of methods that train on generated images")
     p.add_argument("runs", nargs="+", type=Path, help="run folders (results/runs/<dataset>/<method>/<loss>/seed<N>) or folders holding them")
     p.set_defaults(func=cmd_table)
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dmlsynth import published as published_numbers
-from dmlsynth import registry
+from dmlsynth import cost
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import forest_figure_name
 from dmlsynth.table import NOT_AVAILABLE, Run
@@ -30,44 +30,11 @@ from dmlsynth.table import NOT_AVAILABLE, Run
 # What the forest plots and the report show, in this order.
 SHOWN = ("recall@1", "map@r")
 STAT_COLUMNS = ("mean", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p_holm", "significant")
-COST_COLUMNS = (
-    "train_device", "train_seconds_per_run", "train_seconds_total",
-    "generation_seconds", "generator_train_seconds", "gpu_hours",
-)  # fmt: skip
+COST_COLUMNS = cost.COLUMNS
 
 
 class CompareError(ValueError):
     """The table, runs or generation report given to ``dmlsynth compare`` do not fit together."""
-
-
-def _is_cuda(device: str) -> bool:
-    return str(device).startswith("cuda")
-
-
-def generation_cost(generation: pd.DataFrame | None, dataset: str, method: str) -> dict[str, float]:
-    """Sampling seconds of the method's image set and the (shared) generator training seconds.
-
-    The device counts towards GPU-hours when ``generation.csv`` records it
-    (``device`` column); without it, ``gpu_seconds`` is NaN (unknown).
-    """
-    image_set = registry.METHODS[method].synthetic_images if method in registry.METHODS else None
-    if image_set is None:
-        return {"generation_seconds": 0.0, "generator_train_seconds": 0.0, "gpu_seconds": 0.0}
-    if generation is None:
-        raise CompareError(
-            f"method {method!r} trains on generated images, but no generation report was given: "
-            f"pass --generation results/generation.csv"
-        )
-    rows = generation[(generation["dataset"] == dataset) & (generation["image_set"] == image_set)]
-    if rows.empty:
-        raise CompareError(f"generation report has no row for dataset {dataset!r}, image set {image_set!r}: re-run generation_report")
-    # An image set that mixes operators has a pooled 'all' row; a single-operator set has one row.
-    row = rows[rows["operator"] == "all"].iloc[0] if (rows["operator"] == "all").any() else rows.iloc[0]
-    sampling = float(row["seconds_per_image"]) * float(row["images"])
-    train = float(row.get("generator_train_seconds", 0.0) or 0.0)
-    device = row.get("device") if "device" in rows.columns else None
-    gpu = (sampling + train if _is_cuda(device) else 0.0) if isinstance(device, str) else float("nan")
-    return {"generation_seconds": sampling, "generator_train_seconds": train, "gpu_seconds": gpu}
 
 
 def _published_text(rows: pd.DataFrame) -> str:
@@ -103,14 +70,10 @@ def comparison(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | 
         same_loss = papers[(papers["loss"] == loss) & papers["gain"].notna()]
         row["published"] = _published_text(papers) or np.nan
         row["published_gain_same_loss"] = float(same_loss["gain"].iloc[0]) if len(same_loss) else np.nan
-        seconds = [r.train_seconds for r in members]
-        cost = generation_cost(generation, dataset, method)
-        row["train_device"] = ";".join(sorted({r.device for r in members}))
-        row["train_seconds_per_run"] = float(np.mean(seconds))
-        row["train_seconds_total"] = float(np.sum(seconds))
-        row["generation_seconds"] = cost["generation_seconds"]
-        row["generator_train_seconds"] = cost["generator_train_seconds"]
-        row["gpu_hours"] = (sum(s for r, s in zip(members, seconds) if _is_cuda(r.device)) + cost["gpu_seconds"]) / 3600
+        try:
+            row.update(cost.row_cost(members, generation, dataset, method))
+        except cost.CostError as exc:
+            raise CompareError(str(exc)) from exc
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -20,7 +20,9 @@ a rule declares and ``.manifest("digits")`` the concrete file::
     {data}/{dataset}/generated/filtered/class{i}.csv the same rows with their filter score and status
     {data}/{dataset}/generated/{set}/manifest.csv an image set's manifest; its images in .../{set}/images/
     {results}/runs/{dataset}/{method}/{loss}/seed{seed}/   one training run (:class:`RunFolder`)
-    {results}/table.csv, metrics.json, figures/   the results table and its figures
+    {results}/summary.md, summary.csv             the results in brief (one row per dataset x method x loss)
+    {results}/table.csv, table.json, metrics.json the full table, its JSON twin, DVC's headline metrics
+    {results}/figures/                            recall chart, forest plots, sample grids
     {results}/comparison.csv, comparison.md       the comparison report (forest plots in figures/)
     {results}/generation.csv                      quality of the generated images
     {logs}/{rule}/...log                          one log per job
@@ -139,6 +141,32 @@ class RunFolder:
 
 
 @dataclass(frozen=True)
+class TableFiles:
+    """The results table's files in ``{results}``: the readable summary first."""
+
+    summary_md: str  # one row per dataset x method x loss: R@1, MAP@R, the paired difference, its interval and Holm p, cost
+    summary_csv: str  # the same numbers as CSV
+    csv: str  # every column of the table
+    json: str  # the table's and every run's numbers, nested
+    headline: str  # R@1 per row (and its paired difference): DVC's metrics
+    figure: str  # R@1 per method and its difference to the control
+
+    @classmethod
+    def under(cls, results: str) -> "TableFiles":
+        return cls(
+            summary_md=f"{results}/summary.md",
+            summary_csv=f"{results}/summary.csv",
+            csv=f"{results}/table.csv",
+            json=f"{results}/table.json",
+            headline=f"{results}/metrics.json",
+            figure=f"{results}/figures/recall_at_1.png",
+        )
+
+    def all(self) -> list[str]:
+        return [self.summary_md, self.summary_csv, self.csv, self.json, self.headline, self.figure]
+
+
+@dataclass(frozen=True)
 class Layout:
     """The project's folders (``paths`` of params.yaml) and every file under them."""
 
@@ -224,21 +252,32 @@ class Layout:
         return f"{self.results}/runs"
 
     # Results -------------------------------------------------------------------------------
+    def table_files(self) -> "TableFiles":
+        """What the table job writes (:func:`dmlsynth.table.write_table`)."""
+        return TableFiles.under(self.results)
+
     def table_csv(self) -> str:
-        return f"{self.results}/table.csv"
+        return self.table_files().csv
 
     def table_json(self) -> str:
-        """The table's numbers and every run's, nested for ``dvc metrics show``."""
-        return f"{self.results}/metrics.json"
+        """Every number of the table and of every run, nested (machine-readable)."""
+        return self.table_files().json
+
+    def headline_metrics(self) -> str:
+        """The few numbers ``dvc metrics show`` prints: R@1 and its paired difference per row."""
+        return self.table_files().headline
+
+    def summary_md(self) -> str:
+        return self.table_files().summary_md
 
     def figures_dir(self) -> str:
         return f"{self.results}/figures"
 
     def recall_figure(self) -> str:
-        return f"{self.figures_dir()}/recall_at_1.png"
+        return self.table_files().figure
 
     def table_outputs(self) -> list[str]:
-        return [self.table_csv(), self.table_json(), self.recall_figure()]
+        return self.table_files().all()
 
     def comparison_csv(self) -> str:
         """``dmlsynth compare``: one row per dataset x loss x method (statistics, published numbers, cost)."""

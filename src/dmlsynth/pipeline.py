@@ -179,8 +179,8 @@ def dvc_yaml(config: Mapping[str, Any]) -> str:
             entry["params"] = params
         outs = outputs[stage]
         if stage == "report":
-            outs = [o for o in outs if o != layout.table_json()]
-            entry["metrics"] = [{layout.table_json(): {"cache": False, "persist": True}}]
+            outs = [o for o in outs if o != layout.headline_metrics()]
+            entry["metrics"] = [{layout.headline_metrics(): {"cache": False, "persist": True}}]
         # persist: DVC keeps existing results and lets Snakemake decide what is out of date.
         entry["outs"] = [{o: {"persist": True}} for o in outs]
         stages[stage] = entry

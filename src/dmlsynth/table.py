@@ -21,6 +21,7 @@ defines every column; :mod:`dmlsynth.stats` holds the statistics.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,9 @@ import yaml
 from dmlsynth import registry, stats
 from dmlsynth.metrics import METRIC_KEYS
 from dmlsynth.io import atomic_write_text, save_figure
-from dmlsynth.layout import RunFolder
+from dmlsynth.layout import RunFolder, TableFiles
+
+log = logging.getLogger("dmlsynth.table")
 
 BASELINE = registry.BASELINE
 BOOKKEEPING = {"queries", "eval_seconds"}
@@ -48,9 +51,10 @@ METRIC_STATS = (
 )  # fmt: skip
 # What each row was trained and compared with: its control (the same runs with the synthesis off), the
 # settings that change numbers without being params (threads, device kind), and the step budget.
-ROW_COLUMNS = [
-    "control", "seeds", "pairs", "test", "optimisation_steps", "batch_size", "threads", "device",
-    "seed_list", "chosen_epochs", "params_hashes", "git_commits",
+ROW_COLUMNS = ["control", "seeds", "pairs", "test"]
+# After the numbers: the settings the row was made with, and where its runs came from.
+PROVENANCE_COLUMNS = [
+    "optimisation_steps", "batch_size", "threads", "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits",
 ]  # fmt: skip
 INTEGER_COLUMNS = ("seeds", "pairs", "optimisation_steps", "batch_size", "threads")
 TEXT_COLUMNS = ("control", "test", "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits")
@@ -422,7 +426,7 @@ def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.
                 row[f"{name}_p_holm"] = p_holm
                 row[f"{name}_significant"] = None if np.isnan(p_holm) else bool(p_holm < alpha)
         rows.extend(group_rows)
-    columns = IDENTITY + ROW_COLUMNS + [f"{name}_{stat}" for name in metrics for stat in METRIC_STATS]
+    columns = IDENTITY + ROW_COLUMNS + [f"{name}_{stat}" for name in metrics for stat in METRIC_STATS] + PROVENANCE_COLUMNS
     return pd.DataFrame(rows)[columns]
 
 
@@ -505,27 +509,128 @@ def nested(frame: pd.DataFrame, keys: list[str]) -> dict:
     return out
 
 
+# The summary's metrics, in this order (README, "Reading the results").
+SUMMARY_METRICS = (("recall@1", "R@1"), ("map@r", "MAP@R"))
+
+
+def summary(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per dataset x method x loss, in percent: R@1 and MAP@R (mean over seeds), the paired difference
+    to the control with its t interval (the query bootstrap's with one seed) and Holm p, and the row's cost."""
+    from dmlsynth import cost
+
+    rows = []
+    for record in table.to_dict(orient="records"):
+        members = [r for r in runs if (r.dataset, r.method, r.loss) == (record["dataset"], record["method"], record["loss"])]
+        row: dict[str, Any] = {k: record[k] for k in ("dataset", "loss", "method", "control", "seeds")}
+        one_seed = record["test"] == "bootstrap"
+        for name, short in SUMMARY_METRICS:
+            low, high = (f"{name}_delta_boot_low", f"{name}_delta_boot_high") if one_seed else (f"{name}_delta_ci_low", f"{name}_delta_ci_high")
+            row[f"{short} %"] = 100 * record[f"{name}_mean"]
+            row[f"{short} Δ"] = 100 * record[f"{name}_delta"]
+            row[f"{short} Δ low"], row[f"{short} Δ high"] = 100 * record[low], 100 * record[high]
+            row[f"{short} p (Holm)"] = record[f"{name}_p_holm"]
+            row[f"{short} significant"] = record[f"{name}_significant"]
+        try:
+            spent = cost.row_cost(members, generation, record["dataset"], record["method"])
+        except cost.CostError as exc:
+            # A table built by hand without the generation report: its numbers stand, its cost is unknown.
+            log.warning("%s: the summary's generation cost is n/a", exc)
+            spent = {**cost.row_cost(members, None, record["dataset"], "baseline"), "generation_seconds": np.nan, "gpu_hours": np.nan}
+        row["train s / run"] = spent["train_seconds_per_run"]
+        row["generation s"] = spent["generation_seconds"] + spent["generator_train_seconds"]
+        row["GPU-hours"] = spent["gpu_hours"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pct(value: float, signed: bool = False) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else (f"{value:+.1f}" if signed else f"{value:.1f}")
+
+
+def summary_markdown(frame: pd.DataFrame, confidence: float) -> str:
+    """The summary as one markdown table per dataset x loss."""
+    level = f"{100 * confidence:g} %"
+    lines = [
+        "# Results in brief",
+        "",
+        f"Mean over seeds, in %. **Δ**: the paired difference to the row's *control* (the same runs with the synthesis "
+        f"switched off: baseline with the method's loss params, same steps, batch, seeds), in points, with its {level} "
+        "t interval over seeds (with one seed: the query bootstrap's). **p**: Holm-adjusted over the methods of the "
+        "dataset and loss; **bold** Δ: significant. The full table is `table.csv`; the comparison report "
+        "(`comparison.md`) adds forest plots and the published numbers.",
+        "",
+    ]
+    for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=False):
+        lines += [
+            f"## {dataset} · {loss}",
+            "",
+            "| method | vs | seeds | R@1 | ΔR@1 | p | MAP@R | ΔMAP@R | p | train s / run | generation s | GPU-h |",
+            "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in part.to_dict(orient="records"):
+            cells = []
+            for _, short in SUMMARY_METRICS:
+                delta = r[f"{short} Δ"]
+                if pd.isna(delta):
+                    cells += [_pct(r[f"{short} %"]), "—", "—"]
+                    continue
+                text = f"{delta:+.1f} [{_pct(r[f'{short} Δ low'], True)}, {_pct(r[f'{short} Δ high'], True)}]"
+                cells += [_pct(r[f"{short} %"]), f"**{text}**" if r[f"{short} significant"] is True else text, f"{r[f'{short} p (Holm)']:.2g}"]
+            control = r["control"] if isinstance(r["control"], str) and r["control"] != NOT_AVAILABLE else "—"
+            generation = NOT_AVAILABLE if pd.isna(r["generation s"]) else (f"{r['generation s']:,.0f}" if r["generation s"] else "—")
+            gpu_hours = NOT_AVAILABLE if pd.isna(r["GPU-hours"]) else f"{r['GPU-hours']:.2f}"
+            lines.append(
+                f"| {r['method']} | {control} | {r['seeds']} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} "
+                f"| {cells[5]} | {r['train s / run']:,.1f} | {generation} | {gpu_hours} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def headline_metrics(table: pd.DataFrame) -> dict[str, Any]:
+    """DVC's metrics: per row one number, R@1 in % for a control and its paired difference (points) for a method.
+
+    Keys are ``<method> R@1`` / ``<method> ΔR@1``, under ``<dataset>/<loss>`` when the table has more than one
+    dataset x loss, so ``dvc metrics show`` and ``dvc exp show`` stay narrow."""
+    groups = list(dict.fromkeys(zip(table["dataset"], table["loss"])))
+    out: dict[str, Any] = {}
+    for record in table.to_dict(orient="records"):
+        delta = record["recall@1_delta"]
+        key, value = (f"{record['method']} R@1", record["recall@1_mean"]) if pd.isna(delta) else (f"{record['method']} ΔR@1", delta)
+        node = out if len(groups) == 1 else out.setdefault(f"{record['dataset']}/{record['loss']}", {})
+        node[key] = round(100 * float(value), 2)
+    return out
+
+
 def write_table(
     paths: Iterable[str | Path],
-    out_csv: str | Path,
-    out_json: str | Path,
-    out_figure: str | Path,
+    files: "TableFiles",
     settings: Mapping[str, Any] | None = None,
+    generation: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
+    """The table job: the summary (CSV and markdown), the full table (CSV and JSON), DVC's headline metrics
+    and the recall figure, from the runs under ``paths`` (and the generation report, for the cost)."""
     runs = collect(paths)
     table = aggregate(runs, settings)
+    confidence = float({**stats.DEFAULTS, **(settings or {})}["confidence"])
+    brief = summary(table, runs, generation)
     payload = {"table": nested(table, IDENTITY), "runs": nested(runs_frame(runs), [*IDENTITY, "seed"])}
-    plot_recall(table, out_figure, confidence=float({**stats.DEFAULTS, **(settings or {})}["confidence"]))
-    atomic_write_text(out_json, json.dumps(payload, indent=2) + "\n")
-    atomic_write_text(out_csv, table_csv(table))
+    plot_recall(table, files.figure, confidence=confidence)
+    atomic_write_text(files.json, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(files.headline, json.dumps(headline_metrics(table), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(files.csv, table_csv(table))
+    atomic_write_text(files.summary_csv, brief.to_csv(index=False, float_format="%.2f", na_rep=NOT_AVAILABLE))
+    atomic_write_text(files.summary_md, summary_markdown(brief, confidence) + "\n")
     return table
 
 
 def plot_recall(table: pd.DataFrame, out: str | Path, metric: str = "recall@1", confidence: float = 0.95) -> None:
-    """Horizontal bars from 0 % per method, one panel per dataset and loss, with confidence intervals.
+    """Per dataset and loss, two panels: each row's R@1 (mean over seeds, interval) on an axis zoomed to the
+    values — marked as such — and each method's paired difference to its control (points, interval), where
+    differences of a point or two show.
 
-    The interval is the t interval over seeds where a row has two or more
-    seeds, else the query bootstrap's (which covers the test queries only).
+    The intervals are the t intervals over seeds where a row has two or more seeds (pairs), else the query
+    bootstrap's (which covers the test queries only).
     """
     import matplotlib
 
@@ -534,32 +639,48 @@ def plot_recall(table: pd.DataFrame, out: str | Path, metric: str = "recall@1", 
 
     out = Path(out)
     groups = list(table.groupby(["dataset", "loss"], sort=False))
-    methods = max(len(part) for _, part in groups)
+    rows = max(len(part) for _, part in groups)
     fig, axes = plt.subplots(
-        len(groups), 1, figsize=(9.0, 1.2 + 0.45 * methods * len(groups) + 0.6 * len(groups)), squeeze=False
-    )
+        len(groups), 2, figsize=(11.0, 1.0 + (0.42 * rows + 0.9) * len(groups)), squeeze=False,
+        gridspec_kw={"width_ratios": [1.0, 1.1]},
+    )  # fmt: skip
     level = f"{100 * confidence:g} %"
-    for ax, ((dataset, loss), part) in zip(axes[:, 0], groups):
-        part = part.iloc[::-1]  # first method on top
-        mean = 100 * part[f"{metric}_mean"].to_numpy(dtype=float)
+    for (ax, delta_ax), ((dataset, loss), part) in zip(axes, groups):
+        part = part.iloc[::-1]  # first row on top
+        y = np.arange(len(part))
         use_t = part["seeds"].to_numpy() >= 2
+        mean = 100 * part[f"{metric}_mean"].to_numpy(dtype=float)
         low = 100 * np.where(use_t, part[f"{metric}_ci_low"], part[f"{metric}_boot_low"]).astype(float)
         high = 100 * np.where(use_t, part[f"{metric}_ci_high"], part[f"{metric}_boot_high"]).astype(float)
-        y = np.arange(len(part))
-        colors = ["#8c8c8c" if m == BASELINE else "#4c72b0" for m in part["method"]]
-        error = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
-        ax.barh(y, mean, xerr=error, color=colors, capsize=3, height=0.6, error_kw={"elinewidth": 1})
-        for yi, m, lo, hi, seeds in zip(y, mean, low, high, part["seeds"]):
-            interval = f" [{lo:.1f}, {hi:.1f}]" if np.isfinite(lo) else ""
-            ax.text(101, yi, f"{m:.1f}{interval} · {seeds} seed{'s' if seeds != 1 else ''}", va="center", fontsize=8)
+        controls = part["control"].isna() | (part["control"] == NOT_AVAILABLE)
+        colors = np.where(controls, "#8c8c8c", "#4c72b0")
+        ax.hlines(y, np.nan_to_num(low, nan=mean), np.nan_to_num(high, nan=mean), color=colors, linewidth=2)
+        ax.scatter(mean, y, color=colors, zorder=3, s=22)
+        finite = np.concatenate([mean, low[np.isfinite(low)], high[np.isfinite(high)]])
+        left, right = max(0.0, finite.min() - 1.5), min(100.0, finite.max() + 1.5)
+        ax.set_xlim(left, right)
         ax.set_yticks(y, part["method"])
-        ax.set_xlim(0, 100)
-        ax.set_title(f"{dataset} · {loss}", fontsize=10, loc="left")
-        ax.set_xlabel(f"{metric} (%) on the test classes — mean over seeds, {level} CI")
-    fig.text(
-        0.01, 0.005,
-        f"Error bars: {level} t interval over seeds (rows with >= 2 seeds), else {level} bootstrap over test queries.",
-        fontsize=7, color="#555555",
-    )  # fmt: skip
-    fig.tight_layout(rect=(0, 0.02, 0.78, 1))
+        ax.set_title(f"{dataset} · {loss}: {metric} (%)", fontsize=10, loc="left")
+        ax.set_xlabel(f"axis zoomed to {left:.0f}–{right:.0f} % (not from 0); {level} interval", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+
+        pairs = use_t[~controls.to_numpy()] if len(part) else use_t
+        d = 100 * part[f"{metric}_delta"].to_numpy(dtype=float)
+        d_low = 100 * np.where(use_t, part[f"{metric}_delta_ci_low"], part[f"{metric}_delta_boot_low"]).astype(float)
+        d_high = 100 * np.where(use_t, part[f"{metric}_delta_ci_high"], part[f"{metric}_delta_boot_high"]).astype(float)
+        significant = (part[f"{metric}_significant"] == True).to_numpy()  # noqa: E712 - None/NaN: not tested
+        delta_ax.axvline(0, color="#333333", linewidth=0.8)
+        shown = np.isfinite(d)
+        delta_ax.hlines(y[shown], np.nan_to_num(d_low[shown], nan=d[shown]), np.nan_to_num(d_high[shown], nan=d[shown]), color="#4c72b0", linewidth=2)
+        delta_ax.scatter(d[shown], y[shown], s=30, zorder=3, color="#4c72b0", facecolors=np.where(significant[shown], "#4c72b0", "white"))
+        for yi, value, control, is_shown in zip(y, d, part["control"], shown):
+            label = f"{value:+.1f} vs {control}" if is_shown else "control"
+            delta_ax.annotate(label, (1.0, yi), xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points",
+                              va="center", fontsize=7, color="#333333" if is_shown else "#8c8c8c")  # fmt: skip
+        delta_ax.set_yticks(y, [""] * len(y))
+        delta_ax.set_ylim(ax.get_ylim())
+        delta_ax.set_title(f"Δ {metric} vs control (points); filled: significant (Holm)", fontsize=10, loc="left")
+        delta_ax.set_xlabel(f"paired difference, {level} interval" + ("" if pairs.all() else " (one seed: query bootstrap)"), fontsize=8)
+        delta_ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     save_figure(fig, out, dpi=120)

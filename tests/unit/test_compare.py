@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from dmlsynth import pipeline, registry
-from dmlsynth.layout import Layout
+from dmlsynth.layout import Layout, TableFiles
 from dmlsynth.compare import CompareError, write_comparison
 from dmlsynth.published import published
 from dmlsynth.table import collect, read_table, write_table
@@ -35,7 +35,7 @@ def results(tmp_path):
             make_run(tmp_path, "cub200", "iaa", loss, seed, simulated_hits(rng, 0.7, 0.0), device="cuda", seconds=1800.0)
             make_run(tmp_path, "cub200", "blender", loss, seed, simulated_hits(rng, 0.6, 0.0), device="cuda", seconds=7200.0)
     out = tmp_path / "results"
-    write_table([tmp_path / "runs"], out / "table.csv", out / "metrics.json", out / "figures" / "recall.png", {"bootstrap_samples": 300})
+    write_table([tmp_path / "runs"], TableFiles.under(str(out)), {"bootstrap_samples": 300}, generation_report())
     return tmp_path, out
 
 

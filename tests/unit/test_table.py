@@ -8,12 +8,13 @@ import pytest
 from scipy import stats as scipy_stats
 
 from dmlsynth import stats
+from dmlsynth.layout import TableFiles
 from dmlsynth.table import TableError, collect, read_table, summary_metrics, write_table
 from tests.helpers.runs import QUERY_DIFFICULTY, make_run, simulated_hits
 
 def write(root, folders, **settings):
     out = root / "out"
-    table = write_table(folders, out / "table.csv", out / "metrics.json", out / "figures" / "recall.png", settings or None)
+    table = write_table(folders, TableFiles.under(str(out)), settings or None)
     return table, out
 
 
@@ -60,10 +61,9 @@ def test_known_difference_is_covered_and_flagged(tmp_path):
     # CSV: every column, 'n/a' where a value does not exist, yes/no significance; read back equal.
     text = (out / "table.csv").read_text()
     header = text.splitlines()[0].split(",")
-    assert header[:15] == [
-        "dataset", "method", "loss", "control", "seeds", "pairs", "test", "optimisation_steps", "batch_size", "threads",
-        "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits",
-    ]  # fmt: skip
+    # The row, then its numbers, then the settings and provenance of its runs.
+    assert header[:8] == ["dataset", "method", "loss", "control", "seeds", "pairs", "test", "recall@1_mean"]
+    assert header[-8:] == ["optimisation_steps", "batch_size", "threads", "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits"]
     for metric in ("recall@1", "map@r", "nmi"):
         assert f"{metric}_delta_boot_high" in header and f"{metric}_significant" in header
     back = read_table(out / "table.csv").set_index("method")
@@ -71,7 +71,7 @@ def test_known_difference_is_covered_and_flagged(tmp_path):
     assert np.isnan(back.loc["baseline", "recall@1_delta"])
     assert back.loc["better", "seed_list"] == "0;1;2;3;4"
     assert back.loc["better", "params_hashes"] == ";".join(f"h-better-{s}" for s in range(5))
-    payload = json.loads((out / "metrics.json").read_text())
+    payload = json.loads((out / "table.json").read_text())
     assert payload["table"]["digits"]["baseline"]["ms"]["recall@1_delta"] == "n/a"
     assert payload["table"]["digits"]["better"]["ms"]["recall@1_significant"] is True
     assert payload["runs"]["digits"]["same"]["ms"]["seed3"]["params_hash"] == "h-same-3"
@@ -154,8 +154,8 @@ def test_inconsistent_runs_are_refused(tmp_path):
 
 def test_cli_reports_a_bad_path_without_traceback(tmp_path, repo_root):
     result = subprocess.run(
-        [sys.executable, "-m", "dmlsynth", "table", "--config", "params.yaml", "--out-csv", str(tmp_path / "t.csv"),
-         "--out-json", str(tmp_path / "m.json"), "--out-figure", str(tmp_path / "f.png"), str(tmp_path / "missing")],
+        [sys.executable, "-m", "dmlsynth", "table", "--config", "params.yaml", "--out-dir", str(tmp_path / "results"),
+         str(tmp_path / "missing")],
         capture_output=True, text=True, cwd=repo_root,
     )  # fmt: skip
     assert result.returncode == 2
@@ -301,3 +301,29 @@ def test_every_interval_has_the_configured_confidence(tmp_path, confidence):
     assert (table.loc["m", "recall@1_delta_ci_low"], table.loc["m", "recall@1_delta_ci_high"]) == pytest.approx((paired.low, paired.high))
     spread = scipy_stats.ttest_1samp(m, 0.0).confidence_interval(confidence)
     assert (table.loc["m", "recall@1_ci_low"], table.loc["m", "recall@1_ci_high"]) == pytest.approx((spread.low, spread.high))
+
+
+def test_the_summary_and_the_headline_metrics_are_the_tables_numbers(tmp_path):
+    rng = np.random.default_rng(7)
+    for seed in range(3):
+        effect = rng.normal(scale=0.01)
+        make_run(tmp_path, "digits", "baseline", "ms", seed, simulated_hits(rng, 0.60, effect), seconds=10.0)
+        make_run(tmp_path, "digits", "better", "ms", seed, simulated_hits(rng, 0.75, effect), seconds=20.0)
+    table, out = write(tmp_path, [tmp_path / "runs"], bootstrap_samples=300)
+    rows = table.set_index("method")
+    brief = pd.read_csv(out / "summary.csv", keep_default_na=False).set_index("method")
+    assert list(brief.columns[:4]) == ["dataset", "loss", "control", "seeds"]
+    assert float(brief.loc["better", "R@1 %"]) == pytest.approx(100 * rows.loc["better", "recall@1_mean"], abs=0.005)
+    assert float(brief.loc["better", "R@1 Δ"]) == pytest.approx(100 * rows.loc["better", "recall@1_delta"], abs=0.005)
+    assert float(brief.loc["better", "R@1 Δ low"]) == pytest.approx(100 * rows.loc["better", "recall@1_delta_ci_low"], abs=0.005)
+    assert float(brief.loc["better", "train s / run"]) == 20.0 and brief.loc["baseline", "R@1 Δ"] == "n/a"
+    text = (out / "summary.md").read_text()
+    delta = 100 * rows.loc["better", "recall@1_delta"]
+    assert f"| better | baseline | 3 | {100 * rows.loc['better', 'recall@1_mean']:.1f} | **{delta:+.1f} [" in text
+    assert "| baseline | — | 3 |" in text
+    headline = json.loads((out / "metrics.json").read_text())
+    assert headline == {
+        "baseline R@1": round(100 * rows.loc["baseline", "recall@1_mean"], 2),
+        "better ΔR@1": round(100 * rows.loc["better", "recall@1_delta"], 2),
+    }
+    assert (out / "figures" / "recall_at_1.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,66 @@
+"""What a row of the results costs: training seconds over every attempt, generation seconds, GPU-hours.
+
+One rule for every row, so the summary and the comparison report agree: GPU-hours are the seconds
+spent on a CUDA device (training, sampling and the generator's training or per-class fine-tuning)
+divided by 3600 — 0.00 for a row that ran on the CPU, never "n/a" beside another row's 0.00.
+A row whose generation device is not recorded (a generation report of older code) counts as unknown.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from dmlsynth import registry
+
+
+class CostError(ValueError):
+    """A method trained on generated images, but their cost is not known."""
+
+
+def is_cuda(device: Any) -> bool:
+    return isinstance(device, str) and device.startswith("cuda")
+
+
+def generation_cost(generation: Any, dataset: str, method: str) -> dict[str, float]:
+    """Sampling seconds of the method's image set and the generator training (or fine-tuning) seconds.
+
+    ``generation``: the rows of ``results/generation.csv`` (a pandas frame), or None when nothing was
+    generated. Seconds count towards GPU-seconds when the report's ``device`` says CUDA.
+    """
+    image_set = registry.METHODS[method].synthetic_images if method in registry.METHODS else None
+    if image_set is None:
+        return {"generation_seconds": 0.0, "generator_train_seconds": 0.0, "gpu_seconds": 0.0}
+    if generation is None:
+        raise CostError(
+            f"method {method!r} trains on generated images, but no generation report was given: "
+            f"pass --generation results/generation.csv"
+        )
+    rows = generation[(generation["dataset"] == dataset) & (generation["image_set"] == image_set)]
+    if rows.empty:
+        raise CostError(f"generation report has no row for dataset {dataset!r}, image set {image_set!r}: re-run generation_report")
+    # An image set that mixes operators has a pooled 'all' row; a single-operator set has one row.
+    row = rows[rows["operator"] == "all"].iloc[0] if (rows["operator"] == "all").any() else rows.iloc[0]
+    sampling = float(row["seconds_per_image"]) * float(row["images"])
+    train = float(row.get("generator_train_seconds", 0.0) or 0.0)
+    device = row.get("device") if "device" in rows.columns else None
+    gpu = (sampling + train if is_cuda(device) else 0.0) if isinstance(device, str) else float("nan")
+    return {"generation_seconds": sampling, "generator_train_seconds": train, "gpu_seconds": gpu}
+
+
+def row_cost(runs: Iterable[Any], generation: Any, dataset: str, method: str) -> dict[str, Any]:
+    """The cost of one row from its runs (``table.Run``: ``train_seconds``, ``device``) and the generation report."""
+    runs = list(runs)
+    seconds = [float(r.train_seconds) for r in runs]
+    generated = generation_cost(generation, dataset, method)
+    on_gpu = sum(s for r, s in zip(runs, seconds) if is_cuda(r.device))
+    return {
+        "train_device": ";".join(sorted({str(r.device) for r in runs})),
+        "train_seconds_per_run": sum(seconds) / len(seconds) if seconds else float("nan"),
+        "train_seconds_total": sum(seconds),
+        "generation_seconds": generated["generation_seconds"],
+        "generator_train_seconds": generated["generator_train_seconds"],
+        "gpu_hours": (on_gpu + generated["gpu_seconds"]) / 3600,
+    }
+
+
+COLUMNS = ("train_device", "train_seconds_per_run", "train_seconds_total", "generation_seconds", "generator_train_seconds", "gpu_hours")
