@@ -101,7 +101,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     from dmlsynth import tracking
     from dmlsynth.layout import TableFiles
-    from dmlsynth.table import summary_metrics, write_table
+    from dmlsynth.table import write_table
 
     config = _config(args.config)
     files = TableFiles.under(str(args.out_dir))
@@ -110,7 +110,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     log.info("table with %d rows written to %s (in brief: %s)", len(table), files.csv, files.summary_md)
     tracking.tracked(
         config, "the results table", f"snakemake --forcerun table {files.csv}",
-        lambda settings: tracking.track_table(settings, files.all(), summary_metrics(table)),
+        lambda settings: tracking.track_table(settings, files.all(), table),
     )  # fmt: skip
     return 0
 

@@ -466,25 +466,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """The table's numbers as MLflow metrics ``<dataset>/<method>/<loss>/<column>`` ('@' spelled '_at_').
-
-    Significance is 1 or 0; values that do not exist (n/a) are left out.
-    """
-    out: dict[str, float] = {}
-    numeric = [c for c in table.columns if c not in IDENTITY and c not in TEXT_COLUMNS]
-    for record in table.to_dict(orient="records"):
-        prefix = f"{record['dataset']}/{record['method']}/{record['loss']}/"
-        for column in numeric:
-            value = record[column]
-            if isinstance(value, (bool, np.bool_)):
-                value = float(value)
-            if value is None or not np.isfinite(float(value)):
-                continue
-            out[prefix + column.replace("@", "_at_")] = float(value)
-    return out
-
-
 def _json_value(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NOT_AVAILABLE

@@ -7,9 +7,12 @@
   files as artifacts. Idempotent: the training job calls it, the evaluation
   job calls it again and adds the metrics, a re-run adds nothing twice, and
   ``dmlsynth track`` re-syncs folders after tracking trouble.
-- :func:`track_table`: the results table as the ``table`` run of the
-  ``summary`` experiment; :func:`track_generation`: one run per dataset x
-  image set x operator of the generation report.
+- :func:`track_table`: one *row run* per dataset x method x loss in the
+  dataset's experiment (tags ``dmlsynth.kind = row``, the row's params, its
+  mean, paired difference, interval and Holm p as metrics), the parent of its
+  seeds' runs, so the UI groups and charts methods; the table's files as the
+  ``table`` run of the ``summary`` experiment. :func:`track_generation`: one
+  run per dataset x image set x operator of the generation report.
 - :func:`tracked`: how jobs call the above — a tracking failure is reported
   (once in the job's log, and once in the Snakemake console at the end of
   the workflow) and never costs a result on disk.
@@ -30,6 +33,7 @@ project.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -49,6 +53,8 @@ from dmlsynth.layout import RunFolder
 log = logging.getLogger("dmlsynth.tracking")
 
 KEY_TAG = "dmlsynth.key"
+KIND_TAG = "dmlsynth.kind"  # "run" (one seed's training), "row" (a table row: its seeds' parent)
+PARENT_TAG = "mlflow.parentRunId"  # MLflow UI nests a run under the run of this id
 HASH_TAG = "dmlsynth.params_hash"
 SUPERSEDED_TAG = "dmlsynth.superseded"
 # The workflow points jobs at a folder where each failed tracking call leaves a note; the
@@ -181,6 +187,51 @@ def _milliseconds(seconds: Any) -> int | None:
     return int(round(value * 1000)) if math.isfinite(value) else None
 
 
+def _source_tags(job: str, code: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """What the UI shows as a run's User and Source (MLflow's fluent API sets these; the client does not)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container without a passwd entry
+        user = "unknown"
+    project = (code or {}).get("project_dir") or str(Path.cwd())
+    tags = {"mlflow.user": user, "mlflow.source.name": f"{project}/Snakefile (rule {job})", "mlflow.source.type": "JOB"}
+    if code and code.get("git_commit"):
+        tags["mlflow.source.git.commit"] = str(code["git_commit"])
+    return tags
+
+
+def _log_json_artifact(client, run_id: str, name: str, payload: Mapping[str, Any]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        client.log_artifact(run_id, str(path))
+
+
+def _log_training_set(client, run_id: str, record: Mapping[str, Any]) -> None:
+    """The run's training images as MLflow dataset inputs (its Datasets column): the manifest, and the generated set."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = record.get("inputs") or {}
+    datasets = []
+    for context, key in (("training", "manifest"), ("generated", "synthetic_manifest")):
+        path = inputs.get(key)
+        if not path or not Path(path).is_file():
+            continue
+        frame = pd.read_csv(path)
+        if "split" in frame.columns:
+            frame = frame[frame["split"] == "train"]
+        name = f"{record['params']['dataset']} {context}" + (f" ({Path(path).parent.name})" if context == "generated" else "")
+        dataset = mlflow.data.from_pandas(frame, source=str(Path(path).resolve()), name=name)
+        datasets.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    if datasets:
+        client.log_inputs(run_id, datasets=datasets)
+
+
 def _run_key(params: Mapping[str, Any]) -> str:
     return f"{params['dataset']}/{params.get('label', params['method'])}/{params['loss']}/seed{params['seed']}"
 
@@ -217,8 +268,10 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
             run = current[0]
         else:
             code = record["code"]
+            environment = record.get("environment") or {}
             tags = {
                 KEY_TAG: key,
+                KIND_TAG: "run",
                 HASH_TAG: params_hash,
                 "dataset": params["dataset"],
                 # The table's row (a method, or a control such as baseline+beta=40) and what it is compared with.
@@ -226,11 +279,12 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
                 "control": str(params.get("control") or ""),
                 "loss": params["loss"],
                 "seed": str(params["seed"]),
-                "threads": str(record.get("threads", "")),
-                "mlflow.source.git.commit": code["git_commit"],
+                # What changes numbers without being a param; the rest of the environment is environment.json.
+                "threads": str(record.get("threads", environment.get("torch.threads", ""))),
+                "device": str(record.get("device", environment.get("device", ""))),
                 "git_dirty": str(code["git_dirty"]),
                 **({"dmlsynth.code_digest": code["digest"]} if "digest" in code else {}),
-                **{f"env.{k}": str(v) for k, v in record["environment"].items()},
+                **_source_tags("train", code),
             }
             run = client.create_run(
                 experiment_id, run_name=f"{params.get('label', params['method'])}/{params['loss']}/seed{params['seed']}",
@@ -239,6 +293,8 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
             client.log_batch(
                 run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(flatten(params).items())]
             )
+            _log_json_artifact(client, run.info.run_id, "environment.json", environment)
+            _log_training_set(client, run.info.run_id, record)
             run = client.get_run(run.info.run_id)
         run_id = run.info.run_id
         logged = run.data.metrics
@@ -276,30 +332,64 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
     return run_id
 
 
-def track_table(
-    tracking: TrackingSettings, files: Sequence[str | Path], metrics: Mapping[str, float] | None = None, experiment: str = "summary"
-) -> str:
-    """Log the results table (its files, and its numbers as metrics) as the one ``table`` run of ``experiment``."""
-    from mlflow.entities import Metric
+ROW_METRICS = ("mean", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p_holm")
+
+
+def track_table(tracking: TrackingSettings, files: Sequence[str | Path], table: pd.DataFrame, experiment: str = "summary") -> str:
+    """One row run per table row, parent of its seeds' runs; the table's files as the ``table`` run of ``experiment``.
+
+    A row run is keyed on its dataset, method and loss: a rebuilt table updates it (MLflow shows a metric's
+    latest value). Returns the ``table`` run's id.
+    """
+    from mlflow.entities import Metric, Param
 
     with store_lock(tracking.uri):
         client = _client(tracking)
-        run_id = _find_or_create(client, _experiment_id(client, experiment, tracking), "table", "table", {}).info.run_id
-        # The table's numbers (n/a values left out), in batches: a paper table has thousands. A
-        # rebuilt table's values are the latest (MLflow shows the newest timestamp of a step).
         now = int(time.time() * 1000)
-        batch = [
-            Metric(metric_name(name), float(value), now, 0)
-            for name, value in sorted((metrics or {}).items())
-            if value is not None and math.isfinite(float(value))
-        ]
-        for start in range(0, len(batch), 900):  # log_batch takes at most 1000 metrics
-            client.log_batch(run_id, metrics=batch[start : start + 900])
+        for record in table.to_dict(orient="records"):
+            dataset, method, loss = record["dataset"], record["method"], record["loss"]
+            experiment_id = _experiment_id(client, dataset, tracking)
+            control = record.get("control")
+            control = control if isinstance(control, str) and control != "n/a" else ""
+            # A row made of other runs (other seeds, params or code) is a new row run; the old one is marked.
+            runs_hash = hashlib.sha256(str(record.get("params_hashes", "")).encode()).hexdigest()[:12]
+            key = f"row/{dataset}/{method}/{loss}/{runs_hash}"
+            for old in client.search_runs(
+                [experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'row' and tags.method = '{method}' and tags.loss = '{loss}'"
+            ):
+                if old.data.tags.get(KEY_TAG) != key and old.data.tags.get(SUPERSEDED_TAG) != "true":
+                    client.set_tag(old.info.run_id, SUPERSEDED_TAG, "true")
+            run = _find_or_create(
+                client, experiment_id, key, f"{method}/{loss}",
+                {KIND_TAG: "row", "dataset": dataset, "method": method, "loss": loss, "control": control, **_source_tags("table")},
+            )  # fmt: skip
+            run_id = run.info.run_id
+            if not run.data.params:
+                params = {"seeds": record["seeds"], "control": control or "none (a control)", "test": record["test"]}
+                params.update({k: record[k] for k in ("optimisation_steps", "batch_size", "threads", "device") if k in record})
+                client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            metrics = [
+                Metric(metric_name(f"{name}_{stat}"), float(record[f"{name}_{stat}"]), now, 0)
+                for name in ("recall@1", "map@r")
+                for stat in ROW_METRICS
+                if f"{name}_{stat}" in record and record[f"{name}_{stat}"] == record[f"{name}_{stat}"]  # not NaN
+            ]
+            if record.get("recall@1_significant") in (True, False):
+                metrics.append(Metric("recall_at_1_significant", float(record["recall@1_significant"]), now, 0))
+            client.log_batch(run_id, metrics=metrics)
+            # The seeds' runs (made by the training jobs) nest under their row.
+            for child in client.search_runs(
+                [experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'run' and tags.method = '{method}' and tags.loss = '{loss}'"
+            ):
+                if child.data.tags.get(SUPERSEDED_TAG) != "true" and child.data.tags.get(PARENT_TAG) != run_id:
+                    client.set_tag(child.info.run_id, PARENT_TAG, run_id)
+            client.set_terminated(run_id, "FINISHED")
+        table_run = _find_or_create(client, _experiment_id(client, experiment, tracking), "table", "table", _source_tags("table")).info.run_id
         for file in files:
             if Path(file).is_file():
-                client.log_artifact(run_id, str(file))
-        client.set_terminated(run_id, "FINISHED")
-    return run_id
+                client.log_artifact(table_run, str(file))
+        client.set_terminated(table_run, "FINISHED")
+    return table_run
 
 
 def track_generation(

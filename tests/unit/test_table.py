@@ -9,7 +9,7 @@ from scipy import stats as scipy_stats
 
 from dmlsynth import stats
 from dmlsynth.layout import TableFiles
-from dmlsynth.table import TableError, collect, read_table, summary_metrics, write_table
+from dmlsynth.table import TableError, collect, read_table, write_table
 from tests.helpers.runs import QUERY_DIFFICULTY, make_run, simulated_hits
 
 def write(root, folders, **settings):
@@ -161,22 +161,6 @@ def test_cli_reports_a_bad_path_without_traceback(tmp_path, repo_root):
     assert result.returncode == 2
     assert "dmlsynth table: error:" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_summary_metrics_are_the_table_numbers(tmp_path):
-    rng = np.random.default_rng(0)
-    make_run(tmp_path, "digits", "baseline", "ms", 0, simulated_hits(rng, 0.6, 0.0))
-    make_run(tmp_path, "digits", "better", "ms", 0, simulated_hits(rng, 0.9, 0.0))
-    table, _ = write(tmp_path, [tmp_path / "runs"], bootstrap_samples=200)
-    metrics = summary_metrics(table)
-    better = table.set_index("method").loc["better"]
-    assert metrics["digits/better/ms/recall_at_1_mean"] == better["recall@1_mean"]
-    assert metrics["digits/better/ms/recall_at_1_significant"] == 1.0
-    assert metrics["digits/better/ms/seeds"] == 1
-    # n/a values (std with one seed, baseline's delta) are not logged.
-    assert "digits/better/ms/recall_at_1_std" not in metrics
-    assert "digits/baseline/ms/recall_at_1_delta" not in metrics
-    assert all(np.isfinite(v) for v in metrics.values())
 
 
 # --- What the table compares, as the workflow's table job computes it (dmlsynth.table.write_table) ----------

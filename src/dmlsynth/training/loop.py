@@ -180,6 +180,7 @@ def train_run(
             timing=clock.record(),
             budget=_budget(run, history),
             train_images={"real": run.real_images, "generated": run.generated_images},
+            inputs={"manifest": str(manifest), "synthetic_manifest": None if synthetic_manifest is None else str(synthetic_manifest)},
             last_epoch_embeddings=last_epoch_embeddings,
             validation=validation,
         )

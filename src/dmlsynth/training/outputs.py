@@ -45,6 +45,7 @@ def write_outputs(
     timing: Mapping[str, Any],
     budget: Mapping[str, Any],
     train_images: Mapping[str, int],
+    inputs: Mapping[str, str | None] | None = None,
     last_epoch_embeddings: np.ndarray | None = None,
     validation: Mapping[str, Any] | None = None,
 ) -> None:
@@ -65,6 +66,8 @@ def write_outputs(
         "device": str(device),
         "budget": dict(budget),
         "train_images": dict(train_images),
+        # The files the run read (MLflow shows them as the run's datasets).
+        "inputs": dict(inputs or {}),
         # Seconds over every attempt (resumes and retries included), the attempts, and their span.
         "wall_seconds": {"train": timing["train_seconds"], "last_attempt": timing["last_attempt_seconds"]},
         "attempts": int(timing["attempts"]),
