@@ -200,6 +200,24 @@ LOSSES: dict[str, LossSpec] = {
             "NPairsLoss (one pair per class, softmax over the other pairs) + the N-pair paper's L2 penalty",
         ),
         LossSpec("angular", True, {"alpha": 45.0}, "AngularLoss (angle alpha in degrees) on the batch's positive pairs"),
+        # The other two losses of the Symmetrical Synthesis paper's tables (Gu & Ko, AAAI 2020, Tables 1-3).
+        # Semi-hard triplet mines its own triplets in whatever batch it gets, so it is not pair-based in the
+        # sense the methods need (IAA's synthetic samples join its batch), and it takes no negative pairs
+        # (symm's hardest negative pair would replace the semi-hard selection): symm does not use it.
+        LossSpec(
+            "semihard_triplet",
+            False,
+            {"margin": 0.2},
+            "TripletMarginLoss on the semi-hard triplets of TripletMarginMiner (FaceNet's rule and margin 0.2)",
+        ),
+        # Lifted structure (Song et al., CVPR 2016): its negative terms are every negative of the two points
+        # of a positive pair, not a given negative pair, so symm does not use it either.
+        LossSpec(
+            "lifted_structure",
+            True,
+            {"neg_margin": 1.0, "pos_margin": 0.0},
+            "LiftedStructureLoss (Song et al. 2016): per positive pair, log-sum-exp over both points' negatives",
+        ),
         # Bhatnagar & Ahuja, CVPR 2025 (dmlsynth.losses.PotentialFieldLoss): every pair of the batch and
         # the proxies, no miner; not pair-based in the sense the methods need (it takes no indices_tuple).
         LossSpec(
