@@ -163,6 +163,16 @@ BACKBONES: dict[str, BackboneSpec] = {
             "dmlsynth.models:resnet50",
             "torchvision ResNet-50, frozen BatchNorm, avg+max pooling, linear embedding",
         ),
+        BackboneSpec(
+            "googlenet",
+            "dmlsynth.models:googlenet",
+            "torchvision GoogLeNet (Inception v1), frozen BatchNorm, average pooling, linear embedding",
+        ),
+        BackboneSpec(
+            "bn_inception",
+            "dmlsynth.models:bn_inception",
+            "BN-Inception (published architecture; ImageNet weights from a checked file), frozen BatchNorm, avg+max pooling",
+        ),
     ]
 }
 
@@ -534,6 +544,8 @@ def dataset_defaults(name: str) -> dict[str, Any]:
         "cache_short_side": spec.default_cache_short_side,
         "urls": {},
         "resources": {},
+        "weights": None,  # None: the backbone's own ImageNet weights (dmlsynth.weights)
+        "weights_sha256": None,
         "validation_classes": 0,  # none: the reported epoch is the last (dmlsynth.data.split)
     }
 

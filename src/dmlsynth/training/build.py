@@ -35,6 +35,7 @@ from dmlsynth.losses import BaseLoss, build_loss
 from dmlsynth.methods import Method, MethodContext, build_method, method_class
 from dmlsynth.models import EmbeddingNet, build_backbone
 from dmlsynth.training.checkpoint import seed_everything
+from dmlsynth.weights import source_of
 
 log = logging.getLogger("dmlsynth.training")
 
@@ -188,6 +189,7 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
         embedding_dim=settings["embedding_dim"],
         pretrained=settings["pretrained"],
         in_channels=1 if dataset_spec.image_mode == "L" else 3,
+        weights=source_of(settings),
     ).to(device)
     base_loss = build_loss(params["loss"], params["loss_params"], len(classes), settings["embedding_dim"]).to(device)
 
