@@ -48,6 +48,8 @@ class DatasetSpec:
     # builder of the per-class prompts ("module:function"; f(train_frame, search_dirs) -> classes).
     default_generator: str = "stable-diffusion"
     prompts: str = "dmlsynth.generation.prompts:generic_prompts"
+    # The manifest has each image's annotated bounding box (box_* columns; dataset_settings.bounding_boxes).
+    bounding_boxes: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ DATASETS: dict[str, DatasetSpec] = {
             outputs=(layout.MANIFEST, layout.EXTRACTED),
             default_cache_short_side=256,
             prompts="dmlsynth.generation.prompts:cars_prompts",
+            bounding_boxes=True,
         ),
     ]
 }
@@ -390,6 +393,14 @@ TRAINING_DEFAULTS: Mapping[str, Any] = {
     "num_workers": 0,
     "mixed_precision": "auto",
     "image_decoding": "workers",  # photos: decoded by the loader workers, or "device" (nvJPEG on CUDA)
+    # The papers' own schedules (config/protocols/): the schema describes each key.
+    "iterations": None,  # None: epochs x batches_per_epoch; else the run's optimisation steps (batches_per_epoch follows)
+    "lr_decay": 0.1,  # factor of the step and multistep schedules
+    "lr_decay_every": 10,  # epochs between decays of the step schedule
+    "lr_milestones": [],  # epochs after which the multistep schedule decays
+    "warmup_epochs": 0,  # epochs that train only the embedding layer and the loss's own parameters
+    "embedding_lr_multiplier": 1.0,
+    "embedding_gradient_multiplier": 1.0,
 }
 EVALUATION_DEFAULTS: Mapping[str, Any] = {"batch_size": 256}
 # How the results table compares methods with baseline (params.yaml `statistics`; dmlsynth.stats).
@@ -546,6 +557,12 @@ def dataset_defaults(name: str) -> dict[str, Any]:
         "resources": {},
         "weights": None,  # None: the backbone's own ImageNet weights (dmlsynth.weights)
         "weights_sha256": None,
+        # Photo preprocessing (dmlsynth.data.images.Preprocessing); the defaults are docs/methods.md §1's.
+        "train_transform": "random_resized_crop",
+        "eval_transform": "center_crop",
+        "square_resize": False,
+        "crop_scale": [0.08, 1.0],
+        "bounding_boxes": False,
         "validation_classes": 0,  # none: the reported epoch is the last (dmlsynth.data.split)
     }
 

@@ -79,7 +79,7 @@ def train_step(run: TrainingRun, images: torch.Tensor, labels: torch.Tensor, epo
 def train_epoch(run: TrainingRun, epoch: int, progress: bool = True) -> dict[str, Any]:
     """One epoch of ``run``; returns its history row (mean loss, learning rate, seconds)."""
     started = time.perf_counter()
-    run.method.on_epoch_start(epoch)
+    run.start_epoch(epoch)  # the warm-up's frozen backbone, then the method's hook
     total, steps = 0.0, 0
     batches = run.training_batches()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{run.epochs}", total=run.batches_per_epoch, leave=False, disable=not progress, mininterval=2.0)
