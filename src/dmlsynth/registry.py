@@ -154,6 +154,34 @@ DATASETS: dict[str, DatasetSpec] = {
             prompts="dmlsynth.generation.prompts:cars_prompts",
             bounding_boxes=True,
         ),
+        # The two larger benchmarks of IAA, Symmetrical Synthesis and SGAR (config/protocols/). Their splits are
+        # the datasets' own (not the halving of the class ids), and In-Shop tests queries against a gallery.
+        DatasetSpec(
+            name="sop",
+            prepare="dmlsynth.data.sop:prepare",
+            num_classes=22_634,
+            train_classes=11_318,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="Stanford Online Products (120,053 images, Stanford's zip); 11,318 products train, 11,316 test",
+            outputs=(layout.MANIFEST, layout.EXTRACTED),
+            default_cache_short_side=256,
+        ),
+        DatasetSpec(
+            name="inshop",
+            prepare="dmlsynth.data.inshop:prepare",
+            num_classes=7_982,
+            train_classes=3_997,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="In-Shop Clothes Retrieval (52,712 images; files placed by hand); 3,997 items train, query/gallery test",
+            outputs=(layout.MANIFEST, layout.EXTRACTED),
+            default_cache_short_side=256,
+        ),
     ]
 }
 

@@ -95,6 +95,8 @@ class TrainingRun:
     method_generator: torch.Generator
     # Backbone parameters the warm-up freezes (training.warmup_epochs); empty without a warm-up.
     warmup_frozen: list[torch.nn.Parameter] = field(default_factory=list)
+    # Query/gallery benchmarks (In-Shop): True for the test images that are queries; None: leave-one-out.
+    test_queries: np.ndarray | None = None
 
     @property
     def epochs(self) -> int:
@@ -264,7 +266,15 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
         sampler_rng=sampler_rng,
         method_generator=method_generator,
         warmup_frozen=warmup_frozen,
+        test_queries=query_mask(test_frame),
     )
+
+
+def query_mask(test_frame) -> np.ndarray | None:
+    """The query images of a query/gallery test split (the manifest's ``retrieval`` column), or None."""
+    if "retrieval" not in test_frame.columns:
+        return None
+    return (test_frame["retrieval"] == "query").to_numpy()
 
 
 def bounding_boxes(frame) -> list[tuple[float, ...] | None]:

@@ -197,6 +197,7 @@ def train_run(
         num_train_images=len(run.train_set),
         last_epoch_embeddings=last_epoch_embeddings,
         validation=validation,
+        queries=run.test_queries,
     )
     Path(folder.checkpoint).unlink(missing_ok=True)
     return {"history": history, "embeddings": test_embeddings, "labels": test_labels}
