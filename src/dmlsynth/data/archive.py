@@ -136,12 +136,19 @@ def _extract_zip(archive: Path, folder: Path) -> None:
         ) from exc
 
 
+def _starts_like_zip(archive: Path) -> bool:
+    """A zip file starts with a local file header (or, empty, its end record). ``zipfile.is_zipfile`` looks for
+    the end record near the file's end and so also accepts a tar whose last member is a zip."""
+    with open(archive, "rb") as handle:
+        return handle.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+
+
 def extract_into(archive: str | os.PathLike[str], folder: Path) -> None:
     """Check every member of ``archive``, then extract it into the (empty) ``folder``."""
     archive = Path(archive)
     if not archive.is_file():
         raise ArchiveError(f"archive {archive} does not exist")
-    if zipfile.is_zipfile(archive):
+    if _starts_like_zip(archive):
         _extract_zip(archive, folder)
         return
     try:
