@@ -9,7 +9,10 @@ from sklearn.metrics import normalized_mutual_info_score
 N_QUERIES = 400
 
 
-def make_run(root, dataset, method, loss, seed, hits, *, folder=None, labels=None, commit="c0ffee", dirty=False, device="cpu", seconds=2.0):
+def make_run(
+    root, dataset, method, loss, seed, hits, *, folder=None, labels=None, commit="c0ffee", dirty=False, device="cpu", seconds=2.0,
+    dataset_settings=None,
+):
     """A finished, evaluated run folder whose per-query Recall@1 hits are ``hits``."""
     folder = folder or root / "runs" / dataset / method / loss / f"seed{seed}"
     folder.mkdir(parents=True)
@@ -26,7 +29,7 @@ def make_run(root, dataset, method, loss, seed, hits, *, folder=None, labels=Non
     (folder / "metrics.json").write_text(json.dumps(metrics))
     np.savez(folder / "embeddings.npz", embeddings=np.ones((n, 2)), labels=labels)
     record = {
-        "params": {"dataset": dataset, "method": method, "loss": loss, "seed": seed},
+        "params": {"dataset": dataset, "method": method, "loss": loss, "seed": seed, **({"dataset_settings": dataset_settings} if dataset_settings else {})},
         "params_hash": f"h-{method}-{seed}",
         "code": {"git_commit": commit, "git_dirty": dirty},
         "environment": {"device": device},
