@@ -238,7 +238,7 @@ def _cache_problems(config: Mapping[str, Any], dataset: str) -> list[str]:
     if registry.DATASETS[dataset].image_mode != "RGB":
         return [f"  - at {where}: {dataset!r} is grayscale and held in memory; a resized copy is for photos: set it to 0"]
     # The transforms resize the short side to at most this (e.g. image_size * 256/224 before the center crop).
-    from dmlsynth.data.images import Preprocessing
+    from dmlsynth.data.preprocessing import Preprocessing
 
     needed = Preprocessing.of(settings).smallest_source_side(settings["image_size"])
     if short_side < needed:
@@ -251,7 +251,7 @@ def _cache_problems(config: Mapping[str, Any], dataset: str) -> list[str]:
 
 def _protocol_problems(config: Mapping[str, Any]) -> list[str]:
     """The papers' schedules and preprocessing (config/protocols/): settings that contradict each other."""
-    from dmlsynth.data.images import Preprocessing
+    from dmlsynth.data.preprocessing import Preprocessing
 
     problems = []
     training = {**registry.TRAINING_DEFAULTS, **config["training"]}
