@@ -88,14 +88,13 @@ def _timed(function):
 
 
 def measure_sampler(config: str, setup: dict, facts: dict) -> list[dict]:
-    import torch
-
     from dmlsynth.training.build import _FreshSampler
+    from dmlsynth.training.checkpoint import seed_everything
 
     rng = np.random.default_rng(0)
     targets = np.repeat(np.arange(setup["train_classes"]), class_sizes(setup["train_images"], setup["train_classes"], rng)).tolist()
     batches = setup["train_images"] // setup["batch"]
-    torch.manual_seed(0)
+    seed_everything(0)  # as a run seeds pml's sampler stream
     sampler, make_seconds, _ = _timed(lambda: _FreshSampler(targets, setup["m"], setup["batch"], batches * setup["batch"]))
     indices, epoch_seconds, peak = _timed(lambda: np.array(list(sampler)))
     batch_classes = [len(set(np.asarray(targets)[indices[i : i + setup["batch"]]])) for i in range(0, len(indices), setup["batch"])]
