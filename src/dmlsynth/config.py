@@ -227,7 +227,7 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     for name in config["datasets"]:
         problems += _cache_problems(config, name)
     problems += _loss_param_problems(config, excluded)
-    return problems
+    return problems + _protocol_problems(config)
 
 
 def _loss_param_problems(config: Mapping[str, Any], excluded: set[tuple[str, str]]) -> list[str]:
@@ -252,14 +252,69 @@ def _cache_problems(config: Mapping[str, Any], dataset: str) -> list[str]:
         return []
     if registry.DATASETS[dataset].image_mode != "RGB":
         return [f"  - at {where}: {dataset!r} is grayscale and held in memory; a resized copy is for photos: set it to 0"]
-    # The evaluation transform resizes the short side to image_size * 256/224 (dmlsynth.data.images.eval_resize).
-    needed = round(settings["image_size"] * 256 / 224)
+    # The transforms resize the short side to at most this (e.g. image_size * 256/224 before the center crop).
+    from dmlsynth.data.preprocessing import Preprocessing
+
+    needed = Preprocessing.of(settings).smallest_source_side(settings["image_size"])
     if short_side < needed:
         return [
-            f"  - at {where}: {short_side} is smaller than the {needed} pixels evaluation resizes to at image_size "
+            f"  - at {where}: {short_side} is smaller than the {needed} pixels the transforms resize to at image_size "
             f"{settings['image_size']}; use at least {needed}, or 0 to train on the original images"
         ]
     return []
+
+
+def _protocol_problems(config: Mapping[str, Any]) -> list[str]:
+    """The papers' schedules and preprocessing (config/protocols/): settings that contradict each other."""
+    from dmlsynth.data.preprocessing import Preprocessing
+
+    problems = []
+    training = {**registry.TRAINING_DEFAULTS, **config["training"]}
+    epochs = training["epochs"]
+    if training["iterations"] is not None:
+        if training["iterations"] % epochs:
+            problems.append(
+                f"  - at training.iterations: {training['iterations']} is not a multiple of training.epochs ({epochs}); "
+                f"each epoch makes iterations / epochs steps: use e.g. epochs {_divisor_near(training['iterations'], epochs)}"
+            )
+        elif training["batches_per_epoch"] not in (None, training["iterations"] // epochs):
+            problems.append(
+                f"  - at training.batches_per_epoch: {training['batches_per_epoch']} contradicts training.iterations "
+                f"({training['iterations']} over {epochs} epochs = {training['iterations'] // epochs} per epoch): set only one of them"
+            )
+    if training["lr_scheduler"] == "multistep" and not training["lr_milestones"]:
+        problems.append("  - at training.lr_milestones: the multistep schedule needs the epochs after which it decays, e.g. [40, 60, 80]")
+    late = [m for m in training["lr_milestones"] if m >= epochs]
+    if training["lr_scheduler"] == "multistep" and late:
+        problems.append(f"  - at training.lr_milestones: {late} are not before the last epoch ({epochs}); they would never apply")
+    if training["warmup_epochs"] >= epochs:
+        problems.append(f"  - at training.warmup_epochs: {training['warmup_epochs']} warm-up epochs leave none of the {epochs} to train the backbone")
+    for name in config["datasets"]:
+        settings = dataset_settings(config, name)
+        pre = Preprocessing.of(settings)
+        if pre.bounding_boxes and not registry.DATASETS[name].bounding_boxes:
+            problems.append(f"  - at dataset_settings.{name}.bounding_boxes: {name!r} has no bounding boxes (cars196 has); set it to false")
+        if training["image_decoding"] == "device" and registry.DATASETS[name].image_mode == "RGB" and not pre.is_default:
+            problems.append(
+                f"  - at training.image_decoding: device decoding crops with the default transforms only, but "
+                f"dataset_settings.{name} changes them; use image_decoding: workers"
+            )
+        low, high = pre.crop_scale
+        if low > high:
+            problems.append(f"  - at dataset_settings.{name}.crop_scale: [{low}, {high}] is not a range (low > high)")
+    return problems
+
+
+def _divisor_near(total: int, wanted: int) -> int:
+    return min((d for d in range(1, total + 1) if total % d == 0), key=lambda d: abs(d - wanted))
+
+
+def resolved_training(training: Mapping[str, Any]) -> dict[str, Any]:
+    """``training`` with the registry defaults; a length in ``iterations`` fixes ``batches_per_epoch``."""
+    resolved = {**registry.TRAINING_DEFAULTS, **training}
+    if resolved["iterations"] is not None:
+        resolved["batches_per_epoch"] = int(resolved["iterations"]) // int(resolved["epochs"])
+    return resolved
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -314,7 +369,7 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
         "dataset_settings": {
             k: v for k, v in dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
         },
-        "training": {**registry.TRAINING_DEFAULTS, **config["training"]},
+        "training": resolved_training(config["training"]),
         "loss_params": registry.loss_params(loss, config, owner),
         "method_params": registry.method_params(registry.METHODS[trained], config),
         "evaluation": {**registry.EVALUATION_DEFAULTS, **config["evaluation"]},

@@ -83,7 +83,7 @@ def replace_block(document: Path, script: str, function: str, source: str, body:
 
 
 # The documents whose generated blocks tests/unit/test_docblocks.py checks.
-DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/methods.md")
+DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/methods.md", "docs/protocols.md")
 
 
 def render_into(root: Path, script: str, source: str, rendered: dict[str, str]) -> list[str]:

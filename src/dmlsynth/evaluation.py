@@ -18,11 +18,16 @@ from dmlsynth.metrics import _normalised, nmi, per_query_metrics, nmi_clusters
 LAST_EPOCH = "last_epoch."
 
 
-def _test_results(embeddings: np.ndarray, labels: np.ndarray, ks: Iterable[int]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Metrics of test embeddings and the per-query arrays behind them (with k-means ``clusters``)."""
-    per_query = per_query_metrics(embeddings, labels, ks)
+def _test_results(
+    embeddings: np.ndarray, labels: np.ndarray, ks: Iterable[int], queries: np.ndarray | None = None
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Metrics of test embeddings and the per-query arrays behind them (with k-means ``clusters``).
+
+    ``queries``: a query/gallery benchmark's query images (In-Shop); NMI clusters every test image.
+    """
+    per_query = per_query_metrics(embeddings, labels, ks, queries=queries)
     keep = per_query["kept"]
-    metrics = {name: float(values[keep].mean()) for name, values in per_query.items() if name != "kept"}
+    metrics = {name: float(values[keep].mean()) for name, values in per_query.items() if name not in ("kept", "queries")}
     x = _normalised(embeddings)
     per_query["clusters"] = nmi_clusters(x, labels)
     metrics["nmi"] = nmi(x, labels, clusters=per_query["clusters"])
@@ -43,15 +48,17 @@ def evaluate_run(run_dir: str | Path, ks: Iterable[int] = (1, 2, 4, 8)) -> dict[
     started = time.perf_counter()
     with np.load(folder.embeddings, allow_pickle=False) as data:
         embeddings, labels = data["embeddings"], data["labels"]
-    metrics, per_query = _test_results(embeddings, labels, ks)
+        # A query/gallery benchmark's embeddings file says which test images are queries (training.outputs).
+        queries = data["queries"] if "queries" in data.files else None
+    metrics, per_query = _test_results(embeddings, labels, ks, queries)
     if Path(folder.last_epoch_embeddings).is_file():
         with np.load(folder.last_epoch_embeddings, allow_pickle=False) as data:
             if not np.array_equal(data["labels"], labels):
                 raise ValueError(f"{folder.last_epoch_embeddings} and {folder.embeddings} hold different test images; train the run again")
-            last_metrics, last_per_query = _test_results(data["embeddings"], labels, ks)
+            last_metrics, last_per_query = _test_results(data["embeddings"], labels, ks, queries)
         metrics.update({LAST_EPOCH + name: value for name, value in last_metrics.items()})
-        per_query.update({LAST_EPOCH + name: values for name, values in last_per_query.items() if name != "kept"})
-    metrics["queries"] = int(len(labels))
+        per_query.update({LAST_EPOCH + name: values for name, values in last_per_query.items() if name not in ("kept", "queries")})
+    metrics["queries"] = int(len(labels) if queries is None else np.count_nonzero(queries))
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
     with atomic_output(folder.queries) as tmp:
         np.savez_compressed(tmp, labels=labels, **per_query)

@@ -112,6 +112,16 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
             )
         regulariser = {"embedding_regularizer": regularizers.LpRegularizer(p=2, power=2), "embedding_reg_weight": p["l2_reg"] / 2}
         return BaseLoss(name, losses.AngularLoss(alpha=p["alpha"], **(regulariser if p["l2_reg"] > 0 else {})), None)
+    if name == "semihard_triplet":
+        # FaceNet's semi-hard negatives (Schroff et al. 2015): d(a,p) < d(a,n) < d(a,p) + margin, chosen by the
+        # miner among the batch's triplets; the loss is the triplet margin loss over them.
+        return BaseLoss(
+            name,
+            losses.TripletMarginLoss(margin=p["margin"]),
+            miners.TripletMarginMiner(margin=p["margin"], type_of_triplets="semihard"),
+        )
+    if name == "lifted_structure":
+        return BaseLoss(name, losses.LiftedStructureLoss(neg_margin=p["neg_margin"], pos_margin=p["pos_margin"]), None)
     if name == "potential_field":
         return BaseLoss(
             name,

@@ -48,6 +48,8 @@ class DatasetSpec:
     # builder of the per-class prompts ("module:function"; f(train_frame, search_dirs) -> classes).
     default_generator: str = "stable-diffusion"
     prompts: str = "dmlsynth.generation.prompts:generic_prompts"
+    # The manifest has each image's annotated bounding box (box_* columns; dataset_settings.bounding_boxes).
+    bounding_boxes: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,35 @@ DATASETS: dict[str, DatasetSpec] = {
             outputs=(layout.MANIFEST, layout.EXTRACTED),
             default_cache_short_side=256,
             prompts="dmlsynth.generation.prompts:cars_prompts",
+            bounding_boxes=True,
+        ),
+        # The two larger benchmarks of IAA, Symmetrical Synthesis and SGAR (config/protocols/). Their splits are
+        # the datasets' own (not the halving of the class ids), and In-Shop tests queries against a gallery.
+        DatasetSpec(
+            name="sop",
+            prepare="dmlsynth.data.sop:prepare",
+            num_classes=22_634,
+            train_classes=11_318,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="Stanford Online Products (120,053 images, Stanford's zip); 11,318 products train, 11,316 test",
+            outputs=(layout.MANIFEST, layout.EXTRACTED),
+            default_cache_short_side=256,
+        ),
+        DatasetSpec(
+            name="inshop",
+            prepare="dmlsynth.data.inshop:prepare",
+            num_classes=7_982,
+            train_classes=3_997,
+            image_mode="RGB",
+            default_backbone="resnet50",
+            default_embedding_dim=512,
+            default_image_size=224,
+            description="In-Shop Clothes Retrieval (52,712 images; files placed by hand); 3,997 items train, query/gallery test",
+            outputs=(layout.MANIFEST, layout.EXTRACTED),
+            default_cache_short_side=256,
         ),
     ]
 }
@@ -169,6 +200,16 @@ BACKBONES: dict[str, BackboneSpec] = {
             "resnet50",
             "dmlsynth.models:resnet50",
             "torchvision ResNet-50, frozen BatchNorm, avg+max pooling, linear embedding",
+        ),
+        BackboneSpec(
+            "googlenet",
+            "dmlsynth.models:googlenet",
+            "torchvision GoogLeNet (Inception v1), frozen BatchNorm, average pooling, linear embedding",
+        ),
+        BackboneSpec(
+            "bn_inception",
+            "dmlsynth.models:bn_inception",
+            "BN-Inception (published architecture; ImageNet weights from a checked file), frozen BatchNorm, avg+max pooling",
         ),
     ]
 }
@@ -214,6 +255,24 @@ LOSSES: dict[str, LossSpec] = {
             True,
             {"alpha": 45.0, "pairs": "every_pair", "normalize": True, "l2_reg": 0.0},
             "angular loss (alpha in degrees): pml AngularLoss on every positive pair, or the softmax over every pair unit",
+        ),
+        # The other two losses of the Symmetrical Synthesis paper's tables (Gu & Ko, AAAI 2020, Tables 1-3).
+        # Semi-hard triplet mines its own triplets in whatever batch it gets, so it is not pair-based in the
+        # sense the methods need (IAA's synthetic samples join its batch), and it takes no negative pairs
+        # (symm's hardest negative pair would replace the semi-hard selection): symm does not use it.
+        LossSpec(
+            "semihard_triplet",
+            False,
+            {"margin": 0.2},
+            "TripletMarginLoss on the semi-hard triplets of TripletMarginMiner (FaceNet's rule and margin 0.2)",
+        ),
+        # Lifted structure (Song et al., CVPR 2016): its negative terms are every negative of the two points
+        # of a positive pair, not a given negative pair, so symm does not use it either.
+        LossSpec(
+            "lifted_structure",
+            True,
+            {"neg_margin": 1.0, "pos_margin": 0.0},
+            "LiftedStructureLoss (Song et al. 2016): per positive pair, log-sum-exp over both points' negatives",
         ),
         # Bhatnagar & Ahuja, CVPR 2025 (dmlsynth.losses.PotentialFieldLoss): every pair of the batch and
         # the proxies, no miner; not pair-based in the sense the methods need (it takes no indices_tuple).
@@ -396,6 +455,14 @@ TRAINING_DEFAULTS: Mapping[str, Any] = {
     "num_workers": 0,
     "mixed_precision": "auto",
     "image_decoding": "workers",  # photos: decoded by the loader workers, or "device" (nvJPEG on CUDA)
+    # The papers' own schedules (config/protocols/): the schema describes each key.
+    "iterations": None,  # None: epochs x batches_per_epoch; else the run's optimisation steps (batches_per_epoch follows)
+    "lr_decay": 0.1,  # factor of the step and multistep schedules
+    "lr_decay_every": 10,  # epochs between decays of the step schedule
+    "lr_milestones": [],  # epochs after which the multistep schedule decays
+    "warmup_epochs": 0,  # epochs that train only the embedding layer and the loss's own parameters
+    "embedding_lr_multiplier": 1.0,
+    "embedding_gradient_multiplier": 1.0,
 }
 EVALUATION_DEFAULTS: Mapping[str, Any] = {"batch_size": 256}
 # How the results table compares methods with baseline (params.yaml `statistics`; dmlsynth.stats).
@@ -550,6 +617,14 @@ def dataset_defaults(name: str) -> dict[str, Any]:
         "cache_short_side": spec.default_cache_short_side,
         "urls": {},
         "resources": {},
+        "weights": None,  # None: the backbone's own ImageNet weights (dmlsynth.weights)
+        "weights_sha256": None,
+        # Photo preprocessing (dmlsynth.data.images.Preprocessing); the defaults are docs/methods.md §1's.
+        "train_transform": "random_resized_crop",
+        "eval_transform": "center_crop",
+        "square_resize": False,
+        "crop_scale": [0.08, 1.0],
+        "bounding_boxes": False,
         "validation_classes": 0,  # none: the reported epoch is the last (dmlsynth.data.split)
     }
 

@@ -259,15 +259,42 @@ def bootstrap_replicates(runs: list[Run], metrics: list[str], settings: Mapping[
         reference = members[0]
         labels = reference.per_query()["labels"]
         for run in members[1:]:
-            if not np.array_equal(run.per_query()["labels"], labels):
+            if not np.array_equal(run.per_query()["labels"], labels) or not _same_queries(run, reference):
                 raise TableError(
                     f"{run.folder} and {reference.folder} were evaluated on different test images "
-                    f"(their queries.npz labels differ); re-run the training and evaluation of the older one"
+                    f"(their queries.npz labels or query images differ); re-run the training and evaluation of the older one"
                 )
-        resamples = stats.QueryBootstrap(len(labels), int(settings["bootstrap_samples"]), int(settings["bootstrap_seed"]))
+        positions = query_positions(reference.per_query())
+        resamples = stats.QueryBootstrap(len(positions), int(settings["bootstrap_samples"]), int(settings["bootstrap_seed"]))
         for run in members:
-            out[run.key] = resamples.replicates(run.per_query(), metrics)
+            out[run.key] = resamples.replicates(resampled_arrays(run.per_query(), positions), metrics)
     return out
+
+
+def query_positions(per_query: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The test images the bootstrap resamples: every one, or a query/gallery benchmark's query images only
+    (its gallery is the fixed set the queries are searched in, not a sample of queries)."""
+    if "queries" in per_query:
+        return np.flatnonzero(per_query["queries"])
+    return np.arange(len(per_query["labels"]))
+
+
+def resampled_arrays(per_query: Mapping[str, np.ndarray], positions: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-query arrays at ``positions``. A query/gallery benchmark's NMI clusters query and gallery images
+    together, so resampling queries says nothing about it: its clusters are left out (no NMI interval)."""
+    if "queries" not in per_query:
+        return dict(per_query)
+    n = len(per_query["labels"])
+    return {
+        name: values[positions]
+        for name, values in per_query.items()
+        if len(values) == n and name != "queries" and not name.endswith("clusters")
+    }
+
+
+def _same_queries(run: Run, reference: Run) -> bool:
+    a, b = run.per_query().get("queries"), reference.per_query().get("queries")
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def _mean_of(arrays: list[np.ndarray]) -> np.ndarray | None:

@@ -97,7 +97,7 @@ def test_dry_run_lists_every_training_job(tmp_path, paper):
     for rule, body in jobs:
         if rule != "train":
             continue
-        wildcards = dict(kv.split("=") for kv in re.search(r"wildcards: (.*)", body).group(1).split(", "))
+        wildcards = dict(kv.split("=", 1) for kv in re.search(r"wildcards: (.*)", body).group(1).split(", "))
         resources = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", body).group(1).split(", "))
         threads = re.search(r"threads: (\d+)", body)
         key = (wildcards["dataset"], wildcards["method"], wildcards["loss"], int(wildcards["seed"]))
@@ -106,14 +106,17 @@ def test_dry_run_lists_every_training_job(tmp_path, paper):
         assert f"results/runs/{key[0]}/{key[1]}/{key[2]}/seed{key[3]}/embeddings_last_epoch.npz" in body
         train[key] = (resources, int(threads.group(1)) if threads else 1)
     excluded = {(e["method"], e["loss"]) for e in paper.get("exclude", [])}
+    # Every configured run, and the controls of IAA's published loss params (registry.control_label).
+    controls = {("baseline+beta=40", "multi_similarity"), ("baseline+reduction=batch_sum", "contrastive")}
     expected = {
         job
-        for job in itertools.product(paper["datasets"], paper["methods"], paper["losses"], paper["seeds"])
-        if (job[1], job[2]) not in excluded
+        for job in itertools.product(paper["datasets"], [*paper["methods"], *{c for c, _ in controls}], paper["losses"], paper["seeds"])
+        if (job[1], job[2]) not in excluded and (job[1] in paper["methods"] or (job[1], job[2]) in controls)
     }
     assert set(train) == expected
     assert ("symm", "proxy_anchor") in excluded  # the one pair that makes no sense
-    assert len(train) == len(paper["datasets"]) * (len(paper["methods"]) * len(paper["losses"]) - len(excluded)) * 3
+    configured = len(paper["datasets"]) * (len(paper["methods"]) * len(paper["losses"]) - len(excluded)) * 3
+    assert len(train) == configured + len(controls) * len(paper["datasets"]) * 3
     for (dataset, *_), (resources, threads) in train.items():
         wanted = paper["dataset_settings"][dataset]["resources"]
         assert resources["gpu"] == str(wanted["gpu"])
@@ -160,10 +163,9 @@ def test_slurm_profile_is_accepted_by_snakemake(tmp_path, paper):
     plugin = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
     result = dry_run(tmp_path, "--profile", "profiles/slurm", *([] if plugin else ["--executor", "local"]))
     assert "Using profile profiles/slurm" in result.stdout + result.stderr
-    runs = len(paper["datasets"]) * (len(paper["methods"]) * len(paper["losses"]) - len(paper.get("exclude", []))) * len(
-        paper["seeds"]
-    )
-    assert re.search(rf"^train\s+{runs}$", result.stdout, re.M)
+    from dmlsynth import config as cfg, pipeline
+
+    assert re.search(rf"^train\s+{len(pipeline.runs(cfg.validate(paper)))}$", result.stdout, re.M)
 
 
 def test_paper_config_gives_iaa_its_published_loss_settings(paper):

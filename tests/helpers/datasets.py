@@ -271,3 +271,115 @@ def place(folder: Path, name: str, data: bytes) -> Path:
     path = folder / name
     path.write_bytes(data)
     return path
+
+
+def zip_bytes(entries: list[tuple], symlinks: tuple[str, ...] = ()) -> bytes:
+    """A zip archive of ``entries`` ((name, data) files; (name, None) folders); ``symlinks``: names stored as
+    symbolic links (their data is the link target), as a zip made on Unix records them."""
+    import stat
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name + ("/" if data is None and not name.endswith("/") else ""), date_time=(2016, 1, 1, 0, 0, 0))
+            if name in symlinks:
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            elif data is None:
+                info.external_attr = (stat.S_IFDIR | 0o755) << 16
+            else:
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, b"" if data is None else data)
+    return buffer.getvalue()
+
+
+@dataclass
+class SopFixture:
+    archive: bytes  # Stanford_Online_Products.zip
+    train_classes: int
+    test_classes: int
+    per_class: int
+
+    @property
+    def md5(self) -> str:
+        return md5_of(self.archive)
+
+    @property
+    def expected(self) -> dict[str, int]:
+        return {
+            "images": (self.train_classes + self.test_classes) * self.per_class,
+            "classes": self.train_classes + self.test_classes,
+            "train_images": self.train_classes * self.per_class,
+            "test_images": self.test_classes * self.per_class,
+            "train_classes": self.train_classes,
+        }
+
+
+def sop_entries(train_classes: int = 3, test_classes: int = 2, per_class: int = 2) -> list[tuple]:
+    """Stanford_Online_Products/ with Ebay_train.txt / Ebay_test.txt and JPEGs under <super class>_final/ (uneven
+    split, as the real one: 11,318 train and 11,316 test classes)."""
+    root = "Stanford_Online_Products"
+    supers = ["bicycle", "chair"]
+    entries: list[tuple] = [(root, None)] + [(f"{root}/{s}_final", None) for s in supers]
+    lines = {"train": ["image_id class_id super_class_id path"], "test": ["image_id class_id super_class_id path"]}
+    image_id = 0
+    for class_id in range(1, train_classes + test_classes + 1):
+        split = "train" if class_id <= train_classes else "test"
+        super_id = class_id % len(supers)
+        for j in range(per_class):
+            image_id += 1
+            path = f"{supers[super_id]}_final/{111085122870 + class_id}_{j}.JPG"
+            entries.append((f"{root}/{path}", jpeg(2000 + image_id)))
+            lines[split].append(f"{image_id} {class_id} {super_id + 1} {path}")
+    entries += [(f"{root}/Ebay_{split}.txt", ("\n".join(rows) + "\n").encode()) for split, rows in lines.items()]
+    entries.append((f"{root}/Ebay_info.txt", b"image_id class_id super_class_id path\n"))
+    return entries
+
+
+def sop_fixture(train_classes: int = 3, test_classes: int = 2, per_class: int = 2, extra: list[tuple] = (), symlinks=()) -> SopFixture:
+    return SopFixture(zip_bytes(sop_entries(train_classes, test_classes, per_class) + list(extra), symlinks), train_classes, test_classes, per_class)
+
+
+@dataclass
+class InShopFixture:
+    images: bytes  # img.zip
+    partition: bytes  # list_eval_partition.txt
+    rows: list[tuple[str, str, str]]  # (image, item, status)
+
+    @property
+    def md5(self) -> dict[str, str]:
+        return {"images": md5_of(self.images), "partition": md5_of(self.partition)}
+
+    @property
+    def expected(self) -> dict[str, int]:
+        statuses = [status for _, _, status in self.rows]
+        items = {item for _, item, _ in self.rows}
+        train_items = {item for _, item, status in self.rows if status == "train"}
+        return {
+            "images": len(self.rows), "classes": len(items), "train_images": statuses.count("train"),
+            "test_images": len(self.rows) - statuses.count("train"), "train_classes": len(train_items),
+            "query_images": statuses.count("query"), "gallery_images": statuses.count("gallery"),
+        }  # fmt: skip
+
+
+def inshop_fixture(train_items: int = 3, test_items: int = 3) -> InShopFixture:
+    """img/<MEN|WOMEN>/<category>/id_<n>/... and the partition file: training items with 3 images, test items
+    with 2 queries and 1 gallery image; the last test item has no gallery image (its queries count for nothing)."""
+    rows: list[tuple[str, str, str]] = []
+    entries: list[tuple] = [("img", None)]
+    for n in range(1, train_items + test_items + 1):
+        item = f"id_{n:08d}"
+        folder = f"img/{'WOMEN' if n % 2 else 'MEN'}/{'Dresses' if n % 2 else 'Denim'}/{item}"
+        if n <= train_items:
+            statuses = ["train"] * 3
+        elif n < train_items + test_items:
+            statuses = ["query", "query", "gallery"]
+        else:
+            statuses = ["query", "query"]
+        for j, status in enumerate(statuses):
+            path = f"{folder}/{j + 1:02d}_1_front.jpg"
+            entries.append((path, jpeg(3000 + 10 * n + j)))
+            rows.append((path, item, status))
+    text = f"{len(rows)}\nimage_name item_id evaluation_status\n" + "".join(f"{p} {i} {s}\n" for p, i, s in rows)
+    return InShopFixture(zip_bytes(entries), text.encode(), rows)

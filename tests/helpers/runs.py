@@ -11,13 +11,13 @@ N_QUERIES = 400
 
 def make_run(
     root, dataset, method, loss, seed, hits, *, folder=None, labels=None, commit="c0ffee", dirty=False, device="cpu",
-    seconds=2.0, params=None, control="default", threads=1, steps=100,
+    seconds=2.0, params=None, control="default", threads=1, steps=100, dataset_settings=None,
 ):
     """A finished, evaluated run folder whose per-query Recall@1 hits are ``hits``.
 
     ``params``: extra run params (e.g. ``{"loss_params": {...}}``); ``control``: the row it is compared
     with (default: ``baseline`` for every method but baseline; None for a control); ``threads`` and
-    ``steps`` (optimisation steps) as the training job records them."""
+    ``steps`` (optimisation steps) as the training job records them; ``dataset_settings`` as run params."""
     folder = folder or root / "runs" / dataset / method / loss / f"seed{seed}"
     folder.mkdir(parents=True)
     n = len(hits)
@@ -37,7 +37,8 @@ def make_run(
     record = {
         "params": {
             "dataset": dataset, "method": "baseline" if method.startswith("baseline") else method, "label": method,
-            "control": control, "loss": loss, "seed": seed, "training": {"batch_size": 80}, **(params or {}),
+            "control": control, "loss": loss, "seed": seed, "training": {"batch_size": 80},
+            **({"dataset_settings": dataset_settings} if dataset_settings else {}), **(params or {}),
         },
         "params_hash": f"h-{method}-{seed}",
         "code": {"git_commit": commit, "git_dirty": dirty},

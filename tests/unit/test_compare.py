@@ -136,3 +136,53 @@ def test_baseline_rows_show_the_base_loss_paper():
     assert matching(frame, "cub200", "baseline", "triplet").empty
     blender = matching(frame, "cars196", "blender", "potential_field")
     assert set(blender.loss) == {"proxy_anchor", "potential_field"}
+
+
+def test_report_puts_the_protocols_published_numbers_beside_ours(tmp_path):
+    """IAA's protocol (GoogLeNet 512-d, triplet, CUB): the paper's 54.4 -> 58.9 beside our baseline -> iaa means;
+    a ResNet-50 run of the same method and loss has no published number to stand beside."""
+    rng = np.random.default_rng(1)
+    googlenet = {"backbone": "googlenet", "embedding_dim": 512}
+    for seed in range(2):
+        make_run(tmp_path, "cub200", "baseline", "triplet", seed, simulated_hits(rng, 0.5, 0.0), dataset_settings=googlenet)
+        make_run(tmp_path, "cub200", "iaa", "triplet", seed, simulated_hits(rng, 0.6, 0.0), dataset_settings=googlenet)
+        make_run(tmp_path, "cars196", "baseline", "triplet", seed, simulated_hits(rng, 0.5, 0.0))
+        make_run(tmp_path, "cars196", "iaa", "triplet", seed, simulated_hits(rng, 0.6, 0.0))
+    out = tmp_path / "results"
+    write_table([tmp_path / "runs"], TableFiles.under(str(out)), {"bootstrap_samples": 200})
+    table = read_table(out / "table.csv")
+    frame = write_comparison(table, collect([tmp_path / "runs"]), None, out / "c.csv", out / "c.md", out / "figures")
+    rows = frame.set_index(["dataset", "method"])
+    assert rows.loc[("cub200", "iaa"), "backbone"] == "googlenet 512-d"
+    assert (rows.loc[("cub200", "iaa"), "published_base_same_setting"], rows.loc[("cub200", "iaa"), "published_method_same_setting"]) == (54.4, 58.9)
+    # Symmetrical Synthesis's and IAA's GoogLeNet triplet baselines differ (35.9, 54.4): no single one for baseline.
+    assert np.isnan(rows.loc[("cub200", "baseline"), "published_base_same_setting"])
+    assert np.isnan(rows.loc[("cars196", "iaa"), "published_method_same_setting"])  # resnet50: IAA published no triplet row
+    report = (out / "c.md").read_text()
+    ours = table.set_index(["dataset", "method"])["recall@1_mean"]
+    base, value = 100 * ours[("cub200", "baseline")], 100 * ours[("cub200", "iaa")]
+    assert f"| cub200 | triplet | googlenet 512-d | iaa | 54.4 → 58.9 (+4.5) | {base:.1f} → {value:.1f} ({value - base:+.1f}) |" in report
+    assert "| cars196 | triplet | resnet50 512-d | iaa | no published number with this backbone and loss |" in report
+
+
+def test_published_rows_cover_the_four_papers_tables():
+    frame = published()
+    assert frame["source"].notna().all() and set(frame["backbone_key"]) <= set(registry.BACKBONES)
+    key = ["method", "loss", "backbone_key", "dataset"]
+    expected = {
+        ("iaa", "triplet", "googlenet", "cub200"): (54.4, 58.9), ("iaa", "triplet", "googlenet", "cars196"): (69.0, 72.4),
+        ("iaa", "contrastive", "googlenet", "cars196"): (74.1, 80.8), ("iaa", "multi_similarity", "googlenet", "inshop"): (87.0, 89.3),
+        ("symm", "angular", "googlenet", "cub200"): (53.6, 54.9), ("symm", "angular", "googlenet", "cars196"): (71.3, 75.5),
+        ("symm", "semihard_triplet", "googlenet", "cub200"): (40.6, 55.0), ("symm", "semihard_triplet", "googlenet", "cars196"): (53.2, 68.5),
+        ("symm", "lifted_structure", "googlenet", "cub200"): (46.9, 54.9), ("symm", "lifted_structure", "googlenet", "cars196"): (59.9, 66.6),
+        ("symm", "n_pairs", "googlenet", "sop"): (66.4, 73.2), ("sgar", "proxy_anchor", "bn_inception", "inshop"): (91.5, 91.7),
+    }  # fmt: skip
+    rows = frame.set_index(key)
+    for where, numbers in expected.items():
+        assert tuple(rows.loc[where, ["base_recall_at_1", "method_recall_at_1"]]) == numbers, where
+    bn = frame[(frame.method == "iaa") & (frame.backbone_key == "bn_inception")]
+    assert dict(zip(bn.dataset, bn.method_recall_at_1)) == {"cub200": 66.5, "cars196": 85.3, "sop": 80.5, "inshop": 92.0}
+    for method, datasets in {"symm": {"cub200", "cars196", "sop"}, "iaa": {"cub200", "cars196", "sop", "inshop"},
+                             "sgar": {"cub200", "cars196", "sop", "inshop"}, "blender": {"cub200", "cars196"}}.items():  # fmt: skip
+        assert set(frame.loc[frame.method == method, "dataset"]) == datasets, method
+    assert frame.duplicated(["method", "paper", "backbone_key", "loss", "dataset"]).sum() == 0

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 import scipy.io
+from PIL import Image
 
 from dmlsynth import layout
 from dmlsynth.data.download import fetch
@@ -76,9 +77,36 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
                 "incomplete. Delete them and run again, or replace them with the original files."
             )
         check_images((staging / p for p in frame["path"]), staging)
+        frame = with_relative_boxes(frame, staging)
     frame["path"] = [f"{layout.EXTRACTED}/{p}" for p in frame["path"]]
     log_summary(log, DATASET, frame)
     return write_manifest(frame, manifest)
+
+
+def with_relative_boxes(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """The annotated boxes (pixels) as fractions of each image's width and height, the manifest's box_* columns.
+
+    Fractions fit the resized copy of an image as well as the original; cutting the original at
+    ``round(fraction x size)`` gives back the annotation's pixels (Symmetrical Synthesis's
+    ``img[y1:y2, x1:x2]``).
+    """
+    if "x1" not in frame.columns:
+        return frame
+    sizes = []
+    for path in frame["path"]:
+        with Image.open(root / path) as image:  # the header only
+            sizes.append(image.size)
+    width = np.array([w for w, _ in sizes], dtype=float)
+    height = np.array([h for _, h in sizes], dtype=float)
+    boxes = {
+        "box_left": frame["x1"] / width, "box_top": frame["y1"] / height,
+        "box_right": frame["x2"] / width, "box_bottom": frame["y2"] / height,
+    }  # fmt: skip
+    out = frame.drop(columns=["x1", "y1", "x2", "y2"]).assign(**{k: np.clip(v, 0.0, 1.0) for k, v in boxes.items()})
+    bad = out[(out.box_right <= out.box_left) | (out.box_bottom <= out.box_top)]
+    if len(bad):
+        raise DatasetError(f"{len(bad)} bounding box(es) of cars_annos.mat are empty, e.g. the one of {bad['path'].iloc[0]}")
+    return out
 
 
 def _text(value: Any) -> str:
@@ -109,9 +137,15 @@ def read_annotations(path: Path) -> pd.DataFrame:
             "it is not the Cars-196 cars_annos.mat"
         )
     names = [_text(n) for n in np.atleast_1d(mat["class_names"])]
+    box_fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
     try:
         rel_paths = [_text(a["relative_im_path"]) for a in annotations]
         labels = [int(np.asarray(a["class"]).reshape(())) for a in annotations]
+        boxes = (
+            {f[5:]: [float(np.asarray(a[f]).reshape(())) for a in annotations] for f in box_fields}
+            if all(f in fields for f in box_fields)
+            else {}
+        )
     except (ValueError, TypeError) as exc:
         raise DatasetError(f"{path}: malformed annotation ({exc})") from exc
     for rel in rel_paths:
@@ -127,5 +161,6 @@ def read_annotations(path: Path) -> pd.DataFrame:
             "label": labels,
             "class_name": [names[c - 1] for c in labels],
             "split": [split[c] for c in labels],
+            **boxes,  # pixels x1, y1, x2, y2 (prepare turns them into fractions of the image size)
         }
     )

@@ -76,7 +76,7 @@ def md5sum(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
 def fetch(
     url: str | None,
     dest: str | os.PathLike[str],
-    md5: str,
+    md5: str | None,
     *,
     config_key: str,
     attempts: int = 3,
@@ -88,9 +88,19 @@ def fetch(
 
     ``config_key`` names the setting that holds ``url`` (for example
     ``dataset_settings.cars196.urls.images``) so messages can tell the user
-    what to set.
+    what to set. ``md5`` None: no checksum is published for the file (In-Shop's
+    Google Drive files); it is used unchecked, with a warning that says how to
+    pin the copy (the dataset's counts are still checked).
     """
     dest = Path(dest)
+    if md5 is None:
+        pin = config_key.replace(".urls.", ".md5.")
+        if dest.is_file():
+            log.warning("%s has no published md5: used as it is (md5 %s; set %s to pin it)", dest, md5sum(dest), pin)
+            return dest
+        md5 = _download_unchecked(url, dest, config_key=config_key, attempts=attempts, timeout=timeout, progress=progress, retry_wait=retry_wait)
+        log.warning("downloaded %s, which has no published md5 (md5 %s; set %s to pin it)", dest, md5, pin)
+        return dest
     md5 = md5.lower()
     if dest.is_file():
         actual = md5sum(dest)
@@ -103,10 +113,43 @@ def fetch(
             + (f" (it will be downloaded again from {url})" if url else ", or replace it with the correct file")
             + "."
         )
+    part = _transfer(url, dest, md5, config_key=config_key, attempts=attempts, timeout=timeout, progress=progress, retry_wait=retry_wait)
+    actual = md5sum(part)
+    if actual != md5:
+        part.unlink()
+        raise ChecksumError(
+            f"the file downloaded from {url} has md5 {actual}, expected {md5}: the server sent a different or "
+            f"damaged file (deleted). Check {config_key} (a mirror may host another version), or download the "
+            f"file yourself and place it at {dest}."
+        )
+    os.replace(part, dest)
+    log.info("downloaded %s, md5 ok", dest)
+    return dest
+
+
+def _download_unchecked(url: str | None, dest: Path, **kwargs) -> str:
+    part = _transfer(url, dest, None, **kwargs)
+    os.replace(part, dest)
+    return md5sum(dest)
+
+
+def _transfer(
+    url: str | None,
+    dest: Path,
+    md5: str | None,
+    *,
+    config_key: str,
+    attempts: int,
+    timeout: float,
+    progress: bool,
+    retry_wait: float | None,
+) -> Path:
+    """Download ``url`` into ``<dest>.part`` (resuming, retrying); return that file, not yet checked."""
     if not url:
         raise MissingFileError(
-            f"{dest.name} is needed but not present: place the file at {dest} (md5 {md5}), "
-            f"or set {config_key} in your config to a URL it can be downloaded from."
+            f"{dest.name} is needed but not present: place the file at {dest}"
+            + (f" (md5 {md5})" if md5 else "")
+            + f", or set {config_key} in your config to a URL it can be downloaded from."
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -125,7 +168,7 @@ def fetch(
                 raise DownloadError(
                     f"downloading {url} failed {attempts} times in a row ({exc}); {size} bytes are kept in {part}. "
                     "Run again to resume, or download the file yourself and place it at "
-                    f"{dest} (md5 {md5})."
+                    f"{dest}" + (f" (md5 {md5})." if md5 else ".")
                 ) from exc
             log.warning("download of %s interrupted (%s); resuming at byte %d", url, exc, size)
             time.sleep(RETRY_WAIT_SECONDS if retry_wait is None else retry_wait)
@@ -133,17 +176,7 @@ def fetch(
         raise DownloadError(
             f"downloading {url} needed more than {MAX_TRANSFERS} connections; {part} is kept: run again to resume."
         )
-    actual = md5sum(part)
-    if actual != md5:
-        part.unlink()
-        raise ChecksumError(
-            f"the file downloaded from {url} has md5 {actual}, expected {md5}: the server sent a different or "
-            f"damaged file (deleted). Check {config_key} (a mirror may host another version), or download the "
-            f"file yourself and place it at {dest}."
-        )
-    os.replace(part, dest)
-    log.info("downloaded %s, md5 ok", dest)
-    return dest
+    return part
 
 
 class _Retryable(Exception):

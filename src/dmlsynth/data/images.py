@@ -37,6 +37,14 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from dmlsynth.data.errors import DataError
+from dmlsynth.data.preprocessing import (  # noqa: F401 (re-exported: the transforms' settings)
+    EVAL_TRANSFORMS,
+    MARGIN_FRACTION,
+    RANDOM_CROP_SCALE,
+    TRAIN_TRANSFORMS,
+    Preprocessing,
+    eval_resize,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,23 +52,53 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODINGS = ("workers", "device")
 
 
-def eval_resize(image_size: int) -> int:
-    """Short side the evaluation transform resizes to before its center crop (256 for 224)."""
-    return round(image_size * 256 / 224)
+class MarginCrop:
+    """Cut the same random margin, 1 to 5 % of the short side, from every side of a ``(C, H, W)`` image."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        most = int(min(height, width) * MARGIN_FRACTION)
+        if most <= 1:  # too small to cut a margin from (the official code then keeps the image)
+            return image
+        margin = int(torch.randint(1, most, ()).item())
+        return image[..., margin : height - margin, margin : width - margin]
 
 
-def build_transform(image_mode: str, image_size: int, train: bool) -> Callable:
+def build_transform(image_mode: str, image_size: int, train: bool, preprocessing: Preprocessing | None = None) -> Callable:
     """Grayscale: normalised float tensors. RGB: uint8 tensors, normalised on the device (:class:`NormalizeOnDevice`)."""
     if image_mode == "L":
         ops = [T.Resize(image_size)] if image_size != 8 else []
         if train:
             ops.append(T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
         return T.Compose(ops + [T.ToTensor(), T.Normalize((0.5,), (0.5,))])
-    if train:
-        ops = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+    pre = preprocessing or Preprocessing()
+    square = [v2.Resize((eval_resize(image_size),) * 2, antialias=True)] if pre.square_resize else []
+    if train and pre.train_transform == "resized_random_crop":
+        side = int(image_size * RANDOM_CROP_SCALE)
+        ops = [MarginCrop(), v2.Resize((side, side), antialias=True), v2.RandomCrop(image_size), v2.RandomHorizontalFlip()]
+    elif train:
+        ops = [*square, v2.RandomResizedCrop(image_size, scale=pre.crop_scale, antialias=True), v2.RandomHorizontalFlip()]
+    elif pre.eval_transform == "resize":
+        ops = [v2.Resize((image_size, image_size), antialias=True)]
     else:
-        ops = [v2.Resize(eval_resize(image_size), antialias=True), v2.CenterCrop(image_size)]
+        ops = [*(square or [v2.Resize(eval_resize(image_size), antialias=True)]), v2.CenterCrop(image_size)]
     return v2.Compose([v2.PILToTensor(), *ops])
+
+
+# The manifest's optional bounding-box columns: fractions of the image's width and height (so a box fits the
+# resized copy as well as the original); empty for images without a box (generated images).
+BOX_COLUMNS = ("box_left", "box_top", "box_right", "box_bottom")
+
+
+def crop_to_box(image: Image.Image, box: Sequence[float] | None) -> Image.Image:
+    """``image`` cut to ``box`` (fractions of its size), or as it is without one."""
+    if box is None or any(v != v for v in box):  # no box (NaN)
+        return image
+    width, height = image.size
+    left, top, right, bottom = (round(f * n) for f, n in zip(box, (width, height, width, height)))
+    if right - left < 1 or bottom - top < 1:
+        return image
+    return image.crop((left, top, right, bottom))
 
 
 def _split(item: Any) -> tuple[int, int | None]:
@@ -108,6 +146,7 @@ class ImageDataset(Dataset):
         transform: Callable,
         cache: bool = False,
         fixes: Mapping[str, str] | None = None,
+        boxes: Sequence[Sequence[float] | None] | None = None,
     ):
         if len(files) != len(targets):
             raise ValueError("files and targets differ in length")
@@ -117,12 +156,17 @@ class ImageDataset(Dataset):
         self.transform = transform
         # What to tell the user when an image cannot be read (default: prepare the dataset again).
         self.fixes = dict(fixes or {})
-        self._cache = [self._open(f) for f in self.files] if cache else None
+        # Each image's bounding box (fractions of its size), cut before the transform; None: whole images.
+        self.boxes = list(boxes) if boxes is not None else None
+        if self.boxes is not None and len(self.boxes) != len(self.files):
+            raise ValueError("files and boxes differ in length")
+        self._cache = [self._open(i) for i in range(len(self.files))] if cache else None
 
-    def _open(self, file: str) -> Image.Image:
+    def _open(self, index: int) -> Image.Image:
+        file = self.files[index]
         try:
             with Image.open(file) as image:
-                return image.convert(self.image_mode)
+                return crop_to_box(image.convert(self.image_mode), self.boxes[index] if self.boxes is not None else None)
         except UNREADABLE as exc:
             raise _unreadable(file, exc, self.fixes) from exc
 
@@ -131,7 +175,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, item: Any) -> tuple[torch.Tensor, int]:
         index, seed = _split(item)
-        image = self._cache[index] if self._cache is not None else self._open(self.files[index])
+        image = self._cache[index] if self._cache is not None else self._open(index)
         return _seeded(seed, lambda: self.transform(image)), self.targets[index]
 
 
@@ -270,9 +314,15 @@ class DecodeOnDevice:
 class ImageInput:
     """How the images of one dataset become model inputs (see the module docstring)."""
 
-    def __init__(self, image_mode: str, image_size: int, decoding: str = "workers"):
+    def __init__(self, image_mode: str, image_size: int, decoding: str = "workers", preprocessing: Preprocessing | None = None):
         if decoding not in DECODINGS:
             raise ValueError(f"image decoding {decoding!r} is not one of {DECODINGS}")
+        self.preprocessing = preprocessing or Preprocessing()
+        if decoding == "device" and image_mode != "L" and not self.preprocessing.is_default:
+            raise ValueError(
+                "training.image_decoding: device crops with the default transforms only; use image_decoding: workers "
+                "with train_transform, eval_transform, square_resize, crop_scale or bounding_boxes"
+            )
         self.image_mode = image_mode
         self.image_size = int(image_size)
         # Grayscale images are tiny and held in memory: they are always decoded by PIL.
@@ -292,12 +342,14 @@ class ImageInput:
         train: bool,
         in_memory: bool = False,
         fixes: Mapping[str, str] | None = None,
+        boxes: Sequence[Sequence[float] | None] | None = None,
     ) -> Dataset:
-        """``fixes``: what to tell the user about an unreadable file (e.g. a generated image: delete its part)."""
+        """``fixes``: what to tell the user about an unreadable file (e.g. a generated image: delete its part);
+        ``boxes``: each image's bounding box, with ``bounding_boxes`` on."""
         if self.decoding == "device":
             return EncodedImageDataset(files, targets, self.image_size, train, fixes)
-        transform = build_transform(self.image_mode, self.image_size, train=train)
-        return ImageDataset(files, targets, self.image_mode, transform, cache=in_memory, fixes=fixes)
+        transform = build_transform(self.image_mode, self.image_size, train=train, preprocessing=self.preprocessing)
+        return ImageDataset(files, targets, self.image_mode, transform, cache=in_memory, fixes=fixes, boxes=boxes)
 
     @property
     def collate_fn(self) -> Callable | None:

@@ -18,6 +18,10 @@ from dmlsynth.io import atomic_write_text
 
 COLUMNS = ["path", "label", "class_name", "split"]
 SPLITS = ("train", "test")
+# Columns a dataset may add: its bounding boxes (fractions of the image size; Cars-196) and, for a
+# query/gallery benchmark (In-Shop), the role of every test image (``query`` or ``gallery``).
+OPTIONAL_COLUMNS = ["box_left", "box_top", "box_right", "box_bottom", "retrieval"]
+RETRIEVAL_ROLES = ("query", "gallery")
 
 
 class ManifestError(ValueError):
@@ -36,7 +40,8 @@ def write_manifest(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     if missing:
         raise ManifestError(f"manifest frame lacks columns {missing}")
     path = Path(path)
-    atomic_write_text(path, frame[COLUMNS].to_csv(index=False))
+    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if c in frame.columns]
+    atomic_write_text(path, frame[columns].to_csv(index=False))
     return path
 
 
@@ -49,7 +54,7 @@ def read_manifest(path: str | os.PathLike[str], check_files: bool = True) -> pd.
             f"(snakemake --cores 1 {path}) or check paths.data in params.yaml"
         )
     try:
-        frame = pd.read_csv(path, dtype={"path": str, "class_name": str, "split": str})
+        frame = pd.read_csv(path, dtype={"path": str, "class_name": str, "split": str, "retrieval": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest {path} is not a readable CSV ({exc}); delete it and prepare the dataset again") from exc
     missing = [c for c in COLUMNS if c not in frame.columns]
@@ -60,6 +65,14 @@ def read_manifest(path: str | os.PathLike[str], check_files: bool = True) -> pd.
     bad_split = sorted(set(frame["split"]) - set(SPLITS))
     if bad_split:
         raise ManifestError(f"manifest {path} has unknown split values {bad_split}; expected {list(SPLITS)}")
+    if "retrieval" in frame.columns:
+        roles = frame["retrieval"].where(frame["split"] == "test")
+        bad_role = sorted(set(roles.dropna()) - set(RETRIEVAL_ROLES))
+        if bad_role or roles[frame["split"] == "test"].isna().any():
+            raise ManifestError(
+                f"manifest {path}: every test image needs a retrieval role {list(RETRIEVAL_ROLES)} "
+                f"(found {bad_role or 'empty ones'}); delete it and prepare the dataset again"
+            )
     frame["label"] = frame["label"].astype(int)
     frame["file"] = [str(path.parent / p) for p in frame["path"]]
     if "part" in frame.columns:  # generated images: the part file of the job that made each one

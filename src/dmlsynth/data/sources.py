@@ -24,8 +24,8 @@ from dmlsynth.data.archive import extract_into
 from dmlsynth.io import atomic_directory
 from dmlsynth.data.errors import DataError
 
-# Counts a prepared dataset is checked against.
-COUNT_KEYS = ("images", "classes", "train_images", "test_images")
+# Counts a prepared dataset is checked against (query/gallery: the test images' retrieval roles, In-Shop).
+COUNT_KEYS = ("images", "classes", "train_images", "test_images", "train_classes", "query_images", "gallery_images")
 
 
 class DatasetError(DataError):
@@ -35,14 +35,14 @@ class DatasetError(DataError):
 @dataclass(frozen=True)
 class RawFile:
     filename: str
-    md5: str
+    md5: str | None  # None: no md5 is published (the counts are still checked; the config may pin one)
     url: str | None  # None: no working public URL, the user gives one or places the file
 
 
 @dataclass(frozen=True)
 class Sources:
     urls: dict[str, str | None]
-    md5: dict[str, str]
+    md5: dict[str, str | None]
     filenames: dict[str, str]
     expected: dict[str, int]
 
@@ -65,7 +65,8 @@ def resolve_sources(
             f"dataset_settings.{dataset}.expected has unknown key(s) {unknown}; allowed: {', '.join(COUNT_KEYS)}"
         )
     urls = {key: overrides["urls"].get(key, spec.url) or None for key, spec in files.items()}
-    md5 = {key: str(overrides["md5"].get(key, spec.md5)).lower() for key, spec in files.items()}
+    given_md5 = {key: overrides["md5"].get(key, spec.md5) for key, spec in files.items()}
+    md5 = {key: (str(value).lower() if value is not None else None) for key, value in given_md5.items()}
     return Sources(
         urls=urls,
         md5=md5,
@@ -76,11 +77,15 @@ def resolve_sources(
 
 def check_counts(dataset: str, frame: pd.DataFrame, expected: Mapping[str, int], source: str) -> None:
     """Compare image and class counts of a manifest frame with the published ones."""
+    roles = frame["retrieval"] if "retrieval" in frame.columns else pd.Series([None] * len(frame), index=frame.index)
     found = {
         "images": len(frame),
         "classes": frame["label"].nunique(),
         "train_images": int((frame["split"] == "train").sum()),
         "test_images": int((frame["split"] == "test").sum()),
+        "train_classes": frame.loc[frame["split"] == "train", "label"].nunique(),
+        "query_images": int((roles == "query").sum()),
+        "gallery_images": int((roles == "gallery").sum()),
     }
     wrong = [f"{found[k]} {k.replace('_', ' ')} (expected {expected[k]})" for k in COUNT_KEYS if k in expected and found[k] != expected[k]]
     if wrong:

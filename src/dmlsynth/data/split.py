@@ -34,12 +34,15 @@ def validation_class_count(config: Mapping[str, Any], dataset: str) -> int:
 
 
 def split_class_count(config: Mapping[str, Any], dataset: str) -> int:
-    """Classes of the training split of ``dataset``: the first half of its classes by id.
+    """Classes of the training split of ``dataset``: the first half of its classes by id, or the dataset's own
+    training classes (Stanford Online Products: 11,318 of 22,634; In-Shop: 3,997 of 7,982).
 
-    ``dataset_settings.<dataset>.expected.classes`` (a smaller copy of the dataset,
-    as in the tests) overrides the published class count.
+    ``dataset_settings.<dataset>.expected.train_classes`` (or ``classes``, halved; a smaller copy of the
+    dataset, as in the tests) overrides the published class count.
     """
     expected = (((config.get("dataset_settings") or {}).get(dataset) or {}).get("expected")) or {}
+    if "train_classes" in expected:
+        return int(expected["train_classes"])
     if "classes" in expected:
         return int(expected["classes"]) // 2
     return registry.DATASETS[dataset].train_classes

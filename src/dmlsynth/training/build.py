@@ -18,7 +18,7 @@ seeded random streams are consumed, so it is part of reproducibility):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -29,7 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Sequent
 
 from dmlsynth import registry
 from dmlsynth.data.image_cache import open_cache
-from dmlsynth.data.images import ImageInput, SeededSampler
+from dmlsynth.data.images import BOX_COLUMNS, ImageInput, Preprocessing, SeededSampler
 from dmlsynth.data.manifest import fix_for, read_manifest
 from dmlsynth.data.split import split_training
 from dmlsynth.device import pick_device
@@ -37,6 +37,7 @@ from dmlsynth.losses import BaseLoss, build_loss
 from dmlsynth.methods import Method, MethodContext, build_method, method_class
 from dmlsynth.models import EmbeddingNet, build_backbone
 from dmlsynth.training.checkpoint import seed_everything
+from dmlsynth.weights import source_of
 
 log = logging.getLogger("dmlsynth.training")
 
@@ -98,6 +99,10 @@ class TrainingRun:
     sampler_rng: np.random.RandomState
     method_generator: torch.Generator
     train_sampler: "_FreshSampler"  # the train loader's; it counts the real and generated images it hands out
+    # Backbone parameters the warm-up freezes (training.warmup_epochs); empty without a warm-up.
+    warmup_frozen: list[torch.nn.Parameter] = field(default_factory=list)
+    # Query/gallery benchmarks (In-Shop): True for the test images that are queries; None: leave-one-out.
+    test_queries: np.ndarray | None = None
 
     @property
     def epochs(self) -> int:
@@ -126,6 +131,13 @@ class TrainingRun:
                 labels = parts[0][1] if len(parts) == 1 else torch.cat([l for _, l in parts])
                 parts = []
                 yield images, labels.to(self.device, non_blocking=True)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before epoch ``epoch`` (from 0): the warm-up's frozen backbone, then the method's epoch hook."""
+        warmup = int(self.params["training"].get("warmup_epochs", 0) or 0)
+        for parameter in self.warmup_frozen:
+            parameter.requires_grad_(epoch >= warmup)
+        self.method.on_epoch_start(epoch)
 
     def loader(self, dataset: Dataset) -> DataLoader:
         """An evaluation loader (fixed order) over ``dataset``."""
@@ -165,7 +177,9 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
 
     # 3. Datasets, read from the resized copy of a photo dataset where it has one (generated images stay as
     # they are). Only small grayscale sets are decoded once and kept: photos would cost gigabytes per copy.
-    image_input = ImageInput(dataset_spec.image_mode, settings["image_size"], training["image_decoding"])
+    image_input = ImageInput(
+        dataset_spec.image_mode, settings["image_size"], training["image_decoding"], Preprocessing.of(settings)
+    )
     if image_input.decoding == "device" and device.type != "cuda":
         log.warning("training.image_decoding is 'device' on the CPU: JPEGs are decoded in the main process, one at a time")
     # A damaged generated image is made again by deleting its part file, not by preparing the dataset.
@@ -180,7 +194,8 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
     in_memory = dataset_spec.image_mode == "L" and len(frame) <= IN_MEMORY_LIMIT
 
     def dataset(part, targets, train: bool) -> Dataset:
-        return image_input.dataset(part["file"].tolist(), targets, train=train, in_memory=in_memory, fixes=fixes)
+        boxes = bounding_boxes(part) if image_input.preprocessing.bounding_boxes else None
+        return image_input.dataset(part["file"].tolist(), targets, train=train, in_memory=in_memory, fixes=fixes, boxes=boxes)
 
     train_targets = [class_index[label] for label in train_frame["label"]]
     train_set = dataset(train_frame, train_targets, train=True)
@@ -205,6 +220,7 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
         embedding_dim=settings["embedding_dim"],
         pretrained=settings["pretrained"],
         in_channels=1 if dataset_spec.image_mode == "L" else 3,
+        weights=source_of(settings),
     ).to(device)
     base_loss = build_loss(params["loss"], params["loss_params"], len(classes), settings["embedding_dim"]).to(device)
 
@@ -234,17 +250,15 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
 
     # 6. Optimizer (the loss's own parameters, e.g. proxies, at their learning-rate multiple), schedule, scaler.
     lr = float(training["lr"])
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    groups = model_parameter_groups(model, training)
     loss_parameters = [p for p in method.parameters() if p.requires_grad]
     if loss_parameters:
         groups.append({"params": loss_parameters, "lr": lr * base_loss.lr_multiplier})
     optimizer = OPTIMIZERS[training["optimizer"]](groups, lr=lr, weight_decay=float(training["weight_decay"]))
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(training["epochs"]))
-        if training["lr_scheduler"] == "cosine"
-        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    )
+    scheduler = lr_schedule(optimizer, training)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    # The warm-up freezes the backbone (not the embedding layer, nor the loss's own parameters).
+    warmup_frozen = [p for p in model.trunk.parameters() if p.requires_grad] if training.get("warmup_epochs") else []
 
     return TrainingRun(
         params=params,
@@ -272,7 +286,69 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
         sampler_rng=sampler_rng,
         method_generator=method_generator,
         train_sampler=sampler,
+        warmup_frozen=warmup_frozen,
+        test_queries=query_mask(test_frame),
     )
+
+
+def query_mask(test_frame) -> np.ndarray | None:
+    """The query images of a query/gallery test split (the manifest's ``retrieval`` column), or None."""
+    if "retrieval" not in test_frame.columns:
+        return None
+    return (test_frame["retrieval"] == "query").to_numpy()
+
+
+def bounding_boxes(frame) -> list[tuple[float, ...] | None]:
+    """Each row's bounding box (the manifest's box_* columns, fractions of the image), None where it has none."""
+    missing = [c for c in BOX_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            "dataset_settings.bounding_boxes is on, but the manifest has no bounding boxes (columns "
+            f"{', '.join(missing)}): the dataset has none, or was prepared by an older version; prepare it again"
+        )
+    boxes = frame[list(BOX_COLUMNS)].to_numpy(dtype=float)
+    return [None if np.isnan(box).any() else tuple(box) for box in boxes]
+
+
+def model_parameter_groups(model: EmbeddingNet, training: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The model's optimizer groups: one, or the backbone and the embedding layer when the embedding layer has a
+    learning-rate or gradient multiplier.
+
+    ``embedding_lr_multiplier`` (IAA: "scaled up 10 times on the output layers") multiplies the embedding
+    layer's learning rate. ``embedding_gradient_multiplier`` (Symmetrical Synthesis's code: the gradients of
+    its embedding layer x 10, weight-decay term included) multiplies its gradient: a hook on each parameter
+    scales the loss's gradient, and the group's weight decay (which adam and sgd add to the gradient) is
+    scaled with it.
+    """
+    lr, decay = float(training["lr"]), float(training["weight_decay"])
+    lr_multiplier = float(training.get("embedding_lr_multiplier", 1.0))
+    gradient_multiplier = float(training.get("embedding_gradient_multiplier", 1.0))
+    if lr_multiplier == 1.0 and gradient_multiplier == 1.0:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    embedding = [p for p in model.embedding.parameters() if p.requires_grad]
+    chosen = {id(p) for p in embedding}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    if gradient_multiplier != 1.0:
+        for parameter in embedding:
+            parameter.register_hook(lambda grad, factor=gradient_multiplier: grad * factor)
+    embedding_decay = decay * gradient_multiplier if training["optimizer"] != "adamw" else decay
+    return [
+        {"params": backbone, "lr": lr},
+        {"params": embedding, "lr": lr * lr_multiplier, "weight_decay": embedding_decay},
+    ]
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, training: Mapping[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule of ``training.lr_scheduler`` (stepped after every epoch)."""
+    kind = training["lr_scheduler"]
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(training["epochs"]))
+    if kind == "step":  # Proxy-Anchor's StepLR, Symmetrical Synthesis's staircase decay
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(training["lr_decay_every"]), gamma=float(training["lr_decay"]))
+    if kind == "multistep":  # IAA's MultiStepLR
+        milestones = sorted(int(m) for m in training["lr_milestones"])
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=float(training["lr_decay"]))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 class _FreshSampler(Sampler):

@@ -82,7 +82,7 @@ def train_epoch(run: TrainingRun, epoch: int, progress: bool = True) -> dict[str
     """One epoch of ``run``; returns its history row: mean loss, learning rate, optimisation steps, the
     real and generated images its batches held, seconds, and when it ended (Unix time)."""
     started = time.perf_counter()
-    run.method.on_epoch_start(epoch)
+    run.start_epoch(epoch)  # the warm-up's frozen backbone, then the method's hook
     total, steps = 0.0, 0
     batches = run.training_batches()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{run.epochs}", total=run.batches_per_epoch, leave=False, disable=not progress, mininterval=2.0)
@@ -183,6 +183,7 @@ def train_run(
             inputs={"manifest": str(manifest), "synthetic_manifest": None if synthetic_manifest is None else str(synthetic_manifest)},
             last_epoch_embeddings=last_epoch_embeddings,
             validation=validation,
+            queries=run.test_queries,
         )
     Path(folder.checkpoint).unlink(missing_ok=True)
     clock.remove()

@@ -2,7 +2,8 @@
 
 - ``model.pt``        weights of the reported epoch (backbone, and the method's/loss's state such as proxies)
 - ``embeddings.npz``  un-normalised embeddings (``embeddings``) and labels (``labels``) of the test split
-                      (with validation classes: at the epoch chosen on them)
+                      (with validation classes: at the epoch chosen on them); a query/gallery benchmark
+                      (In-Shop) adds ``queries``, true for its query images
 - ``embeddings_last_epoch.npz``  the same at the last epoch (only with validation classes)
 - ``train_log.csv``   one row per epoch: mean loss, learning rate, optimisation steps, real and
                       generated images its batches held, seconds, end time (+ validation R@1, MAP@R)
@@ -48,13 +49,16 @@ def write_outputs(
     inputs: Mapping[str, str | None] | None = None,
     last_epoch_embeddings: np.ndarray | None = None,
     validation: Mapping[str, Any] | None = None,
+    queries: np.ndarray | None = None,
 ) -> None:
+    """``queries``: which test images are queries of a query/gallery benchmark (the others: the gallery)."""
     save_torch(model_state, folder.model)
+    roles = {"queries": np.asarray(queries, dtype=bool)} if queries is not None else {}
     with atomic_output(folder.embeddings) as tmp:
-        np.savez(tmp, embeddings=embeddings, labels=labels)
+        np.savez(tmp, embeddings=embeddings, labels=labels, **roles)
     if last_epoch_embeddings is not None:
         with atomic_output(folder.last_epoch_embeddings) as tmp:
-            np.savez(tmp, embeddings=last_epoch_embeddings, labels=labels)
+            np.savez(tmp, embeddings=last_epoch_embeddings, labels=labels, **roles)
     atomic_write_text(folder.history, pd.DataFrame(history).to_csv(index=False))
     record = {
         "params": dict(params),
