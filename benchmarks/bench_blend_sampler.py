@@ -3,10 +3,13 @@
 Both run the same loop (dmlsynth.generation.sampler.sample) with the same K prompts in
 one UNet batch [unconditional; c_1..c_K] x B; they differ only in how the residuals
 are combined: plain guidance sums them (Composable Diffusion's conjunction), BLenDeR
-computes the per-element intersection and the union per image. The UNet
+runs as the workflow does: the union or the intersection per image under the default
+intersection rule and strength control (registry GENERATION_DEFAULTS: the principal
+component, guidance_norm mean), recording each image's guidance statistics
+(dmlsynth.generation.blend.GuidanceRecord, what results/generation.csv reports). The UNet
 has Stable Diffusion 1.5's widths (320/640/1280/1280, cross-attention 768), randomly
 initialised (no download). Runs alternate in ABBA order in one process and the medians
-are compared; the operators (``combine``) are also timed alone.
+are compared; the operators (``combine``) and the statistics are also timed alone.
 
 Besides the timings, each row records what a re-run reproduces exactly on the CPU:
 the setup, the mean of the images each variant makes, their largest difference
@@ -50,7 +53,7 @@ CONFIGS = {
 }
 OPERATOR_REPEATS = 20
 EXACT = ["config", "device", "dtype", "size", "layers", "widths", "k", "batch", "unet_batch", "steps", "repeats",
-         "plain_image_mean", "blended_image_mean", "max_abs_difference_blended_vs_plain", "max_abs_difference_between_repeats"]  # fmt: skip
+         "intersection_rule", "guidance_norm", "plain_image_mean", "blended_image_mean", "max_abs_difference_blended_vs_plain", "max_abs_difference_between_repeats"]  # fmt: skip
 PROMPTS = ["a photo of a bird, blue wings", "a photo of a bird, red head", "a photo of a bird, on a branch", "a photo of a bird"]
 
 
@@ -97,8 +100,9 @@ def synchronize(device: str) -> None:
 
 def measure(config: str, threads: int = 1) -> pd.DataFrame:
     """One row: both variants' median step time, the operators alone, and the images' exact checks."""
-    from dmlsynth.generation.blend import combine
+    from dmlsynth.generation.blend import GuidanceRecord, combine
     from dmlsynth.generation.sampler import encode_prompts, sample
+    from dmlsynth.registry import GENERATION_DEFAULTS
 
     torch.set_num_threads(threads)
     facts = machine_facts()
@@ -112,13 +116,18 @@ def measure(config: str, threads: int = 1) -> pd.DataFrame:
     latent = setup["size"] // 8
     noise = torch.randn(batch, 4, latent, latent, generator=torch.Generator().manual_seed(0))
     operators = {"plain": ["conjunction"] * batch, "blended": (["union", "intersection"] * batch)[:batch]}
+    rule, norm = GENERATION_DEFAULTS["intersection_rule"], GENERATION_DEFAULTS["guidance_norm"]
+    # Plain guidance is the sum alone; BLenDeR what generate_class runs (rule, norm, the recorded statistics).
+    options = {"plain": {}, "blended": dict(intersection_rule=rule, guidance_norm=norm)}
     seconds: dict[str, list[float]] = {"plain": [], "blended": []}
     images: dict[str, list[torch.Tensor]] = {"plain": [], "blended": []}
 
     def run(variant: str, timed: bool = True) -> None:
         synchronize(device)
         start = time.perf_counter()
-        out = sample(components, conditions, unconditional, operators[variant], noise, guidance_scale=7.5, steps=steps, scheduler="ddim")
+        record = GuidanceRecord(operators[variant], rule, norm) if variant == "blended" else None
+        out = sample(components, conditions, unconditional, operators[variant], noise, guidance_scale=7.5, steps=steps,
+                     scheduler="ddim", on_step=record, **options[variant])  # fmt: skip
         synchronize(device)
         if timed:
             seconds[variant].append(time.perf_counter() - start)
@@ -135,13 +144,21 @@ def measure(config: str, threads: int = 1) -> pd.DataFrame:
 
     residuals = torch.randn(k, batch, 4, latent, latent, generator=torch.Generator().manual_seed(1))
     residuals = residuals.to(device, torch.float16 if setup["fp16"] else torch.float32)
-    combine(residuals, operators["blended"])
+    combine(residuals, operators["blended"], rule, norm)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(OPERATOR_REPEATS):
-        combine(residuals, operators["blended"])
+        combine(residuals, operators["blended"], rule, norm)
     synchronize(device)
     operators_ms = (time.perf_counter() - start) / OPERATOR_REPEATS * 1000
+    record = GuidanceRecord(operators["blended"], rule, norm)
+    record(0, residuals)
+    synchronize(device)
+    start = time.perf_counter()
+    for step in range(OPERATOR_REPEATS):
+        record(step, residuals)
+    synchronize(device)
+    statistics_ms = (time.perf_counter() - start) / OPERATOR_REPEATS * 1000
 
     def largest(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a - b).abs().max())
@@ -150,11 +167,12 @@ def measure(config: str, threads: int = 1) -> pd.DataFrame:
         config=config, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
         dtype="float16" if setup["fp16"] else "float32", size=setup["size"], layers=setup["layers"],
         widths="/".join(map(str, setup["widths"])), k=k, batch=batch, unet_batch=(k + 1) * batch, steps=steps,
-        repeats=setup["repeats"], plain_image_mean=float(images["plain"][0].mean()),
+        repeats=setup["repeats"], intersection_rule=rule, guidance_norm=norm, plain_image_mean=float(images["plain"][0].mean()),
         blended_image_mean=float(images["blended"][0].mean()),
         max_abs_difference_blended_vs_plain=largest(images["blended"][0], images["plain"][0]),
         max_abs_difference_between_repeats=max(largest(x, v[0]) for v in images.values() for x in v[1:]),
         plain_ms_per_step=plain_step * 1000, blended_ms_per_step=blended_step * 1000, operators_ms=operators_ms,
+        statistics_ms=statistics_ms,
         plain_images_per_s=batch / (plain_step * steps), blended_images_per_s=batch / (blended_step * steps),
         ratio_blended_to_plain=blended_step / plain_step, operators_share_of_plain_step=operators_ms / (plain_step * 1000),
         **facts,
@@ -172,14 +190,16 @@ def render(frame: pd.DataFrame) -> str:
         lines += [
             f"**{row['config']}** on {row['device']} ({row['dtype']}), {row['size']} px ({latent}×{latent} latents), "
             f"UNet widths {row['widths']}, layers per block {row['layers']}, K = {row['k']}, B = {row['batch']} "
-            f"(UNet batch {row['unet_batch']}), {row['steps']} DDIM steps, medians of {row['repeats']} ABBA-ordered runs; "
+            f"(UNet batch {row['unet_batch']}), {row['steps']} DDIM steps, intersection rule {row['intersection_rule']}, "
+            f"guidance_norm {row['guidance_norm']}, medians of {row['repeats']} ABBA-ordered runs; "
             f"{facts_line(row)}",
             "",
             "| variant | ms / step | images / s |",
             "|---|---|---|",
             f"| plain CFG, K prompts in one batch | {row['plain_ms_per_step']:.1f} | {row['plain_images_per_s']:.3f} |",
-            f"| BLenDeR (union / intersection per image) | {row['blended_ms_per_step']:.1f} | {row['blended_images_per_s']:.3f} |",
+            f"| BLenDeR (union / intersection per image, statistics recorded) | {row['blended_ms_per_step']:.1f} | {row['blended_images_per_s']:.3f} |",
             f"| the operators alone (`combine`) | {row['operators_ms']:.3f} ({100 * row['operators_share_of_plain_step']:.3f} % of a plain step) | — |",
+            f"| the guidance statistics alone (`GuidanceRecord`) | {row['statistics_ms']:.3f} | — |",
             f"| **step-time ratio blended / plain** | **{row['ratio_blended_to_plain']:.3f}×** (goal ≤ 1.05×) | |",
             "",
         ]

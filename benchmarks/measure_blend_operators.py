@@ -1,21 +1,23 @@
-"""Union vs intersection on the digits generator: the per-element operators against the earlier rule.
+"""Union vs intersection on the digits generator: each intersection rule, with and without the strength control.
 
 Trains the embedded generator exactly as the workflow does with params.yaml's
-``generation.digits`` (seed, recipe; one thread), then measures for two
-operator definitions — the current per-element rule
-(:mod:`dmlsynth.generation.blend`) and the project's earlier
-principal-component rule (``∩ = mean_k⟨d_k, v⟩ v`` with v the top singular
-vector of the K residuals, ``∪ = Σ d_k − (K − 1) ∩``, kept here only as the
-reference it replaced):
+``generation.digits`` (seed, recipe; one thread), then, for each intersection rule
+(``principal_component``, the paper's surrogate; ``elementwise``) and each
+``guidance_norm`` (``mean``: every image's combined residual rescaled to its mean
+residual's norm; ``none``: as the operator gives it), measures:
 
 - ``steps``: at every denoising step of the union image set's first images (4 per class),
-  ``‖∪ − ∩‖ / ‖mean residual‖`` per image (mean and smallest over the images);
+  the union's and the intersection's ``‖op(d)‖ / ‖mean residual‖`` before rescaling, and
+  for the guidance as applied (after the strength control) ``‖∪ − ∩‖ / ‖mean residual‖``
+  (mean and smallest over the images) and the share of ``‖∪ − ∩‖²`` along the mean residual;
 - ``images``: the union and intersection image sets (``images_per_class`` per class each,
-  generated as the workflow does), compared as ``results/generation.csv`` does
-  (:func:`dmlsynth.generation.quality.operator_separation` on pixel features).
+  unfiltered), made by the workflow's own functions (``generate_class``, ``merge_parts``)
+  and compared by those of ``results/generation.csv`` (``quality_rows``: fidelity, diversity,
+  union vs intersection distance, separation and p-value on pixel features, and the
+  guidance statistics every sampling run records per image).
 
 Raw numbers go to benchmarks/results/blend_operators_digits.csv; ``--write-docs`` renders the
-README block from them.
+block in docs/methods.md (§7) and README.md from them.
 
     PYTHONPATH=src python benchmarks/measure_blend_operators.py --work /tmp/blend-ops --write-docs
 """
@@ -23,7 +25,6 @@ README block from them.
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -33,51 +34,26 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "blend_operators_digits.csv"
 SCRIPT = "benchmarks/measure_blend_operators.py"
-RULES = {"per_element": "per element (current)", "principal_component": "principal component (earlier)"}
-COLUMNS = ["part", "rule", "step", "gap_mean", "gap_min", "images", "distance", "separation", "pvalue"]
+# (intersection_rule, guidance_norm), in the order of the rendered table.
+VARIANTS = [
+    ("principal_component", "mean"),
+    ("principal_component", "none"),
+    ("elementwise", "mean"),
+    ("elementwise", "none"),
+]
+STEP_COLUMNS = ["union_ratio", "intersection_ratio", "gap_mean", "gap_min", "share_along_mean"]
+IMAGE_COLUMNS = [
+    "images", "distance", "separation", "pvalue", "fidelity_union", "fidelity_intersection", "diversity_union",
+    "diversity_intersection", "guidance_ratio_union", "guidance_ratio_intersection", "difference_along_mean",
+    "applied_difference_along_mean",
+]  # fmt: skip
+COLUMNS = ["part", "rule", "norm", "step", *STEP_COLUMNS, *IMAGE_COLUMNS]
 IMAGES_PER_CLASS_FOR_STEPS = 4
 
 
-def principal_component_intersection(residuals: torch.Tensor) -> torch.Tensor:
-    """The earlier rule: ``(1/K Σ⟨d_k, v⟩) v``, v the top right-singular vector (signed to the residuals)."""
-    k, b = residuals.shape[:2]
-    flat = residuals.reshape(k, b, -1).transpose(0, 1).double()
-    out = []
-    for matrix in flat:
-        v = torch.linalg.svd(matrix, full_matrices=False).Vh[0]
-        if (matrix @ v).sum() < 0:
-            v = -v
-        out.append((matrix @ v).mean() * v)
-    return torch.stack(out).reshape(residuals.shape[1:]).to(residuals.dtype)
-
-
-def principal_component_combine(residuals: torch.Tensor, operators) -> torch.Tensor:
-    k = residuals.shape[0]
-    shared = principal_component_intersection(residuals)
-    union = residuals.sum(0) - (k - 1) * shared
-    return torch.stack([union[i] if name == "union" else shared[i] for i, name in enumerate(operators)])
-
-
-def gaps(residuals: torch.Tensor, rule: str) -> torch.Tensor:
-    """``‖∪ − ∩‖ / ‖mean residual‖`` per image under ``rule``."""
-    from dmlsynth.generation import blend
-
-    k = residuals.shape[0]
-    shared = blend.intersection(residuals) if rule == "per_element" else principal_component_intersection(residuals)
-    union = residuals.sum(0) - (k - 1) * shared
-    return (union - shared).flatten(1).norm(dim=1) / residuals.mean(0).flatten(1).norm(dim=1)
-
-
-@contextmanager
-def sampler_combine(replacement):
-    from dmlsynth.generation import sampler
-
-    original = sampler.combine
-    sampler.combine = replacement
-    try:
-        yield
-    finally:
-        sampler.combine = original
+def variant_settings(settings: dict, rule: str, norm: str) -> dict:
+    """``settings`` with the variant's rule and norm, unfiltered (every generated image is compared)."""
+    return {**settings, "intersection_rule": rule, "guidance_norm": norm, "filter": {**settings["filter"], "scorer": "none"}}
 
 
 def setup(work: Path, params: Path):
@@ -103,9 +79,26 @@ def setup(work: Path, params: Path):
     return load_embedded(folder), prompts, train, settings
 
 
+def step_row(residuals: torch.Tensor, rule: str, norm: str) -> dict:
+    """One step's numbers over the images: raw strengths, applied gap and its share along the mean."""
+    from dmlsynth.generation.blend import combine, guidance_statistics, intersection, union
+
+    b = residuals.shape[1]
+    scale = residuals.mean(0).flatten(1).norm(dim=1)
+    applied = combine(residuals, ["union"] * b, rule, norm) - combine(residuals, ["intersection"] * b, rule, norm)
+    gap = applied.flatten(1).norm(dim=1) / scale
+    share = guidance_statistics(residuals, ["union"] * b, rule, norm)["applied_difference_along_mean"]
+    return {
+        "union_ratio": float((union(residuals).flatten(1).norm(dim=1) / scale).mean()),
+        "intersection_ratio": float((intersection(residuals, rule).flatten(1).norm(dim=1) / scale).mean()),
+        "gap_mean": float(gap.mean()),
+        "gap_min": float(gap.min()),
+        "share_along_mean": float(share.mean()),
+    }
+
+
 def measure_steps(components, prompts_file, labels, settings) -> list[dict]:
-    """Per-step gaps on the union set's first images, for both rules, from one recorded sampling run."""
-    from dmlsynth.generation import blend
+    """Per-step numbers on the union set's first images, one sampling run per variant."""
     from dmlsynth.generation.prompts import read_prompts
     from dmlsynth.generation.run import _conditions, image_seed, initial_noise, plan_image
     from dmlsynth.generation.sampler import encode_prompts, sample
@@ -116,13 +109,9 @@ def measure_steps(components, prompts_file, labels, settings) -> list[dict]:
     owners = [label for label in labels for _ in range(IMAGES_PER_CLASS_FOR_STEPS)]
     seeds = [image_seed(settings["seed"], label, "union", i % IMAGES_PER_CLASS_FOR_STEPS) for i, label in enumerate(owners)]
     plans = [plan_image(entries[label], recipe, seed) for label, seed in zip(owners, seeds)]
-    recorded = []
-
-    def recording(residuals, operators):
-        recorded.append(residuals.clone())
-        return blend.combine(residuals, operators)
-
-    with sampler_combine(recording):
+    rows = []
+    for rule, norm in VARIANTS:
+        recorded: list[torch.Tensor] = []
         sample(
             components,
             _conditions(components, plans, {}),
@@ -132,65 +121,78 @@ def measure_steps(components, prompts_file, labels, settings) -> list[dict]:
             guidance_scale=float(settings["guidance_scale"]),
             steps=int(settings["steps"]),
             scheduler=str(settings["scheduler"]),
+            intersection_rule=rule,
+            guidance_norm=norm,
+            on_step=lambda step, d: recorded.append(d.clone()),
         )
-    rows = []
-    for rule in RULES:
         for step, residuals in enumerate(recorded, start=1):
-            g = gaps(residuals, rule)
-            rows.append({"part": "steps", "rule": rule, "step": step, "gap_mean": float(g.mean()),
-                         "gap_min": float(g.min()), "images": len(plans)})
+            rows.append({"part": "steps", "rule": rule, "norm": norm, "step": step, **step_row(residuals, rule, norm),
+                         "images": len(plans)})  # fmt: skip
     return rows
 
 
 def measure_images(components, prompts_file, train, settings, work: Path) -> list[dict]:
-    """Union and intersection image sets under each rule, compared like results/generation.csv."""
-    from dmlsynth.generation.quality import features, operator_separation
-    from dmlsynth.generation.run import generate_class
+    """Union and intersection image sets per variant, through generate_class, merge_parts and quality_rows."""
+    from dmlsynth.data.manifest import read_manifest
+    from dmlsynth.generation.quality import quality_rows
+    from dmlsynth.generation.run import generate_class, merge_parts
 
     labels = sorted(int(l) for l in train.label.unique())
     rows = []
-    for rule in RULES:
-        combine = None if rule == "per_element" else principal_component_combine
-        folder = work / "generated" / rule
-        parts = []
-        with sampler_combine(combine) if combine else _nothing():
-            for label in labels:
-                parts.append(
-                    generate_class(components, prompts_file, label, labels, ["union", "intersection"], settings, folder,
-                                   folder / "parts" / f"class{label}.csv")
-                )
-        frame = pd.concat(parts, ignore_index=True)
-        files = [str(folder / s / p) for s, p in zip(frame["image_set"], frame["path"])]
-        x = features(files, "L", 8)
-        result = operator_separation(x, frame["label"].to_numpy(), frame["operator"].to_numpy() == "union", seed=0)
-        rows.append({"part": "images", "rule": rule, "images": len(frame), **result})
+    for rule, norm in VARIANTS:
+        chosen = variant_settings(settings, rule, norm)
+        folder = work / "generated" / f"{rule}-{norm}"
+        parts = [folder / "parts" / f"class{label}.csv" for label in labels]
+        for label, part in zip(labels, parts):
+            generate_class(components, prompts_file, label, labels, ["union", "intersection"], chosen, folder, part)
+        sets = {}
+        for name in ("union", "intersection"):
+            merge_parts(parts, name, folder / name / "manifest.csv")
+            sets[name] = read_manifest(folder / name / "manifest.csv")
+        quality = quality_rows("digits", train, sets, "L", 8, "embedded", pretrained=False).set_index("image_set")
+        union, inter = quality.loc["union"], quality.loc["intersection"]
+        rows.append({
+            "part": "images", "rule": rule, "norm": norm, "images": int(union["images"] + inter["images"]),
+            "distance": union["union_intersection_distance"], "separation": union["union_intersection_separation"],
+            "pvalue": union["union_intersection_pvalue"], "fidelity_union": union["fidelity"],
+            "fidelity_intersection": inter["fidelity"], "diversity_union": union["diversity"],
+            "diversity_intersection": inter["diversity"], "guidance_ratio_union": union["guidance_ratio"],
+            "guidance_ratio_intersection": inter["guidance_ratio"],
+            # The share is a property of the residuals at an image's steps: over both sets' images.
+            "difference_along_mean": (union["difference_along_mean"] + inter["difference_along_mean"]) / 2,
+            "applied_difference_along_mean": (union["applied_difference_along_mean"] + inter["applied_difference_along_mean"]) / 2,
+        })  # fmt: skip
     return rows
 
 
-@contextmanager
-def _nothing():
-    yield
+NAMES = {"principal_component": "principal component", "elementwise": "element-wise"}
 
 
 def render(frame: pd.DataFrame) -> str:
-    """The README block: per rule, the gap in the first steps, its smallest value, and the image sets' separation."""
+    """The docs block: per rule and strength control, how hard each operator guides and how far the image sets lie apart."""
     lines = [
-        "| operators | ‖∪ − ∩‖ / ‖mean residual‖, steps 1 / 2 / 3 | smallest over all steps (any image) | union vs intersection images: separation | p-value |",
-        "|---|---|---|---|---|",
-    ]
-    for rule, name in RULES.items():
-        steps = frame[(frame.part == "steps") & (frame.rule == rule)].sort_values("step")
-        images = frame[(frame.part == "images") & (frame.rule == rule)].iloc[0]
+        "| intersection rule | strength control | ‖∪‖ / ‖mean‖ | ‖∩‖ / ‖mean‖ | applied ‖∪ − ∩‖ / ‖mean‖, steps 1 / 2 / 3 (smallest) | share of applied ‖∪ − ∩‖² along the mean | union vs intersection images: separation | p-value | fidelity ∪ / ∩ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for rule, norm in VARIANTS:
+        steps = frame[(frame.part == "steps") & (frame.rule == rule) & (frame.norm == norm)].sort_values("step")
+        images = frame[(frame.part == "images") & (frame.rule == rule) & (frame.norm == norm)].iloc[0]
         first = " / ".join(f"{100 * v:.1f} %" for v in steps.gap_mean.head(3))
+        control = "`mean`" if norm == "mean" else "`none`"
         lines.append(
-            f"| {name} | {first} | {100 * steps.gap_min.min():.1f} % | {images.separation:.4f} | {images.pvalue:.3f} |"
+            f"| {NAMES[rule]} | {control} | {images.guidance_ratio_union:.2f} | {images.guidance_ratio_intersection:.2f} "
+            f"| {first} ({100 * steps.gap_min.min():.1f} %) | {100 * images.applied_difference_along_mean:.0f} % "
+            f"| {images.separation:.4f} | {images.pvalue:.3f} | {images.fidelity_union:.3f} / {images.fidelity_intersection:.3f} |"
         )
     steps = frame[frame.part == "steps"]
     images = frame[frame.part == "images"].iloc[0]
     lines += [
         "",
-        f"({int(steps.images.iloc[0])} images, {int(steps.step.max())} DPM-Solver steps, K = 3 blended conditions; "
-        f"image sets: {int(images.images)} images per rule, union and intersection halves.)",
+        f"(Strengths: means over every step of every image of the two sets, as `results/generation.csv` reports "
+        f"them (`guidance_ratio`, before any rescaling). Steps: {int(steps.images.iloc[0])} union images, "
+        f"{int(steps.step.max())} DPM-Solver steps, K = 3 blended conditions. Image sets: {int(images.images)} "
+        "images per row, union and intersection halves, unfiltered; separation and p-value as in "
+        "`results/generation.csv`.)",
     ]
     return "\n".join(lines) + "\n"
 
@@ -199,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the data, the generator and the images")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--write-docs", action="store_true", help="render the README block from the results")
+    parser.add_argument("--write-docs", action="store_true", help="render the documents' block from the results")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -216,8 +218,8 @@ def main() -> None:
     print(render(frame))
     if args.write_docs:
         source = str(RESULTS.relative_to(ROOT))
-        if not docblocks.replace_block(ROOT / "README.md", SCRIPT, "render", source, render(pd.read_csv(RESULTS))):
-            raise SystemExit("README.md has no block for this script; place its markers first")
+        if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(pd.read_csv(RESULTS))}):
+            raise SystemExit("no document has a block for this script; place its markers first")
 
 
 if __name__ == "__main__":

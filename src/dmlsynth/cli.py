@@ -27,6 +27,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.config}: valid — datasets {config['datasets']}, methods {config['methods']}, "
         f"losses {config['losses']}, seeds {config['seeds']}"
     )
+    from dmlsynth.generation.settings import describe
+
+    for line in describe(config):
+        print(f"  {line}")
     return 0
 
 

@@ -97,6 +97,12 @@ def _parse_scalar(text: str, types: list[str]) -> Any:
     return text
 
 
+def _types_of(schema: Mapping[str, Any]) -> list[str]:
+    # An alternative without a type (e.g. {const: all}) adds none: a word that parses as no type stays a string.
+    kinds = schema.get("type", [])
+    return [kinds] if isinstance(kinds, str) else list(kinds)
+
+
 def coerce(value: Any, schema: Mapping[str, Any]) -> Any:
     """Read strings as the types the schema asks for.
 
@@ -112,7 +118,7 @@ def coerce(value: Any, schema: Mapping[str, Any]) -> Any:
     if isinstance(value, list):
         return [coerce(v, schema.get("items", {})) for v in value]
     if isinstance(value, str):
-        types = schema.get("type") or []
+        types = schema.get("type") or [t for alternative in schema.get("anyOf", []) for t in _types_of(alternative)]
         types = [types] if isinstance(types, str) else list(types)
         if types and "string" not in types:
             parsed = _parse_scalar(value, types)
@@ -135,6 +141,8 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
         message = error.message
         if error.validator == "enum":
             message = f"{error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
+        elif error.validator == "anyOf" and error.schema.get("description"):
+            message = f"{error.instance!r} is not allowed; expected {error.schema['description']}"
         elif error.validator == "additionalProperties" and "was unexpected" in message:
             allowed = sorted(error.schema.get("properties", {}))
             message += f"; allowed keys: {', '.join(allowed) if allowed else 'none'}"

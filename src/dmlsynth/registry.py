@@ -430,8 +430,16 @@ METHODS: dict[str, MethodSpec] = {
                 name=name,
                 module="dmlsynth.methods.blender:GeneratedImages",
                 description=description,
-                params_schema={"synthetic_per_real": {"type": "number", "minimum": 0}},
-                defaults={"synthetic_per_real": 0.5},
+                params_schema={
+                    "synthetic_per_real": {
+                        "anyOf": [{"type": "number", "minimum": 0}, {"const": "all"}],
+                        "description": "a number x >= 0 (round(x × the class's real images) generated images "
+                        "per class, at most all) or all (every generated image of the class, the paper's volume)",
+                    }
+                },
+                # all: the paper adds its whole generated set (docs/methods.md §7); on digits (~180 real
+                # images per class, 80 generated) 0.5 would also take all of them.
+                defaults={"synthetic_per_real": "all"},
                 synthetic_images=image_set,
                 off_params={"synthetic_per_real": 0.0},
             )
@@ -574,6 +582,14 @@ FINE_TUNING_DEFAULTS: Mapping[str, Any] = {
     "checkpoint_every": 100,
 }
 
+# generation.<dataset>.operators / intersection_rule / guidance_norm: how BLenDeR combines the K guidance
+# residuals (dmlsynth.generation.blend; docs/methods.md §7). principal_component is the paper's intersection
+# ("a principal component surrogate"); elementwise, the union's formula and the strength control are
+# [project definition]s.
+BLEND_OPERATORS = ("union", "intersection", "conjunction", "inclusion_exclusion")
+INTERSECTION_RULES = ("principal_component", "elementwise")
+GUIDANCE_NORMS = ("mean", "none")
+
 # generation.<dataset> (the generator itself defaults to the dataset's default_generator).
 GENERATION_DEFAULTS: Mapping[str, Any] = {
     "model_id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -590,6 +606,10 @@ GENERATION_DEFAULTS: Mapping[str, Any] = {
     "prompts_per_image": 3,
     "prompts_per_condition": 2,
     "operators": {"union": 0.5, "intersection": 0.5},
+    "intersection_rule": "principal_component",  # the paper's surrogate; elementwise: the project's per-element rule
+    # mean: each image's combined residual is rescaled to its mean residual's norm, so operators differ in
+    # direction, not strength (like for like) [project definition]; none: op(d) as it is.
+    "guidance_norm": "mean",
     "seed": 0,
     "device": "auto",
     "fp16": True,

@@ -59,6 +59,22 @@ def test_generation_workflow_is_complete_and_restartable(default_params, tmp_pat
     assert set(pooled["filter"]) == {"fidelity"} and (pooled.generated == 6 * 5).all()
     assert (pooled.rejected == 0).all() and (pooled.unused == 2 * 5).all() and (pooled.images == 4 * 5).all()
     assert pooled.kept_score.between(0, 1).all()
+    # How the images were guided, recorded per image by each sampling run and averaged over the kept images
+    # (the defaults: the principal-component intersection and the strength control).
+    assert set(report.intersection_rule) == {"principal_component"} and set(report.guidance_norm) == {"mean"}
+    rows = report.set_index(["image_set", "operator"])
+    plain = rows.loc[("plain", "cfg")]
+    assert plain.guidance_ratio == 1 and pd.isna(plain.difference_along_mean)  # ordinary guidance
+    kept = pd.read_csv(tmp_path / "data" / "digits" / "generated" / "blender" / "manifest.csv")
+    for operator in ("union", "intersection"):
+        row = rows.loc[("blender", operator)]
+        images = kept[kept.operator == operator]
+        for name in ("guidance_ratio", "difference_along_mean", "applied_difference_along_mean"):
+            assert row[name] == pytest.approx(images[name].mean(), abs=1e-4), (operator, name)
+        assert 0 <= row.applied_difference_along_mean <= 1 and 0 <= row.difference_along_mean <= 1
+    # The principal-component intersection is never longer than the mean residual; the union is not it.
+    assert rows.loc[("blender", "intersection"), "guidance_ratio"] <= 1 + 1e-4
+    assert rows.loc[("blender", "union"), "guidance_ratio"] != rows.loc[("blender", "intersection"), "guidance_ratio"]
     real = pd.read_csv(tmp_path / "data" / "digits" / "manifest.csv")
     train_classes = set(real.loc[real.split == "train", "label"])
     for image_set in ("blender", "plain"):
@@ -122,6 +138,8 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     assert f"on {device}" in log and ("torch.float16" if device == "cuda" else "torch.float32") in log
     report = pd.read_csv(tmp_path / "results" / "generation.csv")
     assert set(report.generator) == {"stable-diffusion"}
+    # Latent residuals too: every union and intersection row has its recorded guidance strength.
+    assert report.loc[report.operator.isin(["union", "intersection"]), "guidance_ratio"].notna().all()
     assert report.fidelity.between(0, 1).all() and (report.chance == 0.25).all()
     blender = report[report.operator == "all"].iloc[0]
     assert (blender["filter"], blender.generated, blender.rejected, blender.unused) == ("clip", 4 * 6, 0, 4 * 3)

@@ -176,3 +176,57 @@ def test_paper_config_gives_iaa_its_published_loss_settings(paper):
     assert cfg.run_params(paper, "cub200", "baseline", "multi_similarity", 0)["loss_params"]["beta"] == 50.0
     assert cfg.run_params(paper, "cub200", "iaa", "contrastive", 0)["loss_params"]["reduction"] == "batch_sum"
     assert cfg.run_params(paper, "cub200", "symm", "contrastive", 0)["loss_params"]["reduction"] == "mean_nonzero"
+
+
+BLENDER_METHODS = [name for name, spec in registry.METHODS.items() if spec.synthetic_images]
+
+
+def test_paper_config_generates_with_the_papers_rules_and_volume(paper):
+    """The principal-component intersection, caption prompts and every kept generated image (docs/methods.md §7)."""
+    from dmlsynth.generation.settings import describe, generation_settings
+
+    for name in paper["datasets"]:
+        settings = generation_settings(paper, name)
+        assert settings["intersection_rule"] == "principal_component" and settings["guidance_norm"] == "mean"
+        assert settings["prompts"]["source"] == "captions" and settings["prompts"]["captioner"]
+    for method in BLENDER_METHODS:
+        assert cfg.run_params(paper, "cub200", method, "proxy_anchor", 0)["method_params"]["synthetic_per_real"] == "all"
+    # What `dmlsynth check-config config/paper.yaml` prints beside the matrix.
+    result = subprocess.run([sys.executable, "-m", "dmlsynth", "check-config", str(PAPER)], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), check=True)  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert [line.strip() for line in lines[1:]] == describe(paper)
+    for name in paper["datasets"]:
+        line = next(l for l in lines if l.strip().startswith(f"generation.{name}:"))
+        assert "intersection_rule principal_component" in line and "guidance_norm mean" in line
+        assert "captions of 8 training images per class by Salesforce/blip-image-captioning-large" in line
+    for method in BLENDER_METHODS:
+        assert any(l.strip().startswith(f"{method}: ") and "every generated image the filter kept" in l for l in lines)
+
+
+SHELL_JOB = re.compile(r"^rule (\w+):\n(.*?)^Shell command: (.*?)$", re.S | re.M)
+
+
+def test_dry_run_jobs_read_the_papers_generation_rules(tmp_path, paper):
+    """In the dry run, the prompts jobs caption on a GPU, and the config every generation and training job
+    reads resolves to the principal-component rule, caption prompts and the full generated set."""
+    from dmlsynth.generation.settings import generation_settings
+
+    result = dry_run(tmp_path, "--cores", "16", "--printshellcmds")
+    jobs = SHELL_JOB.findall(result.stdout)
+    prompts = [body for rule, body, _ in jobs if rule == "prompts"]
+    assert len(prompts) == len(paper["datasets"])
+    for body in prompts:  # the captioner runs on a GPU, with room for its weights
+        assert "gpu=1" in body and "mem_mb=8000" in body
+    configs = {re.search(r"--config (\S+)", shell).group(1) for rule, _, shell in jobs if rule in ("prompts", "generate", "train")}
+    assert len(configs) == 1  # every job reads the one effective config
+    effective = cfg.load(tmp_path / configs.pop())
+    for name in paper["datasets"]:
+        settings = generation_settings(effective, name)
+        assert (settings["intersection_rule"], settings["guidance_norm"]) == ("principal_component", "mean")
+        assert settings["prompts"] == {**settings["prompts"], "source": "captions",
+                                       "captioner": "Salesforce/blip-image-captioning-large", "images_per_class": 8}  # fmt: skip
+    trained = {re.search(r"--method (\w+)", shell).group(1) for rule, _, shell in jobs if rule == "train"}
+    for method in BLENDER_METHODS:
+        assert method in trained
+        assert cfg.run_params(effective, "cars196", method, "triplet", 1)["method_params"]["synthetic_per_real"] == "all"

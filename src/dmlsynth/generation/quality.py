@@ -27,6 +27,16 @@
   energy distance of the classes against 999 reshufflings of the operator
   labels within each class (fixed seed), ``(1 + #{shuffled >= observed}) / 1000``.
 
+- **guidance strength** (recorded per image at every denoising step by the
+  sampling run itself, :func:`dmlsynth.generation.blend.guidance_statistics`,
+  averaged over the steps in the part files and here over the row's images):
+  ``guidance_ratio``, the mean ``‖op(d)‖ / ‖mean residual‖`` of the row's
+  operator before any rescaling (1 for ordinary guidance); ``difference_along_mean``,
+  the mean share of ``‖∪ − ∩‖²`` that lies along the mean residual (the two
+  operators as they are, at the images' residuals); ``applied_difference_along_mean``,
+  that share after the dataset's ``guidance_norm`` (the same with ``none``).
+  ``intersection_rule`` and ``guidance_norm`` are the dataset's settings.
+
 - **filter** (:mod:`dmlsynth.generation.filtering`): the scorer that chose
   the kept images (``clip``, ``fidelity`` or ``none``); ``generated`` images
   were made, ``rejected`` scored below the threshold, ``unused`` passed after
@@ -73,6 +83,11 @@ COLUMNS = [
     "union_intersection_distance",
     "union_intersection_separation",
     "union_intersection_pvalue",
+    "intersection_rule",
+    "guidance_norm",
+    "guidance_ratio",
+    "difference_along_mean",
+    "applied_difference_along_mean",
     "seconds_per_image",
     "generator_train_seconds",
     "filter",
@@ -232,6 +247,14 @@ def operator_separation(
     }
 
 
+def _mean_of(frame: pd.DataFrame, column: str, mask: np.ndarray) -> float:
+    """Mean of ``column`` over the rows in ``mask`` (NaN rows left out; NaN when the column is absent)."""
+    if column not in frame:
+        return float("nan")
+    values = frame[column].to_numpy(dtype=np.float64)[mask]
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
 def quality_rows(
     dataset: str,
     real_train: pd.DataFrame,
@@ -251,6 +274,7 @@ def quality_rows(
     ``filtered``: every generated image of each set with its filter ``status`` and ``score``
     (the filtered parts), for the filter columns; without it they are NaN.
     """
+    from dmlsynth.generation.blend import STATISTICS as GUIDANCE_STATISTICS
     from dmlsynth.generation.filtering import filter_counts
 
     from sklearn.model_selection import cross_val_score
@@ -322,6 +346,7 @@ def quality_rows(
                     "union_intersection_distance": separation["distance"] if compared else float("nan"),
                     "union_intersection_separation": separation["separation"] if compared else float("nan"),
                     "union_intersection_pvalue": separation["pvalue"] if compared else float("nan"),
+                    **{name: _mean_of(frame, name, mask) for name in GUIDANCE_STATISTICS},
                     # What the images cost: sampling time per image (the generator's training is extra).
                     "seconds_per_image": float(frame["seconds"].to_numpy()[mask].mean()) if "seconds" in frame else float("nan"),
                     **counts,
@@ -410,6 +435,9 @@ def generation_report(config: Mapping[str, Any], threads: int = 1) -> pd.DataFra
         quality["generator_train_seconds"] = (
             json.loads(metadata.read_text())["seconds"] if generator == "embedded" else fine_tuning_seconds(config, dataset)
         )
+        # How the images were guided (the per-image statistics above depend on both).
+        quality["intersection_rule"] = generation["intersection_rule"]
+        quality["guidance_norm"] = generation["guidance_norm"]
         rows.append(quality)
         sample_grid(real, generated, GRID_ORDER, layout.generated_grid(dataset), spec.image_mode)
     return write_report(rows, layout.generation_csv())

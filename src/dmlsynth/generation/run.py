@@ -31,6 +31,7 @@ from PIL import Image
 
 from dmlsynth.io import atomic_output, atomic_write_text
 from dmlsynth.data.manifest import COLUMNS
+from dmlsynth.generation.blend import STATISTICS, GuidanceRecord
 from dmlsynth.generation.batching import choose_batch_size, in_batches, measure_memory, memory_budget
 from dmlsynth.generation.fine_tuning import entry_with_token
 from dmlsynth.generation.prompts import read_prompts
@@ -41,8 +42,11 @@ from dmlsynth.provenance import params_hash
 log = logging.getLogger("dmlsynth.generation")
 
 # ``seconds``: sampling time of the image (its batch's time shared by the batch), for the cost report;
-# ``batch``: how many images that sampler call made (after any halving on out-of-memory).
-PART_COLUMNS = ["image_set", *COLUMNS, "operator", "prompts", "seed", "seconds", "batch", "params_hash"]
+# ``batch``: how many images that sampler call made (after any halving on out-of-memory);
+# GUIDANCE_COLUMNS: the image's guidance statistics, means over its denoising steps
+# (dmlsynth.generation.blend.guidance_statistics; results/generation.csv aggregates them).
+GUIDANCE_COLUMNS = list(STATISTICS)
+PART_COLUMNS = ["image_set", *COLUMNS, "operator", "prompts", "seed", "seconds", "batch", *GUIDANCE_COLUMNS, "params_hash"]
 
 
 class GenerationError(ValueError):
@@ -151,27 +155,34 @@ def generate_class(
         plans = [plan_image(entry, recipe, s) for s in seeds]
         batch_size = choose_batch_size(settings["batch_size"], memory, budget, recipe["prompts_per_image"], vae_sliced)
 
-        def run_batch(start: int, stop: int) -> tuple[np.ndarray, float]:
+        def run_batch(start: int, stop: int) -> tuple[np.ndarray, float, dict[str, list[float]]]:
             batch_started = time.perf_counter()
+            operators = [p["operator"] for p in plans[start:stop]]
+            rule, norm = str(settings["intersection_rule"]), str(settings["guidance_norm"])
+            record = GuidanceRecord(operators, rule, norm)
             images = sample(
                 components,
                 _conditions(components, plans[start:stop], cache),
                 unconditional,
-                [p["operator"] for p in plans[start:stop]],
+                operators,
                 torch.stack([initial_noise(components, s) for s in seeds[start:stop]]),
                 guidance_scale=float(settings["guidance_scale"]),
                 steps=int(settings["steps"]),
                 scheduler=str(settings["scheduler"]),
+                intersection_rule=rule,
+                guidance_norm=norm,
+                on_step=record,
             )
             arrays = to_uint8(images).numpy()  # on the CPU: the batch is finished
-            return arrays, (time.perf_counter() - batch_started) / (stop - start)
+            return arrays, (time.perf_counter() - batch_started) / (stop - start), record.means()
 
         try:
-            for start, _stop, (arrays, seconds_per_image) in in_batches(count, batch_size, run_batch, f"{image_set} images"):
+            for start, _stop, (arrays, seconds_per_image, guidance) in in_batches(count, batch_size, run_batch, f"{image_set} images"):
                 for offset, array in enumerate(arrays):
                     row = _save(array, start + offset, image_set, plans[start + offset], seeds[start + offset],
                                 entry, int(label), generated_dir, seconds_per_image, key)  # fmt: skip
-                    rows.append({**row, "batch": len(arrays)})
+                    statistics = {name: float(f"{values[offset]:.6g}") for name, values in guidance.items()}
+                    rows.append({**row, "batch": len(arrays), **statistics})
         except torch.OutOfMemoryError as error:
             raise GenerationError(str(error)) from error
     part = pd.DataFrame(rows, columns=PART_COLUMNS)
@@ -234,6 +245,9 @@ def merge_parts(part_files: Sequence[str | Path], image_set: str, manifest: str 
         frame = frame.assign(score=float("nan"))  # an unfiltered part
     if frame.empty:
         raise GenerationError(f"no images of image set {image_set!r} in {len(frames)} part file(s); regenerate them")
-    columns = [*COLUMNS, "operator", "prompts", "seed", "seconds", "score", "part"]
+    for name in GUIDANCE_COLUMNS:
+        if name not in frame:
+            frame = frame.assign(**{name: float("nan")})  # a part written before the statistics were recorded
+    columns = [*COLUMNS, "operator", "prompts", "seed", "seconds", *GUIDANCE_COLUMNS, "score", "part"]
     atomic_write_text(manifest, frame[columns].to_csv(index=False))
     return frame[columns]

@@ -2,8 +2,11 @@
 
 One UNet call per step on the stacked batch ``[unconditional; c_1; …; c_K] × B``,
 then per image ``eps = eps_∅ + w · op(d)`` with ``d_i = eps(x_t, c_i) − eps_∅``
-and ``op`` that image's operator (:func:`dmlsynth.generation.blend.combine`).
-With K = 1 this is ordinary classifier-free guidance. Conditions are text
+and ``op`` that image's operator under the intersection rule and the strength
+control (:func:`dmlsynth.generation.blend.combine`, a pure function of the
+residuals). With K = 1 this is ordinary classifier-free guidance. ``on_step``
+(like diffusers' step callbacks) sees each step's residuals, e.g. to record
+:class:`dmlsynth.generation.blend.GuidanceRecord`. Conditions are text
 embeddings, possibly convex blends of several prompts' embeddings
 (:func:`blend_embeddings`). The same components, conditions, operators and
 initial noise give the same images.
@@ -12,7 +15,7 @@ initial noise give the same images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -95,13 +98,18 @@ def sample(
     guidance_scale: float = 7.5,
     steps: int = 25,
     scheduler: str = "ddim",
+    intersection_rule: str = "principal_component",
+    guidance_norm: str = "none",
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` and return images ``(B, C, H, W)`` in [-1, 1].
 
     ``conditions``: ``(K, B, L, D)`` text embeddings (condition k of image b);
     ``unconditional``: ``(L, D)`` embedding of the empty prompt;
-    ``operators``: one of ``union | intersection | conjunction`` per image;
-    ``noise``: the initial latents ``(B, *latent_shape)`` drawn with unit variance.
+    ``operators``: one of :data:`dmlsynth.generation.blend.OPERATORS` per image;
+    ``noise``: the initial latents ``(B, *latent_shape)`` drawn with unit variance;
+    ``intersection_rule``, ``guidance_norm``: see :func:`dmlsynth.generation.blend.combine`;
+    ``on_step(step, residuals)``: called at step 0, 1, … with that step's ``(K, B, ...)`` residuals.
     """
     k, b = conditions.shape[:2]
     if noise.shape[0] != b:
@@ -112,12 +120,16 @@ def sample(
     latents = noise.to(device=device, dtype=torch.float32) * schedule.init_noise_sigma
     hidden = torch.cat([unconditional.unsqueeze(0).expand(b, -1, -1), conditions.reshape(k * b, *conditions.shape[2:])])
     hidden = hidden.to(device=device, dtype=dtype)
-    for t in schedule.timesteps:
+    operators = list(operators)
+    for step, t in enumerate(schedule.timesteps):
         model_input = schedule.scale_model_input(latents, t).to(dtype)
         stacked = model_input.repeat(k + 1, *([1] * (model_input.dim() - 1)))
         eps = components.unet(stacked, t, encoder_hidden_states=hidden).sample.float()
         eps = eps.view(k + 1, b, *eps.shape[1:])
-        guided = eps[0] + guidance_scale * combine(eps[1:] - eps[0:1], list(operators))
+        residuals = eps[1:] - eps[0:1]
+        if on_step is not None:
+            on_step(step, residuals)
+        guided = eps[0] + guidance_scale * combine(residuals, operators, intersection_rule, guidance_norm)
         latents = schedule.step(guided, t, latents).prev_sample
     if components.vae is None:
         return latents.clamp(-1, 1)

@@ -110,3 +110,32 @@ def set_recipe(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         "prompts_per_condition": 1 if plain else int(settings["prompts_per_condition"]),
         "plain": plain,
     }
+
+
+def describe(config: Mapping[str, Any]) -> list[str]:
+    """What generation makes and what training adds of it, one line per dataset and per method
+    (``dmlsynth check-config``); nothing when no configured method trains with generated images."""
+    sets = image_sets(config)
+    if not sets:
+        return []
+    lines = []
+    for dataset in config["datasets"]:
+        settings = generation_settings(config, dataset)
+        prompts = settings["prompts"]
+        source = (
+            f"captions of {prompts['images_per_class']} training images per class by {prompts['captioner']}"
+            if prompts["source"] == "captions"
+            else "attribute prompts"
+        )
+        lines.append(
+            f"generation.{dataset}: {settings['generator']}, {settings['images_per_class']} images per training "
+            f"class and image set ({', '.join(sets)}), {source}; intersection_rule {settings['intersection_rule']}, "
+            f"guidance_norm {settings['guidance_norm']}"
+        )
+    for method in config["methods"]:
+        spec = registry.METHODS[method]
+        if spec.synthetic_images:
+            share = registry.method_params(spec, config)["synthetic_per_real"]
+            added = "every generated image the filter kept" if share == "all" else f"round({share} x its real images) generated images"
+            lines.append(f"{method}: trains on the real images plus, per class, {added} of image set {spec.synthetic_images!r}")
+    return lines

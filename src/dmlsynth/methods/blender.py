@@ -8,7 +8,9 @@ makes the image set their registry entry names (``MethodSpec.synthetic_images``:
 
 ``mix_synthetic`` adds, for every training class, ``round(synthetic_per_real ×
 n_real)`` generated images of that class (at most as many as were generated),
-drawn without replacement with the run's seed. Generated images keep their
+drawn without replacement with the run's seed; ``synthetic_per_real: all`` (the
+default) adds every generated image of the class, as the paper adds its whole
+generated set. Generated images keep their
 class label and join that class only; an image set that holds a class which
 is not a training class is rejected, so test classes never get synthetic
 images.
@@ -24,15 +26,23 @@ import pandas as pd
 from dmlsynth.data.manifest import ManifestError
 from dmlsynth.methods.base import Method
 
+ALL = "all"  # synthetic_per_real: every generated image of a class
+
+
+def _ratio(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"synthetic_per_real must be a number >= 0 or {ALL!r}, got {value!r}")
+    return float(value)
+
+
 def mix_synthetic(
     train_frame: pd.DataFrame, synthetic_frame: pd.DataFrame, method_params: Mapping[str, Any], seed: int
 ) -> pd.DataFrame:
     """Real training rows plus the sampled synthetic rows (same columns, ``synthetic`` flag added)."""
     if (train_frame["split"] != "train").any():
         raise ValueError("mix_synthetic expects the training split only")
-    ratio = float(method_params["synthetic_per_real"])
-    if ratio < 0:
-        raise ValueError(f"synthetic_per_real must be >= 0, got {ratio}")
+    every = method_params["synthetic_per_real"] == ALL
+    ratio = 1.0 if every else _ratio(method_params["synthetic_per_real"])
     train_labels = set(int(l) for l in train_frame["label"])
     synthetic_labels = set(int(l) for l in synthetic_frame["label"])
     foreign = sorted(synthetic_labels - train_labels)
@@ -55,7 +65,7 @@ def mix_synthetic(
     picked = []
     for label in sorted(train_labels):
         pool = synthetic_frame[synthetic_frame["label"] == label].sort_values("path")
-        count = min(len(pool), int(round(ratio * int((train_frame["label"] == label).sum()))))
+        count = len(pool) if every else min(len(pool), int(round(ratio * int((train_frame["label"] == label).sum()))))
         if count:
             picked.append(pool.iloc[np.sort(rng.choice(len(pool), size=count, replace=False))])
     if not picked:

@@ -75,3 +75,44 @@ def test_a_config_asking_for_captions_names_a_captioner(default_params):
         cfg.validate(bad)
     good = {**default_params, "generation": {"digits": {"prompts": {"source": "captions", "captioner": "my/blip"}}}}
     assert cfg.validate(good)["generation"]["digits"]["prompts"]["captioner"] == "my/blip"
+
+
+def test_the_paper_protocols_caption_prompts_through_the_prompts_job(captioner_dir, tmp_path):
+    """config/paper.yaml's prompts settings (captions, 8 images per class) on a tiny CUB copy, with the tiny
+    captioner in place of the named model: the prompts job captions training images only and writes them."""
+    from dmlsynth import config as cfg
+    from dmlsynth.cli import main
+    from dmlsynth.data.prepare import prepare_dataset
+
+    from tests.conftest import ROOT
+    from tests.helpers.datasets import cub_fixture, place
+
+    paper = cfg.load(ROOT / "config" / "paper.yaml")
+    wanted = paper["generation"]["cub200"]["prompts"]
+    assert wanted["source"] == "captions" and wanted["captioner"] == "Salesforce/blip-image-captioning-large"
+    fixture = cub_fixture(classes=4, per_class=3)
+    place(tmp_path / "data" / "raw" / "cub200", "CUB_200_2011.tgz", fixture.archive)
+    generation = {**paper["generation"]["cub200"], "device": "cpu", "prompts": {**wanted, "captioner": str(captioner_dir)}}
+    config = cfg.validate({
+        **paper, "datasets": ["cub200"],
+        "paths": {"data": str(tmp_path / "data"), "results": str(tmp_path / "results"), "logs": str(tmp_path / "logs")},
+        "dataset_settings": {"cub200": {**paper["dataset_settings"]["cub200"], "validation_classes": 0,
+                                        "md5": {"archive": fixture.md5}, "expected": fixture.expected}},
+        "generation": {"cub200": generation},
+        "training": {**paper["training"], "batch_size": 8},  # two training classes in the tiny copy
+    })  # fmt: skip
+    manifest = prepare_dataset(config, "cub200")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "data" / "cub200" / "prompts.yaml"
+    assert main(["prompts", "--config", str(tmp_path / "config.yaml"), "--dataset", "cub200", "--manifest", str(manifest),
+                 "--search-dir", str(tmp_path / "data" / "raw" / "cub200"), "--out", str(out)]) == 0  # fmt: skip
+    document = yaml.safe_load(out.read_text().split("\n", 1)[1])
+    assert document["source"] == "captions" and document["captioner"] == str(captioner_dir)
+    frame = read_manifest(manifest)
+    train = frame[frame.split == "train"]
+    assert sorted(c["label"] for c in document["classes"]) == sorted(train.label.unique())
+    for entry in document["classes"]:
+        # All 3 training images of the class (fewer than the 8 asked for), never a test image.
+        assert len(entry["captions"]) == 3 and all(set(c.split()) <= set(CAPTION_WORDS) for c in entry["captions"])
+        assert entry["prompts"][0] == entry["plain"]
+        assert entry["prompts"][1:] == list(dict.fromkeys(f"{entry['plain']}, {c}" for c in entry["captions"] if c))

@@ -3,6 +3,7 @@
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -104,3 +105,50 @@ def test_batch_size_and_speed_settings_do_not_make_a_class_again(components, pro
     assert (tmp_path / "part.csv").stat().st_mtime_ns == stamp and again.equals(first)
     generate(components, prompts, tmp_path, batch_size=2, guidance_scale=5.0)  # what the images depend on does
     assert (tmp_path / "part.csv").stat().st_mtime_ns != stamp
+
+
+def test_the_part_records_each_images_guidance_statistics_of_its_sampling_run(components, prompts, tmp_path):
+    """Per image: the means over its denoising steps of blend.guidance_statistics, as the sampling run saw them;
+    merge_parts carries them into the set's manifest and quality_rows averages them per operator."""
+    from dmlsynth.data.manifest import read_manifest
+    from dmlsynth.generation.blend import STATISTICS, guidance_statistics
+    from dmlsynth.generation.prompts import read_prompts
+    from dmlsynth.generation.quality import quality_rows
+    from dmlsynth.generation.run import _conditions, image_seed, initial_noise, merge_parts, plan_image
+    from dmlsynth.generation.sampler import encode_prompts, sample
+    from dmlsynth.generation.settings import set_recipe
+
+    # One image per sampler call, as the reference below: the same float sums (a batch of 5 moves the
+    # strength-controlled share, ~1e-5 on this random UNet, by about 1 %).
+    chosen = settings(batch_size=1, intersection_rule="elementwise", guidance_norm="mean")
+    part = generate_class(components, prompts, 0, [0], ["union", "plain"], chosen, tmp_path, tmp_path / "part.csv")
+    union = part[part.image_set == "union"].reset_index(drop=True)
+    # Image 3 of the union set, sampled alone with its own seed, recording every step's residuals.
+    entry = read_prompts(prompts, [0])[0]
+    seed = image_seed(chosen["seed"], 0, "union", 3)
+    plan = plan_image(entry, set_recipe("union", chosen), seed)
+    steps = []
+    sample(components, _conditions(components, [plan], {}), encode_prompts(components, [""])[0], [plan["operator"]],
+           initial_noise(components, seed)[None], guidance_scale=chosen["guidance_scale"], steps=chosen["steps"],
+           scheduler=chosen["scheduler"], intersection_rule="elementwise", guidance_norm="mean",
+           on_step=lambda step, d: steps.append(guidance_statistics(d, [plan["operator"]], "elementwise", "mean")))  # fmt: skip
+    assert len(steps) == chosen["steps"]
+    for name in STATISTICS:
+        alone = float(torch.stack([s[name] for s in steps]).mean())
+        assert union.loc[3, name] == pytest.approx(alone, rel=1e-5)  # written with 6 significant digits
+        assert (union[name] - alone).abs().idxmin() == 3, name
+    assert union.loc[3, "guidance_ratio"] > 1  # the union before rescaling: stronger than the mean residual
+    # The class prompt alone is ordinary guidance: ratio 1, no union-intersection difference.
+    plain = part[part.image_set == "plain"]
+    assert (plain.guidance_ratio == 1).all() and plain.difference_along_mean.isna().all()
+    # Into the manifest and, per operator, into the report's rows.
+    sets = {}
+    for image_set in ("union", "plain"):
+        merge_parts([tmp_path / "part.csv"], image_set, tmp_path / image_set / "manifest.csv")
+        sets[image_set] = read_manifest(tmp_path / image_set / "manifest.csv")
+    assert sets["union"].guidance_ratio.tolist() == union.guidance_ratio.tolist()
+    real = pd.DataFrame({"file": list(sets["plain"].file) * 2, "label": [0] * 5 + [1] * 5})
+    rows = quality_rows("digits", real, sets, "L", 8, "embedded", pretrained=False).set_index("image_set")
+    for name in STATISTICS:
+        assert rows.loc["union", name] == pytest.approx(union[name].mean())
+    assert rows.loc["plain", "guidance_ratio"] == 1 and np.isnan(rows.loc["plain", "difference_along_mean"])

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from dmlsynth.generation.blend import combine
 from dmlsynth.generation.sampler import blend_embeddings, encode_prompts, make_scheduler, sample
+from dmlsynth.registry import GUIDANCE_NORMS, INTERSECTION_RULES
 
 from tests.helpers.generation import tiny_pixel_components
 
@@ -70,6 +72,68 @@ def test_k_one_is_ordinary_classifier_free_guidance(components):
     torch.testing.assert_close(images["union"], latents.clamp(-1, 1), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rule", INTERSECTION_RULES)
+def test_strength_control_applies_the_mean_residuals_norm_at_every_step(components, monkeypatch, rule):
+    """Through the loop: the guidance handed to the scheduler is ``eps_∅ + w·g`` with ``‖g‖ = ‖mean residual‖``
+    per image at every step, in the direction of that image's operator."""
+    from dmlsynth.generation import sampler as sampler_module
+
+    k, b, w, steps = 3, 4, 5.0, 4
+    cond, uncond = conditions(components, k, b)
+    cond = cond + 0.3 * torch.randn(cond.shape, generator=torch.Generator().manual_seed(2))  # four different images
+    ops = ["union", "intersection", "inclusion_exclusion", "conjunction"]
+    predictions, guided = [], []
+    forward = components.unet.forward
+
+    def recording_unet(sample_, t, encoder_hidden_states, **kw):
+        out = forward(sample_, t, encoder_hidden_states=encoder_hidden_states, **kw)
+        predictions.append(out.sample.detach().clone())
+        return out
+
+    make = sampler_module.make_scheduler
+
+    def recording_scheduler(components_, name):
+        schedule = make(components_, name)
+        step = schedule.step
+        schedule.step = lambda model_output, t, latents, **kw: (guided.append(model_output.clone()), step(model_output, t, latents, **kw))[1]
+        return schedule
+
+    monkeypatch.setattr(components.unet, "forward", recording_unet)
+    monkeypatch.setattr(sampler_module, "make_scheduler", recording_scheduler)
+    seen = []
+    sample(components, cond, uncond, ops, noise(b), guidance_scale=w, steps=steps, scheduler="ddim",
+           intersection_rule=rule, guidance_norm="mean", on_step=lambda step, d: seen.append(step))  # fmt: skip
+    assert len(predictions) == len(guided) == steps and seen == list(range(steps))
+    for eps, model_output in zip(predictions, guided):
+        eps = eps.float().view(k + 1, b, *eps.shape[1:])
+        d = eps[1:] - eps[0:1]
+        applied = ((model_output - eps[0]) / w).flatten(1)
+        torch.testing.assert_close(applied.norm(dim=1), d.mean(0).flatten(1).norm(dim=1), rtol=1e-4, atol=1e-6)
+        raw = combine(d, ops, rule, "none").flatten(1)
+        cosine = (applied * raw).sum(1) / (applied.norm(dim=1) * raw.norm(dim=1))
+        torch.testing.assert_close(cosine, torch.ones(b), rtol=0, atol=1e-4)
+        # There was something to rescale: the conjunction is K times the mean residual.
+        assert raw[3].norm() == pytest.approx(k * float(d.mean(0)[3].norm()), rel=1e-4)
+
+
+def test_k_one_is_unchanged_by_the_rule_and_the_strength_control(components):
+    cond, uncond = conditions(components, 1, 2)
+    reference = sample(components, cond, uncond, ["union", "intersection"], noise(2), guidance_scale=4.0, steps=3)
+    for rule in INTERSECTION_RULES:
+        for norm in GUIDANCE_NORMS:
+            images = sample(components, cond, uncond, ["union", "intersection"], noise(2), guidance_scale=4.0, steps=3,
+                            intersection_rule=rule, guidance_norm=norm)  # fmt: skip
+            assert torch.equal(images, reference), (rule, norm)
+
+
+def test_the_strength_control_and_the_rule_change_the_images(components):
+    cond, uncond = conditions(components, 3, 1)
+    run = lambda op, rule, norm: sample(components, cond, uncond, [op], noise(1), steps=3, guidance_scale=5.0,
+                                        intersection_rule=rule, guidance_norm=norm)  # fmt: skip
+    assert not torch.allclose(run("union", "principal_component", "mean"), run("union", "principal_component", "none"))
+    assert not torch.allclose(run("intersection", "principal_component", "none"), run("intersection", "elementwise", "none"))
+
+
 def test_operator_changes_the_image(components):
     cond, uncond = conditions(components, 3, 1)
     union = sample(components, cond, uncond, ["union"], noise(1), steps=3, guidance_scale=5.0)
@@ -116,12 +180,14 @@ def test_sampling_on_the_device_matches_the_cpu(device, components, tmp_path, sc
     moved = on(device, tmp_path)
     k, b = 3, 4
     cond, uncond = conditions(moved, k, b)
-    ops = ["union", "intersection", "conjunction", "union"]
-    images = sample(moved, cond, uncond, ops, noise(b), guidance_scale=3.0, steps=3, scheduler=scheduler)
-    again = sample(moved, cond, uncond, ops, noise(b), guidance_scale=3.0, steps=3, scheduler=scheduler)
+    ops = ["union", "intersection", "conjunction", "inclusion_exclusion"]
+    # The workflow's defaults: the principal-component intersection and the strength control.
+    options = dict(guidance_scale=3.0, steps=3, scheduler=scheduler, intersection_rule="principal_component", guidance_norm="mean")
+    images = sample(moved, cond, uncond, ops, noise(b), **options)
+    again = sample(moved, cond, uncond, ops, noise(b), **options)
     assert images.device.type == device and torch.equal(images, again)
     cpu_cond, cpu_uncond = conditions(components, k, b)
-    reference = sample(components, cpu_cond, cpu_uncond, ops, noise(b), guidance_scale=3.0, steps=3, scheduler=scheduler)
+    reference = sample(components, cpu_cond, cpu_uncond, ops, noise(b), **options)
     # CUDA convolutions may use TF32 (10-bit mantissa): agreement to ~1e-3 of the [-1, 1] range.
     torch.testing.assert_close(images.cpu(), reference, atol=1e-2, rtol=0)
 

@@ -6,6 +6,7 @@ from dmlsynth import config as cfg
 from dmlsynth import registry
 from dmlsynth.generation.settings import (
     SPEED_SETTINGS,
+    describe,
     generation_settings,
     image_settings,
 )
@@ -43,6 +44,28 @@ def test_speed_settings_are_not_image_settings():
     kept = image_settings(settings)
     assert set(SPEED_SETTINGS) <= set(settings) and not set(SPEED_SETTINGS) & set(kept)
     assert {"seed", "steps", "guidance_scale", "device", "fp16", "model_id", "images_per_class"} <= set(kept)
+
+
+def test_the_operator_rules_are_image_settings():
+    """A new intersection rule or strength control makes every class's images again (the part's key)."""
+    settings = generation_settings({"methods": ["blender"]}, "digits")
+    assert (settings["intersection_rule"], settings["guidance_norm"]) == ("principal_component", "mean")
+    for key, other in (("intersection_rule", "elementwise"), ("guidance_norm", "none")):
+        assert image_settings({**settings, key: other}) != image_settings(settings)
+        assert image_settings({**settings, key: other})[key] == other
+
+
+def test_describe_says_what_generation_makes_and_what_training_adds(default_params):
+    config = cfg.validate({**default_params, "methods": ["baseline", "blender", "sd_plain"],
+                           "method_params": {"sd_plain": {"synthetic_per_real": 0.5}}})  # fmt: skip
+    lines = describe(config)
+    assert lines[0].startswith("generation.digits: embedded, 80 images per training class and image set (blender, plain)")
+    assert "attribute prompts; intersection_rule principal_component, guidance_norm mean" in lines[0]
+    assert lines[1:] == [
+        "blender: trains on the real images plus, per class, every generated image the filter kept of image set 'blender'",
+        "sd_plain: trains on the real images plus, per class, round(0.5 x its real images) generated images of image set 'plain'",
+    ]
+    assert describe({**config, "methods": ["baseline", "symm"]}) == []
 
 
 def test_fine_tuning_is_an_image_setting_only_when_on():

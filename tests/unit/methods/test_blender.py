@@ -61,17 +61,41 @@ def test_test_classes_never_get_synthetic_images():
         mix_synthetic(frame([0, 5], split="test"), SYNTHETIC, {}, seed=0)
 
 
+def test_all_adds_every_generated_image_of_each_class():
+    """The paper's volume: every generated image, however many real images a class has."""
+    mixed = mix_synthetic(REAL, SYNTHETIC, {"synthetic_per_real": "all"}, seed=0)
+    added = mixed[mixed.synthetic]
+    assert added.groupby("label").size().to_dict() == {0: 30, 1: 30}
+    assert sorted(added["file"]) == sorted(SYNTHETIC["file"])
+    assert (mixed[~mixed.synthetic].drop(columns="synthetic").reset_index(drop=True) == REAL).all().all()
+    # Through the method the training builder calls.
+    spec = registry.METHODS["blender"]
+    frame_ = registry.load_object(spec.module).training_frame(REAL, SYNTHETIC, spec.resolve(None), 0)
+    assert frame_.equals(mixed)
+    with pytest.raises(ValueError, match="a number >= 0 or 'all'"):
+        mix_synthetic(REAL, SYNTHETIC, {"synthetic_per_real": "most"}, seed=0)
+
+
+BLENDER_METHODS = {name: spec for name, spec in registry.METHODS.items() if spec.synthetic_images}
+
+
 def test_blender_methods_are_registered_and_configurable():
     expected = {"blender": "blender", "blender_union": "union", "blender_intersection": "intersection", "sd_plain": "plain"}
-    for method, image_set in expected.items():
-        spec = registry.METHODS[method]
-        assert spec.synthetic_images == image_set
-        assert spec.defaults["synthetic_per_real"] == 0.5
+    assert {name: spec.synthetic_images for name, spec in BLENDER_METHODS.items()} == expected
+    for spec in BLENDER_METHODS.values():
+        assert spec.defaults["synthetic_per_real"] == "all"  # the paper's volume (docs/methods.md §7)
+        assert spec.off_params == {"synthetic_per_real": 0.0}
     config = cfg.load("params.yaml")
     config["methods"] = ["baseline", *expected]
-    config["method_params"] = {"blender": {"synthetic_per_real": 1.0}}
+    config["method_params"] = {"blender": {"synthetic_per_real": 1.0}, "sd_plain": {"synthetic_per_real": "all"}}
     config = cfg.validate(config)
     assert cfg.run_params(config, "digits", "blender", "multi_similarity", 0)["method_params"] == {"synthetic_per_real": 1.0}
-    config["method_params"] = {"blender": {"synthetic_per_real": -1}}
-    with pytest.raises(cfg.ConfigError, match="synthetic_per_real"):
-        cfg.validate(config)
+    assert cfg.run_params(config, "digits", "sd_plain", "multi_similarity", 0)["method_params"] == {"synthetic_per_real": "all"}
+    # Numbers from the command line arrive as strings (snakemake --config): read as numbers; "all" stays a word.
+    assert cfg.validate({**config, "method_params": {"blender": {"synthetic_per_real": "0.25"}}})["method_params"] == {
+        "blender": {"synthetic_per_real": 0.25}
+    }
+    for bad in (-1, "most", True):
+        config["method_params"] = {"blender": {"synthetic_per_real": bad}}
+        with pytest.raises(cfg.ConfigError, match=r"synthetic_per_real: .* is not allowed; expected a number x >= 0 .* or all"):
+            cfg.validate(config)
