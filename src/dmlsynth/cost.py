@@ -21,6 +21,7 @@ def is_cuda(device: Any) -> bool:
     return isinstance(device, str) and device.startswith("cuda")
 
 
+
 def generation_cost(generation: Any, dataset: str, method: str) -> dict[str, float]:
     """Sampling seconds of the method's image set and the generator training (or fine-tuning) seconds.
 
@@ -42,8 +43,9 @@ def generation_cost(generation: Any, dataset: str, method: str) -> dict[str, flo
     row = rows[rows["operator"] == "all"].iloc[0] if (rows["operator"] == "all").any() else rows.iloc[0]
     sampling = float(row["seconds_per_image"]) * float(row["images"])
     train = float(row.get("generator_train_seconds", 0.0) or 0.0)
-    device = row.get("device") if "device" in rows.columns else None
-    gpu = (sampling + train if is_cuda(device) else 0.0) if isinstance(device, str) else float("nan")
+    # Sampled on CUDA, on the CPU, or (a report of older code, parts of both) not known.
+    device = str(row.get("device")) if "device" in rows.columns else "unknown"
+    gpu = sampling + train if device == "cuda" else 0.0 if device == "cpu" else float("nan")
     return {"generation_seconds": sampling, "generator_train_seconds": train, "gpu_seconds": gpu}
 
 

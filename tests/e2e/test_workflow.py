@@ -44,6 +44,8 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(repo_root, d
         assert (tmp_path / "results" / "figures" / f"forest_digits_{loss}.png").is_file()
     comparison = pd.read_csv(tmp_path / "results" / "comparison.csv")
     assert len(comparison) == len(table) and (comparison.loc[comparison.method == "blender", "generation_seconds"] > 0).all()
+    # A CPU-only run costs no GPU-hours, whatever the method (generation.csv says where images were sampled).
+    assert (comparison["gpu_hours"] == 0).all() and (pd.read_csv(tmp_path / "results" / "generation.csv")["device"] == "cpu").all()
     for run in ("digits/baseline/contrastive/seed1",):
         for name in ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv", "metrics.json", "embeddings.png"):
             assert (tmp_path / "results" / "runs" / run / name).is_file()

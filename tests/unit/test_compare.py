@@ -92,6 +92,13 @@ def test_report_files(results):
         assert Path(path).is_file(), path
 
 
+def test_images_sampled_on_the_cpu_cost_no_gpu_hours(results):
+    frame = compare(results, generation_report(device="cpu")).set_index(["loss", "method"])
+    blender = frame.loc[("multi_similarity", "blender")]
+    assert blender["generation_seconds"] == pytest.approx(50.0)
+    assert blender["gpu_hours"] == pytest.approx(2 * 2.0)  # its two CUDA training runs only
+
+
 def test_generation_cost_needs_the_report_and_counts_gpu_only_when_known(results):
     with pytest.raises(CompareError, match="pass --generation results/generation.csv"):
         compare(results, None)

@@ -89,6 +89,7 @@ COLUMNS = [
     "difference_along_mean",
     "applied_difference_along_mean",
     "seconds_per_image",
+    "device",
     "generator_train_seconds",
     "filter",
     "generated",
@@ -349,6 +350,8 @@ def quality_rows(
                     **{name: _mean_of(frame, name, mask) for name in GUIDANCE_STATISTICS},
                     # What the images cost: sampling time per image (the generator's training is extra).
                     "seconds_per_image": float(frame["seconds"].to_numpy()[mask].mean()) if "seconds" in frame else float("nan"),
+                    # Where they were sampled (GPU-hours count CUDA seconds); unknown for parts of older code.
+                    "device": ";".join(sorted(set(frame["device"].astype(str).to_numpy()[mask]))) if "device" in frame else "unknown",
                     **counts,
                 }
             )

@@ -46,7 +46,8 @@ log = logging.getLogger("dmlsynth.generation")
 # GUIDANCE_COLUMNS: the image's guidance statistics, means over its denoising steps
 # (dmlsynth.generation.blend.guidance_statistics; results/generation.csv aggregates them).
 GUIDANCE_COLUMNS = list(STATISTICS)
-PART_COLUMNS = ["image_set", *COLUMNS, "operator", "prompts", "seed", "seconds", "batch", *GUIDANCE_COLUMNS, "params_hash"]
+# ``device``: the kind of device that sampled the image (``cpu``/``cuda``): its seconds are GPU-seconds on CUDA.
+PART_COLUMNS = ["image_set", *COLUMNS, "operator", "prompts", "seed", "seconds", "device", "batch", *GUIDANCE_COLUMNS, "params_hash"]
 
 
 class GenerationError(ValueError):
@@ -182,7 +183,7 @@ def generate_class(
                     row = _save(array, start + offset, image_set, plans[start + offset], seeds[start + offset],
                                 entry, int(label), generated_dir, seconds_per_image, key)  # fmt: skip
                     statistics = {name: float(f"{values[offset]:.6g}") for name, values in guidance.items()}
-                    rows.append({**row, "batch": len(arrays), **statistics})
+                    rows.append({**row, "device": components.device.type, "batch": len(arrays), **statistics})
         except torch.OutOfMemoryError as error:
             raise GenerationError(str(error)) from error
     part = pd.DataFrame(rows, columns=PART_COLUMNS)
@@ -248,6 +249,8 @@ def merge_parts(part_files: Sequence[str | Path], image_set: str, manifest: str 
     for name in GUIDANCE_COLUMNS:
         if name not in frame:
             frame = frame.assign(**{name: float("nan")})  # a part written before the statistics were recorded
-    columns = [*COLUMNS, "operator", "prompts", "seed", "seconds", *GUIDANCE_COLUMNS, "score", "part"]
+    if "device" not in frame:
+        frame = frame.assign(device="unknown")  # a part written before devices were recorded
+    columns = [*COLUMNS, "operator", "prompts", "seed", "seconds", "device", *GUIDANCE_COLUMNS, "score", "part"]
     atomic_write_text(manifest, frame[columns].to_csv(index=False))
     return frame[columns]
