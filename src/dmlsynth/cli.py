@@ -442,23 +442,6 @@ def _check_names(args: argparse.Namespace) -> None:
             raise cfg.ConfigError(f"unknown {attr} {value!r}; known: {', '.join(sorted(table))}")
 
 
-def _generation_errors() -> tuple[type[Exception], ...]:
-    """Bad prompts files and impossible generation requests are user errors, reported without a traceback."""
-    from dmlsynth.generation.fine_tuning import FineTuningError
-    from dmlsynth.generation.prompts import PromptsError
-    from dmlsynth.generation.run import GenerationError
-
-    return (PromptsError, GenerationError, FineTuningError)
-
-
-def _result_errors() -> tuple[type[Exception], ...]:
-    """Missing or inconsistent runs given to the table or the comparison: user errors too."""
-    from dmlsynth.compare import CompareError
-    from dmlsynth.table import TableError
-
-    return (TableError, CompareError)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -468,20 +451,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     # faiss announces every CPU-feature probe at INFO; only its problems matter here.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    from dmlsynth.data.errors import DataError
-    from dmlsynth.data.manifest import ManifestError
-    from dmlsynth.gpu_slots import GpuSlotError, claim
-    from dmlsynth.workflow import WorkflowGone
+    from dmlsynth.errors import DmlsynthError
+    from dmlsynth.gpu_slots import claim
 
     try:
         _check_names(args)
         # Before anything starts CUDA: a job of `--resources gpu=N` takes GPUs no concurrent job has.
         claim(getattr(args, "gpu_slots", 0), getattr(args, "gpus", 0))
         return args.func(args)
-    except (
-        cfg.ConfigError, ManifestError, DataError, FileNotFoundError, WorkflowGone, GpuSlotError, *_generation_errors(),
-        *_result_errors(),
-    ) as exc:  # fmt: skip
+    except (DmlsynthError, FileNotFoundError) as exc:  # the user's to fix: the message says how
         print(f"dmlsynth {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,7 @@ from dmlsynth import cost, registry
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import forest_figure_name
 from dmlsynth.table import BASELINE, NOT_AVAILABLE, Run
+from dmlsynth.errors import DmlsynthError
 
 # What the forest plots and the report show, in this order.
 SHOWN = ("recall@1", "map@r")
@@ -33,7 +34,7 @@ STAT_COLUMNS = ("mean", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_lo
 COST_COLUMNS = cost.COLUMNS
 
 
-class CompareError(ValueError):
+class CompareError(DmlsynthError, ValueError):
     """The table, runs or generation report given to ``dmlsynth compare`` do not fit together."""
 
 

@@ -20,9 +20,10 @@ import yaml
 
 from dmlsynth import registry
 from dmlsynth.io import atomic_write_text, read_yaml
+from dmlsynth.errors import DmlsynthError
 
 
-class ConfigError(ValueError):
+class ConfigError(DmlsynthError, ValueError):
     """params.yaml is malformed or asks for something that does not exist."""
 
 

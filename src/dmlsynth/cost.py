@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from dmlsynth import registry
+from dmlsynth.errors import DmlsynthError
 
 
-class CostError(ValueError):
+class CostError(DmlsynthError, ValueError):
     """A method trained on generated images, but their cost is not known."""
 
 

@@ -33,6 +33,7 @@ import os
 import time
 from pathlib import Path
 from typing import Mapping, MutableMapping
+from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.gpu_slots")
 
@@ -41,7 +42,7 @@ SLOT_DIR = Path(".snakemake") / "dmlsynth" / "gpu-slots"
 DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
-class GpuSlotError(ValueError):
+class GpuSlotError(DmlsynthError, ValueError):
     """More GPU slots are asked for than there are GPUs; the message says what to pass instead."""
 
 

@@ -39,7 +39,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR_VARIABLE = "DMLSYNTH_PROJECT_DIR"
 
 # Modules that record or write results but never change a number: not part of a digest.
-BOOKKEEPING = frozenset({f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry")})
+BOOKKEEPING = frozenset(
+    {f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry", "errors")}
+)
 
 PACKAGES = [
     "dmlsynth",

@@ -35,6 +35,7 @@ from dmlsynth import registry, stats
 from dmlsynth.metrics import METRIC_KEYS
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import RunFolder, TableFiles
+from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.table")
 
@@ -63,7 +64,7 @@ TEXT_COLUMNS = ("control", "test", "device", "seed_list", "chosen_epochs", "para
 METHOD_PARAMS = ("method", "label", "control", "method_params")
 
 
-class TableError(ValueError):
+class TableError(DmlsynthError, ValueError):
     """The runs given to the table are missing, incomplete or inconsistent."""
 
 

@@ -49,6 +49,7 @@ import yaml
 
 from dmlsynth import registry
 from dmlsynth.layout import RunFolder
+from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.tracking")
 
@@ -62,7 +63,7 @@ SUPERSEDED_TAG = "dmlsynth.superseded"
 FAILURES_VARIABLE = "DMLSYNTH_TRACKING_FAILURES"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(DmlsynthError, RuntimeError):
     """The tracking store could not be written; results on disk are unaffected."""
 
 

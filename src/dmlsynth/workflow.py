@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from dmlsynth.errors import DmlsynthError
 
 WORKFLOW_VARIABLE = "DMLSYNTH_WORKFLOW_PROCESS"
 
 
-class WorkflowGone(RuntimeError):
+class WorkflowGone(DmlsynthError, RuntimeError):
     """The Snakemake process that started this job no longer exists."""
 
 

@@ -5,6 +5,8 @@ corrupt archives, wrong layouts or counts) carry a message that says what is
 wrong and what to do; the CLI prints it without a traceback.
 """
 
+from dmlsynth.errors import DmlsynthError
 
-class DataError(RuntimeError):
+
+class DataError(DmlsynthError, RuntimeError):
     """Preparing a dataset failed for a reason the user can fix; the message says how."""

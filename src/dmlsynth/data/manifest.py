@@ -15,6 +15,7 @@ from typing import Sequence
 import pandas as pd
 
 from dmlsynth.io import atomic_write_text
+from dmlsynth.errors import DmlsynthError
 
 COLUMNS = ["path", "label", "class_name", "split"]
 SPLITS = ("train", "test")
@@ -24,7 +25,7 @@ OPTIONAL_COLUMNS = ["box_left", "box_top", "box_right", "box_bottom", "retrieval
 RETRIEVAL_ROLES = ("query", "gallery")
 
 
-class ManifestError(ValueError):
+class ManifestError(DmlsynthError, ValueError):
     """A manifest is missing, malformed or points at missing files."""
 
 

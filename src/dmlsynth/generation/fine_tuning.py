@@ -54,6 +54,7 @@ import pandas as pd
 from dmlsynth import layout
 from dmlsynth.io import atomic_output, atomic_write_text, save_torch
 from dmlsynth.provenance import code_digest, params_hash
+from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.generation.fine_tuning")
 
@@ -61,7 +62,7 @@ METHODS = ("none", "lora", "textual_inversion", "both")
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-class FineTuningError(ValueError):
+class FineTuningError(DmlsynthError, ValueError):
     """Fine-tuning was asked for something impossible (no images, a test class, a taken token)."""
 
 

@@ -39,6 +39,7 @@ import yaml
 
 from dmlsynth import layout, registry
 from dmlsynth.io import atomic_write_text, read_yaml
+from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.generation.prompts")
 
@@ -54,7 +55,7 @@ CAR_BACKGROUNDS = ("on a city street", "in a parking lot", "on a country road", 
 MIN_SHARE = 0.15  # an attribute word describes a class when this share of its images has it
 
 
-class PromptsError(ValueError):
+class PromptsError(DmlsynthError, ValueError):
     """The prompts file is missing, malformed or does not cover the training classes."""
 
 

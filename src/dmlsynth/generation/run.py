@@ -38,6 +38,7 @@ from dmlsynth.generation.prompts import read_prompts
 from dmlsynth.generation.sampler import Components, blend_embeddings, encode_prompts, sample, to_uint8
 from dmlsynth.generation.settings import image_settings, images_generated, set_recipe
 from dmlsynth.provenance import params_hash
+from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.generation")
 
@@ -50,7 +51,7 @@ GUIDANCE_COLUMNS = list(STATISTICS)
 PART_COLUMNS = ["image_set", *COLUMNS, "operator", "prompts", "seed", "seconds", "device", "batch", *GUIDANCE_COLUMNS, "params_hash"]
 
 
-class GenerationError(ValueError):
+class GenerationError(DmlsynthError, ValueError):
     """Generation was asked for something impossible (e.g. a test class)."""
 
 

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import torch
 from tqdm import tqdm
 
+from dmlsynth.errors import DmlsynthError
 from dmlsynth.layout import RunFolder
 from dmlsynth.provenance import params_hash, run_code_digest
 from dmlsynth.training.build import TrainingRun, build_run
@@ -41,6 +42,10 @@ from dmlsynth.training.outputs import write_outputs
 from dmlsynth.training.validation import EpochSelection
 
 log = logging.getLogger("dmlsynth.training")
+
+
+class DivergedError(DmlsynthError, FloatingPointError):
+    """The loss became NaN or infinite: the run's learning rate or loss params do not train."""
 
 
 class Callback(Protocol):
@@ -70,7 +75,7 @@ def train_step(run: TrainingRun, images: torch.Tensor, labels: torch.Tensor, epo
         embeddings = run.model.embedding(features)
     loss = run.method(embeddings.float(), labels, features=features.float())
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower training.lr or check the loss params")
+        raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1}; lower training.lr or check the loss params")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
