@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from dmlsynth import registry
+from dmlsynth.registry import dataset_settings  # noqa: F401 - the rules read it here (until they read job records)
 from dmlsynth.io import atomic_write_text, read_yaml
 from dmlsynth.errors import DmlsynthError
 
@@ -330,13 +331,6 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a params file."""
     config = read_yaml(path, ConfigError, "pass the path of params.yaml")
     return validate(config if config is not None else {}, source=str(path))
-
-
-def dataset_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """Registry defaults for ``dataset`` updated with ``config['dataset_settings'][dataset]``."""
-    settings = registry.dataset_defaults(dataset)
-    settings.update((config.get("dataset_settings") or {}).get(dataset) or {})
-    return settings
 
 
 NOT_RUN_PARAMS = ("resources", "urls", "md5", "expected")

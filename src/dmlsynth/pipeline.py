@@ -110,7 +110,7 @@ def stage_modules(config: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 def _dataset_value(config: Mapping[str, Any], dataset: str, key: str) -> Any:
-    from dmlsynth.config import dataset_settings
+    from dmlsynth.registry import dataset_settings
 
     return dataset_settings(config, dataset)[key]
 

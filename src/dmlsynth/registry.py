@@ -649,6 +649,13 @@ def dataset_defaults(name: str) -> dict[str, Any]:
     }
 
 
+def dataset_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The dataset's defaults (:func:`dataset_defaults`) updated with ``config['dataset_settings'][dataset]``."""
+    settings = dataset_defaults(dataset)
+    settings.update((config.get("dataset_settings") or {}).get(dataset) or {})
+    return settings
+
+
 def method_params(spec: MethodSpec, config: Mapping[str, Any]) -> dict[str, Any]:
     """The method's params (:meth:`MethodSpec.resolve`) with ``config['method_params'][name]``."""
     return spec.resolve((config.get("method_params") or {}).get(spec.name))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dmlsynth import registry
-from dmlsynth.config import dataset_settings
+from dmlsynth.registry import dataset_settings
 from dmlsynth.layout import Layout
 
 

@@ -28,9 +28,7 @@ MIN_VALIDATION_CLASSES = 2
 
 def validation_class_count(config: Mapping[str, Any], dataset: str) -> int:
     """``dataset_settings.<dataset>.validation_classes`` (0: no validation split)."""
-    from dmlsynth.config import dataset_settings
-
-    return int(dataset_settings(config, dataset).get("validation_classes", 0) or 0)
+    return int(registry.dataset_settings(config, dataset).get("validation_classes", 0) or 0)
 
 
 def split_class_count(config: Mapping[str, Any], dataset: str) -> int:

@@ -134,7 +134,7 @@ def fidelity_scores(
     seed: int = 0,
 ) -> np.ndarray:
     """Probability the generation report's fidelity classifier gives each image's intended class."""
-    from dmlsynth.generation.quality import features, fidelity_classifier
+    from dmlsynth.generation.features import features, fidelity_classifier
 
     real_x = features(real_train["file"].tolist(), image_mode, image_size, pretrained, device, threads)
     classifier = fidelity_classifier(seed).fit(real_x, real_train["label"].to_numpy())
@@ -182,7 +182,7 @@ def filter_generated(
 ) -> pd.DataFrame:
     """Score every image of one class job and write its filtered part (the ``filter_generated`` job)."""
     from dmlsynth import registry
-    from dmlsynth.config import dataset_settings
+    from dmlsynth.registry import dataset_settings
     from dmlsynth.generation.prompts import read_prompts
     from dmlsynth.generation.settings import filter_scorer, generation_settings
 

@@ -54,7 +54,6 @@ scikit-learn on the CPU.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
@@ -63,6 +62,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from dmlsynth.generation.features import features, fidelity_classifier, load_images
 from dmlsynth.io import atomic_write_text, save_figure
 
 log = logging.getLogger("dmlsynth.generation.quality")
@@ -98,96 +98,6 @@ COLUMNS = [
     "kept_score",
 ]
 PERMUTATIONS = 999
-
-
-def load_images(files: Sequence[str], image_mode: str, size: int) -> np.ndarray:
-    """``(N, size, size[, 3])`` uint8 arrays."""
-    from PIL import Image
-
-    arrays = []
-    for file in files:
-        with Image.open(file) as image:
-            image = image.convert(image_mode)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
-            arrays.append(np.asarray(image, dtype=np.uint8))
-    return np.stack(arrays)
-
-
-class _ImageFiles:
-    """The ResNet-50 input of each file (a map-style dataset for torch's DataLoader)."""
-
-    def __init__(self, files: Sequence[str], transform):
-        self.files, self.transform = list(files), transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        with Image.open(self.files[index]) as image:
-            return self.transform(image.convert("RGB"))
-
-
-@functools.lru_cache(maxsize=2)
-def _feature_network(pretrained: bool, device: str):
-    """ResNet-50 without its classifier on ``device``; one per report, shared by the real and generated images."""
-    import torch
-    from torchvision.models import ResNet50_Weights, resnet50
-
-    # Without ImageNet weights (tests, offline) the random network is the same in every call.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = resnet50(weights=ResNet50_Weights.IMAGENET1K_V1 if pretrained else None)
-    model.fc = torch.nn.Identity()
-    return model.to(device).eval()
-
-
-def features(
-    files: Sequence[str],
-    image_mode: str,
-    image_size: int,
-    pretrained: bool = True,
-    device: str = "cpu",
-    threads: int = 1,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Feature vectors the fidelity classifier and the diversity measure use.
-
-    Grayscale: the pixels. RGB: ImageNet ResNet-50 pooled features on
-    ``device`` (``auto``, ``cpu``, ``cuda``), ``threads`` processes decoding.
-    """
-    if image_mode == "L":
-        return load_images(files, "L", image_size).reshape(len(files), -1).astype(np.float64) / 255.0
-    import torch
-    from torchvision.models import ResNet50_Weights
-
-    from dmlsynth.device import pick_device
-
-    target = pick_device(str(device), "generation.<dataset>.device")
-    model = _feature_network(pretrained, str(target))
-    loader = torch.utils.data.DataLoader(
-        _ImageFiles(files, ResNet50_Weights.IMAGENET1K_V1.transforms()),
-        batch_size=batch_size,
-        num_workers=max(0, int(threads) - 1),  # the main process runs the model
-        pin_memory=target.type == "cuda",
-    )
-    out = []
-    with torch.no_grad():
-        for batch in loader:
-            out.append(model(batch.to(target, non_blocking=True)).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
-
-
-def fidelity_classifier(seed: int = 0):
-    """The (unfitted) classifier of fidelity and of the ``fidelity`` filter: standardised features,
-    logistic regression."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5, random_state=seed))
 
 
 def mean_pairwise_distance(x: np.ndarray) -> float:
@@ -409,7 +319,7 @@ def generation_report(config: Mapping[str, Any], threads: int = 1) -> pd.DataFra
     Image features are computed on each dataset's generation device with ``threads`` decoding processes.
     """
     from dmlsynth import registry
-    from dmlsynth.config import dataset_settings
+    from dmlsynth.registry import dataset_settings
     from dmlsynth.data.manifest import read_manifest
     from dmlsynth.data.split import training_class_count, training_rows
     from dmlsynth.generation.fine_tuning import fine_tuning_seconds

@@ -147,147 +147,204 @@ class TrainingRun:
         return embed(self.model, self.loader(dataset), self.device, self.amp, self.image_input)
 
 
-def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifest: str | Path | None = None) -> TrainingRun:
-    """The datasets, model, loss, method and optimizer of a run described by ``params``."""
-    dataset_spec = registry.DATASETS[params["dataset"]]
-    settings = params["dataset_settings"]
-    training = params["training"]
-    device = pick_device(training["device"], "training.device")
-    amp = autocast_dtype(training["mixed_precision"], device)
+@dataclass
+class _Frames:
+    """Step 1's manifest rows of a run: every row, training (real, then generated), validation, test."""
 
-    # 1. The data (generated images of the same classes for data-level methods).
+    all: Any
+    train: Any
+    validation: Any
+    test: Any
+    classes: list[int]
+    real_images: int  # the training rows before the generated ones
+
+
+def _frames(params: Mapping[str, Any], manifest: str | Path, synthetic_manifest: str | Path | None) -> _Frames:
     frame = read_manifest(manifest)
     # The last `validation_classes` training classes only choose the epoch (dmlsynth.data.split).
-    train_frame, validation_frame = split_training(frame[frame.split == "train"], settings.get("validation_classes", 0))
-    test_frame = frame[frame.split == "test"]
+    train, validation = split_training(frame[frame.split == "train"], params["dataset_settings"].get("validation_classes", 0))
     generated = read_manifest(synthetic_manifest) if synthetic_manifest is not None else None
-    train_frame = method_class(params["method"]).training_frame(train_frame, generated, params["method_params"], params["seed"])
-    classes = sorted(train_frame["label"].unique())
-    class_index = {label: i for i, label in enumerate(classes)}
+    train = method_class(params["method"]).training_frame(train, generated, params["method_params"], params["seed"])
     # Data-level methods append their generated rows after the real ones (methods.blender.mix_synthetic).
-    generated_rows = train_frame["synthetic"].to_numpy(dtype=bool) if "synthetic" in train_frame.columns else np.zeros(len(train_frame), bool)
+    generated_rows = train["synthetic"].to_numpy(dtype=bool) if "synthetic" in train.columns else np.zeros(len(train), bool)
     real_images = int((~generated_rows).sum())
     if generated_rows[:real_images].any():
         raise AssertionError("generated training rows must follow the real ones")
-    batches_per_epoch = int(training["batches_per_epoch"] or max(1, real_images // int(training["batch_size"])))
+    return _Frames(frame, train, validation, frame[frame.split == "test"], sorted(train["label"].unique()), real_images)
 
-    # 2. Every random stream from the run's seed; the method draws from a stream of its own.
-    sampler_rng = seed_everything(int(params["seed"]))
-    method_generator = torch.Generator().manual_seed(int(params["seed"]) + 1)
 
-    # 3. Datasets, read from the resized copy of a photo dataset where it has one (generated images stay as
-    # they are). Only small grayscale sets are decoded once and kept: photos would cost gigabytes per copy.
+@dataclass
+class _Data:
+    """Step 3's datasets and loaders."""
+
+    image_input: ImageInput
+    train_set: Dataset
+    train_eval_set: Dataset
+    test_set: Dataset
+    validation_set: Dataset | None
+    loader_kwargs: dict[str, Any]
+    train_loader: DataLoader
+    loader_parts: int
+    sampler: "_FreshSampler"
+
+
+def _data(
+    params: Mapping[str, Any], frames: _Frames, manifest: str | Path, device: torch.device, batches_per_epoch: int
+) -> _Data:
+    """Datasets, read from the resized copy of a photo dataset where it has one (generated images stay as they
+    are). Only small grayscale sets are decoded once and kept: photos would cost gigabytes per copy."""
+    dataset_spec, settings, training = registry.DATASETS[params["dataset"]], params["dataset_settings"], params["training"]
     image_input = ImageInput(
         dataset_spec.image_mode, settings["image_size"], training["image_decoding"], Preprocessing.of(settings)
     )
     if image_input.decoding == "device" and device.type != "cuda":
         log.warning("training.image_decoding is 'device' on the CPU: JPEGs are decoded in the main process, one at a time")
+    train_frame, test_frame, validation_frame = frames.train, frames.test, frames.validation
     # A damaged generated image is made again by deleting its part file, not by preparing the dataset.
     parts = train_frame["part"] if "part" in train_frame.columns else [None] * len(train_frame)
     fixes = {file: fix_for([part]) for file, part in zip(train_frame["file"], parts) if isinstance(part, str)}
     if settings["cache_short_side"]:
-        cache = open_cache(manifest, settings["cache_short_side"], frame)
+        cache = open_cache(manifest, settings["cache_short_side"], frames.all)
         train_frame = train_frame.assign(file=cache.lookup(train_frame["file"]))
         test_frame = test_frame.assign(file=cache.lookup(test_frame["file"]))
         validation_frame = validation_frame.assign(file=cache.lookup(validation_frame["file"]))
         fixes.update(dict.fromkeys(cache.files.values(), cache.fix))
-    in_memory = dataset_spec.image_mode == "L" and len(frame) <= IN_MEMORY_LIMIT
+    in_memory = dataset_spec.image_mode == "L" and len(frames.all) <= IN_MEMORY_LIMIT
 
     def dataset(part, targets, train: bool) -> Dataset:
         boxes = bounding_boxes(part) if image_input.preprocessing.bounding_boxes else None
         return image_input.dataset(part["file"].tolist(), targets, train=train, in_memory=in_memory, fixes=fixes, boxes=boxes)
 
+    class_index = {label: i for i, label in enumerate(frames.classes)}
     train_targets = [class_index[label] for label in train_frame["label"]]
-    train_set = dataset(train_frame, train_targets, train=True)
-    train_eval_set = dataset(train_frame, train_targets, train=False)
-    test_set = dataset(test_frame, test_frame["label"].tolist(), train=False)
-    validation_set = dataset(validation_frame, validation_frame["label"].tolist(), train=False) if len(validation_frame) else None
-    workers = int(training["num_workers"])
     loader_kwargs = {
-        "num_workers": workers,
+        "num_workers": int(training["num_workers"]),
         "pin_memory": device.type == "cuda",
         "persistent_workers": False,
         "collate_fn": image_input.collate_fn,
     }
-    eval_batch = int(params["evaluation"]["batch_size"])
+    train_set = dataset(train_frame, train_targets, train=True)
     train_loader, loader_parts, sampler = _train_loader(
-        train_set, train_targets, training, batches_per_epoch, real_images, image_input, loader_kwargs, int(params["seed"])
+        train_set, train_targets, training, batches_per_epoch, frames.real_images, image_input, loader_kwargs, int(params["seed"])
     )
+    return _Data(
+        image_input=image_input,
+        train_set=train_set,
+        train_eval_set=dataset(train_frame, train_targets, train=False),
+        test_set=dataset(test_frame, test_frame["label"].tolist(), train=False),
+        validation_set=dataset(validation_frame, validation_frame["label"].tolist(), train=False) if len(validation_frame) else None,
+        loader_kwargs=loader_kwargs,
+        train_loader=train_loader,
+        loader_parts=loader_parts,
+        sampler=sampler,
+    )
+
+
+def _method(
+    params: Mapping[str, Any], base_loss: BaseLoss, model: EmbeddingNet, data: _Data, classes: int,
+    generator: torch.Generator, device: torch.device, amp: torch.dtype | None,
+) -> Method:  # fmt: skip
+    """The method around the base loss; it may embed the training set (IAA's class statistics)."""
+    eval_batch = int(params["evaluation"]["batch_size"])
+
+    def embed_training_set(augmented: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        # augmented: the training transform (IAA's official code estimates on it), one draw per image;
+        # photos take a seed per image from the global stream, like the training loader.
+        if not augmented:
+            loader = DataLoader(data.train_eval_set, batch_size=eval_batch, shuffle=False, **data.loader_kwargs)
+        elif data.image_input.seeded:
+            sampler = SeededSampler(SequentialSampler(data.train_set))
+            loader = DataLoader(data.train_set, batch_sampler=BatchSampler(sampler, eval_batch, drop_last=False), **data.loader_kwargs)
+        else:
+            loader = DataLoader(data.train_set, batch_size=eval_batch, shuffle=False, **data.loader_kwargs)
+        return embed(model, loader, device, amp, data.image_input)
+
+    context = MethodContext(
+        num_classes=classes,
+        embedding_dim=params["dataset_settings"]["embedding_dim"],
+        num_epochs=int(params["training"]["epochs"]),
+        generator=generator,
+        embed_training_set=embed_training_set,
+        device=device,
+        embedding_layer=model.embedding,
+    )
+    return build_method(params["method"], base_loss, params["method_params"], context).to(device)
+
+
+def _optimizer(training: Mapping[str, Any], model: EmbeddingNet, method: Method, base_loss: BaseLoss) -> torch.optim.Optimizer:
+    """The model's parameter groups, and the loss's own parameters (e.g. proxies) at their learning-rate multiple."""
+    lr = float(training["lr"])
+    groups = model_parameter_groups(model, training)
+    loss_parameters = [p for p in method.parameters() if p.requires_grad]
+    if loss_parameters:
+        groups.append({"params": loss_parameters, "lr": lr * base_loss.lr_multiplier})
+    return OPTIMIZERS[training["optimizer"]](groups, lr=lr, weight_decay=float(training["weight_decay"]))
+
+
+def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifest: str | Path | None = None) -> TrainingRun:
+    """The datasets, model, loss, method and optimizer of a run described by ``params``."""
+    settings, training = params["dataset_settings"], params["training"]
+    device = pick_device(training["device"], "training.device")
+    amp = autocast_dtype(training["mixed_precision"], device)
+
+    # 1. The data (generated images of the same classes for data-level methods); the step budget from the
+    # real images only.
+    frames = _frames(params, manifest, synthetic_manifest)
+    batches_per_epoch = int(training["batches_per_epoch"] or max(1, frames.real_images // int(training["batch_size"])))
+
+    # 2. Every random stream from the run's seed; the method draws from a stream of its own.
+    sampler_rng = seed_everything(int(params["seed"]))
+    method_generator = torch.Generator().manual_seed(int(params["seed"]) + 1)
+
+    # 3. Datasets and loaders.
+    data = _data(params, frames, manifest, device, batches_per_epoch)
 
     # 4. Backbone and base loss.
     model = build_backbone(
         settings["backbone"],
         embedding_dim=settings["embedding_dim"],
         pretrained=settings["pretrained"],
-        in_channels=1 if dataset_spec.image_mode == "L" else 3,
+        in_channels=1 if registry.DATASETS[params["dataset"]].image_mode == "L" else 3,
         weights=source_of(settings),
     ).to(device)
-    base_loss = build_loss(params["loss"], params["loss_params"], len(classes), settings["embedding_dim"]).to(device)
+    base_loss = build_loss(params["loss"], params["loss_params"], len(frames.classes), settings["embedding_dim"]).to(device)
 
     # 5. The method around the base loss.
-    def embed_training_set(augmented: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        # augmented: the training transform (IAA's official code estimates on it), one draw per image;
-        # photos take a seed per image from the global stream, like the training loader.
-        if not augmented:
-            loader = DataLoader(train_eval_set, batch_size=eval_batch, shuffle=False, **loader_kwargs)
-        elif image_input.seeded:
-            sampler = SeededSampler(SequentialSampler(train_set))
-            loader = DataLoader(train_set, batch_sampler=BatchSampler(sampler, eval_batch, drop_last=False), **loader_kwargs)
-        else:
-            loader = DataLoader(train_set, batch_size=eval_batch, shuffle=False, **loader_kwargs)
-        return embed(model, loader, device, amp, image_input)
+    method = _method(params, base_loss, model, data, len(frames.classes), method_generator, device, amp)
 
-    context = MethodContext(
-        num_classes=len(classes),
-        embedding_dim=settings["embedding_dim"],
-        num_epochs=int(training["epochs"]),
-        generator=method_generator,
-        embed_training_set=embed_training_set,
-        device=device,
-        embedding_layer=model.embedding,
-    )
-    method = build_method(params["method"], base_loss, params["method_params"], context).to(device)
-
-    # 6. Optimizer (the loss's own parameters, e.g. proxies, at their learning-rate multiple), schedule, scaler.
-    lr = float(training["lr"])
-    groups = model_parameter_groups(model, training)
-    loss_parameters = [p for p in method.parameters() if p.requires_grad]
-    if loss_parameters:
-        groups.append({"params": loss_parameters, "lr": lr * base_loss.lr_multiplier})
-    optimizer = OPTIMIZERS[training["optimizer"]](groups, lr=lr, weight_decay=float(training["weight_decay"]))
-    scheduler = lr_schedule(optimizer, training)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    # The warm-up freezes the backbone (not the embedding layer, nor the loss's own parameters).
+    # 6. Optimizer, schedule, gradient scaler; the warm-up freezes the backbone (not the embedding layer,
+    # nor the loss's own parameters).
+    optimizer = _optimizer(training, model, method, base_loss)
     warmup_frozen = [p for p in model.trunk.parameters() if p.requires_grad] if training.get("warmup_epochs") else []
 
     return TrainingRun(
         params=params,
         device=device,
         amp=amp,
-        image_input=image_input,
-        train_set=train_set,
-        train_eval_set=train_eval_set,
-        test_set=test_set,
-        validation_set=validation_set,
-        validation_classes=sorted(int(c) for c in validation_frame["label"].unique()),
-        loader_kwargs=loader_kwargs,
-        train_loader=train_loader,
-        loader_parts=loader_parts,
+        image_input=data.image_input,
+        train_set=data.train_set,
+        train_eval_set=data.train_eval_set,
+        test_set=data.test_set,
+        validation_set=data.validation_set,
+        validation_classes=sorted(int(c) for c in frames.validation["label"].unique()),
+        loader_kwargs=data.loader_kwargs,
+        train_loader=data.train_loader,
+        loader_parts=data.loader_parts,
         batches_per_epoch=batches_per_epoch,
-        real_images=real_images,
-        generated_images=len(train_frame) - real_images,
-        eval_batch=eval_batch,
+        real_images=frames.real_images,
+        generated_images=len(frames.train) - frames.real_images,
+        eval_batch=int(params["evaluation"]["batch_size"]),
         model=model,
         base_loss=base_loss,
         method=method,
         optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
+        scheduler=lr_schedule(optimizer, training),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
         sampler_rng=sampler_rng,
         method_generator=method_generator,
-        train_sampler=sampler,
+        train_sampler=data.sampler,
         warmup_frozen=warmup_frozen,
-        test_queries=query_mask(test_frame),
+        test_queries=query_mask(frames.test),
     )
 
 

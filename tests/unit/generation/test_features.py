@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dmlsynth.generation.quality import features
+from dmlsynth.generation.features import features
 
 
 @pytest.fixture(scope="module")
