@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from dmlsynth import layout
 from dmlsynth.device import pick_device
+from dmlsynth.errors import DmlsynthError
 from dmlsynth.generation.prompts import (
     DIGIT_ATTRIBUTES,
     digit_caption,
@@ -100,6 +101,10 @@ def build_models(params: Mapping[str, Any], vocab_size: int, image_size: int, ch
     return unet, text_encoder, scheduler
 
 
+class GeneratorDiverged(DmlsynthError, FloatingPointError):
+    """The embedded generator's loss became NaN or infinite."""
+
+
 def training_captions(
     train_frame: pd.DataFrame, words: pd.DataFrame, keep: float, dropout: float, rng: np.random.Generator
 ) -> list[str]:
@@ -115,45 +120,11 @@ def training_captions(
     return captions
 
 
-def train_embedded(
-    train_frame: pd.DataFrame,
-    out_dir: str | Path,
-    settings: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    threads: int = 1,
-    image_size: int = 8,
-    device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Train the embedded generator on ``train_frame`` (training split only) on ``device`` and save it to ``out_dir``.
-
-    ``device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or a torch device.
-    """
-    if train_frame.empty or set(train_frame["split"]) != {"train"}:
-        raise ValueError("the embedded generator trains on the training split only (got splits "
-                         f"{sorted(set(train_frame['split']))})")
-    started = time.perf_counter()
-    params = dict(settings)  # generation.<dataset>.embedded, resolved with the registry's defaults
-    device = pick_device(str(device), "generation.<dataset>.device")
-    torch.set_num_threads(max(1, int(threads)))
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-
-    train_frame = train_frame.reset_index(drop=True)
-    images = load_gray_images(train_frame["file"].tolist(), size=image_size)
-    measurements = digit_measurements(images)
-    thresholds = tertile_thresholds(measurements)
-    words = digit_words(measurements, thresholds)
-    class_names = sorted(set(train_frame["class_name"]))
-    tokenizer = build_tokenizer(all_caption_texts(class_names), staging / "tokenizer", int(params["max_tokens"]))
-    # Built (and initialised from the seed) on the CPU, then moved: the same start on every device.
-    unet, text_encoder, noise_scheduler = build_models(params, len(tokenizer), image_size, channels=1)
-    unet, text_encoder = unet.to(device), text_encoder.to(device)
-    pixels = torch.from_numpy(images).float().div(127.5).sub(1.0).unsqueeze(1).to(device)  # (N, 1, H, W) in [-1, 1]
-
+def _fit(
+    unet, text_encoder, noise_scheduler, tokenizer, pixels: torch.Tensor, train_frame: pd.DataFrame, words: pd.DataFrame,
+    params: Mapping[str, Any], seed: int, rng: np.random.Generator, device: torch.device,
+) -> list[float]:  # fmt: skip
+    """The denoising training of the UNet and text encoder; returns the loss of every step."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
@@ -199,10 +170,59 @@ def train_embedded(
         schedule.step()
         losses.append(float(loss.detach()))  # one host sync per step (the loss is tiny)
         if not np.isfinite(losses[-1]):
-            raise FloatingPointError(f"generator loss became {losses[-1]} at step {step}; lower generation lr")
+            raise GeneratorDiverged(f"generator loss became {losses[-1]} at step {step}; lower generation lr")
         if (step + 1) % max(1, steps // 10) == 0:
             log.info("generator step %d/%d loss %.4f", step + 1, steps, float(np.mean(losses[-100:])))
+    return losses
 
+
+def train_embedded(
+    train_frame: pd.DataFrame,
+    out_dir: str | Path,
+    settings: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    threads: int = 1,
+    image_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Train the embedded generator on ``train_frame`` (training split only) on ``device`` and save it to ``out_dir``.
+
+    ``device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or a torch device. The folder appears
+    complete or not at all (it is written as ``<out_dir>.partial``, then renamed).
+    """
+    if train_frame.empty or set(train_frame["split"]) != {"train"}:
+        raise ValueError("the embedded generator trains on the training split only (got splits "
+                         f"{sorted(set(train_frame['split']))})")
+    # 1. Threads, seeds, the staging folder.
+    started = time.perf_counter()
+    params = dict(settings)  # generation.<dataset>.embedded, resolved with the registry's defaults
+    device = pick_device(str(device), "generation.<dataset>.device")
+    torch.set_num_threads(max(1, int(threads)))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    # 2. The images, their measured attribute words and the tokenizer of the captions.
+    train_frame = train_frame.reset_index(drop=True)
+    images = load_gray_images(train_frame["file"].tolist(), size=image_size)
+    measurements = digit_measurements(images)
+    thresholds = tertile_thresholds(measurements)
+    words = digit_words(measurements, thresholds)
+    class_names = sorted(set(train_frame["class_name"]))
+    tokenizer = build_tokenizer(all_caption_texts(class_names), staging / "tokenizer", int(params["max_tokens"]))
+
+    # 3. The models: built (and initialised from the seed) on the CPU, then moved: the same start on every device.
+    unet, text_encoder, noise_scheduler = build_models(params, len(tokenizer), image_size, channels=1)
+    unet, text_encoder = unet.to(device), text_encoder.to(device)
+    pixels = torch.from_numpy(images).float().div(127.5).sub(1.0).unsqueeze(1).to(device)  # (N, 1, H, W) in [-1, 1]
+
+    # 4. Training.
+    losses = _fit(unet, text_encoder, noise_scheduler, tokenizer, pixels, train_frame, words, params, seed, rng, device)
+
+    # 5. The weights and what made them, then the folder in place.
     unet.to("cpu").save_pretrained(staging / "unet")
     text_encoder.to("cpu").save_pretrained(staging / "text_encoder")
     tokenizer.save_pretrained(staging / "tokenizer")

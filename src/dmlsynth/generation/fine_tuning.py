@@ -186,7 +186,7 @@ def load_training_images(files: Sequence[str], resolution: int):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def _trainable(components, token_id: int | None) -> dict[str, Any]:
+def _trainable_state(components, token_id: int | None) -> dict[str, Any]:
     """The tensors fine-tuning changes: LoRA parameters and the token's embedding row (CPU copies)."""
     state = {f"unet.{n}": p.detach().cpu().clone() for n, p in components.unet.named_parameters() if p.requires_grad}
     if token_id is not None:
@@ -206,65 +206,17 @@ def _restore(components, token_id: int | None, state: Mapping[str, Any]) -> None
                 parameters[name.removeprefix("unet.")].copy_(value)
 
 
-def fine_tune_class(
-    settings: Mapping[str, Any],
-    files: Sequence[str],
-    entry: Mapping[str, Any],
-    dataset: str,
-    label: int,
-    out_dir: str | Path,
-    checkpoint: str | Path,
-    callbacks: Sequence[Callable[[int], None]] = (),
-) -> dict[str, Any]:
-    """Fine-tune the configured Stable Diffusion on one class's training ``files``; return the summary.
-
-    ``entry`` is the class's prompts-file entry (its captions). ``callbacks(step)`` run after each
-    checkpoint (the workflow's stop check). A finished folder with the same params is kept.
-    """
+def _trainable(components, settings: Mapping[str, Any], tuning: Mapping[str, Any], token: str | None, entry: Mapping[str, Any], label: int):
+    """What fine-tuning trains, frozen everything else: the class token's embedding row (textual inversion,
+    started from the class name's embedding) and/or LoRA weights on the UNet's attention. Returns the
+    optimizer's parameter groups and the token's id (None without textual inversion)."""
     import torch
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
 
-    from dmlsynth.generation.stable_diffusion import load_stable_diffusion
-
-    tuning = fine_tuning_settings(settings)
-    method = tuning["method"]
-    if method not in METHODS or method == "none":
-        raise FineTuningError(f"generation.{dataset}.fine_tuning.method is {method!r}: nothing to fine-tune (use one of lora, textual_inversion, both)")
-    if not files:
-        raise FineTuningError(f"class {label} of {dataset} has no training images to fine-tune on")
-    out_dir, checkpoint = Path(out_dir), Path(checkpoint)
-    token = class_token(dataset, label) if trains_embedding(settings) else None
-    captions = entry_with_token(entry, token)["prompts"]
-    key = params_hash({
-        "fine_tuning": {k: v for k, v in tuning.items() if k != "checkpoint_every"},
-        "model_id": str(settings["model_id"]), "seed": int(settings["seed"]), "dataset": dataset, "label": int(label),
-        "captions": captions, "images": [Path(f).name for f in files],
-    })  # fmt: skip
-    done = read_summary(out_dir)
-    if done is not None and done.get("params_hash") == key and all((out_dir / f).is_file() for f in done["files"].values()):
-        log.info("class %s already fine-tuned in %s; not redone", label, out_dir)
-        return done
-
-    # fp32 weights: the trained tensors need full precision; on CUDA the forward pass runs in bf16 autocast.
-    components = load_stable_diffusion({**settings, "fp16": False, "textual_inversion": {}, "lora": None})
-    device = components.device
     tokenizer, text_encoder, unet, vae = components.tokenizer, components.text_encoder, components.unet, components.vae
-    noise_scheduler = DDPMScheduler.from_pretrained(str(settings["model_id"]), subfolder="scheduler")
-    resolution = int(tuning.get("resolution") or components.image_size())
-    steps, batch_size = int(tuning["steps"]), int(tuning["batch_size"])
-
-    with torch.no_grad():
-        pixels = load_training_images(files, resolution)
-        latents = torch.cat([
-            vae.encode(pixels[i : i + batch_size].to(device)).latent_dist.mean * vae.config.scaling_factor
-            for i in range(0, len(pixels), batch_size)
-        ]).cpu()  # fmt: skip
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     vae.requires_grad_(False)
-    groups = []
-    token_id = None
+    groups, token_id = [], None
     if token is not None:
         if tokenizer.add_tokens([token]) != 1:
             raise FineTuningError(f"the tokenizer of {settings['model_id']} already has the token {token!r}")
@@ -284,23 +236,20 @@ def fine_tune_class(
         rank = int(tuning["rank"])
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGET_MODULES))
         groups.append({"params": [p for p in unet.parameters() if p.requires_grad], "lr": float(tuning["learning_rate"])})
-    # No weight decay: the embedding rows of the other tokens get zero gradients and must stay as they are.
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    return groups, token_id
 
-    # A checkpoint resumes only the same params with the same code on the same device.
-    identity = {"params_hash": key, "code": code_digest([__name__]), "device": str(device)}
-    start, losses, seconds = 0, [], 0.0
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if all(saved.get(k) == v for k, v in identity.items()):
-            _restore(components, token_id, saved["trainable"])
-            optimizer.load_state_dict(saved["optimizer"])
-            start, losses, seconds = int(saved["step"]), list(saved["losses"]), float(saved["seconds"])
-            log.info("resuming class %s from step %d of %d (%s)", label, start, steps, checkpoint)
-        else:
-            log.info("checkpoint %s is of other params, code or device; starting over", checkpoint)
 
-    every = int(tuning["checkpoint_every"])
+def _steps(
+    components, noise_scheduler, latents, captions: Sequence[str], optimizer, token_id: int | None, settings: Mapping[str, Any],
+    label: int, start: int, steps: int, batch_size: int, every: int, checkpoint: Path, identity: Mapping[str, Any],
+    losses: list[float], seconds: float, callbacks: Sequence[Callable[[int], None]],
+) -> float:  # fmt: skip
+    """Steps ``start`` to ``steps`` (each drawing from its own seeded stream), checkpointing every ``every``;
+    appends to ``losses`` and returns the seconds of every step so far."""
+    import torch
+    import torch.nn.functional as F
+
+    tokenizer, text_encoder, unet, device = components.tokenizer, components.text_encoder, components.unet, components.device
     prediction = noise_scheduler.config.prediction_type
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     unet.train()
@@ -323,7 +272,7 @@ def fine_tune_class(
             predicted = unet(noisy.to(device), timesteps.to(device), hidden).sample
         loss = F.mse_loss(predicted.float(), target.to(device).float())
         loss.backward()
-        if token_id is not None:
+        if token_id is not None:  # only the class token's row of the embedding table learns
             grad = text_encoder.get_input_embeddings().weight.grad
             keep = grad[token_id].clone()
             grad.zero_()
@@ -334,20 +283,100 @@ def fine_tune_class(
         done_steps = step + 1
         if done_steps % every == 0 and done_steps < steps:
             save_torch(
-                {**identity, "step": done_steps, "trainable": _trainable(components, token_id),
+                {**identity, "step": done_steps, "trainable": _trainable_state(components, token_id),
                  "optimizer": optimizer.state_dict(), "losses": losses, "seconds": seconds + time.perf_counter() - started},
                 checkpoint,
             )  # fmt: skip
             for callback in callbacks:  # after a checkpoint, so that stopping here loses no step
                 callback(done_steps)
-    seconds += time.perf_counter() - started
+    return seconds + time.perf_counter() - started
 
+
+def fine_tune_class(
+    settings: Mapping[str, Any],
+    files: Sequence[str],
+    entry: Mapping[str, Any],
+    dataset: str,
+    label: int,
+    out_dir: str | Path,
+    checkpoint: str | Path,
+    callbacks: Sequence[Callable[[int], None]] = (),
+) -> dict[str, Any]:
+    """Fine-tune the configured Stable Diffusion on one class's training ``files``; return the summary.
+
+    ``entry`` is the class's prompts-file entry (its captions). ``callbacks(step)`` run after each
+    checkpoint (the workflow's stop check). A finished folder with the same params is kept.
+    """
+    import torch
+    from diffusers import DDPMScheduler
+
+    from dmlsynth.generation.stable_diffusion import load_stable_diffusion
+
+    # 1. What is tuned, and whether this very class is done already.
+    tuning = fine_tuning_settings(settings)
+    method = tuning["method"]
+    if method not in METHODS or method == "none":
+        raise FineTuningError(f"generation.{dataset}.fine_tuning.method is {method!r}: nothing to fine-tune (use one of lora, textual_inversion, both)")
+    if not files:
+        raise FineTuningError(f"class {label} of {dataset} has no training images to fine-tune on")
+    out_dir, checkpoint = Path(out_dir), Path(checkpoint)
+    token = class_token(dataset, label) if trains_embedding(settings) else None
+    captions = entry_with_token(entry, token)["prompts"]
+    key = params_hash({
+        "fine_tuning": {k: v for k, v in tuning.items() if k != "checkpoint_every"},
+        "model_id": str(settings["model_id"]), "seed": int(settings["seed"]), "dataset": dataset, "label": int(label),
+        "captions": captions, "images": [Path(f).name for f in files],
+    })  # fmt: skip
+    done = read_summary(out_dir)
+    if done is not None and done.get("params_hash") == key and all((out_dir / f).is_file() for f in done["files"].values()):
+        log.info("class %s already fine-tuned in %s; not redone", label, out_dir)
+        return done
+
+    # 2. The model in fp32 (the trained tensors need full precision; on CUDA the forward pass runs in bf16
+    # autocast) and the latents of the class's images.
+    components = load_stable_diffusion({**settings, "fp16": False, "textual_inversion": {}, "lora": None})
+    device = components.device
+    noise_scheduler = DDPMScheduler.from_pretrained(str(settings["model_id"]), subfolder="scheduler")
+    resolution = int(tuning.get("resolution") or components.image_size())
+    steps, batch_size = int(tuning["steps"]), int(tuning["batch_size"])
+    vae = components.vae
+    with torch.no_grad():
+        pixels = load_training_images(files, resolution)
+        latents = torch.cat([
+            vae.encode(pixels[i : i + batch_size].to(device)).latent_dist.mean * vae.config.scaling_factor
+            for i in range(0, len(pixels), batch_size)
+        ]).cpu()  # fmt: skip
+
+    # 3. What trains. No weight decay: the embedding rows of the other tokens get zero gradients and must stay.
+    groups, token_id = _trainable(components, settings, tuning, token, entry, label)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+
+    # 4. Resume: a checkpoint only of the same params with the same code on the same device.
+    identity = {"params_hash": key, "code": code_digest([__name__]), "device": str(device)}
+    start, losses, seconds = 0, [], 0.0
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if all(saved.get(k) == v for k, v in identity.items()):
+            _restore(components, token_id, saved["trainable"])
+            optimizer.load_state_dict(saved["optimizer"])
+            start, losses, seconds = int(saved["step"]), list(saved["losses"]), float(saved["seconds"])
+            log.info("resuming class %s from step %d of %d (%s)", label, start, steps, checkpoint)
+        else:
+            log.info("checkpoint %s is of other params, code or device; starting over", checkpoint)
+
+    # 5. The steps.
+    seconds = _steps(
+        components, noise_scheduler, latents, captions, optimizer, token_id, settings, label, start, steps, batch_size,
+        int(tuning["checkpoint_every"]), checkpoint, identity, losses, seconds, callbacks,
+    )  # fmt: skip
+
+    # 6. The weights and the summary (written last); the checkpoint goes.
     out_dir.mkdir(parents=True, exist_ok=True)
     files_written = {}
     if token_id is not None:
         from safetensors.torch import save_file
 
-        vector = text_encoder.get_input_embeddings().weight[token_id].detach().float().cpu().contiguous()
+        vector = components.text_encoder.get_input_embeddings().weight[token_id].detach().float().cpu().contiguous()
         with atomic_output(out_dir / layout.FINE_TUNED_EMBEDDING) as tmp:
             save_file({token: vector}, str(tmp))
         files_written["textual_inversion"] = layout.FINE_TUNED_EMBEDDING
