@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from dmlsynth import registry
+
 from dmlsynth.methods.iaa import class_statistics, corrected_variance, lambda_at, sample_synthetic
 from tests.helpers.methods import (
     backbone,
@@ -16,6 +18,10 @@ from tests.helpers.methods import (
     loss_and_grad,
     train_digits,
 )
+
+
+# Every base loss IAA works with (the registry decides; a new loss is covered without a new test).
+IAA_LOSSES = sorted(l for l in registry.LOSSES if registry.METHODS["iaa"].is_compatible(l))
 
 
 def direct_corrected_variance(means, variances, counts, k, sigma_m, sigma_cv, tau, beta, gamma):
@@ -144,7 +150,7 @@ class Spy(torch.nn.Module):
         return self.inner(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
 
-@pytest.mark.parametrize("loss", ["multi_similarity", "contrastive", "triplet"])
+@pytest.mark.parametrize("loss", sorted(registry.PAIR_BASED_LOSSES))
 def test_originals_are_anchors_and_own_copies_are_not_positives(loss):
     inputs, labels = batch()
     method = active_iaa(loss, inputs, labels)
@@ -175,7 +181,7 @@ def test_proxy_anchor_gets_synthetics_as_extra_samples():
     assert torch.equal(row_labels[len(labels):], labels.repeat_interleave(3))
 
 
-@pytest.mark.parametrize("loss", ["multi_similarity", "contrastive", "triplet", "proxy_anchor"])
+@pytest.mark.parametrize("loss", IAA_LOSSES)
 @pytest.mark.parametrize("off", [{"lambda": 0.0}, {"num_synthetic": 0}, {"warmup_epochs": 5}])
 def test_switched_off_is_exactly_baseline(loss, off):
     inputs, labels = batch()
@@ -187,7 +193,7 @@ def test_switched_off_is_exactly_baseline(loss, off):
     assert on[0] != base[0]
 
 
-@pytest.mark.parametrize("loss", ["multi_similarity", "contrastive", "triplet", "proxy_anchor"])
+@pytest.mark.parametrize("loss", IAA_LOSSES)
 def test_gradients_flow_to_the_backbone(loss):
     inputs, labels = batch()
     value, grad = loss_and_grad(active_iaa(loss, inputs, labels), inputs, labels)

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from dmlsynth import config as cfg
+from dmlsynth import registry
 from dmlsynth.layout import RunFolder
 from dmlsynth.training.loop import train_run
 from tests.helpers.training import Interrupted, stop_after
@@ -45,7 +46,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(config, digits_manifest
     assert not torch.allclose(a["embeddings"], c["embeddings"])
 
 
-@pytest.mark.parametrize("loss", ["proxy_anchor", "contrastive", "triplet"])
+@pytest.mark.parametrize("loss", sorted(registry.LOSSES))
 def test_every_base_loss_trains(config, digits_manifest, tmp_path, loss):
     result = train_run(params_for(config, loss=loss), digits_manifest, tmp_path / loss, progress=False)
     assert np.isfinite([h["loss"] for h in result["history"]]).all()
