@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from dmlsynth import layout
 
@@ -735,3 +735,27 @@ def compatibility_table() -> str:
         cells = ["yes" if spec.is_compatible(loss) else "—" for loss in losses]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# The defaults of every block of params.yaml, in one tree -------------------------------------------------
+
+
+def config_defaults(datasets: Iterable[str] = ()) -> dict[str, Any]:
+    """What a config that sets nothing of its own resolves to, block by block (for ``datasets``' per-dataset
+    blocks): the home of every default. A shipped config states a value only where it differs
+    (``tests/unit/test_defaults.py``); ``docs/configuration.md`` is rendered from this tree."""
+    datasets = list(datasets)
+    generation = {}
+    for name in datasets:
+        generation[name] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in GENERATION_DEFAULTS.items()}
+        generation[name]["generator"] = DATASETS[name].default_generator
+    return {
+        "dataset_settings": {name: dataset_defaults(name) for name in datasets},
+        "training": dict(TRAINING_DEFAULTS),
+        "loss_params": {name: dict(spec.defaults) for name, spec in LOSSES.items()},
+        "method_params": {name: dict(spec.defaults) for name, spec in METHODS.items()},
+        "evaluation": dict(EVALUATION_DEFAULTS),
+        "statistics": dict(STATISTICS_DEFAULTS),
+        "tracking": dict(TRACKING_DEFAULTS),
+        "generation": generation,
+    }

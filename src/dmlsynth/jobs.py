@@ -1,0 +1,506 @@
+"""One resolved record per job: what it computes with, what re-runs it, where its files are.
+
+Every job of the workflow — a Snakemake rule applied to its wildcards — is described once, here,
+by a :class:`Job`: its resolved ``params`` (the config's settings over the registry's defaults,
+:mod:`dmlsynth.registry`), the files it reads and writes (:mod:`dmlsynth.layout`), its log, the
+threads, memory, time and GPU it takes, and the code it runs. The rules (``rules/*.smk``), the DVC
+stages (through the rules) and the command line (``dmlsynth <rule> --job …``) read this record;
+the job itself receives it whole (:meth:`Job.to_json`) and its stage functions take what it holds,
+never the raw config.
+
+**Identity** (:meth:`Job.identity`) decides re-runs: the canonical form of the params (key order,
+restated defaults and the spelling of a number never matter), the digest of every module the job
+imports — followed from its command module (:mod:`dmlsynth.commands`), the command line and the
+registry entries it uses, not hand-listed (:func:`dmlsynth.provenance.code_digest`) — its thread
+count where the numbers depend on it, and the kind of device it computes on. Snakemake compares
+the record's JSON, of which the identity is part, so a job re-runs exactly when one of them changes.
+
+Torch-free: the Snakefile builds its DAG from these records.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from dmlsynth import layout as layout_module
+from dmlsynth import provenance, registry
+from dmlsynth.data import split
+from dmlsynth.errors import DmlsynthError
+
+# The command line every job runs through (it parses the record and reports errors): part of every digest.
+CLI_MODULE = "dmlsynth.cli"
+COMMANDS = "dmlsynth.commands"
+
+
+class JobError(DmlsynthError, ValueError):
+    """A job record that does not fit (another version's, or not a record)."""
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with integral floats as ints and mappings as plain dicts: the same numbers spelled
+    differently (``2`` or ``2.0``, ``1e-3`` or ``0.001``) give the same record."""
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"))
+
+
+def device_kind(setting: str, gpus: int) -> str:
+    """The kind of device a job computes on, known before it runs: ``cuda`` when it takes a GPU, ``cpu``
+    when it is told to use the CPU; ``auto`` without a GPU of its own is whatever its machine has
+    (the run records the device it used, and the table never mixes kinds)."""
+    if gpus or setting == "cuda":
+        return "cuda"
+    return "cpu" if setting == "cpu" else "auto"
+
+
+def gpus_for(device: str, needs_gpu: bool) -> int:
+    """The one rule for whether a job takes a GPU: it would compute on one (``needs_gpu``: e.g. Stable
+    Diffusion, or a training the dataset's resources place on a GPU) and its device setting allows it
+    (not ``cpu``); ``device: cuda`` always takes one."""
+    if device == "cpu":
+        return 0
+    return int(device == "cuda" or needs_gpu)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: a rule with its wildcards, fully resolved."""
+
+    rule: str
+    name: str  # the wildcards' values, e.g. "digits/iaa/multi_similarity/seed0"
+    params: Mapping[str, Any]  # everything that decides its outputs
+    inputs: Mapping[str, Any]  # name -> file (or list of files) it reads
+    outputs: Mapping[str, Any]  # name -> file (or list of files) it writes
+    log: str
+    threads: int = 1
+    mem_mb: int = 2000
+    runtime: int = 30  # minutes
+    gpus: int = 0
+    device: str = "cpu"  # the device setting the job computes with (identity: device_kind)
+    threads_change_numbers: bool = False  # float reductions of a training depend on the thread count
+    code: Sequence[str] = ()  # modules its code starts from besides its command (registry-named ones)
+    entries: Sequence[str] = ()  # the registry entries it uses (their stable repr)
+    # Files of jobs that depend on this one: removed when it starts, so no output is left looking current
+    # while it runs or after it fails (the workflow rebuilds them from the new outputs).
+    stale: Sequence[str] = field(default_factory=tuple)
+
+    @property
+    def command_module(self) -> str:
+        return f"{COMMANDS}.{self.rule}"
+
+    def code_digest(self) -> str:
+        """The digest of every module the job imports: its command, the command line, the registry-named modules."""
+        return provenance.code_digest([CLI_MODULE, self.command_module, *self.code], self.entries)
+
+    @property
+    def device_kind(self) -> str:
+        return device_kind(self.device, self.gpus)
+
+    def identity(self) -> str:
+        """What re-runs the job when it changes: params (canonical), code digest, threads (where they change
+        numbers), device kind."""
+        parts = {
+            "params": canonical(self.params),
+            "code": self.code_digest(),
+            "threads": self.threads if self.threads_change_numbers else None,
+            "device": self.device_kind,
+        }
+        return provenance.params_hash(parts)
+
+    def to_json(self) -> str:
+        """The record the job receives (``dmlsynth <rule> --job``) and Snakemake compares (a rule's ``params``)."""
+        return canonical_json(
+            {
+                "rule": self.rule, "name": self.name, "params": self.params, "inputs": self.inputs,
+                "outputs": self.outputs, "threads": self.threads, "device": self.device, "gpus": self.gpus,
+                "stale": list(self.stale), "identity": self.identity(),
+            }
+        )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str, rule: str) -> "Job":
+        try:
+            record = json.loads(text)
+            if record["rule"] != rule:
+                raise JobError(f"the job record is a {record['rule']!r} job's, not a {rule!r} job's")
+            return cls(
+                rule=record["rule"], name=record["name"], params=record["params"], inputs=record["inputs"],
+                outputs=record["outputs"], log="", threads=int(record["threads"]), device=record["device"],
+                gpus=int(record["gpus"]), stale=tuple(record.get("stale") or ()),
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, JobError):
+                raise
+            raise JobError(f"--job is not a job record of this dmlsynth ({exc}); run the job through the workflow") from exc
+
+
+class Jobs:
+    """The jobs of one validated config: one constructor per rule, each resolved once (cached)."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        from dmlsynth.pipeline import runs
+
+        self.config = config
+        self.layout = layout_module.Layout.of(config)
+        self.runs = runs(config)
+        self.validation = split.uses_validation(config)
+        self._cache: dict[tuple, Job] = {}
+
+    def _cached(self, key: tuple, make) -> Job:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    # Settings --------------------------------------------------------------------------------------
+    def dataset_settings(self, dataset: str) -> dict[str, Any]:
+        return registry.dataset_settings(self.config, dataset)
+
+    def generation_settings(self, dataset: str) -> dict[str, Any]:
+        from dmlsynth.generation.settings import generation_settings
+
+        return generation_settings(self.config, dataset)
+
+    def image_sets(self) -> list[str]:
+        from dmlsynth.generation.settings import image_sets
+
+        return image_sets(self.config)
+
+    def _resources(self, dataset: str, key: str, default: int) -> int:
+        return int(self.dataset_settings(dataset)["resources"].get(key, default))
+
+    # Data ------------------------------------------------------------------------------------------
+    def prepare_data(self, dataset: str) -> Job:
+        def make() -> Job:
+            spec = registry.DATASETS[dataset]
+            settings = {k: v for k, v in self.dataset_settings(dataset).items() if k != "resources"}
+            return Job(
+                rule="prepare_data", name=dataset,
+                params={"dataset": dataset, "settings": settings},
+                inputs={},
+                outputs={"manifest": self.layout.manifest(dataset), "dataset_dir": self.layout.dataset_dir(dataset),
+                         "raw_dir": self.layout.raw_dir(dataset)},
+                log=self.layout.log("prepare_data", dataset), mem_mb=4000, runtime=240,
+                code=[registry.module_of(spec.prepare)], entries=[provenance.stable_repr(spec)],
+            )  # fmt: skip
+
+        return self._cached(("prepare_data", dataset), make)
+
+    def cache_images(self, dataset: str) -> Job:
+        def make() -> Job:
+            return Job(
+                rule="cache_images", name=dataset,
+                params={"dataset": dataset, "short_side": int(self.dataset_settings(dataset)["cache_short_side"])},
+                inputs={"manifest": self.layout.manifest(dataset)},
+                outputs={"index": self.layout.resized_index(dataset)},
+                log=self.layout.log("cache_images", dataset), threads=8, mem_mb=4000, runtime=60,
+            )  # fmt: skip
+
+        return self._cached(("cache_images", dataset), make)
+
+    # Training and evaluation -----------------------------------------------------------------------
+    def run_params(self, dataset: str, method: str, loss: str, seed: int) -> dict[str, Any]:
+        from dmlsynth.config import run_params
+
+        return run_params(self.config, dataset, method, loss, int(seed))
+
+    def train(self, dataset: str, method: str, loss: str, seed: int | str) -> Job:
+        def make() -> Job:
+            params = self.run_params(dataset, method, loss, int(seed))
+            trained = registry.METHODS[params["method"]]
+            backbone = registry.BACKBONES[params["dataset_settings"]["backbone"]]
+            run = self.layout.run(dataset, method, loss, seed)
+            inputs: dict[str, Any] = {"manifest": self.layout.manifest(dataset)}
+            if trained.synthetic_images is not None:
+                inputs["synthetic"] = self.layout.image_set_manifest(dataset, trained.synthetic_images)
+            if self.dataset_settings(dataset)["cache_short_side"]:
+                inputs["resized"] = self.layout.resized_index(dataset)
+            outputs = {name: getattr(run, name) for name in ("embeddings", "model", "record", "history")}
+            if self.validation:
+                outputs["last_epoch"] = run.last_epoch_embeddings
+            device = str(params["training"]["device"])
+            return Job(
+                rule="train", name=f"{dataset}/{method}/{loss}/seed{seed}", params=params, inputs=inputs, outputs=outputs,
+                log=self.layout.log("train", dataset, method, loss, f"seed{seed}"),
+                # The torch thread count is the configured one (dataset_settings.<d>.resources.threads), even if
+                # Snakemake gives the job fewer cores: float reductions, and so the numbers, depend on it.
+                threads=self._resources(dataset, "threads", 1), threads_change_numbers=True,
+                mem_mb=self._resources(dataset, "mem_mb", 2000), runtime=self._resources(dataset, "runtime", 60),
+                gpus=gpus_for(device, bool(self._resources(dataset, "gpu", 0))), device=device,
+                code=[provenance.TRAINING_MODULE, registry.module_of(trained.module), registry.module_of(backbone.build)],
+                entries=[provenance.stable_repr(s) for s in (trained, registry.LOSSES[loss], backbone, registry.DATASETS[dataset])],
+                # A new training makes the run's evaluation, the table and the comparison out of date.
+                stale=[*run.evaluation_outputs(), *self.layout.table_outputs(), *self._comparison_files()],
+            )  # fmt: skip
+
+        return self._cached(("train", dataset, method, loss, str(seed)), make)
+
+    def evaluate(self, dataset: str, method: str, loss: str, seed: int | str) -> Job:
+        def make() -> Job:
+            train = self.train(dataset, method, loss, seed)
+            run = self.layout.run(dataset, method, loss, seed)
+            return Job(
+                rule="evaluate", name=train.name,
+                params={"ks": list(self.config["evaluation"]["ks"]), "run": train.identity()},
+                inputs={k: v for k, v in train.outputs.items() if k != "model"},
+                outputs={"metrics": run.metrics, "queries": run.queries, "embedding_plot": run.embedding_plot,
+                         "training_curve": run.training_curve},
+                log=self.layout.log("evaluate", dataset, method, loss, f"seed{seed}"), mem_mb=4000, runtime=30,
+                stale=[*self.layout.table_outputs(), *self._comparison_files()],
+            )  # fmt: skip
+
+        return self._cached(("evaluate", dataset, method, loss, str(seed)), make)
+
+    def _run_folders(self) -> list[layout_module.RunFolder]:
+        return [self.layout.run(**run) for run in self.runs]
+
+    def _comparison_files(self) -> list[str]:
+        from dmlsynth.pipeline import comparison_groups
+
+        return self.layout.comparison_outputs(comparison_groups(self.config))
+
+    def table(self) -> Job:
+        def make() -> Job:
+            folders = self._run_folders()
+            inputs: dict[str, Any] = {
+                # Every file the table reads of a run; it refuses a run that lacks one.
+                "records": [f.record for f in folders], "embeddings": [f.embeddings for f in folders],
+                "metrics": [f.metrics for f in folders], "queries": [f.queries for f in folders],
+            }  # fmt: skip
+            if self.image_sets():
+                inputs["generation"] = self.layout.generation_csv()
+            files = self.layout.table_files()
+            return Job(
+                rule="table", name="table",
+                params={
+                    "statistics": {**registry.STATISTICS_DEFAULTS, **(self.config.get("statistics") or {})},
+                    # Which runs, of which config and code: a changed or failed run makes the table out of date.
+                    "runs": {f.path: self.evaluate(**run).identity() for f, run in zip(folders, self.runs)},
+                },
+                inputs=inputs, outputs={"files": files.all(), "results": self.layout.results},
+                log=self.layout.log("table"), mem_mb=4000, runtime=30, stale=self._comparison_files(),
+            )  # fmt: skip
+
+        return self._cached(("table",), make)
+
+    def compare(self) -> Job:
+        def make() -> Job:
+            from dmlsynth import published
+
+            folders = self._run_folders()
+            inputs: dict[str, Any] = {"table": self.layout.table_csv(), "records": [f.record for f in folders]}
+            if self.image_sets():
+                inputs["generation"] = self.layout.generation_csv()
+            return Job(
+                rule="compare", name="compare",
+                params={
+                    "confidence": {**registry.STATISTICS_DEFAULTS, **(self.config.get("statistics") or {})}["confidence"],
+                    "table": self.table().identity(),
+                    # The published numbers it puts beside ours.
+                    "published": provenance.params_hash({"text": published.text()}),
+                },
+                inputs=inputs,
+                outputs={"files": self._comparison_files(), "csv": self.layout.comparison_csv(),
+                         "report": self.layout.comparison_report(), "figures": self.layout.figures_dir()},
+                log=self.layout.log("compare"), mem_mb=2000, runtime=10,
+            )  # fmt: skip
+
+        return self._cached(("compare",), make)
+
+    # Generation ------------------------------------------------------------------------------------
+    def training_classes(self, dataset: str) -> int:
+        return split.training_class_count(self.config, dataset)
+
+    def prompts(self, dataset: str) -> Job:
+        def make() -> Job:
+            settings = self.generation_settings(dataset)
+            captions = settings["prompts"]["source"] == "captions"
+            return Job(
+                rule="prompts", name=dataset,
+                params={
+                    "dataset": dataset, "prompts": settings["prompts"], "seed": settings["seed"],
+                    "validation_classes": split.validation_class_count(self.config, dataset),
+                    "device": settings["device"],
+                },
+                inputs={"manifest": self.layout.manifest(dataset)},
+                outputs={"prompts": self.layout.prompts(dataset), "search": self.layout.raw_dir(dataset)},
+                log=self.layout.log("prompts", dataset), mem_mb=8000 if captions else 2000, runtime=30,
+                gpus=gpus_for(str(settings["device"]), captions), device=str(settings["device"]),
+                code=[registry.module_of(registry.DATASETS[dataset].prompts)],
+            )  # fmt: skip
+
+        return self._cached(("prompts", dataset), make)
+
+    def train_generator(self, dataset: str) -> Job:
+        def make() -> Job:
+            settings = self.generation_settings(dataset)
+            return Job(
+                rule="train_generator", name=dataset,
+                params={
+                    "dataset": dataset, "embedded": settings["embedded"], "seed": settings["seed"],
+                    "image_size": int(self.dataset_settings(dataset)["image_size"]),
+                    "validation_classes": split.validation_class_count(self.config, dataset),
+                },
+                inputs={"manifest": self.layout.manifest(dataset)},
+                outputs={"model": self.layout.generator_dir(dataset)},
+                log=self.layout.log("train_generator", dataset), threads=int(settings["threads"]),
+                threads_change_numbers=True, mem_mb=4000, runtime=60, device=str(settings["device"]),
+                code=[registry.module_of(registry.GENERATORS[settings["generator"]].load)],
+            )  # fmt: skip
+
+        return self._cached(("train_generator", dataset), make)
+
+    def _generation_gpus(self, dataset: str) -> int:
+        """Stable Diffusion jobs take a whole GPU; the embedded generator is small enough to share one."""
+        settings = self.generation_settings(dataset)
+        return gpus_for(str(settings["device"]), settings["generator"] == "stable-diffusion")
+
+    def fine_tune(self, dataset: str, class_index: int | str) -> Job:
+        def make() -> Job:
+            settings = self.generation_settings(dataset)
+            tuning = {k: v for k, v in settings["fine_tuning"].items() if k != "checkpoint_every"}
+            return Job(
+                rule="fine_tune", name=f"{dataset}/class{class_index}",
+                params={
+                    "dataset": dataset, "class_index": int(class_index), "settings": settings,
+                    # What the weights depend on (not checkpoint_every, not the speed settings).
+                    "identity": {"fine_tuning": tuning, **{k: settings[k] for k in ("model_id", "seed", "device")}},
+                    "validation_classes": split.validation_class_count(self.config, dataset),
+                },
+                inputs={"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset)},
+                outputs={"weights": self.layout.fine_tuned_dir(dataset, class_index),
+                         "checkpoint": self.layout.fine_tuning_checkpoint(dataset, class_index)},
+                log=self.layout.log("fine_tune", dataset, f"class{class_index}"), threads=int(settings["threads"]),
+                mem_mb=16000, runtime=120, gpus=self._generation_gpus(dataset), device=str(settings["device"]),
+            )  # fmt: skip
+
+        return self._cached(("fine_tune", dataset, str(class_index)), make)
+
+    def generate(self, dataset: str, class_index: int | str) -> Job:
+        def make() -> Job:
+            from dmlsynth.generation.fine_tuning import fine_tunes
+            from dmlsynth.generation.settings import image_settings
+
+            settings = self.generation_settings(dataset)
+            inputs: dict[str, Any] = {"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset)}
+            generator = registry.GENERATORS[settings["generator"]]
+            if generator.trained_here:
+                inputs["generator"] = self.layout.generator_dir(dataset)
+            if fine_tunes(settings):
+                inputs["fine_tuned"] = self.layout.fine_tuned_dir(dataset, class_index)
+            return Job(
+                rule="generate", name=f"{dataset}/class{class_index}",
+                params={
+                    "dataset": dataset, "class_index": int(class_index), "image_sets": self.image_sets(),
+                    # What the images depend on (a new batch size or memory budget regenerates nothing) ...
+                    "images": image_settings(settings),
+                    "validation_classes": split.validation_class_count(self.config, dataset),
+                },
+                inputs=inputs,
+                outputs={"part": self.layout.generated_part(dataset, class_index), "generated": self.layout.generated_dir(dataset),
+                         # ... and the speed settings the job also needs.
+                         "settings": settings},
+                log=self.layout.log("generate", dataset, f"class{class_index}"), threads=int(settings["threads"]),
+                mem_mb=4000 if generator.trained_here else 16000, runtime=120, gpus=self._generation_gpus(dataset),
+                device=str(settings["device"]), code=[registry.module_of(generator.load)],
+            )  # fmt: skip
+
+        return self._cached(("generate", dataset, str(class_index)), make)
+
+    def filter_generated(self, dataset: str, class_index: int | str) -> Job:
+        def make() -> Job:
+            from dmlsynth.generation.settings import filter_scorer
+
+            settings = self.generation_settings(dataset)
+            scorer = filter_scorer(settings)
+            return Job(
+                rule="filter_generated", name=f"{dataset}/class{class_index}",
+                params={
+                    # What scores or keeps an image (not the generator's speed settings).
+                    "dataset": dataset, "filter": settings["filter"], "scorer": scorer,
+                    "budget": int(settings["images_per_class"]), "seed": settings["seed"],
+                    "image_size": int(self.dataset_settings(dataset)["image_size"]),
+                    "pretrained": bool(self.dataset_settings(dataset)["pretrained"]),
+                    "validation_classes": split.validation_class_count(self.config, dataset), "device": settings["device"],
+                },
+                inputs={"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset),
+                        "part": self.layout.generated_part(dataset, class_index)},
+                outputs={"part": self.layout.filtered_part(dataset, class_index), "generated": self.layout.generated_dir(dataset)},
+                log=self.layout.log("filter_generated", dataset, f"class{class_index}"),
+                mem_mb=8000 if scorer == "clip" else 2000, runtime=30,
+                gpus=gpus_for(str(settings["device"]), scorer == "clip"), device=str(settings["device"]),
+            )  # fmt: skip
+
+        return self._cached(("filter_generated", dataset, str(class_index)), make)
+
+    def merge_generated(self, dataset: str, image_set: str) -> Job:
+        def make() -> Job:
+            parts = [self.layout.filtered_part(dataset, i) for i in range(self.training_classes(dataset))]
+            return Job(
+                rule="merge_generated", name=f"{dataset}/{image_set}", params={"image_set": image_set},
+                inputs={"parts": parts}, outputs={"manifest": self.layout.image_set_manifest(dataset, image_set)},
+                log=self.layout.log("merge_generated", dataset, image_set), mem_mb=1000, runtime=5,
+            )  # fmt: skip
+
+        return self._cached(("merge_generated", dataset, image_set), make)
+
+    def generation_report(self) -> Job:
+        def make() -> Job:
+            from dmlsynth.generation.fine_tuning import fine_tunes
+
+            datasets = self.config["datasets"] if self.image_sets() else []
+            photos = [d for d in datasets if registry.DATASETS[d].image_mode != "L"]
+            settings = {d: self.generation_settings(d) for d in datasets}
+            classes = {d: range(self.training_classes(d)) for d in datasets}
+            inputs = {
+                "manifests": [self.layout.manifest(d) for d in datasets],
+                "image_sets": [self.layout.image_set_manifest(d, s) for d in datasets for s in self.image_sets()],
+                "filtered": [self.layout.filtered_part(d, i) for d in datasets for i in classes[d]],
+                "generators": [self.layout.generator_dir(d) for d in datasets if registry.GENERATORS[settings[d]["generator"]].trained_here],
+                # Their fine-tuning time is part of the images' cost.
+                "fine_tuned": [self.layout.fine_tuned_dir(d, i) for d in datasets if fine_tunes(settings[d]) for i in classes[d]],
+            }  # fmt: skip
+            devices = {str(settings[d]["device"]) for d in photos}
+            return Job(
+                rule="generation_report", name="generation_report",
+                params={
+                    "datasets": {
+                        d: {
+                            "generation": settings[d], "image_size": int(self.dataset_settings(d)["image_size"]),
+                            "pretrained": bool(self.dataset_settings(d)["pretrained"]),
+                            "validation_classes": split.validation_class_count(self.config, d),
+                        }
+                        for d in datasets
+                    },
+                    "image_sets": self.image_sets(),
+                },
+                inputs=inputs,
+                outputs={"table": self.layout.generation_csv(), "figures": [self.layout.generated_grid(d) for d in datasets]},
+                log=self.layout.log("generation_report"),
+                # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).
+                threads=8 if photos else 1, mem_mb=4000, runtime=30,
+                gpus=gpus_for(devices.pop() if len(devices) == 1 else "auto", bool(photos)) if photos else 0,
+                device=devices.pop() if len(devices) == 1 else "cpu",
+            )  # fmt: skip
+
+        return self._cached(("generation_report",), make)
+
+
+@functools.lru_cache(maxsize=8)
+def _for(config_json: str) -> Jobs:
+    return Jobs(json.loads(config_json))
+
+
+def of(config: Mapping[str, Any]) -> Jobs:
+    """The jobs of ``config`` (one :class:`Jobs` per distinct config in a process)."""
+    return _for(json.dumps(config, sort_keys=True, default=str))
