@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
 from dmlsynth import config as cfg
+from dmlsynth.gpu_slots import GPU_SLOTS_VARIABLE
+from dmlsynth.workflow import WORKFLOW_VARIABLE, die_with_parent
 
 log = logging.getLogger("dmlsynth")
 
@@ -415,7 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_gpu_slot_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu-slots", type=int, default=0, help="GPUs Snakemake was given (--resources gpu=N); 0: none")
+    p.add_argument(
+        "--gpu-slots", type=int, default=int(os.environ.get(GPU_SLOTS_VARIABLE) or 0),
+        help=f"GPUs Snakemake was given (--resources gpu=N; default: ${GPU_SLOTS_VARIABLE}, which the workflow sets); 0: none",
+    )  # fmt: skip
     p.add_argument("--gpus", type=int, default=0, help="GPUs this job takes of them (its gpu resource)")
 
 
@@ -446,12 +453,17 @@ def _result_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A job of the workflow ends with the shell that runs it: never writes outputs Snakemake gave up on.
+    die_with_parent()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if os.environ.get(WORKFLOW_VARIABLE):  # logs are appended to: each try starts with this line
+        job = f", SLURM job {os.environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in os.environ else ""
+        log.info("dmlsynth %s started on %s (pid %d%s)", args.command, socket.gethostname(), os.getpid(), job)
     # faiss announces every CPU-feature probe at INFO; only its problems matter here.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from dmlsynth.data.errors import DataError

@@ -1,18 +1,32 @@
 """What a job knows of the Snakemake run that started it.
 
-The Snakefile exports :data:`WORKFLOW_VARIABLE` (host, pid and start time of
-the Snakemake process). A long job checks it between epochs: when that
-process is gone (``kill -9`` of Snakemake, a closed terminal), the job stops
-after its last checkpoint instead of running on unseen; running the workflow
-again resumes it. On another host (cluster jobs) or without ``/proc`` the
-check cannot tell and never stops a job.
+Two ways a job could outlive what started it, and what stops it:
+
+- **Its parent ends** (the ``bash -c`` wrapper Snakemake runs the job's shell command in is killed,
+  e.g. by Snakemake giving up on the job, by a user or by the OOM killer): Snakemake counts the job
+  as failed and removes its outputs, while the job itself would go on and write them later, and a
+  later run would accept them. :func:`die_with_parent` (called first thing by every ``dmlsynth``
+  subcommand a workflow starts) makes the kernel end the job with its parent (Linux:
+  ``prctl(PR_SET_PDEATHSIG)``; elsewhere a thread that watches ``getppid()``).
+- **Snakemake itself ends** (``kill -9`` of Snakemake, a closed terminal) while the wrapper lives
+  on: the Snakefile exports :data:`WORKFLOW_VARIABLE` (host, pid and start time of the Snakemake
+  process); a long job checks it between epochs and stops after its last checkpoint instead of
+  running on unseen; running the workflow again resumes it (Snakemake marks the outputs of jobs it
+  did not see finish as incomplete, so they are never accepted). On another host or without
+  ``/proc`` the check cannot tell and never stops a job.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import MutableMapping
 
 WORKFLOW_VARIABLE = "DMLSYNTH_WORKFLOW_PROCESS"
 
@@ -64,3 +78,41 @@ def stop_when_workflow_gone():
         stop_if_workflow_gone(f"epoch {epoch}")
 
     return callback
+
+
+# prctl(2) option: the signal the kernel sends this process when its parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _watch_parent(parent: int, signal_number: int, poll_seconds: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_seconds)
+    os.kill(os.getpid(), signal_number)
+
+
+def die_with_parent(signal_number: int = signal.SIGTERM, poll_seconds: float = 1.0) -> None:
+    """Have this process sent ``signal_number`` (default: SIGTERM, which ends it) when its parent ends.
+
+    Only where a workflow started the process (:data:`WORKFLOW_VARIABLE` is set): a command typed in a
+    terminal is left alone.
+    """
+    if not os.environ.get(WORKFLOW_VARIABLE):
+        return
+    parent = os.getppid()
+    requested = False
+    if sys.platform.startswith("linux"):
+        try:
+            requested = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal_number, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            requested = False
+    if not requested:
+        threading.Thread(target=_watch_parent, args=(parent, signal_number, poll_seconds), daemon=True).start()
+    if os.getppid() != parent:  # it ended before the kernel was told
+        os.kill(os.getpid(), signal_number)
+
+
+def put_first_on_path(directory: str | os.PathLike[str], environ: MutableMapping[str, str] = os.environ) -> None:
+    """Put ``directory`` first on ``environ["PATH"]`` (once), so commands named there are found first."""
+    first = str(directory)
+    rest = [entry for entry in environ.get("PATH", "").split(os.pathsep) if entry and entry != first]
+    environ["PATH"] = os.pathsep.join([first, *rest])
