@@ -23,6 +23,8 @@ LAYOUT = layout.Layout.of(CFG)
 dmlsynth_workflow.put_first_on_path(Path(sys.executable).parent)
 # The merged config (params.yaml + --configfile + --config) that every job reads.
 EFFECTIVE_CONFIG = str(dmlsynth_config.write_effective(CFG, layout.WORKFLOW_STATE))
+# Each rule's shell command ends with `2>&1 | tee -a {log:q}.tries >{log:q}`: its log holds this try
+# (Snakemake deletes a job's log before each try), <log>.tries keeps every try, appended (docs/cluster.md).
 # Jobs record the git state of this project folder (not of wherever the package is installed).
 os.environ[provenance.PROJECT_DIR_VARIABLE] = str(Path(workflow.basedir).resolve())
 # Long jobs stop (after a checkpoint) when this Snakemake process is killed.

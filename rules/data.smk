@@ -12,7 +12,7 @@ rule prepare_data:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth prepare-data --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q} >> {log:q} 2>&1"
+        "dmlsynth prepare-data --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 # Stage 1b: the resized JPEG copy of a photo dataset that training reads (dmlsynth.data.image_cache).
@@ -39,4 +39,4 @@ rule cache_images:
         "../environment.yml"
     shell:
         "dmlsynth cache-images --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
-        " --manifest {input.manifest:q} --threads {threads} >> {log:q} 2>&1"
+        " --manifest {input.manifest:q} --threads {threads} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -39,4 +39,4 @@ rule evaluate:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth evaluate --config {EFFECTIVE_CONFIG:q} --run-dir {params.run_dir:q} >> {log:q} 2>&1"
+        "dmlsynth evaluate --config {EFFECTIVE_CONFIG:q} --run-dir {params.run_dir:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

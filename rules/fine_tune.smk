@@ -36,4 +36,4 @@ rule fine_tune:
         "dmlsynth fine-tune --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --class-index {wildcards.class_index:q} --manifest {input.manifest:q} --prompts {input.prompts:q}"
         " --out-dir {output.weights:q} --checkpoint {params.checkpoint:q}"
-        " --threads {threads} --gpus {resources.gpu} >> {log:q} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -91,7 +91,7 @@ rule prompts:
     shell:
         "dmlsynth prompts --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --manifest {input.manifest:q} --search-dir {params.search:q} --out {output.prompts:q}"
-        " --gpus {resources.gpu} >> {log:q} 2>&1"
+        " --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule train_generator:
@@ -116,7 +116,7 @@ rule train_generator:
         "../environment.yml"
     shell:
         "dmlsynth train-generator --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
-        " --manifest {input.manifest:q} --out-dir {output.model:q} --threads {threads} >> {log:q} 2>&1"
+        " --manifest {input.manifest:q} --out-dir {output.model:q} --threads {threads} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule generate:
@@ -152,7 +152,7 @@ rule generate:
         "dmlsynth generate --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --class-index {wildcards.class_index:q} --manifest {input.manifest:q} --prompts {input.prompts:q}"
         " {params.generator:q} {params.fine_tuned:q} --generated-dir {params.generated:q} --out-part {output.part:q}"
-        " --threads {threads} --gpus {resources.gpu} >> {log:q} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 def filter_gpus(wildcards):
@@ -193,7 +193,7 @@ rule filter_generated:
         "dmlsynth filter-generated --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --manifest {input.manifest:q} --prompts {input.prompts:q} --part {input.part:q}"
         " --generated-dir {params.generated:q} --out {output.part:q}"
-        " --threads {threads} --gpus {resources.gpu} >> {log:q} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule merge_generated:
@@ -210,7 +210,7 @@ rule merge_generated:
         "../environment.yml"
     shell:
         "dmlsynth merge-generated --image-set {wildcards.image_set:q} --out {output.manifest:q}"
-        " {input.parts:q} >> {log:q} 2>&1"
+        " {input.parts:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule generation_report:
@@ -252,4 +252,4 @@ rule generation_report:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth generation-report --config {EFFECTIVE_CONFIG:q} --threads {threads} >> {log:q} 2>&1"
+        "dmlsynth generation-report --config {EFFECTIVE_CONFIG:q} --threads {threads} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -39,7 +39,7 @@ rule table:
         "../environment.yml"
     shell:
         "dmlsynth table --config {EFFECTIVE_CONFIG:q} --out-csv {output.table:q}"
-        " --out-json {output.metrics:q} --out-figure {output.figure:q} {params.run_dirs:q} >> {log:q} 2>&1"
+        " --out-json {output.metrics:q} --out-figure {output.figure:q} {params.run_dirs:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule compare:
@@ -70,4 +70,4 @@ rule compare:
     shell:
         "dmlsynth compare --config {EFFECTIVE_CONFIG:q} --table {input.table:q} {params.generation:q}"
         " --out-csv {output.table:q} --out-report {output.report:q} --figure-dir {params.figure_dir:q}"
-        " {params.run_dirs:q} >> {log:q} 2>&1"
+        " {params.run_dirs:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -50,4 +50,4 @@ rule train:
         "dmlsynth train --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --method {wildcards.method:q} --loss {wildcards.loss:q} --seed {wildcards.seed:q}"
         " --manifest {input.manifest:q} {params.synthetic:q} --run-dir {params.run_dir:q}"
-        " --threads {params.threads} --gpus {resources.gpu} >> {log:q} 2>&1"
+        " --threads {params.threads} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
