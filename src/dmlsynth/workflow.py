@@ -90,25 +90,48 @@ def _watch_parent(parent: int, signal_number: int, poll_seconds: float) -> None:
     os.kill(os.getpid(), signal_number)
 
 
-def die_with_parent(signal_number: int = signal.SIGTERM, poll_seconds: float = 1.0) -> None:
+def die_with_parent(signal_number: int = signal.SIGTERM, poll_seconds: float = 1.0, use_prctl: bool = True) -> None:
     """Have this process sent ``signal_number`` (default: SIGTERM, which ends it) when its parent ends.
 
     Only where a workflow started the process (:data:`WORKFLOW_VARIABLE` is set): a command typed in a
-    terminal is left alone.
+    terminal is left alone. Without ``prctl`` (not Linux, or ``use_prctl=False``) a thread checks the
+    parent every ``poll_seconds``.
     """
     if not os.environ.get(WORKFLOW_VARIABLE):
         return
     parent = os.getppid()
     requested = False
-    if sys.platform.startswith("linux"):
+    if use_prctl and sys.platform.startswith("linux"):
         try:
             requested = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal_number, 0, 0, 0) == 0
         except (OSError, AttributeError):
             requested = False
     if not requested:
         threading.Thread(target=_watch_parent, args=(parent, signal_number, poll_seconds), daemon=True).start()
-    if os.getppid() != parent:  # it ended before the kernel was told
+    # The parent may have ended before the kernel was told (while Python was starting): then this
+    # process was handed to init, and the workflow's Snakemake is no longer among its ancestors.
+    if os.getppid() != parent or _descends_from_workflow() is False:
         os.kill(os.getpid(), signal_number)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _descends_from_workflow() -> bool | None:
+    """Whether the Snakemake process of :data:`WORKFLOW_VARIABLE` is an ancestor of this one; None if unknown."""
+    if workflow_alive() is not True:  # another host, no /proc, or already gone (then the epoch check stops the job)
+        return None
+    workflow_pid = int(os.environ[WORKFLOW_VARIABLE].rsplit(":", 2)[1])
+    pid: int | None = os.getppid()
+    while pid is not None and pid > 1:
+        if pid == workflow_pid:
+            return True
+        pid = _parent_of(pid)
+    return False
 
 
 def put_first_on_path(directory: str | os.PathLike[str], environ: MutableMapping[str, str] = os.environ) -> None:

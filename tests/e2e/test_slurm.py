@@ -68,6 +68,8 @@ def _workflow(default_params, workdir: Path, **resources) -> dict:
 def _training_process(workdir: Path) -> int | None:
     """PID of the `dmlsynth train` process of this workflow (not its shell wrapper, srun or Snakemake)."""
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
