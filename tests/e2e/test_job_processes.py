@@ -78,3 +78,18 @@ def test_a_training_job_whose_shell_is_killed_ends_and_writes_nothing(default_pa
         assert not (tmp_path / name).exists(), name
     dry = snakemake(tmp_path, "-n", run.record)
     assert "rule train:" in dry.output
+
+
+def test_jobs_run_the_dmlsynth_of_the_environment_that_runs_snakemake(default_params, tmp_path):
+    """As the quick start runs it: `.venv/bin/snakemake` with the venv not activated (its bin not on PATH),
+    and another `dmlsynth` on PATH, which must not be the one the jobs run."""
+    tiny_workflow(default_params, tmp_path)
+    other = tmp_path / "other-bin"
+    other.mkdir()
+    (other / "dmlsynth").write_text("#!/bin/sh\necho 'the dmlsynth of another environment ran' >&2\nexit 3\n")
+    (other / "dmlsynth").chmod(0o755)
+    env = {"PATH": os.pathsep.join([str(other), "/usr/bin", "/bin"])}
+    assert Path(sys.executable).parent not in map(Path, env["PATH"].split(os.pathsep))
+    snakemake(tmp_path, "data/digits/manifest.csv", env=env)
+    assert (tmp_path / "data/digits/manifest.csv").is_file()
+    assert "dmlsynth prepare-data started" in (tmp_path / "logs/prepare_data/digits.log").read_text()
