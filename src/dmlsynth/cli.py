@@ -132,6 +132,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    from dmlsynth.prefetch import prefetch
+
+    for line in prefetch(_config(args.config)):
+        print(line)
+    return 0
+
+
 def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     from dmlsynth.pipeline import dvc_yaml
 
@@ -328,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, help="run folders or folders containing them")
     p.set_defaults(func=cmd_track)
 
+    p = sub.add_parser(
+        "prefetch", help="download every dataset file and model a config's jobs need (for offline compute nodes)"
+    )
+    p.add_argument("--config", default="params.yaml")
+    p.set_defaults(func=cmd_prefetch)
+
     p = sub.add_parser("dvc-yaml", help="print the dvc.yaml that runs this config's pipeline through Snakemake")
     p.add_argument("--config", default="params.yaml")
     p.set_defaults(func=cmd_dvc_yaml)
@@ -440,8 +454,9 @@ def _generation_errors() -> tuple[type[Exception], ...]:
     from dmlsynth.generation.fine_tuning import FineTuningError
     from dmlsynth.generation.prompts import PromptsError
     from dmlsynth.generation.run import GenerationError
+    from dmlsynth.prefetch import PrefetchError
 
-    return (PromptsError, GenerationError, FineTuningError)
+    return (PromptsError, GenerationError, FineTuningError, PrefetchError)
 
 
 def _result_errors() -> tuple[type[Exception], ...]:
@@ -463,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if os.environ.get(WORKFLOW_VARIABLE):  # logs are appended to: each try starts with this line
         job = f", SLURM job {os.environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in os.environ else ""
-        log.info("dmlsynth %s started on %s (pid %d%s)", args.command, socket.gethostname(), os.getpid(), job)
+        offline = ", models from the local caches only (cluster.offline)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        log.info("dmlsynth %s started on %s (pid %d%s%s)", args.command, socket.gethostname(), os.getpid(), job, offline)
     # faiss announces every CPU-feature probe at INFO; only its problems matter here.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from dmlsynth.data.errors import DataError

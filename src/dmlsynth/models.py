@@ -83,12 +83,22 @@ class FrozenBatchNormResNet(EmbeddingNet):
         return self
 
 
-def resnet50(embedding_dim: int, pretrained: bool = True, in_channels: int = 3) -> nn.Module:
+def imagenet_weights():
+    """The torchvision ImageNet weights the resnet50 backbone starts from."""
     from torchvision.models import ResNet50_Weights
+
+    return ResNet50_Weights.IMAGENET1K_V1
+
+
+# The torchvision weights a backbone loads when pretrained (`dmlsynth prefetch` downloads them beforehand).
+PRETRAINED_WEIGHTS = {"resnet50": imagenet_weights}
+
+
+def resnet50(embedding_dim: int, pretrained: bool = True, in_channels: int = 3) -> nn.Module:
     from torchvision.models import resnet50 as tv_resnet50
 
     if in_channels != 3:
         raise ValueError("resnet50 expects RGB images (in_channels=3)")
-    # Weights come through torchvision's own download/cache mechanism on the user's machine.
-    model = tv_resnet50(weights=ResNet50_Weights.IMAGENET1K_V1 if pretrained else None)
+    # Weights come through torchvision's own download/cache mechanism on the user's machine (TORCH_HOME).
+    model = tv_resnet50(weights=imagenet_weights() if pretrained else None)
     return FrozenBatchNormResNet(nn.Sequential(*list(model.children())[:-2]), embedding_dim)
