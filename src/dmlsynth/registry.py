@@ -374,8 +374,8 @@ TRACKING_DEFAULTS: Mapping[str, Any] = {
 }
 # Where cluster jobs run (params.yaml `cluster`; dmlsynth.cluster, docs/cluster.md); changes no result.
 CLUSTER_DEFAULTS: Mapping[str, Any] = {
-    "partition": None,  # SLURM partition of the jobs without a GPU (None: the profile's or the cluster's default)
-    "gpu_partition": None,  # ... of every job that takes a GPU, whichever rule (None: as the others)
+    "partition": None,  # SLURM partition of the jobs without a GPU (None: the cluster's default)
+    "gpu_partition": None,  # ... of every job that takes a GPU, whichever rule (None: `partition`)
     "gpu_model": None,  # the GPU model those jobs ask for (--gpus=<model>:1)
     "offline": False,  # jobs read models only from the local caches (after `dmlsynth prefetch`)
 }

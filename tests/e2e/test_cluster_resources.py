@@ -91,3 +91,12 @@ def test_a_partition_set_twice_is_refused(workdir):
     )  # fmt: skip
     assert result.returncode != 0
     assert "the SLURM partition is set twice" in result.output and "cluster.partition" in result.output
+
+
+def test_the_lint_shows_only_what_the_docs_explain(workdir):
+    lint = snakemake(workdir, "--lint", check=False).output
+    titles = set(re.findall(r"^\s+\* (.+?)(?: in line \d+)?\.?:$", lint, re.M))
+    docs = (ROOT / "docs" / "cluster.md").read_text().split("## `snakemake --lint`")[1]
+    explained = set(re.findall(r"^\| (?!finding )([^|]+?) \|", docs, re.M)) - {"---"}
+    assert titles, lint
+    assert titles <= explained, f"findings the docs do not explain: {titles - explained}"

@@ -54,9 +54,9 @@ def cluster(tmp_path_factory):
     local.stop()
 
 
-def _workflow(default_params, workdir: Path, **resources) -> dict:
+def _workflow(default_params, workdir: Path, methods=("baseline",), **resources) -> dict:
     config = tiny_workflow(
-        default_params, workdir, methods=["baseline"], losses=["multi_similarity"], seeds=[0],
+        default_params, workdir, methods=list(methods), losses=["multi_similarity"], seeds=[0],
         # Three epochs of a few seconds each, so the test can catch the job between two checkpoints.
         training={**default_params["training"], "device": "cpu", "epochs": 3, "batches_per_epoch": 40},
     )  # fmt: skip
@@ -66,7 +66,7 @@ def _workflow(default_params, workdir: Path, **resources) -> dict:
 
 
 def _training_process(workdir: Path) -> int | None:
-    """PID of the `dmlsynth train` process of this workflow (not its shell wrapper, srun or Snakemake)."""
+    """PID of the `dmlsynth train` process of this workflow's baseline run (not its shell wrapper, srun or Snakemake)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -75,7 +75,7 @@ def _training_process(workdir: Path) -> int | None:
         except OSError:
             continue
         words = [a.decode(errors="replace") for a in args]
-        if "train" in words and any(w.endswith("dmlsynth") for w in words):
+        if "train" in words and "baseline" in words and any(w.endswith("dmlsynth") for w in words):
             try:
                 if Path(os.readlink(proc / "cwd")) == workdir.resolve():
                     return int(proc.name)
@@ -85,9 +85,10 @@ def _training_process(workdir: Path) -> int | None:
 
 
 def test_the_workflow_runs_through_sbatch_retries_a_timeout_and_resumes(cluster, default_params, tmp_path):
-    # The first try of the training has one minute; it is held still after its first epoch, so
-    # SLURM times it out. The retry gets twice the time and memory and resumes from the checkpoint.
-    config = _workflow(default_params, tmp_path, runtime=1, mem_mb=1000)
+    # BLenDeR too: its generation jobs go through sbatch, its prompts and merge jobs (seconds) run locally.
+    # The first try of the baseline training has one minute; it is held still after its first epoch,
+    # so SLURM times it out. The retry gets twice the time and memory and resumes from the checkpoint.
+    config = _workflow(default_params, tmp_path, methods=("baseline", "blender"), runtime=1, mem_mb=1000)
     run = Layout.of(config).run("digits", "baseline", "multi_similarity", 0)
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
@@ -114,9 +115,11 @@ def test_the_workflow_runs_through_sbatch_retries_a_timeout_and_resumes(cluster,
 
     jobs = cluster.jobs()
     rules = [re.match(r"rule_([a-z_]+?)(_wildcards_|$)", job["comment"])[1] for job in jobs]
-    # Every job went through sbatch but the local ones (table, compare: seconds each).
-    assert sorted(set(rules)) == ["evaluate", "prepare_data", "train"], jobs
-    train = [job for job, rule in zip(jobs, rules) if rule == "train"]
+    # Every job went through sbatch but the local ones (prompts from attributes, merge_generated, table, compare).
+    submitted = {"prepare_data", "train_generator", "generate", "filter_generated", "generation_report", "train", "evaluate"}
+    assert set(rules) == submitted, jobs
+    assert rules.count("generate") == rules.count("filter_generated") == 5 and rules.count("evaluate") == 2
+    train = [job for job in jobs if job["comment"].startswith("rule_train_wildcards_digits_baseline")]
     assert [job["state"] for job in train] == ["TIMEOUT", "COMPLETED"], train
     # The retry asked for twice the time and memory.
     assert [(job["time_limit"], job["memory"]) for job in train] == [("1:00", "1000M"), ("2:00", "2000M")], train

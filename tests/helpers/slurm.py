@@ -46,9 +46,10 @@ def _free_port() -> int:
 class LocalSlurm:
     """A one-node cluster in ``root``; ``cpus`` and ``memory_mb`` are what the node says it has."""
 
-    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 64000, min_job_age_s: int = 300):
+    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 64000, min_job_age_s: int = 3600):
         self.root = root
-        self.cpus = cpus or max(2, os.cpu_count() or 2)
+        # More CPUs than the machine may have (config_overrides): jobs of seconds wait for SLURM, not for a core.
+        self.cpus = cpus or max(4, os.cpu_count() or 4)
         self.memory_mb = memory_mb
         self.min_job_age_s = min_job_age_s
         self.conf = root / "slurm.conf"
@@ -141,10 +142,10 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         ).stdout  # fmt: skip
 
     def jobs(self) -> list[dict[str, str]]:
-        """Every job the controller remembers: id, comment (the plugin's ``rule_<rule>_wildcards_...``),
-        state, time limit, memory."""
-        keys = ("id", "comment", "state", "time_limit", "memory")
-        lines = self.query("squeue", "--states=all", "--noheader", "--format=%i|%k|%T|%l|%m").splitlines()
+        """Every job the controller remembers (MinJobAge): id, comment (the plugin's
+        ``rule_<rule>_wildcards_...``), state, time limit, memory, start and end time."""
+        keys = ("id", "comment", "state", "time_limit", "memory", "start", "end")
+        lines = self.query("squeue", "--states=all", "--noheader", "--format=%i|%k|%T|%l|%m|%S|%e").splitlines()
         return sorted((dict(zip(keys, line.split("|"))) for line in lines if line.strip()), key=lambda j: int(j["id"]))
 
     def logs(self) -> str:
