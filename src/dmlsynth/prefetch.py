@@ -146,7 +146,12 @@ def _fetch_torch_weights(url: str, what: str) -> str:
         return f"{dest.name} ({what}): present in {dest.parent}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     found = torch.hub.HASH_REGEX.search(dest.name)
-    torch.hub.download_url_to_file(url, str(dest), found.group(1) if found else None, progress=True)
+    try:
+        torch.hub.download_url_to_file(url, str(dest), found.group(1) if found else None, progress=True)
+    except (OSError, RuntimeError) as error:  # no connection (URLError is an OSError), a wrong checksum
+        raise PrefetchError(
+            f"cannot download {url} ({what}): {error}. Download it on a machine with internet and place it at {dest}"
+        ) from error
     return f"{dest.name} ({what}): downloaded to {dest.parent}"
 
 

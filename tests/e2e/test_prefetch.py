@@ -53,10 +53,9 @@ def repos(tmp_path_factory):
 
 
 def _env(tmp_path, **extra) -> dict:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"), **extra}
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
-        env.pop(name, None) if name not in extra else None
-    return env
+    """This test's caches; the hubs online and at their usual address unless ``extra`` says otherwise."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")}
+    return {**env, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"), **extra}
 
 
 def _paper_config(tmp_path, cub, cars, server) -> Path:
@@ -139,6 +138,14 @@ def test_torchvision_weights_go_where_torchvision_looks(monkeypatch, tmp_path):
     assert torch.hub.load_state_dict_from_url(url, progress=False)["weight"].sum() == 2 and len(downloads) == 1
     assert "present" in prefetch._fetch_torch_weights(url, "the backbone")
 
+    def unreachable(url, dst, hash_prefix=None, progress=True):
+        raise OSError("<urlopen error [Errno 101] Network is unreachable>")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(prefetch.PrefetchError, match=r"cannot download .*Network is unreachable.*place it at .*empty"):
+        prefetch._fetch_torch_weights(url, "the backbone")
+
 
 def test_the_embedded_default_needs_nothing(default_params):
     needed = prefetch.plan(cfg.validate(default_params))
@@ -149,3 +156,19 @@ def test_jobs_run_offline_with_cluster_offline(default_params, tmp_path):
     tiny_workflow(default_params, tmp_path, cluster={"offline": True})
     snakemake(tmp_path, "data/digits/manifest.csv")
     assert "models from the local caches only (cluster.offline)" in (tmp_path / "logs/prepare_data/digits.log").read_text()
+
+
+def test_a_model_the_hub_does_not_have_is_named_with_its_setting(repos, tmp_path):
+    cub, cars = cub_fixture(), cars_fixture()
+    files = {"/cub.tgz": cub.archive, "/car_ims.tgz": cars.images, "/cars_annos.mat": cars.annotations}
+    weights = tmp_path / "torch" / "hub" / "checkpoints" / Path(models.imagenet_weights().url).name
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    with serve(files) as server, serve_hub({CLIP: repos[CLIP], CAPTIONER: repos[CAPTIONER]}) as hub:  # no Stable Diffusion
+        config = _paper_config(tmp_path, cub, cars, server)
+        result = subprocess.run(
+            [sys.executable, "-m", "dmlsynth", "prefetch", "--config", str(config)],
+            capture_output=True, text=True, env=_env(tmp_path, HF_ENDPOINT=hub.endpoint), timeout=600,
+        )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"dmlsynth prefetch: error: cannot download {SD!r} (generation.cub200.model_id) from the Hugging Face hub" in result.stderr
