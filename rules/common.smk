@@ -95,22 +95,27 @@ def check_cluster():
     where its GPU jobs would be rejected (dmlsynth.cluster)."""
     if getattr(workflow.executor_plugin, "name", None) != "slurm":
         return
-    settings = workflow.executor_settings
-    problem = cluster.status_query_problem(
-        cluster.parse_scontrol_config(cluster.run_query(["scontrol", "show", "config"]) or ""),
-        getattr(settings, "status_command", None),
-        int(getattr(settings, "init_seconds_before_status_checks", None) or 40),
-        shutil.which("sacct") is not None,
-    )
+    settings, problems = workflow.executor_settings, []
+    slurm_config = cluster.run_query(["scontrol", "show", "config"])
+    if slurm_config is not None:  # (a command that fails tells nothing: then the plugin is left to it)
+        problems.append(
+            cluster.status_query_problem(
+                cluster.parse_scontrol_config(slurm_config),
+                getattr(settings, "status_command", None),
+                int(getattr(settings, "init_seconds_before_status_checks", None) or 40),
+                shutil.which("sacct") is not None,
+            )
+        )
     gpu_jobs = [
         (job.rule.name, job.resources.get("slurm_partition"), job.resources.get("gpu_model"))
         for job in workflow.dag.needrun_jobs()
         if not job.is_local and job.resources.get("gpu", 0)
     ]
-    if not problem and gpu_jobs:
-        problem = cluster.gpu_problem(gpu_jobs, cluster.run_query(["sinfo", "-h", "-o", "%P|%G"]) or "")
-    if problem:
-        raise WorkflowError(f"dmlsynth: nothing was submitted: {problem}")
+    partitions = cluster.run_query(["sinfo", "-h", "-o", "%P|%G"]) if gpu_jobs else None
+    if partitions is not None:
+        problems.append(cluster.gpu_problem(gpu_jobs, partitions))
+    if any(problems):
+        raise WorkflowError("dmlsynth: nothing was submitted: " + "\n".join(p for p in problems if p))
 
 RUNS = pipeline.runs(CFG)
 # Whether runs choose their epoch on validation classes (dataset_settings.<dataset>.validation_classes).
