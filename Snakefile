@@ -19,6 +19,23 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+# Jobs of seconds run in the Snakemake process itself instead of waiting in a cluster queue; so do
+# the prompts where they come from attribute files (captioning runs a model: a cluster job).
+localrules:
+    all,
+    merge_generated,
+    table,
+    compare,
+
+
+if not PROMPTS_CAPTIONED:
+    workflow.localrules("prompts")
+
+
+onstart:
+    check_cluster()
+
+
 onsuccess:
     warn_about_tracking_failures()
 

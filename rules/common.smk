@@ -1,11 +1,13 @@
 # Shared definitions: the validated config, the layout of every file, the job matrix and helpers.
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
+from dmlsynth import cluster
 from dmlsynth import config as dmlsynth_config
-from dmlsynth import layout, pipeline, provenance, registry, tracking, workflow as dmlsynth_workflow
+from dmlsynth import gpu_slots, layout, pipeline, provenance, registry, tracking, workflow as dmlsynth_workflow
 from dmlsynth.data import split
 
 try:
@@ -16,10 +18,14 @@ except dmlsynth_config.ConfigError as error:
 
 # Every path comes from dmlsynth.layout; rules ask it, with Snakemake wildcards as defaults.
 LAYOUT = layout.Layout.of(CFG)
-# Jobs run with the interpreter that runs Snakemake, so the workflow and its jobs share one environment.
-PY = sys.executable
+# Jobs call `dmlsynth` by name. The environment that runs Snakemake comes first on their PATH, so the
+# workflow and its jobs share one environment (`.venv/bin/snakemake` finds the venv's dmlsynth without an
+# activated venv); a software environment (--software-deployment-method conda) puts its own in front.
+dmlsynth_workflow.put_first_on_path(Path(sys.executable).parent)
 # The merged config (params.yaml + --configfile + --config) that every job reads.
 EFFECTIVE_CONFIG = str(dmlsynth_config.write_effective(CFG, layout.WORKFLOW_STATE))
+# Each rule's shell command ends with `2>&1 | tee -a {log:q}.tries >{log:q}`: its log holds this try
+# (Snakemake deletes a job's log before each try), <log>.tries keeps every try, appended (docs/cluster.md).
 # Jobs record the git state of this project folder (not of wherever the package is installed).
 os.environ[provenance.PROJECT_DIR_VARIABLE] = str(Path(workflow.basedir).resolve())
 # Long jobs stop (after a checkpoint) when this Snakemake process is killed.
@@ -47,6 +53,70 @@ def gpus_given():
 
 
 GPU_SLOTS = gpus_given() if workflow.local_exec and not workflow.remote_exec else 0
+os.environ[gpu_slots.GPU_SLOTS_VARIABLE] = str(GPU_SLOTS)
+
+# Where cluster jobs run (params.yaml `cluster`, docs/cluster.md).
+CLUSTER = cluster.settings(CFG)
+if CLUSTER["offline"]:  # models come from the local caches only (`dmlsynth prefetch` filled them)
+    os.environ.update(cluster.OFFLINE_VARIABLES)
+if (CLUSTER["partition"] or CLUSTER["gpu_partition"]) and "slurm_partition" in (
+    workflow.resource_settings.default_resources or {}
+):
+    sys.exit(
+        "dmlsynth: the SLURM partition is set twice, by cluster.partition/gpu_partition of the config and by "
+        "slurm_partition of --default-resources (the profile): put the partition of the jobs without a GPU "
+        "into cluster.partition and drop slurm_partition from default-resources (docs/cluster.md)."
+    )
+
+
+def job_resources(mem_mb, runtime, gpu=None):
+    """A rule's resources: memory (MB) and time (minutes) that grow with each try (a retried job asks
+    for attempt x both), its GPUs (rules that may use one), and the partition and GPU model the
+    cluster settings give it. Each value: a number, or a function of the wildcards."""
+
+    def value(given, wildcards):
+        return given(wildcards) if callable(given) else given
+
+    def per_attempt(given):
+        return lambda wildcards, attempt: value(given, wildcards) * attempt
+
+    def gpus(wildcards):
+        return int(value(gpu, wildcards) or 0)
+
+    return {
+        "mem_mb": per_attempt(mem_mb),
+        "runtime": per_attempt(runtime),
+        **({} if gpu is None else {"gpu": gpus}),
+        **cluster.placement(CLUSTER, gpus),
+    }
+
+
+def check_cluster():
+    """Before a SLURM run submits anything: stop, saying why, where it could never see jobs end, or
+    where its GPU jobs would be rejected (dmlsynth.cluster)."""
+    if getattr(workflow.executor_plugin, "name", None) != "slurm":
+        return
+    settings, problems = workflow.executor_settings, []
+    slurm_config = cluster.run_query(["scontrol", "show", "config"])
+    if slurm_config is not None:  # (a command that fails tells nothing: then the plugin is left to it)
+        problems.append(
+            cluster.status_query_problem(
+                cluster.parse_scontrol_config(slurm_config),
+                getattr(settings, "status_command", None),
+                int(getattr(settings, "init_seconds_before_status_checks", None) or 40),
+                shutil.which("sacct") is not None,
+            )
+        )
+    gpu_jobs = [
+        (job.rule.name, job.resources.get("slurm_partition"), job.resources.get("gpu_model"))
+        for job in workflow.dag.needrun_jobs()
+        if not job.is_local and job.resources.get("gpu", 0)
+    ]
+    partitions = cluster.run_query(["sinfo", "-h", "-o", "%P|%G"]) if gpu_jobs else None
+    if partitions is not None:
+        problems.append(cluster.gpu_problem(gpu_jobs, partitions))
+    if any(problems):
+        raise WorkflowError("dmlsynth: nothing was submitted: " + "\n".join(p for p in problems if p))
 
 RUNS = pipeline.runs(CFG)
 # Whether runs choose their epoch on validation classes (dataset_settings.<dataset>.validation_classes).
@@ -65,10 +135,8 @@ wildcard_constraints:
 def dataset_resource(key, default):
     """A per-dataset resource from dataset_settings.<name>.resources (cluster profiles read these)."""
 
-    def get(wildcards, attempt=1):
-        value = dmlsynth_config.dataset_settings(CFG, wildcards.dataset)["resources"].get(key, default)
-        # Retried jobs (e.g. out of memory on a cluster) ask for more memory and time.
-        return value * attempt if key in ("mem_mb", "runtime") else value
+    def get(wildcards):
+        return dmlsynth_config.dataset_settings(CFG, wildcards.dataset)["resources"].get(key, default)
 
     return get
 

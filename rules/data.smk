@@ -8,10 +8,11 @@ rule prepare_data:
         LAYOUT.log("prepare_data", "{dataset}"),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=240,
+        **job_resources(mem_mb=4000, runtime=240),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth prepare-data --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q} > {log:q} 2>&1"
+        "dmlsynth prepare-data --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 # Stage 1b: the resized JPEG copy of a photo dataset that training reads (dmlsynth.data.image_cache).
@@ -33,8 +34,9 @@ rule cache_images:
         LAYOUT.log("cache_images", "{dataset}"),
     threads: 8
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources(mem_mb=4000, runtime=60),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth cache-images --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
-        " --manifest {input.manifest:q} --threads {threads} > {log:q} 2>&1"
+        "dmlsynth cache-images --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
+        " --manifest {input.manifest:q} --threads {threads} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -35,7 +35,8 @@ rule evaluate:
         LAYOUT.log("evaluate", "{dataset}", "{method}", "{loss}", "seed{seed}"),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources(mem_mb=4000, runtime=30),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth evaluate --config {EFFECTIVE_CONFIG:q} --run-dir {params.run_dir:q} > {log:q} 2>&1"
+        "dmlsynth evaluate --config {EFFECTIVE_CONFIG:q} --run-dir {params.run_dir:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

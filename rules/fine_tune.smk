@@ -29,11 +29,11 @@ rule fine_tune:
         LAYOUT.log("fine_tune", "{dataset}", "class{class_index}"),
     threads: lambda w: generation_settings(w)["threads"]
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=generation_gpus,
+        **job_resources(mem_mb=16000, runtime=120, gpu=generation_gpus),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth fine-tune --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
+        "dmlsynth fine-tune --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --class-index {wildcards.class_index:q} --manifest {input.manifest:q} --prompts {input.prompts:q}"
         " --out-dir {output.weights:q} --checkpoint {params.checkpoint:q}"
-        " --threads {threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"

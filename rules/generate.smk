@@ -57,6 +57,10 @@ def image_settings(wildcards):
 
 IMAGE_SETS = generation.image_sets(CFG)
 GENERATION_DATASETS = CFG["datasets"] if IMAGE_SETS else []
+# A prompts job runs a captioning model for some dataset (otherwise it reads attribute files: seconds).
+PROMPTS_CAPTIONED = any(
+    generation.generation_settings(CFG, d)["prompts"]["source"] == "captions" for d in GENERATION_DATASETS
+)
 # The report runs a ResNet-50 over the photos of photo datasets (on their generation device).
 REPORT_PHOTOS = [d for d in GENERATION_DATASETS if registry.DATASETS[d].image_mode != "L"]
 
@@ -77,13 +81,17 @@ rule prompts:
         LAYOUT.log("prompts", "{dataset}"),
     threads: 1
     resources:
-        mem_mb=lambda w: 8000 if captions_wanted(w) else 2000,
-        runtime=30,
-        gpu=lambda w: int(captions_wanted(w) and generation_settings(w)["device"] != "cpu"),
+        **job_resources(
+            mem_mb=lambda w: 8000 if captions_wanted(w) else 2000,
+            runtime=30,
+            gpu=lambda w: int(captions_wanted(w) and generation_settings(w)["device"] != "cpu"),
+        ),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth prompts --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
+        "dmlsynth prompts --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --manifest {input.manifest:q} --search-dir {params.search:q} --out {output.prompts:q}"
-        " --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
+        " --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule train_generator:
@@ -103,11 +111,12 @@ rule train_generator:
     priority: 10
     threads: lambda w: generation_settings(w)["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources(mem_mb=4000, runtime=60),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth train-generator --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
-        " --manifest {input.manifest:q} --out-dir {output.model:q} --threads {threads} > {log:q} 2>&1"
+        "dmlsynth train-generator --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
+        " --manifest {input.manifest:q} --out-dir {output.model:q} --threads {threads} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule generate:
@@ -126,19 +135,24 @@ rule generate:
         code=lambda w: provenance.code_digest(["dmlsynth.generation.run", "dmlsynth.generation.stable_diffusion"]),
         generator=lambda w, input: ["--generator-dir", input.generator[0]] if input.generator else [],
         fine_tuned=lambda w, input: ["--fine-tuned-dir", input.fine_tuned[0]] if input.fine_tuned else [],
-        generated=LAYOUT.generated_dir(),
+        # The folder of the images: output.part is {generated}/<parts|filtered>/class<i>.csv.
+        generated=lambda w, output: str(Path(output.part).parent.parent),
     log:
         LAYOUT.log("generate", "{dataset}", "class{class_index}"),
     threads: lambda w: generation_settings(w)["threads"]
     resources:
-        mem_mb=lambda w: 4000 if generation_settings(w)["generator"] == "embedded" else 16000,
-        runtime=120,
-        gpu=generation_gpus,
+        **job_resources(
+            mem_mb=lambda w: 4000 if generation_settings(w)["generator"] == "embedded" else 16000,
+            runtime=120,
+            gpu=generation_gpus,
+        ),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth generate --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
+        "dmlsynth generate --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --class-index {wildcards.class_index:q} --manifest {input.manifest:q} --prompts {input.prompts:q}"
         " {params.generator:q} {params.fine_tuned:q} --generated-dir {params.generated:q} --out-part {output.part:q}"
-        " --threads {threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 def filter_gpus(wildcards):
@@ -162,19 +176,24 @@ rule filter_generated:
             "budget": generation_settings(w)["images_per_class"],
         },
         code=lambda w: provenance.code_digest(["dmlsynth.generation.filtering"]),
-        generated=LAYOUT.generated_dir(),
+        # The folder of the images: output.part is {generated}/<parts|filtered>/class<i>.csv.
+        generated=lambda w, output: str(Path(output.part).parent.parent),
     log:
         LAYOUT.log("filter_generated", "{dataset}", "class{class_index}"),
     threads: 1
     resources:
-        mem_mb=lambda w: 8000 if generation.filter_scorer(generation_settings(w)) == "clip" else 2000,
-        runtime=30,
-        gpu=filter_gpus,
+        **job_resources(
+            mem_mb=lambda w: 8000 if generation.filter_scorer(generation_settings(w)) == "clip" else 2000,
+            runtime=30,
+            gpu=filter_gpus,
+        ),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth filter-generated --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
+        "dmlsynth filter-generated --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --manifest {input.manifest:q} --prompts {input.prompts:q} --part {input.part:q}"
         " --generated-dir {params.generated:q} --out {output.part:q}"
-        " --threads {threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule merge_generated:
@@ -186,11 +205,12 @@ rule merge_generated:
         LAYOUT.log("merge_generated", "{dataset}", "{image_set}"),
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **job_resources(mem_mb=1000, runtime=5),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth merge-generated --image-set {wildcards.image_set:q} --out {output.manifest:q}"
-        " {input.parts:q} > {log:q} 2>&1"
+        "dmlsynth merge-generated --image-set {wildcards.image_set:q} --out {output.manifest:q}"
+        " {input.parts:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule generation_report:
@@ -224,8 +244,12 @@ rule generation_report:
     # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).
     threads: 8 if REPORT_PHOTOS else 1
     resources:
-        mem_mb=4000,
-        runtime=30,
-        gpu=int(any(generation.generation_settings(CFG, d)["device"] != "cpu" for d in REPORT_PHOTOS)),
+        **job_resources(
+            mem_mb=4000,
+            runtime=30,
+            gpu=int(any(generation.generation_settings(CFG, d)["device"] != "cpu" for d in REPORT_PHOTOS)),
+        ),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth generation-report --config {EFFECTIVE_CONFIG:q} --threads {threads} > {log:q} 2>&1"
+        "dmlsynth generation-report --config {EFFECTIVE_CONFIG:q} --threads {threads} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -32,18 +32,19 @@ rule table:
         code=provenance.code_digest(["dmlsynth.table"]),
         # Re-built when the statistics settings change (no run depends on them).
         statistics=CFG.get("statistics") or {},
-        run_dirs=[run.path for run in RUN_FOLDERS],
+        run_dirs=lambda w, input: [str(Path(record).parent) for record in input.records],
         generation=lambda w, input: ["--generation", input.generation] if input.generation else [],
         out_dir=LAYOUT.results,
     log:
         LAYOUT.log("table"),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources(mem_mb=4000, runtime=30),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth table --config {EFFECTIVE_CONFIG:q} --out-dir {params.out_dir:q} {params.generation:q}"
-        " {params.run_dirs:q} > {log:q} 2>&1"
+        "dmlsynth table --config {EFFECTIVE_CONFIG:q} --out-dir {params.out_dir:q} {params.generation:q}"
+        " {params.run_dirs:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule compare:
@@ -61,16 +62,17 @@ rule compare:
     params:
         # Its code and the published numbers it puts beside ours.
         code=provenance.code_digest(["dmlsynth.compare"], [published.text()]),
-        run_dirs=[run.path for run in RUN_FOLDERS],
+        run_dirs=lambda w, input: [str(Path(record).parent) for record in input.records],
         generation=lambda w, input: ["--generation", input.generation] if input.generation else [],
-        figure_dir=LAYOUT.figures_dir(),
+        figure_dir=lambda w, output: str(Path(output.forest[0]).parent),
     log:
         LAYOUT.log("compare"),
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources(mem_mb=2000, runtime=10),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth compare --config {EFFECTIVE_CONFIG:q} --table {input.table:q} {params.generation:q}"
+        "dmlsynth compare --config {EFFECTIVE_CONFIG:q} --table {input.table:q} {params.generation:q}"
         " --out-csv {output.table:q} --out-report {output.report:q} --figure-dir {params.figure_dir:q}"
-        " {params.run_dirs:q} > {log:q} 2>&1"
+        " {params.run_dirs:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -39,11 +39,15 @@ rule train:
         LAYOUT.log("train", "{dataset}", "{method}", "{loss}", "seed{seed}"),
     threads: dataset_threads
     resources:
-        mem_mb=dataset_resource("mem_mb", 2000),
-        runtime=dataset_resource("runtime", 60),
-        gpu=dataset_resource("gpu", 0),
+        **job_resources(
+            mem_mb=dataset_resource("mem_mb", 2000),
+            runtime=dataset_resource("runtime", 60),
+            gpu=dataset_resource("gpu", 0),
+        ),
+    conda:
+        "../environment.yml"
     shell:
-        "{PY:q} -m dmlsynth train --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
+        "dmlsynth train --config {EFFECTIVE_CONFIG:q} --dataset {wildcards.dataset:q}"
         " --method {wildcards.method:q} --loss {wildcards.loss:q} --seed {wildcards.seed:q}"
         " --manifest {input.manifest:q} {params.synthetic:q} --run-dir {params.run_dir:q}"
-        " --threads {params.threads} --gpu-slots {GPU_SLOTS} --gpus {resources.gpu} > {log:q} 2>&1"
+        " --threads {params.threads} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"

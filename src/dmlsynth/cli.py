@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
 from dmlsynth import config as cfg
+from dmlsynth.gpu_slots import GPU_SLOTS_VARIABLE
+from dmlsynth.workflow import WORKFLOW_VARIABLE, die_with_parent
 
 log = logging.getLogger("dmlsynth")
 
@@ -134,6 +138,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         config.get("statistics"),
     )  # fmt: skip
     log.info("comparison of %d rows written to %s and %s", len(frame), args.out_csv, args.out_report)
+    return 0
+
+
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    from dmlsynth.prefetch import prefetch
+
+    for line in prefetch(_config(args.config)):
+        print(line)
     return 0
 
 
@@ -333,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, help="run folders or folders containing them")
     p.set_defaults(func=cmd_track)
 
+    p = sub.add_parser(
+        "prefetch", help="download every dataset file and model a config's jobs need (for offline compute nodes)"
+    )
+    p.add_argument("--config", default="params.yaml")
+    p.set_defaults(func=cmd_prefetch)
+
     p = sub.add_parser("dvc-yaml", help="print the dvc.yaml that runs this config's pipeline through Snakemake")
     p.add_argument("--config", default="params.yaml")
     p.set_defaults(func=cmd_dvc_yaml)
@@ -427,7 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_gpu_slot_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu-slots", type=int, default=0, help="GPUs Snakemake was given (--resources gpu=N); 0: none")
+    p.add_argument(
+        "--gpu-slots", type=int, default=int(os.environ.get(GPU_SLOTS_VARIABLE) or 0),
+        help=f"GPUs Snakemake was given (--resources gpu=N; default: ${GPU_SLOTS_VARIABLE}, which the workflow sets); 0: none",
+    )  # fmt: skip
     p.add_argument("--gpus", type=int, default=0, help="GPUs this job takes of them (its gpu resource)")
 
 
@@ -443,12 +464,18 @@ def _check_names(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A job of the workflow ends with the shell that runs it: never writes outputs Snakemake gave up on.
+    die_with_parent()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if os.environ.get(WORKFLOW_VARIABLE):  # logs are appended to: each try starts with this line
+        job = f", SLURM job {os.environ['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in os.environ else ""
+        offline = ", models from the local caches only (cluster.offline)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        log.info("dmlsynth %s started on %s (pid %d%s%s)", args.command, socket.gethostname(), os.getpid(), job, offline)
     # faiss announces every CPU-feature probe at INFO; only its problems matter here.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from dmlsynth.errors import DmlsynthError

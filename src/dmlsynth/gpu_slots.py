@@ -3,9 +3,10 @@
 ``snakemake --resources gpu=N`` only counts: it runs GPU jobs while their
 ``gpu`` resources add up to at most N, but tells no job which GPU is its own
 (Snakemake has no such facility), so every job would use ``cuda:0``. A GPU
-job of the workflow therefore starts as ``dmlsynth <command> --gpu-slots N
---gpus K`` (the rule passes N from ``--resources`` and K, the job's own
-``gpu`` resource) and, before CUDA starts, :func:`claim` takes K free slots
+job of the workflow therefore starts as ``dmlsynth <command> --gpus K`` (K:
+the job's own ``gpu`` resource) with ``$DMLSYNTH_GPU_SLOTS`` = N (the
+Snakefile exports N of ``--resources``; ``--gpu-slots N`` says it by hand)
+and, before CUDA starts, :func:`claim` takes K free slots
 of 0..N-1 and sets ``CUDA_VISIBLE_DEVICES`` to those GPUs:
 
 - a slot is taken by locking ``.snakemake/dmlsynth/gpu-slots/slot<i>.lock``
@@ -38,6 +39,8 @@ from dmlsynth.errors import DmlsynthError
 log = logging.getLogger("dmlsynth.gpu_slots")
 
 SLOT_DIR = Path(".snakemake") / "dmlsynth" / "gpu-slots"
+# N of `--resources gpu=N`, as the workflow exports it to its jobs (the default of --gpu-slots).
+GPU_SLOTS_VARIABLE = "DMLSYNTH_GPU_SLOTS"
 # One folder per GPU the NVIDIA driver knows (Linux); read without starting CUDA.
 DRIVER_GPUS = Path("/proc/driver/nvidia/gpus")
 

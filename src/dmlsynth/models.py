@@ -133,15 +133,33 @@ def _user_weights(backbone: str, weights: WeightsSource, published: PublishedWei
     return {k: v for k, v in state.items() if not k.startswith(drop)}
 
 
-def resnet50(embedding_dim: int, pretrained: bool = True, in_channels: int = 3, weights: WeightsSource | None = None) -> nn.Module:
+def imagenet_weights():
+    """The torchvision ImageNet weights the resnet50 backbone starts from."""
     from torchvision.models import ResNet50_Weights
+
+    return ResNet50_Weights.IMAGENET1K_V1
+
+
+def googlenet_weights():
+    """The torchvision ImageNet weights the googlenet backbone starts from."""
+    from torchvision.models import GoogLeNet_Weights
+
+    return GoogLeNet_Weights.IMAGENET1K_V1
+
+
+# The torchvision weights a backbone loads when pretrained (`dmlsynth prefetch` downloads them beforehand);
+# bn_inception's published file comes through dmlsynth.weights (PUBLISHED_WEIGHTS, below).
+PRETRAINED_WEIGHTS = {"resnet50": imagenet_weights, "googlenet": googlenet_weights}
+
+
+def resnet50(embedding_dim: int, pretrained: bool = True, in_channels: int = 3, weights: WeightsSource | None = None) -> nn.Module:
     from torchvision.models import resnet50 as tv_resnet50
 
     if in_channels != 3:
         raise ValueError("resnet50 expects RGB images (in_channels=3)")
-    # Weights come through torchvision's own download/cache mechanism on the user's machine, or from
-    # the file dataset_settings.<dataset>.weights names (checksum-verified, dmlsynth.weights).
-    model = tv_resnet50(weights=ResNet50_Weights.IMAGENET1K_V1 if pretrained and weights is None else None)
+    # Weights come through torchvision's own download/cache mechanism on the user's machine (TORCH_HOME), or
+    # from the file dataset_settings.<dataset>.weights names (checksum-verified, dmlsynth.weights).
+    model = tv_resnet50(weights=imagenet_weights() if pretrained and weights is None else None)
     if weights is not None:
         model.fc = nn.Identity()  # the classifier's entries are dropped from the file
         _load_into(model, _user_weights("resnet50", weights, None, ("fc.",)), "resnet50", str(weights.location))
@@ -188,7 +206,7 @@ def googlenet(embedding_dim: int, pretrained: bool = True, in_channels: int = 3,
     if in_channels != 3:
         raise ValueError("googlenet expects RGB images (in_channels=3)")
     if pretrained and weights is None:
-        model = tv_googlenet(weights=GoogLeNet_Weights.IMAGENET1K_V1)  # transform_input on, aux classifiers dropped
+        model = tv_googlenet(weights=googlenet_weights())  # transform_input on, aux classifiers dropped
     else:
         model = tv_googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=True)
         if weights is not None:
@@ -211,6 +229,8 @@ def googlenet(embedding_dim: int, pretrained: bool = True, in_channels: int = 3,
 BN_INCEPTION_WEIGHTS = PublishedWeights(
     "bn_inception-52deb4733.pth", "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth", "52deb4733"
 )
+# Backbones whose ImageNet weights come as a published file (dmlsynth.weights), not through torchvision.
+PUBLISHED_WEIGHTS = {"bn_inception": BN_INCEPTION_WEIGHTS}
 
 # Inception modules of the BN-Inception of Ioffe & Szegedy (2015, Fig. 5 / Table 1 layout as released in
 # Caffe): name, #1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool, pool projection.

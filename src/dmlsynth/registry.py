@@ -481,6 +481,13 @@ TRACKING_DEFAULTS: Mapping[str, Any] = {
     "artifacts": None,  # None: mlruns/ beside a local store; a tracking server's own default otherwise
     "timeout": 10,  # seconds a tracking server may take to answer (MLflow's default stalls ~4 min)
 }
+# Where cluster jobs run (params.yaml `cluster`; dmlsynth.cluster, docs/cluster.md); changes no result.
+CLUSTER_DEFAULTS: Mapping[str, Any] = {
+    "partition": None,  # SLURM partition of the jobs without a GPU (None: the cluster's default)
+    "gpu_partition": None,  # ... of every job that takes a GPU, whichever rule (None: `partition`)
+    "gpu_model": None,  # the GPU model those jobs ask for (--gpus=<model>:1)
+    "offline": False,  # jobs read models only from the local caches (after `dmlsynth prefetch`)
+}
 
 
 # BLenDeR generation (docs/methods.md §7) ------------------------------------------------------

@@ -1,19 +1,33 @@
 """What a job knows of the Snakemake run that started it.
 
-The Snakefile exports :data:`WORKFLOW_VARIABLE` (host, pid and start time of
-the Snakemake process). A long job checks it between epochs: when that
-process is gone (``kill -9`` of Snakemake, a closed terminal), the job stops
-after its last checkpoint instead of running on unseen; running the workflow
-again resumes it. On another host (cluster jobs) or without ``/proc`` the
-check cannot tell and never stops a job.
+Two ways a job could outlive what started it, and what stops it:
+
+- **Its parent ends** (the ``bash -c`` wrapper Snakemake runs the job's shell command in is killed,
+  e.g. by Snakemake giving up on the job, by a user or by the OOM killer): Snakemake counts the job
+  as failed and removes its outputs, while the job itself would go on and write them later, and a
+  later run would accept them. :func:`die_with_parent` (called first thing by every ``dmlsynth``
+  subcommand a workflow starts) makes the kernel end the job with its parent (Linux:
+  ``prctl(PR_SET_PDEATHSIG)``; elsewhere a thread that watches ``getppid()``).
+- **Snakemake itself ends** (``kill -9`` of Snakemake, a closed terminal) while the wrapper lives
+  on: the Snakefile exports :data:`WORKFLOW_VARIABLE` (host, pid and start time of the Snakemake
+  process); a long job checks it between epochs and stops after its last checkpoint instead of
+  running on unseen; running the workflow again resumes it (Snakemake marks the outputs of jobs it
+  did not see finish as incomplete, so they are never accepted). On another host or without
+  ``/proc`` the check cannot tell and never stops a job.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
+import sys
+import threading
+import time
 from pathlib import Path
 from dmlsynth.errors import DmlsynthError
+from typing import MutableMapping
 
 WORKFLOW_VARIABLE = "DMLSYNTH_WORKFLOW_PROCESS"
 
@@ -65,3 +79,64 @@ def stop_when_workflow_gone():
         stop_if_workflow_gone(f"epoch {epoch}")
 
     return callback
+
+
+# prctl(2) option: the signal the kernel sends this process when its parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _watch_parent(parent: int, signal_number: int, poll_seconds: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll_seconds)
+    os.kill(os.getpid(), signal_number)
+
+
+def die_with_parent(signal_number: int = signal.SIGTERM, poll_seconds: float = 1.0, use_prctl: bool = True) -> None:
+    """Have this process sent ``signal_number`` (default: SIGTERM, which ends it) when its parent ends.
+
+    Only where a workflow started the process (:data:`WORKFLOW_VARIABLE` is set): a command typed in a
+    terminal is left alone. Without ``prctl`` (not Linux, or ``use_prctl=False``) a thread checks the
+    parent every ``poll_seconds``.
+    """
+    if not os.environ.get(WORKFLOW_VARIABLE):
+        return
+    parent = os.getppid()
+    requested = False
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            requested = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal_number, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            requested = False
+    if not requested:
+        threading.Thread(target=_watch_parent, args=(parent, signal_number, poll_seconds), daemon=True).start()
+    # The parent may have ended before the kernel was told (while Python was starting): then this
+    # process was handed to init, and the workflow's Snakemake is no longer among its ancestors.
+    if os.getppid() != parent or _descends_from_workflow() is False:
+        os.kill(os.getpid(), signal_number)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _descends_from_workflow() -> bool | None:
+    """Whether the Snakemake process of :data:`WORKFLOW_VARIABLE` is an ancestor of this one; None if unknown."""
+    if workflow_alive() is not True:  # another host, no /proc, or already gone (then the epoch check stops the job)
+        return None
+    workflow_pid = int(os.environ[WORKFLOW_VARIABLE].rsplit(":", 2)[1])
+    pid: int | None = os.getppid()
+    while pid is not None and pid > 1:
+        if pid == workflow_pid:
+            return True
+        pid = _parent_of(pid)
+    return False
+
+
+def put_first_on_path(directory: str | os.PathLike[str], environ: MutableMapping[str, str] = os.environ) -> None:
+    """Put ``directory`` first on ``environ["PATH"]`` (once), so commands named there are found first."""
+    first = str(directory)
+    rest = [entry for entry in environ.get("PATH", "").split(os.pathsep) if entry and entry != first]
+    environ["PATH"] = os.pathsep.join([first, *rest])

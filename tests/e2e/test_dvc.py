@@ -81,7 +81,7 @@ def test_dvc_repro_gives_the_snakemake_table(repo_root, default_params, tmp_path
 
     def project(folder: Path) -> Path:
         folder.mkdir()
-        for name in ("Snakefile", "rules", "report", "src"):
+        for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
             source = repo_root / name
             if source.is_dir():
                 shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

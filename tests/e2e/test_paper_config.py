@@ -80,8 +80,9 @@ def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """``snakemake -n`` on a copy of the workflow, so .snakemake/ and the effective config stay out of the repo."""
     if not (ROOT / "Snakefile").exists():
         pytest.skip("the Snakefile is not on this branch yet")
-    for name in ("Snakefile", "rules", "params.yaml", "config", "profiles"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, workdir / name)
+    for name in ("Snakefile", "rules", "params.yaml", "config", "profiles", "environment.yml", "environment.post-deploy.sh"):
+        if not (workdir / name).exists():
+            (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, workdir / name)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # `--configfile=` with "=": the option takes several values and would swallow the target otherwise.
     command = [str(Path(sys.executable).with_name("snakemake")), "-n", *args, "--configfile=config/paper.yaml", "results/table.csv"]
@@ -161,6 +162,10 @@ def test_slurm_profile_is_accepted_by_snakemake(tmp_path, paper):
     # plugin installed (pip install -e '.[slurm]') the profile runs as is, otherwise the
     # executor is overridden for the dry run.
     plugin = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
+    if not plugin:  # the plugin's own options (slurm-*) exist only with it: the rest is checked
+        (tmp_path / "profiles" / "slurm").mkdir(parents=True)
+        core = {key: value for key, value in profile.items() if not key.startswith("slurm-")}
+        (tmp_path / "profiles" / "slurm" / "config.yaml").write_text(yaml.safe_dump(core))
     result = dry_run(tmp_path, "--profile", "profiles/slurm", *([] if plugin else ["--executor", "local"]))
     assert "Using profile profiles/slurm" in result.stdout + result.stderr
     from dmlsynth import config as cfg, pipeline

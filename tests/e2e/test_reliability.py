@@ -127,7 +127,7 @@ def test_dvc_repro_after_the_quick_start_and_after_a_code_change(default_params,
     from dmlsynth import config as cfg
     from dmlsynth.pipeline import dvc_yaml
 
-    for name in ("Snakefile", "rules", "report", "src"):
+    for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
         source = ROOT / name
         copy = shutil.copytree if source.is_dir() else shutil.copy
         copy(source, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if source.is_dir() else {}))

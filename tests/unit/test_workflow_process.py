@@ -1,7 +1,12 @@
 """Jobs stop after their checkpoint when the Snakemake process that started them is gone."""
 
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +40,73 @@ def test_without_a_token_nothing_stops(monkeypatch):
     monkeypatch.delenv(workflow.WORKFLOW_VARIABLE, raising=False)
     assert workflow.workflow_alive() is None
     workflow.stop_if_workflow_gone("step 1")
+
+
+# A stand-in for a job: started by a shell, as Snakemake starts jobs; says when it is ready, then would
+# write its output 30 s later.
+JOB = (
+    "import sys, time\n"
+    "from dmlsynth import workflow\n"
+    "{setup}\n"
+    "open(sys.argv[1], 'w').write('ready')\n"
+    "time.sleep(30)\n"
+    "open(sys.argv[2], 'w').write('written after its shell was gone')\n"
+)
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill_the_shell_of_a_job(tmp_path, setup: str, token: str | None):
+    ready, output = tmp_path / "ready", tmp_path / "output"
+    script = tmp_path / "job.py"
+    script.write_text(JOB.format(setup=setup))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop(workflow.WORKFLOW_VARIABLE, None)
+    if token:
+        env[workflow.WORKFLOW_VARIABLE] = token
+    # `; true` keeps bash as the job's parent (a lone command would be exec'd in its place).
+    shell = subprocess.Popen(["bash", "-c", f"{shlex.quote(sys.executable)} {script} {ready} {output}; true"], env=env)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert time.monotonic() < deadline and shell.poll() is None
+        time.sleep(0.05)
+    (job,) = _children(shell.pid)
+    os.kill(shell.pid, signal.SIGKILL)
+    shell.wait()
+    deadline = time.monotonic() + 5
+    while _alive(job) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job, output
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("setup", ["workflow.die_with_parent()", "workflow.die_with_parent(poll_seconds=0.1, use_prctl=False)"], ids=["prctl", "watcher"])
+def test_a_job_ends_when_its_shell_is_killed(tmp_path, setup):
+    job, output = _kill_the_shell_of_a_job(tmp_path, setup, workflow.process_token())
+    assert not _alive(job), "the job outlived its shell"
+    assert not output.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_command_typed_by_hand_is_left_alone(tmp_path):
+    job, output = _kill_the_shell_of_a_job(tmp_path, "workflow.die_with_parent()", token=None)
+    try:
+        assert _alive(job)  # not started by a workflow: closing its terminal is the user's business
+    finally:
+        os.kill(job, signal.SIGKILL)
