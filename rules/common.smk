@@ -7,8 +7,7 @@ from pathlib import Path
 
 from dmlsynth import cluster
 from dmlsynth import config as dmlsynth_config
-from dmlsynth import gpu_slots, layout, pipeline, provenance, registry, tracking, workflow as dmlsynth_workflow
-from dmlsynth.data import split
+from dmlsynth import gpu_slots, jobs, layout, pipeline, provenance, registry, tracking, workflow as dmlsynth_workflow
 
 try:
     CFG = dmlsynth_config.validate(config, source="the workflow config (params.yaml, --configfile, --config)")
@@ -16,14 +15,22 @@ except dmlsynth_config.ConfigError as error:
     # Stop before any job runs, with the message only (no traceback to dig through).
     sys.exit(f"dmlsynth: {error}")
 
+# The one code tree: the dmlsynth the jobs import is this checkout's (its digests, git commit and DVC
+# dependencies all describe one tree).
+PACKAGE_PROBLEM = provenance.other_checkout(Path(workflow.basedir))
+if PACKAGE_PROBLEM:
+    sys.exit(f"dmlsynth: {PACKAGE_PROBLEM}")
+
 # Every path comes from dmlsynth.layout; rules ask it, with Snakemake wildcards as defaults.
 LAYOUT = layout.Layout.of(CFG)
+# Every job's resolved record (dmlsynth.jobs): its params, files, threads, resources, GPU and identity.
+# A rule takes its files, threads and resources from it, compares its identity (a change re-runs it)
+# and hands the job the whole record (--job {params.job:q}, which Snakemake does not compare).
+JOBS = jobs.Jobs(CFG)
 # Jobs call `dmlsynth` by name. The environment that runs Snakemake comes first on their PATH, so the
 # workflow and its jobs share one environment (`.venv/bin/snakemake` finds the venv's dmlsynth without an
 # activated venv); a software environment (--software-deployment-method conda) puts its own in front.
 dmlsynth_workflow.put_first_on_path(Path(sys.executable).parent)
-# The merged config (params.yaml + --configfile + --config) that every job reads.
-EFFECTIVE_CONFIG = str(dmlsynth_config.write_effective(CFG, layout.WORKFLOW_STATE))
 # Each rule's shell command ends with `2>&1 | tee -a {log:q}.tries >{log:q}`: its log holds this try
 # (Snakemake deletes a job's log before each try), <log>.tries keeps every try, appended (docs/cluster.md).
 # Jobs record the git state of this project folder (not of wherever the package is installed).
@@ -118,9 +125,7 @@ def check_cluster():
     if any(problems):
         raise WorkflowError("dmlsynth: nothing was submitted: " + "\n".join(p for p in problems if p))
 
-RUNS = pipeline.runs(CFG)
-# Whether runs choose their epoch on validation classes (dataset_settings.<dataset>.validation_classes).
-VALIDATION = split.uses_validation(CFG)
+RUNS = JOBS.runs
 RUN = LAYOUT.run()  # the run folder pattern, {dataset}/{method}/{loss}/seed{seed}
 
 
@@ -132,29 +137,23 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def dataset_resource(key, default):
-    """A per-dataset resource from dataset_settings.<name>.resources (cluster profiles read these)."""
-
-    def get(wildcards):
-        return dmlsynth_config.dataset_settings(CFG, wildcards.dataset)["resources"].get(key, default)
-
-    return get
+def job_of(rule, *names):
+    """The record of a rule's job, from its wildcards (``names``: the constructor's arguments, in order)."""
+    return lambda wildcards: getattr(JOBS, rule)(*(getattr(wildcards, name) for name in names))
 
 
-def dataset_threads(wildcards):
-    return dmlsynth_config.dataset_settings(CFG, wildcards.dataset)["resources"].get("threads", 1)
+def record_params(job):
+    """A rule's params: the identity Snakemake compares, and the record it hands the job uncompared."""
+    return {"identity": lambda w: job(w).identity(), "job": lambda w: job(w).argument()}
 
 
-def run_params(wildcards):
-    return dmlsynth_config.run_params(CFG, wildcards.dataset, wildcards.method, wildcards.loss, int(wildcards.seed))
+def record_resources(job, gpu=False):
+    """A rule's resources from its record: memory and time (growing with each try), placement, and the
+    GPUs of rules whose jobs may compute on one (``gpu``)."""
+    return job_resources(
+        mem_mb=lambda w: job(w).mem_mb, runtime=lambda w: job(w).runtime, gpu=(lambda w: job(w).gpus) if gpu else None
+    )
 
 
-def run_identity(wildcards):
-    """What makes a training run's numbers: params hash, code digest, threads.
-
-    Jobs that consume a run (its evaluation, the table) carry this in their params, so a
-    changed or failed training makes them out of date too: Snakemake never keeps metrics,
-    or a table, made from a run of another config.
-    """
-    params = run_params(wildcards)
-    return f"{provenance.params_hash(params)}-{provenance.run_code_digest(params)}-t{dataset_threads(wildcards)}"
+# Each job's log holds its last try; <log>.tries keeps every try, appended (docs/cluster.md).
+LOGGED = "2>&1 | tee -a {log:q}.tries >{log:q}"

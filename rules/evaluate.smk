@@ -1,13 +1,11 @@
 # Stage 4: retrieval metrics of each run on the test classes (and the per-query results behind
 # them), with its embedding and training plots.
+EVALUATE = job_of("evaluate", "dataset", "method", "loss", "seed")
 
 
 rule evaluate:
     input:
-        embeddings=rules.train.output.embeddings,
-        history=rules.train.output.history,
-        record=rules.train.output.record,
-        **({"last_epoch": rules.train.output.last_epoch} if VALIDATION else {}),
+        unpack(lambda w: EVALUATE(w).inputs),
     output:
         metrics=RUN.metrics,
         # Per-query results behind the metrics: the table's bootstrap resamples them.
@@ -27,16 +25,14 @@ rule evaluate:
             labels={"method": "{method}", "seed": "{seed}"},
         ),
     params:
-        run=run_identity,
-        ks=CFG["evaluation"]["ks"],
-        code=provenance.code_digest([provenance.EVALUATION_MODULE]),
-        run_dir=lambda w, input: str(Path(input.embeddings).parent),
+        # The run's identity is part of its evaluation's: a changed or failed training re-runs it.
+        **record_params(EVALUATE),
     log:
         LAYOUT.log("evaluate", "{dataset}", "{method}", "{loss}", "seed{seed}"),
     threads: 1
     resources:
-        **job_resources(mem_mb=4000, runtime=30),
+        **record_resources(EVALUATE),
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth evaluate --config {EFFECTIVE_CONFIG:q} --run-dir {params.run_dir:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth evaluate --job {params.job:q} " + LOGGED

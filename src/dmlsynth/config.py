@@ -9,7 +9,6 @@ value and what is allowed.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -20,7 +19,7 @@ import yaml
 
 from dmlsynth import registry
 from dmlsynth.registry import dataset_settings  # noqa: F401 - the rules read it here (until they read job records)
-from dmlsynth.io import atomic_write_text, read_yaml
+from dmlsynth.io import read_yaml
 from dmlsynth.errors import DmlsynthError
 
 
@@ -377,16 +376,3 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
         "method_params": registry.method_params(registry.METHODS[trained], config),
         "evaluation": {**registry.EVALUATION_DEFAULTS, **config["evaluation"]},
     }
-
-
-def write_effective(config: Mapping[str, Any], folder: str | os.PathLike[str]) -> Path:
-    """Write the merged config Snakemake runs with to a content-addressed file; return its path.
-
-    Snakemake may merge several config files and ``--config`` overrides; jobs
-    read exactly that merged config from this file.
-    """
-    text = yaml.safe_dump(dict(config), sort_keys=True)
-    path = Path(folder) / f"config-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
-    if not path.exists():
-        atomic_write_text(path, text)
-    return path

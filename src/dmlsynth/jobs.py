@@ -79,7 +79,7 @@ class Job:
 
     rule: str
     name: str  # the wildcards' values, e.g. "digits/iaa/multi_similarity/seed0"
-    params: Mapping[str, Any]  # everything that decides its outputs
+    params: Mapping[str, Any]  # everything that decides its outputs (its identity)
     inputs: Mapping[str, Any]  # name -> file (or list of files) it reads
     outputs: Mapping[str, Any]  # name -> file (or list of files) it writes
     log: str
@@ -94,6 +94,15 @@ class Job:
     # Files of jobs that depend on this one: removed when it starts, so no output is left looking current
     # while it runs or after it fails (the workflow rebuilds them from the new outputs).
     stale: Sequence[str] = field(default_factory=tuple)
+    # What the job needs that does not change its outputs (speed settings, mirror URLs, where to track):
+    # in the record it receives, not in its identity.
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    # An input list that goes on the command line one path per argument instead of into the record (a shell
+    # argument holds at most 128 KiB: the table of a large config reads thousands of run files) ...
+    arguments: Sequence[str] = ()
+    # ... and params and inputs that decide re-runs (Snakemake's inputs) but that the job does not read from
+    # its record (the runs' identities; the run files it finds beside each record).
+    identity_only: Sequence[str] = ()
 
     @property
     def command_module(self) -> str:
@@ -119,30 +128,58 @@ class Job:
         return provenance.params_hash(parts)
 
     def to_json(self) -> str:
-        """The record the job receives (``dmlsynth <rule> --job``) and Snakemake compares (a rule's ``params``)."""
+        """The record the job receives (``dmlsynth <rule> --job``); Snakemake compares its :meth:`identity`."""
         return canonical_json(
             {
-                "rule": self.rule, "name": self.name, "params": self.params, "inputs": self.inputs,
+                "rule": self.rule, "name": self.name,
+                "params": {k: v for k, v in self.params.items() if k not in self.identity_only},
+                "inputs": {k: v for k, v in self.inputs.items() if k not in self.arguments and k not in self.identity_only},
                 "outputs": self.outputs, "threads": self.threads, "device": self.device, "gpus": self.gpus,
-                "stale": list(self.stale), "identity": self.identity(),
+                "stale": list(self.stale), "settings": self.settings, "identity": self.identity(),
+                "arguments": list(self.arguments),
             }
         )  # fmt: skip
 
+    def argument(self) -> "JobArgument":
+        """The record as a rule's param: formatted into the job's command line, but not compared by Snakemake
+        (its identity is, as a param of its own), so a speed setting re-runs nothing."""
+        return JobArgument(self.to_json())
+
     @classmethod
-    def from_json(cls, text: str, rule: str) -> "Job":
+    def from_json(cls, text: str, rule: str, arguments: Sequence[str] = ()) -> "Job":
+        """The record of ``to_json``; ``arguments``: the paths given after it on the command line (the input
+        the record names in its ``arguments``)."""
         try:
             record = json.loads(text)
             if record["rule"] != rule:
                 raise JobError(f"the job record is a {record['rule']!r} job's, not a {rule!r} job's")
+            inputs = dict(record["inputs"])
+            for name in record.get("arguments") or []:
+                inputs[name] = [str(a) for a in arguments]
             return cls(
-                rule=record["rule"], name=record["name"], params=record["params"], inputs=record["inputs"],
+                rule=record["rule"], name=record["name"], params=record["params"], inputs=inputs,
                 outputs=record["outputs"], log="", threads=int(record["threads"]), device=record["device"],
-                gpus=int(record["gpus"]), stale=tuple(record.get("stale") or ()),
+                gpus=int(record["gpus"]), stale=tuple(record.get("stale") or ()), settings=record.get("settings") or {},
             )  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, JobError):
                 raise
             raise JobError(f"--job is not a job record of this dmlsynth ({exc}); run the job through the workflow") from exc
+
+
+class JobArgument:
+    """A job record as a Snakemake param: ``str()`` is its JSON; Snakemake does not compare values of
+    types it does not know (only the job's identity, a plain string, decides re-runs)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    __format__ = lambda self, spec: format(self.text, spec)  # noqa: E731 - Snakemake formats params into the shell
 
 
 class Jobs:
@@ -176,6 +213,10 @@ class Jobs:
 
         return image_sets(self.config)
 
+    def tracking(self) -> dict[str, Any]:
+        """The ``tracking`` block with its defaults; a job resolves it where it runs ($MLFLOW_TRACKING_URI there wins)."""
+        return {**registry.TRACKING_DEFAULTS, **(self.config.get("tracking") or {})}
+
     def _resources(self, dataset: str, key: str, default: int) -> int:
         return int(self.dataset_settings(dataset)["resources"].get(key, default))
 
@@ -186,7 +227,9 @@ class Jobs:
             settings = {k: v for k, v in self.dataset_settings(dataset).items() if k != "resources"}
             return Job(
                 rule="prepare_data", name=dataset,
-                params={"dataset": dataset, "settings": settings},
+                # What decides the prepared files: the dataset and the files it accepts (not where they come from).
+                params={"dataset": dataset, "md5": settings.get("md5") or {}, "expected": settings.get("expected") or {}},
+                settings={"dataset_settings": settings},
                 inputs={},
                 outputs={"manifest": self.layout.manifest(dataset), "dataset_dir": self.layout.dataset_dir(dataset),
                          "raw_dir": self.layout.raw_dir(dataset)},
@@ -241,6 +284,7 @@ class Jobs:
                 entries=[provenance.stable_repr(s) for s in (trained, registry.LOSSES[loss], backbone, registry.DATASETS[dataset])],
                 # A new training makes the run's evaluation, the table and the comparison out of date.
                 stale=[*run.evaluation_outputs(), *self.layout.table_outputs(), *self._comparison_files()],
+                settings={"tracking": self.tracking()},
             )  # fmt: skip
 
         return self._cached(("train", dataset, method, loss, str(seed)), make)
@@ -256,7 +300,7 @@ class Jobs:
                 outputs={"metrics": run.metrics, "queries": run.queries, "embedding_plot": run.embedding_plot,
                          "training_curve": run.training_curve},
                 log=self.layout.log("evaluate", dataset, method, loss, f"seed{seed}"), mem_mb=4000, runtime=30,
-                stale=[*self.layout.table_outputs(), *self._comparison_files()],
+                stale=[*self.layout.table_outputs(), *self._comparison_files()], settings={"tracking": self.tracking()},
             )  # fmt: skip
 
         return self._cached(("evaluate", dataset, method, loss, str(seed)), make)
@@ -289,6 +333,9 @@ class Jobs:
                 },
                 inputs=inputs, outputs={"files": files.all(), "results": self.layout.results},
                 log=self.layout.log("table"), mem_mb=4000, runtime=30, stale=self._comparison_files(),
+                settings={"tracking": self.tracking()},
+                # The run folders come as the records' paths on the command line; the job reads the rest of a folder.
+                arguments=("records",), identity_only=("runs", "embeddings", "metrics", "queries"),
             )  # fmt: skip
 
         return self._cached(("table",), make)
@@ -309,7 +356,7 @@ class Jobs:
                     # The published numbers it puts beside ours.
                     "published": provenance.params_hash({"text": published.text()}),
                 },
-                inputs=inputs,
+                inputs=inputs, arguments=("records",),
                 outputs={"files": self._comparison_files(), "csv": self.layout.comparison_csv(),
                          "report": self.layout.comparison_report(), "figures": self.layout.figures_dir()},
                 log=self.layout.log("compare"), mem_mb=2000, runtime=10,
@@ -330,8 +377,8 @@ class Jobs:
                 params={
                     "dataset": dataset, "prompts": settings["prompts"], "seed": settings["seed"],
                     "validation_classes": split.validation_class_count(self.config, dataset),
-                    "device": settings["device"],
                 },
+                settings={"device": settings["device"]},
                 inputs={"manifest": self.layout.manifest(dataset)},
                 outputs={"prompts": self.layout.prompts(dataset), "search": self.layout.raw_dir(dataset)},
                 log=self.layout.log("prompts", dataset), mem_mb=8000 if captions else 2000, runtime=30,
@@ -350,6 +397,7 @@ class Jobs:
                     "dataset": dataset, "embedded": settings["embedded"], "seed": settings["seed"],
                     "image_size": int(self.dataset_settings(dataset)["image_size"]),
                     "validation_classes": split.validation_class_count(self.config, dataset),
+                    "generator": settings["generator"],
                 },
                 inputs={"manifest": self.layout.manifest(dataset)},
                 outputs={"model": self.layout.generator_dir(dataset)},
@@ -372,11 +420,12 @@ class Jobs:
             return Job(
                 rule="fine_tune", name=f"{dataset}/class{class_index}",
                 params={
-                    "dataset": dataset, "class_index": int(class_index), "settings": settings,
                     # What the weights depend on (not checkpoint_every, not the speed settings).
-                    "identity": {"fine_tuning": tuning, **{k: settings[k] for k in ("model_id", "seed", "device")}},
+                    "dataset": dataset, "class_index": int(class_index),
+                    "fine_tuning": tuning, **{k: settings[k] for k in ("model_id", "seed")},
                     "validation_classes": split.validation_class_count(self.config, dataset),
                 },
+                settings={"generation": settings, "tracking": self.tracking()},
                 inputs={"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset)},
                 outputs={"weights": self.layout.fine_tuned_dir(dataset, class_index),
                          "checkpoint": self.layout.fine_tuning_checkpoint(dataset, class_index)},
@@ -407,9 +456,9 @@ class Jobs:
                     "validation_classes": split.validation_class_count(self.config, dataset),
                 },
                 inputs=inputs,
-                outputs={"part": self.layout.generated_part(dataset, class_index), "generated": self.layout.generated_dir(dataset),
-                         # ... and the speed settings the job also needs.
-                         "settings": settings},
+                outputs={"part": self.layout.generated_part(dataset, class_index), "generated": self.layout.generated_dir(dataset)},
+                # ... and the speed settings the job needs too.
+                settings={"generation": settings},
                 log=self.layout.log("generate", dataset, f"class{class_index}"), threads=int(settings["threads"]),
                 mem_mb=4000 if generator.trained_here else 16000, runtime=120, gpus=self._generation_gpus(dataset),
                 device=str(settings["device"]), code=[registry.module_of(generator.load)],
@@ -427,12 +476,13 @@ class Jobs:
                 rule="filter_generated", name=f"{dataset}/class{class_index}",
                 params={
                     # What scores or keeps an image (not the generator's speed settings).
-                    "dataset": dataset, "filter": settings["filter"], "scorer": scorer,
+                    "dataset": dataset, "class_index": int(class_index), "filter": settings["filter"], "scorer": scorer,
                     "budget": int(settings["images_per_class"]), "seed": settings["seed"],
                     "image_size": int(self.dataset_settings(dataset)["image_size"]),
                     "pretrained": bool(self.dataset_settings(dataset)["pretrained"]),
-                    "validation_classes": split.validation_class_count(self.config, dataset), "device": settings["device"],
+                    "validation_classes": split.validation_class_count(self.config, dataset),
                 },
+                settings={"generation": settings},
                 inputs={"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset),
                         "part": self.layout.generated_part(dataset, class_index)},
                 outputs={"part": self.layout.filtered_part(dataset, class_index), "generated": self.layout.generated_dir(dataset)},
@@ -457,6 +507,7 @@ class Jobs:
     def generation_report(self) -> Job:
         def make() -> Job:
             from dmlsynth.generation.fine_tuning import fine_tunes
+            from dmlsynth.generation.settings import image_settings
 
             datasets = self.config["datasets"] if self.image_sets() else []
             photos = [d for d in datasets if registry.DATASETS[d].image_mode != "L"]
@@ -470,27 +521,29 @@ class Jobs:
                 # Their fine-tuning time is part of the images' cost.
                 "fine_tuned": [self.layout.fine_tuned_dir(d, i) for d in datasets if fine_tunes(settings[d]) for i in classes[d]],
             }  # fmt: skip
-            devices = {str(settings[d]["device"]) for d in photos}
+            devices = sorted({str(settings[d]["device"]) for d in photos})
+            device = devices[0] if len(devices) == 1 else "auto"
             return Job(
                 rule="generation_report", name="generation_report",
                 params={
                     "datasets": {
                         d: {
-                            "generation": settings[d], "image_size": int(self.dataset_settings(d)["image_size"]),
+                            "generation": image_settings(settings[d]), "image_size": int(self.dataset_settings(d)["image_size"]),
                             "pretrained": bool(self.dataset_settings(d)["pretrained"]),
                             "validation_classes": split.validation_class_count(self.config, d),
+                            "intersection_rule": settings[d]["intersection_rule"], "guidance_norm": settings[d]["guidance_norm"],
                         }
                         for d in datasets
                     },
                     "image_sets": self.image_sets(),
                 },
+                settings={"generation": settings, "tracking": self.tracking(), "layout": self.layout.paths()},
                 inputs=inputs,
                 outputs={"table": self.layout.generation_csv(), "figures": [self.layout.generated_grid(d) for d in datasets]},
                 log=self.layout.log("generation_report"),
                 # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).
                 threads=8 if photos else 1, mem_mb=4000, runtime=30,
-                gpus=gpus_for(devices.pop() if len(devices) == 1 else "auto", bool(photos)) if photos else 0,
-                device=devices.pop() if len(devices) == 1 else "cpu",
+                gpus=gpus_for(device, bool(photos)) if photos else 0, device=device if photos else "cpu",
             )  # fmt: skip
 
         return self._cached(("generation_report",), make)

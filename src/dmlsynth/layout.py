@@ -179,6 +179,10 @@ class Layout:
         paths = config["paths"]
         return cls(data=str(paths["data"]), results=str(paths["results"]), logs=str(paths["logs"]))
 
+    def paths(self) -> dict[str, str]:
+        """The ``paths`` block this layout was made of (``Layout.of({"paths": layout.paths()})`` is the same layout)."""
+        return {"data": self.data, "results": self.results, "logs": self.logs}
+
     # Datasets ------------------------------------------------------------------------------
     def dataset_dir(self, dataset: str = "{dataset}") -> str:
         return f"{self.data}/{dataset}"

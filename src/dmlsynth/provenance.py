@@ -42,6 +42,10 @@ PROJECT_DIR_VARIABLE = "DMLSYNTH_PROJECT_DIR"
 BOOKKEEPING = frozenset(
     {f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry", "errors")}
 )
+# Modules every job passes through that hold functions for other purposes too: the command line (its other
+# subcommands) and the job record (its constructors resolve the config before any job runs). Their own
+# source counts; of their imports only those at module level, which every job executes, are followed.
+SHALLOW = frozenset({f"{PACKAGE}.cli", f"{PACKAGE}.jobs"})
 
 PACKAGES = [
     "dmlsynth",
@@ -102,7 +106,8 @@ def _direct_imports(module: str) -> frozenset[str]:
             found.add(candidate)
             return
 
-    for node in ast.walk(tree):
+    nodes = tree.body if module in SHALLOW else ast.walk(tree)
+    for node in nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == PACKAGE:
@@ -167,12 +172,16 @@ EVALUATION_MODULE = f"{PACKAGE}.evaluation"
 
 
 def run_code_digest(params: Mapping[str, Any]) -> str:
-    """The code digest of one training run: the training code, and its method's and backbone's modules."""
+    """The code digest of one training run (that of its ``train`` job, :meth:`dmlsynth.jobs.Job.code_digest`):
+    the command line and the train command, the training code, and its method's and backbone's modules."""
     from dmlsynth import registry
 
     method = registry.METHODS[params["method"]]
     backbone = registry.BACKBONES[params["dataset_settings"]["backbone"]]
-    modules = [TRAINING_MODULE, registry.module_of(method.module), registry.module_of(backbone.build)]
+    modules = [
+        f"{PACKAGE}.cli", f"{PACKAGE}.commands.train", TRAINING_MODULE,
+        registry.module_of(method.module), registry.module_of(backbone.build),
+    ]  # fmt: skip
     specs = [method, registry.LOSSES[params["loss"]], backbone, registry.DATASETS[params["dataset"]]]
     return code_digest(modules, [stable_repr(spec) for spec in specs])
 
@@ -194,6 +203,23 @@ def stable_repr(value: Any) -> str:
         return v
 
     return json.dumps(plain(value), sort_keys=True, default=str)
+
+
+def other_checkout(project: str | Path) -> str | None:
+    """Why the workflow of ``project`` must not run with the imported package, or None.
+
+    A checkout with a package of its own (``<project>/src/dmlsynth``) must import that one: otherwise the
+    code digests (what re-runs a job) come from one tree while the git commit and DVC's dependencies
+    describe another. A workflow folder without a package of its own uses the installed one.
+    """
+    own = Path(project).resolve() / "src" / PACKAGE
+    if own.is_dir() and own.resolve() != PACKAGE_DIR:
+        return (
+            f"the workflow in {Path(project).resolve()} imports dmlsynth from {PACKAGE_DIR}, another checkout: its code "
+            f"would decide the re-runs while {own} is what git and DVC record. Install this checkout "
+            f"(pip install -e {Path(project).resolve()}) or run with PYTHONPATH={own.parent}"
+        )
+    return None
 
 
 def project_dir() -> Path:

@@ -56,9 +56,14 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(repo_root, d
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=config["tracking"]["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    experiment = client.get_experiment_by_name("digits").experiment_id
+    runs = client.search_runs([experiment], filter_string="tags.`dmlsynth.kind` = 'run'")
     expected_names = sorted(f"{m}/{l}/seed{s}" for m in config["methods"] for l in config["losses"] for s in config["seeds"])
     assert sorted(r.info.run_name for r in runs) == expected_names
+    # One row run per table row, the parent of its seeds' runs.
+    rows = {r.info.run_name: r.info.run_id for r in client.search_runs([experiment], filter_string="tags.`dmlsynth.kind` = 'row'")}
+    assert sorted(rows) == sorted(f"{m}/{l}" for m in config["methods"] for l in config["losses"])
+    assert all(r.data.tags["mlflow.parentRunId"] == rows[r.info.run_name.rsplit("/", 1)[0]] for r in runs)
     for run in runs:
         assert run.data.params["training.epochs"] == "1"
         assert 0 <= run.data.metrics["recall_at_1"] <= 1 and "map_at_r" in run.data.metrics
@@ -93,10 +98,12 @@ def test_invalid_config_stops_before_any_job(repo_root, default_params, tmp_path
 
 
 def test_cli_reports_a_missing_manifest(repo_root, tmp_path):
+    config = yaml.safe_load((repo_root / "params.yaml").read_text())
+    config["paths"] = {"data": str(tmp_path / "data"), "results": str(tmp_path / "results"), "logs": str(tmp_path / "logs")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [sys.executable, "-m", "dmlsynth", "train", "--config", str(repo_root / "params.yaml"),
-         "--dataset", "digits", "--method", "baseline", "--loss", "multi_similarity", "--seed", "0",
-         "--manifest", str(tmp_path / "missing.csv"), "--run-dir", str(tmp_path / "run")],
+        [sys.executable, "-m", "dmlsynth", "train", "--config", str(tmp_path / "params.yaml"),
+         "--dataset", "digits", "--method", "baseline", "--loss", "multi_similarity", "--seed", "0"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
@@ -107,17 +114,17 @@ def test_cli_reports_a_missing_manifest(repo_root, tmp_path):
 def test_cli_rejects_unknown_names(repo_root, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "dmlsynth", "evaluate", "--config", str(tmp_path / "nope.yaml"),
-         "--run-dir", str(tmp_path)],
+         "--dataset", "digits", "--method", "baseline", "--loss", "multi_similarity", "--seed", "0"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2 and "nope.yaml does not exist" in result.stderr
 
 
-def _train_cli(repo_root, config_file, run_dir, manifest, *extra):
+def _train_cli(repo_root, config_file, *extra):
+    """The train job of baseline/multi_similarity/seed0 of ``config_file``, by hand (its paths are the config's)."""
     return subprocess.run(
         [sys.executable, "-m", "dmlsynth", "train", "--config", str(config_file), "--dataset", "digits",
-         "--method", "baseline", "--loss", "multi_similarity", "--seed", "0", "--manifest", str(manifest),
-         "--run-dir", str(run_dir), "--no-progress", *extra],
+         "--method", "baseline", "--loss", "multi_similarity", "--seed", "0", "--no-progress", *extra],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
@@ -132,7 +139,7 @@ def test_a_corrupt_image_is_reported_without_a_traceback(repo_root, default_para
     config = small_config(default_params, data, tmp_path / "results")
     config["tracking"] = {"enabled": False}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
-    result = _train_cli(repo_root, tmp_path / "params.yaml", tmp_path / "run", data / "digits" / "manifest.csv")
+    result = _train_cli(repo_root, tmp_path / "params.yaml")
     assert result.returncode == 2, result.stderr
     assert f"cannot read image {victim}" in result.stderr and "prepare the dataset again" in result.stderr
     assert "Traceback" not in result.stderr
@@ -143,16 +150,20 @@ def test_a_missing_generated_image_says_which_part_file_to_delete(repo_root, def
 
     from dmlsynth.generation.run import merge_parts
 
+    import shutil
+
     # A generated image set whose class-1 image was deleted after generation.
-    train = pd.read_csv(digits_dir / "digits" / "manifest.csv").query("split == 'train'")
-    generated = tmp_path / "generated"
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir / "digits", data / "digits")
+    train = pd.read_csv(data / "digits" / "manifest.csv").query("split == 'train'")
+    generated = data / "digits" / "generated"
     parts = []
     for index, label in enumerate(sorted(train.label.unique())):
         rows = train[train.label == label].head(2)
         for i, source in enumerate(rows.path):
             target = generated / "plain" / "images" / str(label) / f"{i:04d}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes((digits_dir / "digits" / source).read_bytes())
+            target.write_bytes((data / "digits" / source).read_bytes())
         part = pd.DataFrame({
             "image_set": "plain", "path": [f"images/{label}/{i:04d}.png" for i in range(2)], "label": label,
             "class_name": rows.class_name.iloc[0], "split": "train", "operator": "conjunction", "prompts": "{}",
@@ -164,15 +175,13 @@ def test_a_missing_generated_image_says_which_part_file_to_delete(repo_root, def
     manifest = generated / "plain" / "manifest.csv"
     merge_parts(parts, "plain", manifest)
     (generated / "plain" / "images" / "1" / "0001.png").unlink()
-    config = small_config(default_params, digits_dir, tmp_path / "results")
+    config = small_config(default_params, data, tmp_path / "results")
     config["tracking"] = {"enabled": False}
     config["methods"] = ["sd_plain"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [sys.executable, "-m", "dmlsynth", "train", "--config", str(tmp_path / "params.yaml"), "--dataset", "digits",
-         "--method", "sd_plain", "--loss", "multi_similarity", "--seed", "0",
-         "--manifest", str(digits_dir / "digits" / "manifest.csv"), "--synthetic-manifest", str(manifest),
-         "--run-dir", str(tmp_path / "run"), "--no-progress"],
+         "--method", "sd_plain", "--loss", "multi_similarity", "--seed", "0", "--no-progress"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr

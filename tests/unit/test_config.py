@@ -119,15 +119,6 @@ def test_run_params_resolve_defaults_and_overrides(default_params):
     assert provenance.params_hash(params) != provenance.params_hash(other)
 
 
-def test_effective_config_is_content_addressed(tmp_path, default_params):
-    first = cfg.write_effective(default_params, tmp_path)
-    assert cfg.write_effective(copy.deepcopy(default_params), tmp_path) == first
-    assert yaml.safe_load(first.read_text()) == default_params
-    changed = copy.deepcopy(default_params)
-    changed["seeds"] = [7]
-    assert cfg.write_effective(changed, tmp_path) != first
-
-
 def test_incompatible_method_and_loss_is_rejected_unless_excluded(default_params):
     from dmlsynth.pipeline import runs
 

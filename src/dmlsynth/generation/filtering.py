@@ -171,8 +171,10 @@ def filter_part(
 
 
 def filter_generated(
-    config: Mapping[str, Any],
-    dataset: str,
+    settings: Mapping[str, Any],
+    image_mode: str,
+    image_size: int,
+    pretrained: bool,
     part_file: str | Path,
     generated_dir: str | Path,
     prompts_file: str | Path,
@@ -180,13 +182,13 @@ def filter_generated(
     out: str | Path,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """Score every image of one class job and write its filtered part (the ``filter_generated`` job)."""
-    from dmlsynth import registry
-    from dmlsynth.registry import dataset_settings
-    from dmlsynth.generation.prompts import read_prompts
-    from dmlsynth.generation.settings import filter_scorer, generation_settings
+    """Score every image of one class job and write its filtered part (the ``filter_generated`` job).
 
-    settings = generation_settings(config, dataset)
+    ``settings``: the dataset's generation settings; ``image_mode``, ``image_size``, ``pretrained``: how
+    the fidelity classifier sees its images (the dataset's)."""
+    from dmlsynth.generation.prompts import read_prompts
+    from dmlsynth.generation.settings import filter_scorer
+
     scorer = filter_scorer(settings)
     options = settings["filter"]
     part = pd.read_csv(part_file, dtype={"class_name": str})
@@ -197,16 +199,17 @@ def filter_generated(
         scores = clip_scores(files, texts, str(options["clip_model"]), settings["device"], int(options["batch_size"]))
         threshold = float(options["clip_threshold"])
     elif scorer == "fidelity":
-        data = dataset_settings(config, dataset)
         scores = fidelity_scores(
-            real_train, files, part["label"].tolist(), registry.DATASETS[dataset].image_mode, data["image_size"],
-            data["pretrained"], settings["device"], threads, int(settings["seed"]),
+            real_train, files, part["label"].tolist(), image_mode, image_size,
+            pretrained, settings["device"], threads, int(settings["seed"]),
         )  # fmt: skip
         threshold = float(options["fidelity_threshold"])
     elif scorer == "none":
         scores, threshold = np.full(len(part), np.nan), float("nan")
     else:
-        raise ValueError(f"unknown filter scorer {scorer!r}; known: {', '.join(registry.FILTER_SCORERS)}")
+        from dmlsynth.registry import FILTER_SCORERS
+
+        raise ValueError(f"unknown filter scorer {scorer!r}; known: {', '.join(FILTER_SCORERS)}")
     return filter_part(part, scores, scorer, threshold, int(settings["images_per_class"]), out, source_part=part_file)
 
 

@@ -127,16 +127,13 @@ def read_summary(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def fine_tuning_seconds(config: Mapping[str, Any], dataset: str) -> float:
-    """Measured fine-tuning time of every training class of ``dataset`` (0 when it is not fine-tuned)."""
-    from dmlsynth.data.split import training_class_count
-    from dmlsynth.generation.settings import generation_settings
-
-    if not fine_tunes(generation_settings(config, dataset)):
+def fine_tuning_seconds(settings: Mapping[str, Any], folders: Any, dataset: str, classes: int) -> float:
+    """Measured fine-tuning time of the ``classes`` training classes of ``dataset`` (0 when its generation
+    ``settings`` fine-tune nothing); ``folders``: the :class:`dmlsynth.layout.Layout`."""
+    if not fine_tunes(settings):
         return 0.0
-    folders = layout.Layout.of(config)
     total = 0.0
-    for index in range(training_class_count(config, dataset)):
+    for index in range(classes):
         summary = read_summary(folders.fine_tuned_dir(dataset, index))
         if summary is None:
             raise FileNotFoundError(f"{folders.fine_tuned_dir(dataset, index)} has no {layout.FINE_TUNING_SUMMARY}: fine-tune the class first")

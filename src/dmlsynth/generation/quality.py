@@ -313,40 +313,41 @@ def write_report(rows: Sequence[pd.DataFrame], out_csv: str | Path) -> pd.DataFr
     return table
 
 
-def generation_report(config: Mapping[str, Any], threads: int = 1) -> pd.DataFrame:
-    """``results/generation.csv`` and the sample grids of every configured dataset (paths from the layout).
+def generation_report(
+    datasets: Mapping[str, Mapping[str, Any]], image_sets: list[str], layout: Any, threads: int = 1
+) -> pd.DataFrame:
+    """``results/generation.csv`` and the sample grids of ``datasets`` (the ``generation_report`` job).
 
+    ``datasets``: per dataset its generation ``settings``, ``image_size``, ``pretrained`` and
+    ``validation_classes`` (the job record's); files from ``layout`` (:class:`dmlsynth.layout.Layout`).
     Image features are computed on each dataset's generation device with ``threads`` decoding processes.
     """
     from dmlsynth import registry
-    from dmlsynth.registry import dataset_settings
     from dmlsynth.data.manifest import read_manifest
-    from dmlsynth.data.split import training_class_count, training_rows
+    from dmlsynth.data.split import split_training
     from dmlsynth.generation.fine_tuning import fine_tuning_seconds
-    from dmlsynth.generation.settings import GRID_ORDER, generation_settings, image_sets
-    from dmlsynth.layout import Layout
+    from dmlsynth.generation.settings import GRID_ORDER
 
-    layout = Layout.of(config)
     rows = []
-    for dataset in config["datasets"]:
-        spec = registry.DATASETS[dataset]
+    for dataset, values in datasets.items():
+        spec, generation = registry.DATASETS[dataset], values["settings"]
         # The classes generation was for: the training split less any validation classes.
-        real = training_rows(read_manifest(layout.manifest(dataset)), config, dataset)
-        generated = {name: read_manifest(layout.image_set_manifest(dataset, name)) for name in image_sets(config)}
-        parts = [layout.filtered_part(dataset, i) for i in range(training_class_count(config, dataset))]
+        frame = read_manifest(layout.manifest(dataset))
+        real = split_training(frame[frame["split"] == "train"], int(values["validation_classes"]))[0].reset_index(drop=True)
+        classes = real["label"].nunique()
+        generated = {name: read_manifest(layout.image_set_manifest(dataset, name)) for name in image_sets}
+        parts = [layout.filtered_part(dataset, i) for i in range(classes)]
         every = pd.concat([pd.read_csv(p, dtype={"class_name": str}) for p in parts], ignore_index=True)
         filtered = {name: every[every["image_set"] == name] for name in generated}
-        settings = dataset_settings(config, dataset)
-        generation = generation_settings(config, dataset)
         generator = generation["generator"]
         quality = quality_rows(
-            dataset, real, generated, spec.image_mode, settings["image_size"], generator, settings["pretrained"],
+            dataset, real, generated, spec.image_mode, int(values["image_size"]), generator, bool(values["pretrained"]),
             device=generation["device"], threads=threads, filtered=filtered,
         )  # fmt: skip
         # The embedded generator's training time, or Stable Diffusion's per-class fine-tuning, belongs to the cost of its images.
         metadata = Path(layout.generator_metadata(dataset))
         quality["generator_train_seconds"] = (
-            json.loads(metadata.read_text())["seconds"] if generator == "embedded" else fine_tuning_seconds(config, dataset)
+            json.loads(metadata.read_text())["seconds"] if generator == "embedded" else fine_tuning_seconds(generation, layout, dataset, classes)
         )
         # How the images were guided (the per-image statistics above depend on both).
         quality["intersection_rule"] = generation["intersection_rule"]
