@@ -25,7 +25,7 @@ def test_without_a_copy_the_data_stage_is_the_preparation_alone(default_params):
 
 
 def test_cache_images_of_a_dataset_without_a_copy_says_so(tmp_path, capsys):
-    code = main(["cache-images", "--config", str(ROOT / "params.yaml"), "--dataset", "digits", "--manifest", str(tmp_path / "m.csv")])
+    code = main(["cache-images", "--config", str(ROOT / "params.yaml"), "--dataset", "digits"])
     assert code == 2
     assert "cache_short_side is 0" in capsys.readouterr().err
 

@@ -1,6 +1,7 @@
 """MLflow tracking: idempotent, safe under concurrent writers, never fatal to results."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -90,11 +91,10 @@ def test_tracking_failure_keeps_the_results_and_says_how_to_resync(config, digit
     config["tracking"]["uri"] = "sqlite:////dev/null/cannot/mlflow.db"
     config_file = tmp_path / "params.yaml"
     config_file.write_text(yaml.safe_dump(cfg.validate(config)))
-    run_dir = tmp_path / "run"
+    run_dir = Path(config["paths"]["results"]) / "runs" / "digits" / "baseline" / "multi_similarity" / "seed0"
     result = subprocess.run(
         [sys.executable, "-m", "dmlsynth", "train", "--config", str(config_file), "--dataset", "digits",
-         "--method", "baseline", "--loss", "multi_similarity", "--seed", "0", "--manifest", str(digits_manifest),
-         "--run-dir", str(run_dir), "--no-progress"],
+         "--method", "baseline", "--loss", "multi_similarity", "--seed", "0", "--no-progress"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

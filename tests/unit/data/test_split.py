@@ -65,15 +65,18 @@ def test_validation_is_all_or_none_of_the_datasets(config):
 
 
 def test_prompts_are_written_for_training_classes_only(config, digits_manifest, tmp_path, repo_root):
+    import shutil
+
     config = copy.deepcopy(config)
+    shutil.copytree(digits_manifest.parent, tmp_path / "data" / "digits")  # the job writes the prompts beside it
+    config["paths"]["data"] = str(tmp_path / "data")
     config["dataset_settings"]["digits"]["validation_classes"] = 2
     config["training"].update({"batch_size": 48, "m_per_class": 16})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [sys.executable, "-m", "dmlsynth", "prompts", "--config", str(tmp_path / "params.yaml"), "--dataset", "digits",
-         "--manifest", str(digits_manifest), "--out", str(tmp_path / "prompts.yaml")],
+        [sys.executable, "-m", "dmlsynth", "prompts", "--config", str(tmp_path / "params.yaml"), "--dataset", "digits"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    prompts = yaml.safe_load((tmp_path / "prompts.yaml").read_text())
+    prompts = yaml.safe_load((tmp_path / "data" / "digits" / "prompts.yaml").read_text())
     assert sorted(c["label"] for c in prompts["classes"]) == [0, 1, 2]

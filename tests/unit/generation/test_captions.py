@@ -104,8 +104,7 @@ def test_the_paper_protocols_caption_prompts_through_the_prompts_job(captioner_d
     manifest = prepare_dataset(config, "cub200")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "data" / "cub200" / "prompts.yaml"
-    assert main(["prompts", "--config", str(tmp_path / "config.yaml"), "--dataset", "cub200", "--manifest", str(manifest),
-                 "--search-dir", str(tmp_path / "data" / "raw" / "cub200"), "--out", str(out)]) == 0  # fmt: skip
+    assert main(["prompts", "--config", str(tmp_path / "config.yaml"), "--dataset", "cub200"]) == 0
     document = yaml.safe_load(out.read_text().split("\n", 1)[1])
     assert document["source"] == "captions" and document["captioner"] == str(captioner_dir)
     frame = read_manifest(manifest)

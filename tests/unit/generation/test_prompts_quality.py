@@ -1,5 +1,7 @@
 """Prompts from attributes, the generation config block and the quality report's measures."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -145,14 +147,21 @@ def test_union_intersection_pvalue_tells_a_difference_from_seed_noise():
     assert np.isnan(operator_separation(same[:3], y[:3], np.array([True, False, False]))["pvalue"])
 
 
-def test_cli_reports_generation_errors_without_traceback(tmp_path, capsys):
+def test_cli_reports_generation_errors_without_traceback(tmp_path, capsys, default_params):
     from dmlsynth.cli import main
+    from dmlsynth.data.split import training_class_count
+    from dmlsynth.jobs import Jobs
 
-    part = tmp_path / "class0.csv"
-    part.write_text("image_set,path,label,class_name,split,operator,prompts,seed,params_hash\nplain,images/0/0000.png,0,zero,train,conjunction,{},1,x\n")
-    assert main(["merge-generated", "--image-set", "union", "--out", str(tmp_path / "m.csv"), str(part)]) == 2
+    config = {**default_params, "paths": {"data": str(tmp_path / "data"), "results": str(tmp_path / "results"), "logs": str(tmp_path / "logs")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    job = Jobs(config).merge_generated("digits", "union")
+    for part in job.inputs["parts"]:  # every class's filtered part holds plain images only
+        Path(part).parent.mkdir(parents=True, exist_ok=True)
+        Path(part).write_text("image_set,path,label,class_name,split,operator,prompts,seed,params_hash\nplain,images/0/0000.png,0,zero,train,conjunction,{},1,x\n")
+    assert len(job.inputs["parts"]) == training_class_count(config, "digits")
+    assert main(["merge-generated", "--config", str(tmp_path / "params.yaml"), "--dataset", "digits", "--image-set", "union"]) == 2
     assert "no images of image set 'union'" in capsys.readouterr().err
-    assert not (tmp_path / "m.csv").exists()
+    assert not Path(job.outputs["manifest"]).exists()
 
 
 def test_report_goes_to_mlflow(tmp_path):
