@@ -153,7 +153,3 @@ def record_resources(job, gpu=False):
     return job_resources(
         mem_mb=lambda w: job(w).mem_mb, runtime=lambda w: job(w).runtime, gpu=(lambda w: job(w).gpus) if gpu else None
     )
-
-
-# Each job's log holds its last try; <log>.tries keeps every try, appended (docs/cluster.md).
-LOGGED = "2>&1 | tee -a {log:q}.tries >{log:q}"

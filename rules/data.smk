@@ -15,7 +15,7 @@ rule prepare_data:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth prepare-data --job {params.job:q} " + LOGGED
+        "dmlsynth prepare-data --job {params.job:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 # Stage 1b: the resized JPEG copy of a photo dataset that training reads (dmlsynth.data.image_cache).
@@ -39,4 +39,4 @@ rule cache_images:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth cache-images --job {params.job:q} " + LOGGED
+        "dmlsynth cache-images --job {params.job:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -35,4 +35,4 @@ rule evaluate:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth evaluate --job {params.job:q} " + LOGGED
+        "dmlsynth evaluate --job {params.job:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

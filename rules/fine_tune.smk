@@ -23,4 +23,4 @@ rule fine_tune:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth fine-tune --job {params.job:q} --gpus {resources.gpu} " + LOGGED
+        "dmlsynth fine-tune --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"

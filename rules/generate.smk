@@ -40,7 +40,7 @@ rule prompts:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth prompts --job {params.job:q} --gpus {resources.gpu} " + LOGGED
+        "dmlsynth prompts --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule train_generator:
@@ -61,7 +61,7 @@ rule train_generator:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth train-generator --job {params.job:q} --gpus {resources.gpu} " + LOGGED
+        "dmlsynth train-generator --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule generate:
@@ -83,7 +83,7 @@ rule generate:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth generate --job {params.job:q} --gpus {resources.gpu} " + LOGGED
+        "dmlsynth generate --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule filter_generated:
@@ -103,7 +103,7 @@ rule filter_generated:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth filter-generated --job {params.job:q} --gpus {resources.gpu} " + LOGGED
+        "dmlsynth filter-generated --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule merge_generated:
@@ -121,7 +121,7 @@ rule merge_generated:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth merge-generated --job {params.job:q} " + LOGGED
+        "dmlsynth merge-generated --job {params.job:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule generation_report:
@@ -145,4 +145,4 @@ rule generation_report:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth generation-report --job {params.job:q} --gpus {resources.gpu} " + LOGGED
+        "dmlsynth generation-report --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -32,7 +32,7 @@ rule table:
         "../environment.yml"
     shell:
         # The run folders as their records' paths, one per argument (the record would be too long for one).
-        "dmlsynth table --job {params.job:q} {input.records:q} " + LOGGED
+        "dmlsynth table --job {params.job:q} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule compare:
@@ -56,4 +56,4 @@ rule compare:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth compare --job {params.job:q} {input.records:q} " + LOGGED
+        "dmlsynth compare --job {params.job:q} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

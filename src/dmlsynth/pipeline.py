@@ -80,32 +80,46 @@ def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def stage_jobs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The jobs of each DVC stage (:class:`dmlsynth.jobs.Job`), as its Snakemake rules run them."""
+    from dmlsynth.jobs import Jobs
+    from dmlsynth.generation.fine_tuning import fine_tunes
+    from dmlsynth.generation.settings import generation_settings, image_sets
+
+    jobs = Jobs(config)
+    stages: dict[str, list[Any]] = {stage: [] for stage in STAGE_UNTIL}
+    for dataset in config["datasets"]:
+        stages["data"].append(jobs.prepare_data(dataset))
+        if dataset in cached_datasets(config):
+            stages["data"].append(jobs.cache_images(dataset))
+        if not image_sets(config):
+            continue
+        settings = generation_settings(config, dataset)
+        stages["generate"].append(jobs.prompts(dataset))
+        if registry.GENERATORS[settings["generator"]].trained_here:
+            stages["generate"].append(jobs.train_generator(dataset))
+        for index in range(training_class_count(config, dataset)):
+            if fine_tunes(settings):
+                stages["generate"].append(jobs.fine_tune(dataset, index))
+            stages["generate"] += [jobs.generate(dataset, index), jobs.filter_generated(dataset, index)]
+        stages["generate"] += [jobs.merge_generated(dataset, name) for name in image_sets(config)]
+    if image_sets(config):
+        stages["generate"].append(jobs.generation_report())
+    for run in runs(config):
+        stages["train"].append(jobs.train(**run))
+        stages["evaluate"].append(jobs.evaluate(**run))
+    stages["report"] = [jobs.table(), jobs.compare()]
+    return stages
+
+
 def stage_modules(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The modules each stage's jobs start from (their imports follow, see :mod:`dmlsynth.provenance`)."""
-    from dmlsynth.generation.settings import generation_settings
+    """The modules each stage's jobs start from — their commands, the command line and the registry-named
+    modules they use (:meth:`dmlsynth.jobs.Job.code_digest`); their imports follow (:mod:`dmlsynth.provenance`)."""
+    from dmlsynth.jobs import CLI_MODULE
 
-    def modules_of(paths: list[str]) -> list[str]:
-        return [registry.module_of(path) for path in paths]
-
-    methods = modules_of([registry.METHODS[m].module for m in config["methods"]])
-    backbones = modules_of(
-        [registry.BACKBONES[_dataset_value(config, d, "backbone")].build for d in config["datasets"]]
-    )
-    generation = [
-        "dmlsynth.generation.prompts", "dmlsynth.generation.run", "dmlsynth.generation.filtering", "dmlsynth.generation.quality"
-    ]
-    if any(generation_settings(config, d)["generator"] == "embedded" for d in config["datasets"]):
-        generation.append("dmlsynth.generation.embedded")
     return {
-        "data": [
-            "dmlsynth.data.prepare",
-            *modules_of([registry.DATASETS[d].prepare for d in config["datasets"]]),
-            *([CACHE_MODULE] if cached_datasets(config) else []),
-        ],
-        "generate": generation,
-        "train": [provenance.TRAINING_MODULE, *methods, *backbones],
-        "evaluate": [provenance.EVALUATION_MODULE],
-        "report": ["dmlsynth.table", "dmlsynth.compare"],
+        stage: sorted({CLI_MODULE, *(m for job in jobs for m in (job.command_module, *job.code))})
+        for stage, jobs in stage_jobs(config).items()
     }
 
 

@@ -123,8 +123,8 @@ def _direct_imports(module: str) -> frozenset[str]:
                 continue
             for alias in node.names:
                 add(f"{origin}.{alias.name}")
-    # Importing a submodule runs its parent packages' __init__ too.
-    for name in list(found):
+    # Importing a submodule runs its parent packages' __init__ too (the module's own parents included).
+    for name in [*found, module]:
         parts = name.split(".")
         found.update(".".join(parts[:end]) for end in range(1, len(parts)))
     found.discard(module)
