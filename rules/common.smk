@@ -143,8 +143,17 @@ def job_of(rule, *names):
 
 
 def record_params(job):
-    """A rule's params: the identity Snakemake compares, and the record it hands the job uncompared."""
-    return {"identity": lambda w: job(w).identity(), "job": lambda w: job(w).argument()}
+    """A rule's params: the identity Snakemake compares, and the record it hands the job uncompared.
+
+    ``inputs_present``: Snakemake keeps an output whose inputs were deleted as long as it is newer than
+    the rest (a deleted run would leave the table reporting it); whether every input is there is part of
+    what it compares, so a deleted input re-runs the job, which makes the input again first.
+    """
+    return {
+        "identity": lambda w: job(w).identity(),
+        "inputs_present": lambda w: job(w).inputs_present(),
+        "job": lambda w: job(w).argument(),
+    }
 
 
 def record_resources(job, gpu=False):

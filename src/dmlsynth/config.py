@@ -91,6 +91,8 @@ def _parse_scalar(text: str, types: list[str]) -> Any:
             candidates.append(convert(text))
         except ValueError:
             pass
+    # A whole number spelled as a float ('2.0', '1e3') is that integer where an integer is wanted.
+    candidates += [int(v) for v in candidates if isinstance(v, float) and v.is_integer()]
     for kind in types:
         for value in candidates:
             if kind in _TYPES and _TYPES[kind](value):

@@ -140,6 +140,15 @@ class Job:
             }
         )  # fmt: skip
 
+    def input_files(self) -> list[str]:
+        return [str(f) for value in self.inputs.values() for f in (value if isinstance(value, (list, tuple)) else [value])]
+
+    def inputs_present(self) -> bool:
+        """Whether every input of the job exists (a rule compares it: a deleted input re-runs the job)."""
+        import os
+
+        return all(os.path.exists(f) for f in self.input_files())
+
     def argument(self) -> "JobArgument":
         """The record as a rule's param: formatted into the job's command line, but not compared by Snakemake
         (its identity is, as a param of its own), so a speed setting re-runs nothing."""
@@ -296,7 +305,8 @@ class Jobs:
             return Job(
                 rule="evaluate", name=train.name,
                 params={"ks": list(self.config["evaluation"]["ks"]), "run": train.identity()},
-                inputs={k: v for k, v in train.outputs.items() if k != "model"},
+                # Every file of the training (the weights too: a run whose files were deleted is trained again).
+                inputs=dict(train.outputs),
                 outputs={"metrics": run.metrics, "queries": run.queries, "embedding_plot": run.embedding_plot,
                          "training_curve": run.training_curve},
                 log=self.layout.log("evaluate", dataset, method, loss, f"seed{seed}"), mem_mb=4000, runtime=30,
