@@ -179,3 +179,37 @@ def test_unknown_device_is_explained(real, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="generation.<dataset>.device is 'cuda'"):
         train_embedded(train, tmp_path / "g", TINY, device="cuda")
+
+
+# A plain `pip install -e .` has neither accelerate nor peft (the stable-diffusion extra brings them).
+WITHOUT_ACCELERATE = '''
+import importlib.machinery, importlib.metadata
+_find, _version = importlib.machinery.PathFinder.find_spec, importlib.metadata.version
+def find_spec(name, path=None, target=None):
+    return None if name.split(".")[0] in ("accelerate", "peft") else _find(name, path, target)
+def version(name):
+    if name in ("accelerate", "peft"):
+        raise importlib.metadata.PackageNotFoundError(name)
+    return _version(name)
+importlib.machinery.PathFinder.find_spec = staticmethod(find_spec)
+importlib.metadata.version = version
+'''
+
+
+def test_loading_the_generator_without_accelerate_warns_of_no_missing_package(trained, tmp_path):
+    """The embedded default installs no accelerate; diffusers then told every generate job to install it."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "sitecustomize.py").write_text(WITHOUT_ACCELERATE)
+    script = (
+        "from diffusers.utils import is_accelerate_available\n"
+        "assert not is_accelerate_available()\n"
+        "from dmlsynth.generation.embedded import load_embedded\n"
+        f"load_embedded({str(trained[0])!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "accelerate" not in result.stderr + result.stdout
