@@ -153,7 +153,7 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
         problems = _semantic_problems(config)
     if problems:
         raise ConfigError(
-            f"{source} is not valid:\n" + "\n".join(problems) + "\nFix these keys (see README, 'Configuration')."
+            f"{source} is not valid:\n" + "\n".join(problems) + "\nFix these keys (see docs/configuration.md)."
         )
     return config
 

@@ -51,6 +51,7 @@ def plot_training_loss(runs: Sequence, out: str | Path, controls: Sequence[str] 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves = training_loss_curves(runs)
     groups = list(curves.groupby(["dataset", "loss"], sort=False))
@@ -70,6 +71,7 @@ def plot_training_loss(runs: Sequence, out: str | Path, controls: Sequence[str] 
                 ax.fill_between(curve["epoch"], curve["low"], curve["high"], color=colours[method], alpha=0.12, linewidth=0)
         ax.set_title(f"{dataset} · {loss}: training loss per epoch", fontsize=10, loc="left")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss (mean over seeds; band: lowest–highest seed)", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(groups):]:
