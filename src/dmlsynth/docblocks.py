@@ -1,4 +1,4 @@
-"""Measured numbers in README.md and BENCHMARKS.md are generated, never typed.
+"""Measured numbers in README.md, BENCHMARKS.md and the pages of docs/ are generated, never typed.
 
 A script in ``benchmarks/`` measures, writes its raw numbers to a CSV file
 in ``benchmarks/results/`` and renders a markdown block from that file into
@@ -12,7 +12,10 @@ the documents between two markers that say where the block comes from::
 renders it again from its CSV with the named function and fails if the text
 differs; each script's own slow test re-runs part of its measurement from
 scratch and compares it with the CSV. So a number in the documents is
-always what the committed script produced from the committed results.
+always what the committed script produced from the committed results. A block
+whose source is not a CSV gets the source's path instead of its rows (the
+reference of every config key, rendered from the schema and the registry by
+``src/dmlsynth/config_reference.py``).
 """
 
 from __future__ import annotations
