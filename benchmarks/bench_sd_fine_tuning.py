@@ -23,7 +23,7 @@ and it records:
 
 Results go to ``benchmarks/results/sd_fine_tuning.csv`` (rows of other
 configs and devices are kept) and, with ``--render``, into the generated
-block of README.md (the paper config's fine-tuning time at the measured rate).
+block of docs/generation.md (the paper config's fine-tuning time at the measured rate).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def measure(config: str, device: str, workdir: Path) -> pd.DataFrame:
 
 
 def render_paper_fine_tuning(frame: pd.DataFrame) -> str:
-    """README: fine-tuning time of the paper config at the rate measured with an SD-1.5-shaped model."""
+    """docs/generation.md: fine-tuning time of the paper config at the rate measured with an SD-1.5-shaped model."""
     rows = frame[frame.config == "sd15"]
     if rows.empty:
         return (
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(MEASURE), default="sd15")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=ROOT / RESULTS)
-    parser.add_argument("--render", action="store_true", help="write the block of README.md")
+    parser.add_argument("--render", action="store_true", help="write the block of docs/generation.md")
     args = parser.parse_args()
     if args.config == "sd15" and not args.device.startswith("cuda"):
         parser.error("the SD-1.5-shaped model needs a CUDA GPU (the CPU sanity check is --config tiny-cpu)")

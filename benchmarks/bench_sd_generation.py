@@ -31,7 +31,7 @@ peaks below 20 GiB.
 
 Results go to ``benchmarks/results/sd_generation.csv`` (rows of other
 configs and devices are kept) and, with ``--render``, into the generated
-blocks of BENCHMARKS.md and README.md.
+blocks of BENCHMARKS.md and docs/generation.md.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ PROMPTS = [
     "a photo of a bird, black footed albatross, long wings",
     "a photo of a bird, black footed albatross, on the water",
 ]
-# Paper config: training classes and images per class and set, per dataset (for the README's estimate).
+# Paper config: training classes and images per class and set, per dataset (for the estimate in docs/generation.md).
 PAPER_CLASSES = {"cub200": 100, "cars196": 98}
 
 
@@ -257,7 +257,7 @@ def render(frame: pd.DataFrame) -> str:
 
 
 def render_paper_generation(frame: pd.DataFrame) -> str:
-    """README: generation time of the paper config at the measured default rate of an SD-1.5-shaped model."""
+    """docs/generation.md: generation time of the paper config at the measured default rate of an SD-1.5-shaped model."""
     rows = frame[(frame.config == "sd15") & (frame.variant == "default")]
     rows = rows[_measured(rows)]
     if rows.empty:
@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=None, help="images per set (default: the config's)")
     parser.add_argument("--out", type=Path, default=ROOT / RESULTS)
-    parser.add_argument("--render", action="store_true", help="write the blocks of BENCHMARKS.md and README.md")
+    parser.add_argument("--render", action="store_true", help="write the blocks of BENCHMARKS.md and docs/generation.md")
     args = parser.parse_args()
     if args.config == "sd15" and not args.device.startswith("cuda"):
         parser.error("the SD-1.5-shaped model needs a CUDA GPU (the CPU sanity check is --config tiny-cpu)")

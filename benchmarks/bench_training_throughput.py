@@ -28,7 +28,7 @@ Epoch rates are the median over the epochs after the first; the first
 
 Results go to ``benchmarks/results/training_throughput.csv`` (rows of other
 configs/devices are kept) and, with ``--render``, into the generated blocks
-of BENCHMARKS.md and README.md.
+of BENCHMARKS.md and README.md (the paper benchmark).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ seconds of the first ``images_per_class`` images (what an unfiltered run
 makes) and of all of them, and the filter jobs' wall time.
 
 Raw numbers go to benchmarks/results/filtering_digits.csv; ``--write-docs`` renders the
-README block from them.
+docs/generation.md block from them.
 
     PYTHONPATH=src python benchmarks/measure_filtering_digits.py --work /tmp/filtering --write-docs
 """
@@ -93,7 +93,7 @@ def measure(work: Path, params: Path) -> pd.DataFrame:
 
 
 def render(frame: pd.DataFrame) -> str:
-    """The README block: per image set, what the fidelity filter rejected, and what it cost."""
+    """The docs/generation.md block: per image set, what the fidelity filter rejected, and what it cost."""
     lines = [
         "| image set | generated | rejected | kept | unused | mean score of the kept | sampling s (budget → with extra) |",
         "|---|---|---|---|---|---|---|",
@@ -118,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the data, the generator and the images")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--write-docs", action="store_true", help="render the README block from the results")
+    parser.add_argument("--write-docs", action="store_true", help="render the docs/generation.md block from the results")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -131,8 +131,8 @@ def main() -> None:
     print(render(frame))
     if args.write_docs:
         source = str(RESULTS.relative_to(ROOT))
-        if not docblocks.replace_block(ROOT / "README.md", SCRIPT, "render", source, render(pd.read_csv(RESULTS))):
-            raise SystemExit("README.md has no block for this script; place its markers first")
+        if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(pd.read_csv(RESULTS))}):
+            raise SystemExit("no document has a block for this script (docs/generation.md had one); place its markers first")
 
 
 if __name__ == "__main__":

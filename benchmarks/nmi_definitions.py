@@ -14,7 +14,7 @@ several ways:
 - ``pml, our clustering``: ``AccuracyCalculator`` given :func:`dmlsynth.metrics.kmeans_clusters`
   as its ``kmeans_func`` — equal to ``dmlsynth`` (the formula is the same; only the clustering differs).
 
-Writes ``benchmarks/results/nmi_definitions.csv`` and re-renders README's block::
+Writes ``benchmarks/results/nmi_definitions.csv`` and re-renders its block in docs/statistics.md::
 
     PYTHONPATH=src python benchmarks/nmi_definitions.py [--methods baseline symm]
 """
@@ -95,7 +95,7 @@ def measure(methods: list[str]) -> pd.DataFrame:
 
 
 def render(frame: pd.DataFrame) -> str:
-    """README's table: NMI per way of computing it, one column per method."""
+    """docs/statistics.md's table: NMI per way of computing it, one column per method."""
     methods = list(dict.fromkeys(frame["method"]))
     lines = ["| NMI computed by | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
     for definition, part in frame.groupby("definition", sort=False):
@@ -122,8 +122,8 @@ def main() -> None:
     docblocks.atomic_write_text(RESULTS, frame.to_csv(index=False))
     print(render(frame))
     source = RESULTS.relative_to(ROOT).as_posix()
-    if not docblocks.replace_block(ROOT / "README.md", "benchmarks/nmi_definitions.py", "render", source, render(frame)):
-        print("README.md has no block for", source)
+    if docblocks.render_into(ROOT, "benchmarks/nmi_definitions.py", source, {"render": render(frame)}):
+        print("no document has a block for", source, "(docs/statistics.md had one)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Uses params.yaml's training settings and the real training loop
 (:func:`dmlsynth.training.loop.train_run`) and metrics (:func:`dmlsynth.metrics.retrieval_metrics`),
 outside Snakemake, to compare the methods on one machine in one go. One row per run goes to
-``benchmarks/results/methods_digits.csv``; ``--write-docs`` renders the README's table from it
+``benchmarks/results/methods_digits.csv``; ``--write-docs`` renders docs/methods.md's table from it
 (:func:`render`, through :mod:`dmlsynth.docblocks`):
 
     PYTHONPATH=src python benchmarks/run_methods_digits.py --out /tmp/digits-methods --seeds 0 1 2 3 4 \
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the CSV to write")
-    parser.add_argument("--write-docs", action="store_true", help="render the README block from the results")
+    parser.add_argument("--write-docs", action="store_true", help="render the docs/methods.md block from the results")
     parser.add_argument("--render-only", action="store_true", help="train nothing: render the existing results")
     parser.add_argument("--append", action="store_true", help="keep the results' other runs (e.g. more losses)")
     args = parser.parse_args()
@@ -178,8 +178,8 @@ def main() -> None:
     print(render(frame))
     if args.write_docs:
         source = str(args.results.resolve().relative_to(ROOT))
-        if not docblocks.replace_block(ROOT / "README.md", SCRIPT, "render", source, render(pd.read_csv(args.results))):
-            raise SystemExit("README.md has no block for this script; place its markers first")
+        if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(pd.read_csv(args.results))}):
+            raise SystemExit("no document has a block for this script (docs/methods.md had one); place its markers first")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ TABLE, COMPARE = JOBS.table(), JOBS.compare()
 # In the Snakemake report: the results in brief, the full table and the figures.
 REPORTED = {
     "summary_md": "../report/summary.rst", "csv": "../report/table.rst", "figure": "../report/recall.rst",
+    "training_loss": "../report/training_loss.rst",
 }  # fmt: skip
 
 

@@ -4,7 +4,7 @@
 and Holm-corrected significance), the runs' ``run.yaml`` (training time and
 device) and ``results/generation.csv`` (generation cost), and writes:
 
-- ``comparison.csv``: one row per dataset x loss x method (README defines the columns);
+- ``comparison.csv``: one row per dataset x loss x method (docs/outputs.md defines the columns);
 - ``comparison.md``: the same per dataset x loss as readable tables, with the forest plots;
 - a forest plot per dataset x loss (:func:`dmlsynth.layout.forest_figure_name`): per method, the paired difference to its control
   (R@1 and MAP@R, percentage points) with its t interval over seeds (thick) and

@@ -154,7 +154,7 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
         problems = _semantic_problems(config)
     if problems:
         raise ConfigError(
-            f"{source} is not valid:\n" + "\n".join(problems) + "\nFix these keys (see README, 'Configuration')."
+            f"{source} is not valid:\n" + "\n".join(problems) + "\nFix these keys (see docs/configuration.md)."
         )
     return config
 
@@ -238,7 +238,36 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     for name in config["datasets"]:
         problems += _cache_problems(config, name)
     problems += _loss_param_problems(config, excluded)
-    return problems + _protocol_problems(config)
+    return problems + _protocol_problems(config) + _no_run_problems(config, excluded) + _class_size_problems(config)
+
+
+def _no_run_problems(config: Mapping[str, Any], excluded: set[tuple[str, str]]) -> list[str]:
+    """A job matrix that ``exclude`` empties trains nothing: said here, not by a job that gets no runs."""
+    if any((m, l) not in excluded for m in config["methods"] for l in config["losses"]):
+        return []
+    return [
+        f"  - at exclude: it removes every method x loss pair of methods {list(config['methods'])} and losses "
+        f"{list(config['losses'])}, so no run is left; remove entries from exclude, or add a method or loss they do not name"
+    ]
+
+
+def _class_size_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every batch takes training.m_per_class images of each of its classes: a class with fewer would be
+    repeated within the batch (MPerClassSampler draws with replacement), which pairs an image with itself."""
+    from dmlsynth.data.split import smallest_training_class, validation_class_count
+
+    per_class = config["training"]["m_per_class"]
+    problems = []
+    for name in config["datasets"]:
+        smallest = smallest_training_class(config, name)
+        if smallest is not None and per_class > smallest:
+            after = " after its validation classes" if validation_class_count(config, name) else ""
+            problems.append(
+                f"  - at training.m_per_class: {per_class} images of a class in every batch, but the smallest training "
+                f"class of {name!r}{after} has {smallest}: its images would repeat within a batch; use m_per_class <= "
+                f"{smallest} (and a batch_size that is a multiple of it)"
+            )
+    return problems
 
 
 def _loss_param_problems(config: Mapping[str, Any], excluded: set[tuple[str, str]]) -> list[str]:

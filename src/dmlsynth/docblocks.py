@@ -1,4 +1,4 @@
-"""Measured numbers in README.md and BENCHMARKS.md are generated, never typed.
+"""Measured numbers in README.md, BENCHMARKS.md and the pages of docs/ are generated, never typed.
 
 A script in ``benchmarks/`` measures, writes its raw numbers to a CSV file
 in ``benchmarks/results/`` and renders a markdown block from that file into
@@ -12,7 +12,10 @@ the documents between two markers that say where the block comes from::
 renders it again from its CSV with the named function and fails if the text
 differs; each script's own slow test re-runs part of its measurement from
 scratch and compares it with the CSV. So a number in the documents is
-always what the committed script produced from the committed results.
+always what the committed script produced from the committed results. A block
+whose source is not a CSV gets the source's path instead of its rows (the
+reference of every config key, rendered from the schema and the registry by
+``src/dmlsynth/config_reference.py``).
 """
 
 from __future__ import annotations
@@ -58,9 +61,13 @@ def load_renderer(root: Path, script: str, function: str) -> Callable:
 
 
 def render(root: Path, block: Block) -> str:
+    """The block's text as its function renders it now: from the CSV's rows, or from the path of a source that is
+    not a CSV (``src/dmlsynth/config_reference.py`` renders the schema and the registry's defaults)."""
     import pandas as pd
 
-    body = load_renderer(root, block.script, block.function)(pd.read_csv(root / block.source))
+    source = root / block.source
+    renderer = load_renderer(root, block.script, block.function)
+    body = renderer(pd.read_csv(source)) if source.suffix == ".csv" else renderer(source)
     return body if body.endswith("\n") else body + "\n"
 
 
@@ -82,8 +89,21 @@ def replace_block(document: Path, script: str, function: str, source: str, body:
     return True
 
 
-# The documents whose generated blocks tests/unit/test_docblocks.py checks.
-DOCUMENTS = ("README.md", "BENCHMARKS.md", "docs/methods.md", "docs/protocols.md")
+# The documents whose generated blocks tests/unit/test_docblocks.py checks: the README, BENCHMARKS.md and every
+# topic page (tests/unit/test_readme.py checks that this lists every page of docs/).
+DOCUMENTS = (
+    "README.md",
+    "BENCHMARKS.md",
+    "docs/methods.md",
+    "docs/generation.md",
+    "docs/statistics.md",
+    "docs/configuration.md",
+    "docs/outputs.md",
+    "docs/tracking.md",
+    "docs/protocols.md",
+    "docs/cluster.md",
+    "docs/development.md",
+)
 
 
 def render_into(root: Path, script: str, source: str, rendered: dict[str, str]) -> list[str]:

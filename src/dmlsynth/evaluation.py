@@ -62,12 +62,25 @@ def evaluate_run(run_dir: str | Path, ks: Iterable[int] = (1, 2, 4, 8)) -> dict[
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
     with atomic_output(folder.queries) as tmp:
         np.savez_compressed(tmp, labels=labels, **per_query)
-    title = f"{folder.path} — R@1 {metrics[f'recall@{min(ks)}']:.3f}"
-    plot_embeddings(embeddings, labels, Path(folder.embedding_plot), title=title)
-    plot_training_curve(Path(folder.history), Path(folder.training_curve))
+    name = run_title(folder)
+    plot_embeddings(embeddings, labels, Path(folder.embedding_plot), title=f"{name} — R@{min(ks)} {metrics[f'recall@{min(ks)}']:.3f}")
+    plot_training_curve(Path(folder.history), Path(folder.training_curve), title=name)
     # Written last: a run whose metrics file exists has all its evaluation files.
     atomic_write_text(folder.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def run_title(folder: RunFolder) -> str:
+    """``dataset · method · loss · seed N`` of a run, from its record (the method as the table names it, e.g. a
+    control ``baseline+beta=40``); the folder when the record cannot be read."""
+    import yaml
+
+    try:
+        params = yaml.safe_load(Path(folder.record).read_text())["params"]
+        method = params.get("label", params["method"])
+        return f"{params['dataset']} · {method} · {params['loss']} · seed {params['seed']}"
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return folder.path
 
 
 def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, out: Path, title: str = "") -> None:
@@ -94,8 +107,9 @@ def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, out: Path, title
     save_figure(fig, out)
 
 
-def plot_training_curve(history_file: Path, out: Path) -> None:
-    """Training loss per epoch; with validation classes also validation R@1 and MAP@R and the chosen epoch."""
+def plot_training_curve(history_file: Path, out: Path, title: str = "") -> None:
+    """Training loss per epoch; with validation classes also validation R@1 and MAP@R and the chosen epoch.
+    ``title`` names the run (:func:`run_title`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +121,7 @@ def plot_training_curve(history_file: Path, out: Path) -> None:
     ax.plot(history["epoch"], history["loss"], marker="o", label="training loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
-    ax.set_title(history_file.parent.as_posix(), fontsize=8)
+    ax.set_title(title or history_file.parent.as_posix(), fontsize=9)
     if "val_map@r" in history:
         validation = ax.twinx()
         validation.plot(history["epoch"], 100 * history["val_recall@1"], color="#55a868", marker=".", label="val R@1")

@@ -22,7 +22,7 @@ a rule declares and ``.manifest("digits")`` the concrete file::
     {results}/runs/{dataset}/{method}/{loss}/seed{seed}/   one training run (:class:`RunFolder`)
     {results}/summary.md, summary.csv             the results in brief (one row per dataset x method x loss)
     {results}/table.csv, table.json, metrics.json the full table, its JSON twin, DVC's headline metrics
-    {results}/figures/                            recall chart, forest plots, sample grids
+    {results}/figures/                            recall chart, training loss, forest plots, sample grids
     {results}/comparison.csv, comparison.md       the comparison report (forest plots in figures/)
     {results}/generation.csv                      quality of the generated images
     {logs}/{rule}/...log                          one log per job
@@ -30,7 +30,7 @@ a rule declares and ``.manifest("digits")`` the concrete file::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -150,6 +150,7 @@ class TableFiles:
     json: str  # the table's and every run's numbers, nested
     headline: str  # R@1 per row (and its paired difference): DVC's metrics
     figure: str  # R@1 per method and its difference to the control
+    training_loss: str  # each method's mean training loss per epoch (dmlsynth.figures), DVC's plot
 
     @classmethod
     def under(cls, results: str) -> "TableFiles":
@@ -160,10 +161,11 @@ class TableFiles:
             json=f"{results}/table.json",
             headline=f"{results}/metrics.json",
             figure=f"{results}/figures/recall_at_1.png",
+            training_loss=f"{results}/figures/training_loss.png",
         )
 
     def all(self) -> list[str]:
-        return [self.summary_md, self.summary_csv, self.csv, self.json, self.headline, self.figure]
+        return [getattr(self, f.name) for f in fields(self)]
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ def retrieval_metrics(
 
 
 # k-means restarts of NMI: with one start, NMI of the same embeddings moves by up to
-# ±0.1 with the initialisation alone (README, "Metrics"); ten k-means++ starts pin it.
+# ±0.1 with the initialisation alone (docs/statistics.md, "Metrics"); ten k-means++ starts pin it.
 KMEANS_RESTARTS = 10
 
 

@@ -10,7 +10,7 @@ baseline's), ``*_name`` how the paper calls them, ``backbone_key`` and
 ``embedding_dim`` the registry backbone and size the row was measured with,
 ``base_recall_at_1`` / ``method_recall_at_1`` the published R@1 in % (empty
 where the paper gives none) and ``method_recall_at_1_std`` its published
-spread, where given; ``source`` says where each number was read. README's
+spread, where given; ``source`` says where each number was read. docs/protocols.md's
 "Published numbers" table (:func:`render`) and docs/methods.md §8
 (:func:`render_plain`) are generated blocks of it (checked by
 ``tests/unit/test_docblocks.py``), and ``dmlsynth compare`` puts these numbers
@@ -78,7 +78,7 @@ def result_text(base: float, value: float, spread: float, own: bool = False) -> 
 
 
 def render(frame: "pd.DataFrame", bold_paper_backbone: bool = True) -> str:
-    """README's table: one line per method x paper x backbone x loss, the four datasets side by side
+    """docs/protocols.md's table: one line per method x paper x backbone x loss, the four datasets side by side
     (the backbone of ``config/paper.yaml`` in bold)."""
     keys = ["method_name", "paper", "backbone", "loss_name"]
     datasets = [d for d in DATASET_NAMES if d in set(frame["dataset"])]

@@ -625,6 +625,9 @@ def write_table(
     brief = summary(table, runs, generation)
     payload = {"table": nested(table, IDENTITY), "runs": nested(runs_frame(runs), [*IDENTITY, "seed"])}
     plot_recall(table, files.figure, confidence=confidence)
+    from dmlsynth.figures import plot_training_loss
+
+    plot_training_loss(runs, files.training_loss, controls=[run.method for run in runs if run.control is None])
     atomic_write_text(files.json, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(files.headline, json.dumps(headline_metrics(table), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(files.csv, table_csv(table))

@@ -99,7 +99,7 @@ def test_dvc_repro_gives_the_snakemake_table(repo_root, default_params, tmp_path
     metrics = subprocess.run(
         [str(BIN / "dvc"), "metrics", "show", "--json"], cwd=with_dvc, capture_output=True, text=True, env=env
     )
-    assert metrics.returncode == 0 and "recall@1_mean" in metrics.stdout
+    assert metrics.returncode == 0 and "baseline R@1" in metrics.stdout  # the headline metrics
 
     with_snakemake = project(tmp_path / "snakemake")
     result = subprocess.run(
@@ -108,3 +108,42 @@ def test_dvc_repro_gives_the_snakemake_table(repo_root, default_params, tmp_path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (with_dvc / "results/table.csv").read_text() == (with_snakemake / "results/table.csv").read_text()
+
+
+def _dvc_project(folder: Path, env: dict) -> None:
+    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, f"{command}: {result.stdout}\n{result.stderr}"
+
+
+def test_dvc_metrics_show_of_the_embedded_default_fits_200_columns(repo_root, tmp_path):
+    """The headline metrics of params.yaml's rows (every method, its control), as `dvc metrics show` prints them."""
+    import os
+
+    import numpy as np
+
+    from dmlsynth import pipeline, registry
+    from dmlsynth.layout import Layout, TableFiles
+    from dmlsynth.table import write_table
+    from tests.helpers.runs import make_run, simulated_hits
+
+    config = cfg.load(repo_root / "params.yaml")
+    rng = np.random.default_rng(0)
+    for run in pipeline.runs(config):
+        label, loss = run["method"], run["loss"]
+        control = None if label.startswith(registry.BASELINE) else registry.control_label(config, label, loss)
+        make_run(tmp_path, run["dataset"], label, loss, run["seed"], simulated_hits(rng, 0.9, 0.0), control=control)
+    layout = Layout.of(config)  # results/... as in the project folder
+    write_table([tmp_path / "runs"], TableFiles.under(str(tmp_path / layout.results)), {"bootstrap_samples": 100})
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "COLUMNS": "1000"}
+    _dvc_project(tmp_path, env)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"metrics": [layout.headline_metrics()]}))
+    shown = subprocess.run([str(BIN / "dvc"), "metrics", "show"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    lines = [line for line in shown.stdout.splitlines() if line.strip()]
+    assert lines[0].split()[0] == "Path" and len(lines) == 2  # a header and one row of numbers
+    rows = {(r["method"], r["loss"]) for r in pipeline.runs(config)}
+    assert all(method in lines[0] for method, _ in rows)  # every method and control has its number
+    width = max(map(len, lines))
+    assert width <= 200, f"dvc metrics show is {width} columns wide:\n{shown.stdout}"
+    print(f"dvc metrics show: {width} columns")

@@ -1,5 +1,5 @@
 """benchmarks/measure_blend_operators.py: its per-step part re-run from scratch equals the committed results,
-and the committed results say what docs/methods.md §7 and the README say of them."""
+and the committed results say what docs/methods.md §7 and docs/generation.md say of them."""
 
 import pandas as pd
 import pytest

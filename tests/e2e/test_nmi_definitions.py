@@ -1,4 +1,4 @@
-"""README's NMI comparison (benchmarks/nmi_definitions.py) is what the script measures from scratch."""
+"""docs/statistics.md's NMI comparison (benchmarks/nmi_definitions.py) is what the script measures from scratch."""
 
 import importlib.util
 

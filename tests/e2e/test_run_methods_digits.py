@@ -1,4 +1,4 @@
-"""README's digits methods table (benchmarks/run_methods_digits.py) is what the script measures from scratch."""
+"""docs/methods.md's digits methods table (benchmarks/run_methods_digits.py) is what the script measures from scratch."""
 
 import importlib.util
 

@@ -1,4 +1,4 @@
-"""The fine-tuning benchmark: its committed CPU row is what the script measures from scratch; its README block."""
+"""The fine-tuning benchmark: its committed CPU row is what the script measures from scratch; its block in docs/generation.md."""
 
 from __future__ import annotations
 

@@ -204,3 +204,34 @@ def test_symms_unit_forms_are_its_runs_and_its_controls_loss_params(default_para
     # The normalised option of angular: the control follows.
     config["method_loss_params"] = {"symm": {"angular": {"normalize": True, "l2_reg": 0.0}}}
     assert registry.control_label(cfg.validate(config), "symm", "angular") == "baseline+pairs=units"
+
+
+def test_an_exclude_that_removes_every_run_is_rejected(default_params):
+    config = copy.deepcopy(default_params)
+    config.update(methods=["baseline", "symm"], losses=["multi_similarity"])
+    config["exclude"] = [{"method": "baseline", "loss": "multi_similarity"}]
+    cfg.validate(config)  # symm x multi_similarity is left (and its control trains with it)
+    config["exclude"].append({"method": "symm", "loss": "multi_similarity"})
+    with pytest.raises(cfg.ConfigError, match=r"at exclude: it removes every method x loss pair .* no run is left"):
+        cfg.validate(config)
+
+
+def test_more_images_per_class_than_the_smallest_training_class_has_is_rejected(default_params):
+    """Digits' smallest training class has 177 images (two of 16 each would repeat images within every batch)."""
+    from dmlsynth.data.split import TRAINING_CLASS_SIZES
+
+    smallest = min(TRAINING_CLASS_SIZES["digits"])
+    config = copy.deepcopy(default_params)
+    config["training"].update(batch_size=smallest * 5, m_per_class=smallest)
+    cfg.validate(config)
+    config["training"].update(batch_size=(smallest + 1) * 5, m_per_class=smallest + 1)
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.validate(config)
+    message = str(info.value)
+    assert f"at training.m_per_class: {smallest + 1} images of a class in every batch" in message
+    assert f"the smallest training class of 'digits' has {smallest}" in message and f"m_per_class <= {smallest}" in message
+    # With validation classes the smallest class left for training counts (digits 0-2: 178, 182, 177).
+    config["dataset_settings"]["digits"]["validation_classes"] = 2
+    config["training"].update(batch_size=178 * 3, m_per_class=178)
+    with pytest.raises(cfg.ConfigError, match="'digits' after its validation classes has 177"):
+        cfg.validate(config)

@@ -59,3 +59,24 @@ def test_render_into_fills_every_document_and_names_missing_blocks(tmp_path):
     assert missing == ["render_other"]
     for document in ("README.md", "BENCHMARKS.md"):
         assert f"{begin}\nnew\n{docblocks.END}" in (tmp_path / document).read_text()
+
+
+def test_the_configuration_reference_lists_every_default_of_the_registry():
+    """docs/configuration.md's reference block: each key a config may leave out, with the default it resolves to."""
+    from dmlsynth import registry
+    from dmlsynth.config_reference import SOURCE, render
+
+    text = render(ROOT / SOURCE)
+    defaults = registry.config_defaults(list(registry.DATASETS))
+    for block in ("training", "statistics", "tracking", "evaluation"):
+        for key, value in defaults[block].items():
+            if not isinstance(value, dict):
+                row = next((line for line in text.splitlines() if line.startswith(f"| `{key}` |")), None)
+                assert row is not None, f"{block}.{key} missing"
+    for loss, params in defaults["loss_params"].items():
+        for key, value in params.items():
+            assert f"| `{loss}.{key}` | `" in text, f"loss_params.{loss}.{key} missing"
+    training = {line.split(" | ")[0][3:-1]: line.split(" | ")[1] for line in text.split("#### `training`")[1].split("####")[0].splitlines() if line.startswith("| `")}
+    assert training["lr_scheduler"] == f"`{registry.TRAINING_DEFAULTS['lr_scheduler']}`"
+    assert training["epochs"] == "—"  # params.yaml sets it: no default
+    assert [b.script for b in docblocks.blocks((ROOT / "docs" / "configuration.md").read_text())] == ["src/dmlsynth/config_reference.py"]

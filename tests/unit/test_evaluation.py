@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,23 @@ def test_a_runs_nmi_clusters_into_as_many_groups_as_test_classes(tmp_path):
         assert len(np.unique(data["clusters"])) == 5
     assert metrics["nmi"] == pytest.approx(1.0)
     assert metrics["nmi"] == pytest.approx(nmi(x / np.linalg.norm(x, axis=1, keepdims=True), labels))
+
+
+def test_the_plots_of_a_run_are_titled_with_the_run_not_its_folder(tmp_path, monkeypatch):
+    import yaml
+
+    from dmlsynth import evaluation
+
+    folder = tmp_path / "results" / "runs" / "digits" / "baseline+beta=40" / "multi_similarity" / "seed3"
+    folder.mkdir(parents=True)
+    x, labels = clustered(seed=1)
+    np.savez(folder / "embeddings.npz", embeddings=x, labels=labels)
+    (folder / "train_log.csv").write_text("epoch,loss,lr,seconds\n1,0.5,0.001,1.0\n2,0.4,0.001,1.0\n")
+    params = {"dataset": "digits", "method": "baseline", "label": "baseline+beta=40", "loss": "multi_similarity", "seed": 3}
+    (folder / "run.yaml").write_text(yaml.safe_dump({"params": params}))
+    titles = {}
+    monkeypatch.setattr(evaluation, "save_figure", lambda fig, out: titles.__setitem__(Path(out).name, fig.axes[0].get_title()))
+    metrics = evaluate_run(folder, ks=(1, 4))
+    name = "digits · baseline+beta=40 · multi_similarity · seed 3"  # the method as the table names the row
+    assert titles == {"train_curve.png": name, "embeddings.png": f"{name} — R@1 {metrics['recall@1']:.3f}"}
+    assert str(tmp_path) not in " ".join(titles.values())

@@ -311,3 +311,41 @@ def test_the_summary_and_the_headline_metrics_are_the_tables_numbers(tmp_path):
         "better ΔR@1": round(100 * rows.loc["better", "recall@1_delta"], 2),
     }
     assert (out / "figures" / "recall_at_1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_table_job_draws_one_training_curve_per_method_the_mean_of_its_seeds(tmp_path, monkeypatch):
+    """DVC's plot: per dataset x loss, each row's mean training loss per epoch over its seeds, controls dashed."""
+    from dmlsynth import figures
+
+    rng = np.random.default_rng(3)
+    for loss in ("ms", "triplet"):
+        for seed in range(3):
+            for method in ("baseline", "better", "baseline+beta=40", "tuned"):
+                control = {"tuned": "baseline+beta=40", "better": "baseline"}.get(method)
+                make_run(tmp_path, "digits", method, loss, seed, simulated_hits(rng, 0.6, 0.0), control=control)
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out: drawn.setdefault(str(out), fig))
+    write(tmp_path, [tmp_path / "runs"], bootstrap_samples=100)
+    [(out, fig)] = drawn.items()
+    assert out == TableFiles.under(str(tmp_path / "out")).training_loss
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title(loc="left") for ax in panels] == [f"digits · {l}: training loss per epoch" for l in ("ms", "triplet")]
+    for ax, loss in zip(panels, ("ms", "triplet")):
+        lines = {line.get_label().split(" (")[0]: line for line in ax.get_lines()}
+        assert set(lines) == {"baseline", "better", "baseline+beta=40", "tuned"}  # one curve per method, not per run
+        for method, line in lines.items():
+            logs = [pd.read_csv(tmp_path / "runs" / "digits" / method / loss / f"seed{s}" / "train_log.csv") for s in range(3)]
+            assert list(line.get_xdata()) == [1, 2, 3]
+            assert np.allclose(line.get_ydata(), np.mean([log["loss"] for log in logs], axis=0))
+            assert (line.get_linestyle() == "--") == method.startswith("baseline")  # the controls
+        assert len({line.get_color() for line in lines.values()}) == 4
+
+
+def test_a_run_without_its_training_log_is_named(tmp_path):
+    make_run(tmp_path, "digits", "baseline", "ms", 0, np.ones(40))
+    (tmp_path / "runs" / "digits" / "baseline" / "ms" / "seed0" / "train_log.csv").unlink()
+    with pytest.raises(Exception, match=r"cannot read the training log .*seed0/train_log.csv .*train the run again") as info:
+        write(tmp_path, [tmp_path / "runs"], bootstrap_samples=50)
+    from dmlsynth.errors import DmlsynthError
+
+    assert isinstance(info.value, DmlsynthError)

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from dmlsynth.data.errors import DataError
 from dmlsynth.data.manifest import read_manifest
-from dmlsynth.io import atomic_output, atomic_write_text
+from dmlsynth.io import WriteError, atomic_output, atomic_write_text
 from dmlsynth.layout import RESIZED, RESIZED_INDEX as INDEX
 
 # Inside the copy's folder.
@@ -107,6 +107,8 @@ def _copy_one(source: Path, out_dir: Path, settings: Mapping[str, int]) -> dict[
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(target) as tmp:
                 rgb.save(tmp, format="JPEG", quality=settings["quality"])
+    except WriteError:
+        raise  # the copy could not be written (a full disk): the source is fine
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise ImageCacheError(
             f"cannot make the resized copy of {source} ({exc}); the dataset folder is damaged: delete it and "

@@ -25,6 +25,11 @@ from dmlsynth import registry
 # The fewest validation classes a retrieval metric means anything on (one class: every neighbor is right).
 MIN_VALIDATION_CLASSES = 2
 
+# Images of each training class (by sorted class id) of the datasets whose copy is fixed and countable
+# offline: scikit-learn's digits (tests/unit/data/test_split.py counts them in the prepared dataset).
+# The photo datasets' class sizes are not known before their download, so they are not checked here.
+TRAINING_CLASS_SIZES: dict[str, tuple[int, ...]] = {"digits": (178, 182, 177, 183, 181)}
+
 
 def validation_class_count(config: Mapping[str, Any], dataset: str) -> int:
     """``dataset_settings.<dataset>.validation_classes`` (0: no validation split)."""
@@ -49,6 +54,16 @@ def split_class_count(config: Mapping[str, Any], dataset: str) -> int:
 def training_class_count(config: Mapping[str, Any], dataset: str) -> int:
     """Training classes left for training (and generation: one job each) after the validation classes."""
     return split_class_count(config, dataset) - validation_class_count(config, dataset)
+
+
+def smallest_training_class(config: Mapping[str, Any], dataset: str) -> int | None:
+    """Images of the smallest class training uses (validation classes left out), where it is known before
+    the data is prepared (:data:`TRAINING_CLASS_SIZES`; not for a smaller copy given by ``expected``)."""
+    sizes = TRAINING_CLASS_SIZES.get(dataset)
+    expected = (((config.get("dataset_settings") or {}).get(dataset) or {}).get("expected")) or {}
+    if sizes is None or expected:
+        return None
+    return min(sizes[: len(sizes) - validation_class_count(config, dataset)])
 
 
 def uses_validation(config: Mapping[str, Any]) -> bool:

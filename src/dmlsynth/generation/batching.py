@@ -36,6 +36,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
@@ -185,9 +186,11 @@ def in_batches(count: int, batch_size: int, run: Callable[[int, int], T], what: 
     A batch that runs out of memory (``torch.OutOfMemoryError``) is made
     again in halves, and later batches keep the halved size; a single image
     that does not fit raises ``torch.OutOfMemoryError`` with a message that
-    says what to change.
+    says what to change. Each finished batch logs a progress line: ``what`` done of ``count``, the time
+    so far and an estimate of the time left.
     """
     start = 0
+    began = time.perf_counter()
     while start < count:
         size = balanced(count - start, batch_size)
         try:
@@ -201,7 +204,12 @@ def in_batches(count: int, batch_size: int, run: Callable[[int, int], T], what: 
             batch_size = max(1, size // 2)
             log.warning("out of GPU memory with %d %s at once; halving the batch to %d", size, what, batch_size)
         else:
-            yield start, start + size, result
+            done, elapsed = start + size, time.perf_counter() - began
+            log.info(
+                "%s: %d/%d in %.1fs (%.2fs each), about %.0fs left",
+                what, done, count, elapsed, elapsed / done, elapsed / done * (count - done),
+            )  # fmt: skip
+            yield start, done, result
             start += size
             continue
         release_memory()  # outside the except block: the traceback no longer holds the failed call's tensors

@@ -264,7 +264,9 @@ def load_embedded(folder: str | Path, device: str | torch.device = "cpu") -> Com
             "(`dmlsynth train-generator`) first"
         )
     metadata = json.loads((folder / METADATA).read_text())
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).to(device).eval()
+    # A model of a few MB: accelerate's low-memory loading (diffusers warns when it is missing, as on a plain
+    # `pip install -e .`; it comes with the stable-diffusion extra) saves nothing here.
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True, low_cpu_mem_usage=False).to(device).eval()
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True).to(device).eval()
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")

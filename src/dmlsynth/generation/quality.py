@@ -268,16 +268,52 @@ def quality_rows(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+# How the sample grid names the operator of an image (K = 1: ordinary classifier-free guidance).
+OPERATOR_LABELS = {"union": "∪ union", "intersection": "∩ intersection", "conjunction": "Σ sum", "inclusion_exclusion": "∪ incl.-excl."}
+# Characters of one prompt line under an image of the grid.
+CAPTION_WIDTH = 22
+
+
+def _common_prefix(prompts: Sequence[str]) -> str:
+    """The words every prompt starts with (``a digit three``, commas aside): the class, which the grid's row
+    names already."""
+    split = [p.split(" ") for p in prompts if p]
+    if not split:
+        return ""
+    common = []
+    for words in zip(*split):
+        if len({w.rstrip(",") for w in words}) != 1:
+            break
+        common.append(words[0].rstrip(","))
+    return " ".join(common)
+
+
+def _short(prompt: str, prefix: str, width: int = CAPTION_WIDTH) -> str:
+    rest = prompt[len(prefix):].lstrip(" ,") if prefix and prompt.startswith(prefix) else prompt
+    rest = rest or prompt  # the class prompt itself (sd_plain's)
+    return rest if len(rest) <= width else rest[: width - 1].rstrip(" ,") + "…"
+
+
+def image_caption(operator: str, prompts: str, prefix: str = "") -> str:
+    """What made a generated image, short: its operator, then each of its K conditions' strongest prompt
+    without the class words ``prefix`` (``∪ union / thin strokes / slanted left / large``)."""
+    recipe = json.loads(prompts)
+    conditions = [max(zip(weights, condition))[1] for condition, weights in zip(recipe["prompts"], recipe["weights"])]
+    name = "CFG" if len(conditions) == 1 else OPERATOR_LABELS.get(operator, operator)
+    return "\n".join([name, *(_short(prompt, prefix) for prompt in conditions)])
+
+
 def sample_grid(
     real_train: pd.DataFrame,
     generated: Mapping[str, pd.DataFrame],
     columns: Sequence[str],
     out: str | Path,
     image_mode: str,
-    per_cell: int = 6,
-    cell_size: int = 32,
+    per_cell: int = 4,
+    cell_inches: float = 0.8,
 ) -> Path:
-    """One row per class; columns ``real`` then the image sets in ``columns`` (those generated)."""
+    """One row per class; columns ``real`` then the image sets in ``columns`` (those generated), ``per_cell``
+    images each. Under every generated image: its operator and prompts (:func:`image_caption`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,25 +322,40 @@ def sample_grid(
     sets = [("real", real_train)] + [(name, generated[name]) for name in columns if name in generated]
     labels = sorted(real_train["label"].unique())
     names = dict(zip(real_train["label"], real_train["class_name"]))
-    fig, axes = plt.subplots(
-        len(labels), len(sets), figsize=(1.0 + 1.6 * len(sets) * per_cell / 4, 0.5 + 1.0 * len(labels)), squeeze=False
+    lines = 1 + max(
+        (len(json.loads(p)["prompts"]) for _, frame in sets[1:] for p in frame["prompts"].head(per_cell * len(labels))), default=0
     )
+    caption_inches = 0.09 * lines
+    fig, axes = plt.subplots(
+        len(labels), len(sets) * per_cell, squeeze=False,
+        figsize=(1.2 + cell_inches * len(sets) * per_cell, 0.45 + (cell_inches + caption_inches) * len(labels)),
+    )  # fmt: skip
     for r, label in enumerate(labels):
+        # The class's words, common to every prompt of its generated images (sd_plain's prompt is just them).
+        prefix = _common_prefix(
+            [p for _, frame in sets[1:] for prompts in frame.loc[frame["label"] == label, "prompts"]
+             for condition in json.loads(prompts)["prompts"] for p in condition]
+        )  # fmt: skip
         for c, (name, frame) in enumerate(sets):
-            files = frame.loc[frame["label"] == label, "file"].tolist()[:per_cell]
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if files:
-                tiles = load_images(files, image_mode, cell_size)
-                strip = np.concatenate(list(tiles), axis=1)
-                ax.imshow(strip, cmap="gray" if image_mode == "L" else None, vmin=0, vmax=255, interpolation="nearest")
-            if r == 0:
-                ax.set_title(name)
-            if c == 0:
-                ax.set_ylabel(str(names[label]), rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    return save_figure(fig, out, dpi=100)
+            shown = frame[frame["label"] == label].head(per_cell)
+            tiles = load_images(shown["file"].tolist(), image_mode, 96) if len(shown) else []
+            for i in range(per_cell):
+                ax = axes[r][c * per_cell + i]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for side in ax.spines.values():
+                    side.set_visible(False)
+                if i < len(shown):
+                    ax.imshow(tiles[i], cmap="gray" if image_mode == "L" else None, vmin=0, vmax=255, interpolation="nearest")
+                    if name != "real":
+                        row = shown.iloc[i]
+                        ax.set_xlabel(image_caption(row["operator"], row["prompts"], prefix), fontsize=4.5, linespacing=1.0)
+                if r == 0 and i == 0:
+                    ax.set_title(name, fontsize=9, loc="left")
+                if c == 0 and i == 0:
+                    ax.set_ylabel(str(names[label]), rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout(pad=0.3, w_pad=0.1, h_pad=0.2)
+    return save_figure(fig, out, dpi=150)
 
 
 def write_report(rows: Sequence[pd.DataFrame], out_csv: str | Path) -> pd.DataFrame:

@@ -179,7 +179,7 @@ def generate_class(
             return arrays, (time.perf_counter() - batch_started) / (stop - start), record.means()
 
         try:
-            for start, _stop, (arrays, seconds_per_image, guidance) in in_batches(count, batch_size, run_batch, f"{image_set} images"):
+            for start, _stop, (arrays, seconds_per_image, guidance) in in_batches(count, batch_size, run_batch, f"class {label} {image_set} images"):
                 for offset, array in enumerate(arrays):
                     row = _save(array, start + offset, image_set, plans[start + offset], seeds[start + offset],
                                 entry, int(label), generated_dir, seconds_per_image, key)  # fmt: skip

@@ -80,3 +80,17 @@ def test_prompts_are_written_for_training_classes_only(config, digits_manifest, 
     assert result.returncode == 0, result.stderr
     prompts = yaml.safe_load((tmp_path / "data" / "digits" / "prompts.yaml").read_text())
     assert sorted(c["label"] for c in prompts["classes"]) == [0, 1, 2]
+
+
+def test_the_known_training_class_sizes_are_the_prepared_datasets(config, digits_manifest):
+    """What validation checks m_per_class against is what digits' preparation writes."""
+    from dmlsynth.data.manifest import read_manifest
+    from dmlsynth.data.split import TRAINING_CLASS_SIZES, smallest_training_class
+
+    train = read_manifest(digits_manifest).query("split == 'train'")
+    counts = train.groupby("label").size().sort_index()
+    assert tuple(counts) == TRAINING_CLASS_SIZES["digits"]
+    assert smallest_training_class(config, "digits") == counts.min()
+    config = copy.deepcopy(config)
+    config["dataset_settings"]["digits"]["validation_classes"] = 3
+    assert smallest_training_class(config, "digits") == counts.iloc[:2].min()

@@ -179,3 +179,59 @@ def test_unknown_device_is_explained(real, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="generation.<dataset>.device is 'cuda'"):
         train_embedded(train, tmp_path / "g", TINY, device="cuda")
+
+
+# A plain `pip install -e .` has neither accelerate nor peft (the stable-diffusion extra brings them).
+WITHOUT_ACCELERATE = '''
+import importlib.machinery, importlib.metadata
+_find, _version = importlib.machinery.PathFinder.find_spec, importlib.metadata.version
+def find_spec(name, path=None, target=None):
+    return None if name.split(".")[0] in ("accelerate", "peft") else _find(name, path, target)
+def version(name):
+    if name in ("accelerate", "peft"):
+        raise importlib.metadata.PackageNotFoundError(name)
+    return _version(name)
+importlib.machinery.PathFinder.find_spec = staticmethod(find_spec)
+importlib.metadata.version = version
+'''
+
+
+def test_loading_the_generator_without_accelerate_warns_of_no_missing_package(trained, tmp_path):
+    """The embedded default installs no accelerate; diffusers then told every generate job to install it."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "sitecustomize.py").write_text(WITHOUT_ACCELERATE)
+    script = (
+        "from diffusers.utils import is_accelerate_available\n"
+        "assert not is_accelerate_available()\n"
+        "from dmlsynth.generation.embedded import load_embedded\n"
+        f"load_embedded({str(trained[0])!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "accelerate" not in result.stderr + result.stdout
+
+
+def test_a_generation_job_logs_a_progress_line_per_batch(real, trained, prompts_file, tmp_path, caplog):
+    """Sampling a class takes minutes on the CPU; the job's log says how far it is after every sampler call."""
+    import logging
+    import re
+
+    train, _ = real
+    labels = sorted(int(l) for l in train.label.unique())
+    with caplog.at_level(logging.INFO, logger="dmlsynth"):
+        part = generate_class(load_embedded(trained[0]), prompts_file, labels[1], labels, SETS,
+                              settings(images_per_class=5, batch_size=2), tmp_path / "generated", tmp_path / "part.csv")  # fmt: skip
+    for image_set in SETS:
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"class {labels[1]} {image_set} images: ")]
+        done = [int(re.search(r": (\d+)/5 in ", line).group(1)) for line in lines]
+        sizes = part.loc[part.image_set == image_set, "batch"].tolist()  # each image: the size of its sampler call
+        calls = []
+        while sizes:
+            calls.append(sizes[0])
+            sizes = sizes[sizes[0]:]
+        assert done == list(np.cumsum(calls)) and done[-1] == 5 and len(calls) == 3  # 2 + 2 + 1 images
+        assert all(re.search(r"in \d+\.\ds \(\d+\.\d\ds each\), about \d+s left$", line) for line in lines)

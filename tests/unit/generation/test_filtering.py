@@ -156,7 +156,7 @@ def test_generation_then_filtering_keeps_each_sets_budget(sd_dir, clip_dir, tmp_
 
 
 def test_the_committed_filtering_measurement_matches_the_default_recipe():
-    """benchmarks/results/filtering_digits.csv (README, "Filtering") was made with today's defaults and keep rule."""
+    """benchmarks/results/filtering_digits.csv (docs/generation.md, "Filtering") was made with today's defaults and keep rule."""
     from dmlsynth.config import load
     from tests.conftest import ROOT
 

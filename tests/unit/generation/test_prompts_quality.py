@@ -106,7 +106,7 @@ def test_quality_measures(digits_manifest, tmp_path):
     assert len(compared) == 2 and compared["union_intersection_pvalue"].nunique() == 1
     assert compared["union_intersection_pvalue"].iloc[0] > 0.05  # alternate real images: no operator effect
     assert rows.loc[rows.operator.isin(["all", "cfg"]), "union_intersection_distance"].isna().all()
-    out = sample_grid(train, {"union": held}, ["plain", "union"], tmp_path / "grid.png", "L")
+    out = sample_grid(train, {"union": _planned(held, "union")}, ["plain", "union"], tmp_path / "grid.png", "L")
     assert Image.open(out).size[0] > 100
     assert mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == 5.0
 
@@ -205,3 +205,51 @@ def test_a_hand_edited_prompts_file_is_kept_and_new_prompts_go_beside_it(tmp_pat
     # A file written by hand (no digest) that equals the new prompts is simply rewritten.
     path.write_text(yaml.safe_dump(first))
     assert is_edited(path) and update_prompts(first, path, rebuilt) and not is_edited(path)
+
+
+def _planned(frame, image_set, settings=None):
+    """``frame``'s images as an image set's manifest: each with the operator and prompts generation plans for it."""
+    import json
+
+    from dmlsynth.generation.run import plan_image
+
+    entries = {int(entry["label"]): entry for entry in build_prompts("digits", frame)["classes"]}
+    recipe = set_recipe(image_set, settings or generation_settings({}, "digits"))
+    plans = [plan_image(entries[int(label)], recipe, seed) for seed, label in enumerate(frame["label"])]
+    return frame.assign(
+        operator=[plan["operator"] for plan in plans],
+        prompts=[json.dumps({"prompts": plan["prompts"], "weights": plan["weights"]}) for plan in plans],
+    )
+
+
+def test_the_sample_grid_says_which_operator_and_prompts_made_each_image(digits_manifest, tmp_path, monkeypatch):
+    import json
+
+    from dmlsynth.generation import quality
+
+    frame = read_manifest(digits_manifest)
+    train = frame[frame.split == "train"].reset_index(drop=True)
+    held = train.groupby("label").head(8).reset_index(drop=True)
+    generated = {"blender": _planned(held, "blender"), "plain": _planned(held, "plain")}
+    drawn = {}
+    monkeypatch.setattr(quality, "save_figure", lambda fig, out, dpi: drawn.setdefault("figure", fig) and out)
+    quality.sample_grid(train, generated, ["plain", "union", "blender"], tmp_path / "grid.png", "L", per_cell=3)
+    axes = drawn["figure"].axes
+    assert len(axes) == 5 * 3 * 3  # classes x (real, plain, blender) x images
+    per_row = {r: axes[r * 9:(r + 1) * 9] for r in range(5)}
+    for r, row in per_row.items():
+        assert row[0].get_ylabel() == held[held.label == r].class_name.iloc[0]
+        assert [ax.get_xlabel() for ax in row[:3]] == ["", "", ""]  # real images: nothing to say
+        plain = [ax.get_xlabel() for ax in row[3:6]]
+        assert plain == [f"CFG\na digit {held[held.label == r].class_name.iloc[0]}"] * 3  # the class prompt alone
+        shown = generated["blender"][generated["blender"].label == r].head(3)
+        for ax, (_, image) in zip(row[6:9], shown.iterrows()):
+            lines = ax.get_xlabel().split("\n")
+            assert lines[0] == {"union": "∪ union", "intersection": "∩ intersection"}[image.operator]
+            recipe = json.loads(image.prompts)
+            strongest = [max(zip(w, c))[1] for c, w in zip(recipe["prompts"], recipe["weights"])]
+            assert len(lines) == 1 + len(strongest) == 4  # K = 3 conditions
+            for line, prompt in zip(lines[1:], strongest):
+                class_words = f"a digit {image.class_name}"  # the row names the class already
+                rest = prompt[len(class_words):].lstrip(" ,") or prompt  # (the class prompt alone stays)
+                assert line == rest or (line.endswith("…") and rest.startswith(line[:-1]) and len(line) <= quality.CAPTION_WIDTH < len(rest))

@@ -72,8 +72,8 @@ def test_out_of_memory_halves_the_batch_logs_it_and_makes_the_unsplit_images(com
         components.unet = unet
     halvings = [m for m in caplog.messages if "halving" in m]
     assert halvings == [
-        "out of GPU memory with 5 union images at once; halving the batch to 2",
-        "out of GPU memory with 5 plain images at once; halving the batch to 2",  # plain: 2 samples per image
+        "out of GPU memory with 5 class 0 union images at once; halving the batch to 2",
+        "out of GPU memory with 5 class 0 plain images at once; halving the batch to 2",  # plain: 2 samples per image
     ]
     assert list(whole.batch) == [5] * 10
     assert list(split.batch) == [2, 2, 2, 2, 1] * 2  # the part records the size of each image's sampler call
