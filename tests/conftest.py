@@ -62,6 +62,9 @@ def small_config(base: dict, data_dir: Path, results_dir: Path, **training) -> d
     """params.yaml with tmp paths and a training budget of a few seconds."""
     config = copy.deepcopy(base)
     config["paths"] = {"data": str(data_dir), "results": str(results_dir), "logs": str(results_dir / "logs")}
+    # Blocks params.yaml leaves to the registry's defaults, there for tests to set keys in.
+    config.setdefault("dataset_settings", {}).setdefault("digits", {})
+    config.setdefault("loss_params", {})
     # On the CPU, whatever the machine: tests that are about a device take the `device` fixture.
     config["training"].update({"epochs": 2, "batches_per_epoch": 3, "device": "cpu", **training})
     config["tracking"] = {"enabled": True, "uri": f"sqlite:///{results_dir / 'mlflow.db'}"}

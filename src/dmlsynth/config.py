@@ -405,5 +405,5 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
         "training": resolved_training(config["training"]),
         "loss_params": registry.loss_params(loss, config, owner),
         "method_params": registry.method_params(registry.METHODS[trained], config),
-        "evaluation": {**registry.EVALUATION_DEFAULTS, **config["evaluation"]},
+        "evaluation": {**registry.EVALUATION_DEFAULTS, **(config.get("evaluation") or {})},
     }

@@ -304,7 +304,7 @@ class Jobs:
             run = self.layout.run(dataset, method, loss, seed)
             return Job(
                 rule="evaluate", name=train.name,
-                params={"ks": list(self.config["evaluation"]["ks"]), "run": train.identity()},
+                params={"ks": list({**registry.EVALUATION_DEFAULTS, **(self.config.get("evaluation") or {})}["ks"]), "run": train.identity()},
                 # Every file of the training (the weights too: a run whose files were deleted is trained again).
                 inputs=dict(train.outputs),
                 outputs={"metrics": run.metrics, "queries": run.queries, "embedding_plot": run.embedding_plot,

@@ -472,7 +472,7 @@ TRAINING_DEFAULTS: Mapping[str, Any] = {
     "embedding_lr_multiplier": 1.0,
     "embedding_gradient_multiplier": 1.0,
 }
-EVALUATION_DEFAULTS: Mapping[str, Any] = {"batch_size": 256}
+EVALUATION_DEFAULTS: Mapping[str, Any] = {"ks": [1, 2, 4, 8], "batch_size": 256}
 # How the results table compares methods with baseline (params.yaml `statistics`; dmlsynth.stats).
 STATISTICS_DEFAULTS: Mapping[str, Any] = {"confidence": 0.95, "alpha": 0.05, "bootstrap_samples": 2000, "bootstrap_seed": 0}
 TRACKING_DEFAULTS: Mapping[str, Any] = {

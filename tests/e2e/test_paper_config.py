@@ -39,10 +39,12 @@ def test_paper_config_is_the_protocol(paper):
         assert settings["validation_classes"] == 20  # the epoch is chosen on held-out training classes
         assert registry.DATASETS[name].image_mode == "RGB"
     assert paper["training"]["num_workers"] > 0
-    assert paper["training"]["device"] == "auto" and paper["training"]["mixed_precision"] == "auto"
-    assert paper["loss_params"]["multi_similarity"] == {"alpha": 2.0, "beta": 50.0, "base": 0.5, "miner_epsilon": 0.1}
-    assert paper["loss_params"]["proxy_anchor"] == {"margin": 0.1, "alpha": 32.0, "proxy_lr_multiplier": 100.0}
-    assert paper["loss_params"]["potential_field"]["proxies_per_class"] == 15
+    # What the runs resolve to (the registry's defaults where the config states nothing).
+    run = lambda loss: cfg.run_params(paper, "cub200", "baseline", loss, 0)  # noqa: E731
+    assert run("triplet")["training"]["device"] == "auto" and run("triplet")["training"]["mixed_precision"] == "auto"
+    assert run("multi_similarity")["loss_params"] == {"alpha": 2.0, "beta": 50.0, "base": 0.5, "miner_epsilon": 0.1}
+    assert run("proxy_anchor")["loss_params"] == {"margin": 0.1, "alpha": 32.0, "proxy_lr_multiplier": 100.0}
+    assert run("potential_field")["loss_params"]["proxies_per_class"] == 15
 
 
 def test_paper_config_over_params_yaml_is_valid(paper):
@@ -223,15 +225,23 @@ def test_dry_run_jobs_read_the_papers_generation_rules(tmp_path, paper):
     assert len(prompts) == len(paper["datasets"])
     for body in prompts:  # the captioner runs on a GPU, with room for its weights
         assert "gpu=1" in body and "mem_mb=8000" in body
-    configs = {re.search(r"--config (\S+)", shell).group(1) for rule, _, shell in jobs if rule in ("prompts", "generate", "train")}
-    assert len(configs) == 1  # every job reads the one effective config
-    effective = cfg.load(tmp_path / configs.pop())
-    for name in paper["datasets"]:
-        settings = generation_settings(effective, name)
-        assert (settings["intersection_rule"], settings["guidance_norm"]) == ("principal_component", "mean")
-        assert settings["prompts"] == {**settings["prompts"], "source": "captions",
-                                       "captioner": "Salesforce/blip-image-captioning-large", "images_per_class": 8}  # fmt: skip
-    trained = {re.search(r"--method (\w+)", shell).group(1) for rule, _, shell in jobs if rule == "train"}
+    import json
+    import shlex
+
+    def record(shell):  # the job's resolved record, as its command line hands it over
+        words = shlex.split(shell)
+        return json.loads(words[words.index("--job") + 1])
+
+    records = [(rule, record(shell)) for rule, _, shell in jobs if rule in ("prompts", "generate", "train")]
+    for rule, job in records:
+        if rule == "generate":
+            settings = job["settings"]["generation"]
+            assert (settings["intersection_rule"], settings["guidance_norm"]) == ("principal_component", "mean")
+            assert job["params"]["images"]["intersection_rule"] == "principal_component"
+        if rule == "prompts":
+            assert job["params"]["prompts"] == {**job["params"]["prompts"], "source": "captions",
+                                                "captioner": "Salesforce/blip-image-captioning-large", "images_per_class": 8}  # fmt: skip
+    trained = {job["params"]["method"]: job for rule, job in records if rule == "train"}
     for method in BLENDER_METHODS:
-        assert method in trained
-        assert cfg.run_params(effective, "cars196", method, "triplet", 1)["method_params"]["synthetic_per_real"] == "all"
+        assert trained[method]["params"]["method_params"]["synthetic_per_real"] == "all"
+    assert {rule for rule, _ in records} == {"prompts", "generate", "train"}

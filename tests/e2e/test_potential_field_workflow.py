@@ -17,7 +17,7 @@ def test_potential_field_runs_to_the_table(repo_root, default_params, tmp_path):
     config["methods"] = ["baseline", "iaa"]
     config["losses"] = ["potential_field"]
     config["method_params"] = {"iaa": {"warmup_epochs": 0}}
-    config["loss_params"]["potential_field"] = {"proxies_per_class": 4}
+    config.setdefault("loss_params", {})["potential_field"] = {"proxies_per_class": 4}
     config["seeds"] = [0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
 

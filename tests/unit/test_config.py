@@ -110,7 +110,7 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 
 def test_run_params_resolve_defaults_and_overrides(default_params):
     config = copy.deepcopy(default_params)
-    config["loss_params"]["multi_similarity"]["beta"] = 40.0
+    config.setdefault("loss_params", {}).setdefault("multi_similarity", {})["beta"] = 40.0
     params = cfg.run_params(cfg.validate(config), "digits", "baseline", "multi_similarity", 1)
     assert params["loss_params"] == {"alpha": 2.0, "beta": 40.0, "base": 0.5, "miner_epsilon": 0.1}
     assert params["dataset_settings"]["backbone"] == "small_cnn"
@@ -181,7 +181,7 @@ def test_fine_tuning_is_for_stable_diffusion_and_excludes_a_given_lora(default_p
 )
 def test_pair_forms_of_n_pairs_and_angular_are_checked(default_params, loss, given, expected):
     config = copy.deepcopy(default_params)
-    config["loss_params"][loss] = given
+    config.setdefault("loss_params", {})[loss] = given
     with pytest.raises(cfg.ConfigError) as info:
         cfg.validate(config)
     assert expected in str(info.value)
@@ -231,7 +231,7 @@ def test_more_images_per_class_than_the_smallest_training_class_has_is_rejected(
     assert f"at training.m_per_class: {smallest + 1} images of a class in every batch" in message
     assert f"the smallest training class of 'digits' has {smallest}" in message and f"m_per_class <= {smallest}" in message
     # With validation classes the smallest class left for training counts (digits 0-2: 178, 182, 177).
-    config["dataset_settings"]["digits"]["validation_classes"] = 2
+    config.setdefault("dataset_settings", {}).setdefault("digits", {})["validation_classes"] = 2
     config["training"].update(batch_size=178 * 3, m_per_class=178)
     with pytest.raises(cfg.ConfigError, match="'digits' after its validation classes has 177"):
         cfg.validate(config)

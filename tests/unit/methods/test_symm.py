@@ -306,7 +306,7 @@ def test_symm_refuses_the_pml_form_with_a_clear_error(config, loss):
 
 def test_pml_angular_needs_normalised_embeddings(config):
     config = dict(config, methods=["baseline"], losses=["angular"])
-    config["loss_params"] = dict(config["loss_params"], angular={"normalize": False})
+    config["loss_params"] = dict(config.get("loss_params") or {}, angular={"normalize": False})
     with pytest.raises(ConfigError, match="at loss_params.angular: angular with pairs: every_pair .* set normalize: true"):
         validate(config)
     config["loss_params"]["angular"] = {"normalize": False, "pairs": "units"}
