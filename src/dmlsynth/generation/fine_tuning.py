@@ -289,6 +289,30 @@ def _steps(
     return seconds + time.perf_counter() - started
 
 
+def _write(components, settings: Mapping[str, Any], token: str | None, token_id: int | None, out_dir: Path, summary: dict) -> dict:
+    """The class token's embedding and/or the LoRA weights, then ``fine_tuning.json`` (written last)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files_written = {}
+    if token_id is not None:
+        from safetensors.torch import save_file
+
+        vector = components.text_encoder.get_input_embeddings().weight[token_id].detach().float().cpu().contiguous()
+        with atomic_output(out_dir / layout.FINE_TUNED_EMBEDDING) as tmp:
+            save_file({token: vector}, str(tmp))
+        files_written["textual_inversion"] = layout.FINE_TUNED_EMBEDDING
+    if trains_lora(settings):
+        _save_lora(components.unet, out_dir / layout.FINE_TUNED_LORA, int(fine_tuning_settings(settings)["rank"]))
+        files_written["lora"] = layout.FINE_TUNED_LORA
+    losses = summary.pop("losses")
+    tail = losses[-max(1, len(losses) // 10) :]
+    summary = {
+        **summary, "files": files_written, "final_loss": float(np.mean(tail)) if tail else None,
+        "losses": [round(l, 6) for l in losses],
+    }  # fmt: skip
+    atomic_write_text(out_dir / layout.FINE_TUNING_SUMMARY, json.dumps(summary, indent=1))
+    return summary
+
+
 def fine_tune_class(
     settings: Mapping[str, Any],
     files: Sequence[str],
@@ -368,27 +392,12 @@ def fine_tune_class(
     )  # fmt: skip
 
     # 6. The weights and the summary (written last); the checkpoint goes.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files_written = {}
-    if token_id is not None:
-        from safetensors.torch import save_file
-
-        vector = components.text_encoder.get_input_embeddings().weight[token_id].detach().float().cpu().contiguous()
-        with atomic_output(out_dir / layout.FINE_TUNED_EMBEDDING) as tmp:
-            save_file({token: vector}, str(tmp))
-        files_written["textual_inversion"] = layout.FINE_TUNED_EMBEDDING
-    if trains_lora(settings):
-        _save_lora(components.unet, out_dir / layout.FINE_TUNED_LORA, int(tuning["rank"]))
-        files_written["lora"] = layout.FINE_TUNED_LORA
-    tail = losses[-max(1, len(losses) // 10) :]
-    summary = {
+    summary = _write(components, settings, token, token_id, out_dir, {
         "dataset": dataset, "label": int(label), "class_name": str(entry["class_name"]), "method": method,
-        "token": token, "files": files_written, "steps": steps, "images": len(files), "resolution": resolution,
+        "token": token, "steps": steps, "images": len(files), "resolution": resolution,
         "seconds": round(seconds, 3), "seconds_per_step": round(seconds / steps, 4),  # seconds covers every step, resumed ones too
-        "final_loss": float(np.mean(tail)) if tail else None, "losses": [round(l, 6) for l in losses],
-        "device": str(device), "params_hash": key,
-    }  # fmt: skip
-    atomic_write_text(out_dir / layout.FINE_TUNING_SUMMARY, json.dumps(summary, indent=1))
+        "losses": losses, "device": str(device), "params_hash": key,
+    })  # fmt: skip
     checkpoint.unlink(missing_ok=True)
     log.info("class %s fine-tuned (%s, %d steps) in %.1fs, final loss %.4f", label, method, steps, seconds, summary["final_loss"])
     return summary
