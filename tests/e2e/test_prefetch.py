@@ -71,7 +71,7 @@ def _paper_config(tmp_path, cub, cars, server) -> Path:
     for dataset, settings in config["generation"].items():
         settings["model_id"] = SD
         settings["filter"]["clip_model"] = CLIP
-    config["generation"]["cub200"]["prompts"] = {"source": "captions", "captioner": CAPTIONER}
+        settings["prompts"] = {"source": "captions", "captioner": CAPTIONER}
     path = tmp_path / "paper.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -38,10 +38,11 @@ def test_a_failed_training_never_leaves_old_metrics_in_the_table(default_params,
     assert failed.returncode != 0 and "lower training.lr" in (tmp_path / "logs/train/digits/baseline/multi_similarity/seed0.log").read_text()
     assert not (tmp_path / run.record).exists()
 
-    # The old metrics.json is still there, but the table needs the run's record: it does not rebuild from it.
+    # The run's old evaluation and the table of the old run are gone: nothing is left looking current.
+    assert not (tmp_path / run.metrics).exists() and not (tmp_path / "results" / "table.csv").exists()
     again = snakemake(tmp_path, "results/table.csv", check=False)
     assert again.returncode != 0 and "Nothing to be done" not in again.output
-    assert (tmp_path / "results" / "table.csv").read_text() == old_table  # untouched, not re-made from stale numbers
+    assert not (tmp_path / "results" / "table.csv").exists() and old_table  # never re-made from stale numbers
 
 
 def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(default_params, tmp_path):
@@ -64,15 +65,23 @@ def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(default_par
 
 
 def test_a_code_change_reruns_only_the_runs_that_execute_it(default_params, tmp_path):
-    # A copy of the package, imported instead of the installed one, whose source the test edits.
+    # A copy of the project (workflow and package), imported instead of the installed one, whose source the
+    # test edits (the workflow refuses a package of another checkout).
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("rules", "report"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    for name in ("Snakefile", "environment.yml"):
+        shutil.copy(ROOT / name, tmp_path / name)
     env = {"PYTHONPATH": str(tmp_path / "src")}
     tiny_workflow(default_params, tmp_path, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
-    snakemake(tmp_path, "results/table.csv", env=env)
+    snakemake(tmp_path, "results/table.csv", env=env, snakefile=tmp_path / "Snakefile")
     symm = tmp_path / "src/dmlsynth/methods/symm.py"
     symm.write_text(symm.read_text() + "\n# a comment changes the code digest of the symm runs\n")
-    dry = snakemake(tmp_path, "-n", "results/table.csv", env=env)
+    dry = snakemake(tmp_path, "-n", "results/table.csv", env=env, snakefile=tmp_path / "Snakefile")
     assert "method=symm" in dry.output and "method=baseline" not in dry.output
+    # The repository's workflow with the copied package: another checkout's code, refused.
+    other = snakemake(tmp_path, "-n", "results/table.csv", env=env, check=False)
+    assert other.returncode != 0 and "another checkout" in other.output
 
 
 def test_readme_override_examples_run_as_written(default_params, tmp_path):
