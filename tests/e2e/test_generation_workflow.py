@@ -82,7 +82,7 @@ def test_generation_workflow_is_complete_and_restartable(default_params, tmp_pat
         assert set(generated.label) == train_classes and len(generated) == 4 * len(train_classes)
         assert generated.score.between(0, 1).all()
     record = yaml.safe_load((tmp_path / "results/runs/digits/blender/multi_similarity/seed0/run.yaml").read_text())
-    assert record["train_images"] == (real.split == "train").sum() + 4 * len(train_classes)
+    assert record["train_images"] == {"real": (real.split == "train").sum(), "generated": 4 * len(train_classes)}
 
     # As after a run killed while generating class 3 (neither its part nor its filtered part written):
     # that class is redone alone, complete classes are not.
@@ -128,7 +128,7 @@ def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, de
     assert re.search(r"^filter_generated\s+4$", out, re.M), out
     assert re.search(r"^fine_tune\s+4$", out, re.M), out  # ... each after its class's fine-tuning
     table = pd.read_csv(tmp_path / "results" / "table.csv")
-    assert list(table.method) == ["blender"] and list(table.dataset) == ["cub200"]
+    assert list(table.method) == ["baseline", "blender"] and list(table.dataset) == ["cub200", "cub200"]  # baseline: blender's control
     generated = pd.read_csv(tmp_path / "data/cub200/generated/blender/manifest.csv")
     assert sorted(generated.label.unique()) == [1, 2, 3, 4] and len(generated) == 4 * 3
     for path in generated.path:
