@@ -95,7 +95,7 @@ def measure_sampler(config: str, setup: dict, facts: dict) -> list[dict]:
     targets = np.repeat(np.arange(setup["train_classes"]), class_sizes(setup["train_images"], setup["train_classes"], rng)).tolist()
     batches = setup["train_images"] // setup["batch"]
     seed_everything(0)  # as a run seeds pml's sampler stream
-    sampler, make_seconds, _ = _timed(lambda: _FreshSampler(targets, setup["m"], setup["batch"], batches * setup["batch"]))
+    sampler, make_seconds, _ = _timed(lambda: _FreshSampler(targets, setup["m"], setup["batch"], batches * setup["batch"], first_generated=len(targets)))
     indices, epoch_seconds, peak = _timed(lambda: np.array(list(sampler)))
     batch_classes = [len(set(np.asarray(targets)[indices[i : i + setup["batch"]]])) for i in range(0, len(indices), setup["batch"])]
     base = dict(config=config, part="sampler", device="cpu", n=setup["train_images"], classes=setup["train_classes"], dim=0, **facts)

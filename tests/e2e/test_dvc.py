@@ -93,8 +93,11 @@ def test_dvc_repro_gives_the_snakemake_table(repo_root, default_params, tmp_path
     env = {**__import__("os").environ, "PATH": f"{BIN}:{__import__('os').environ['PATH']}"}
     with_dvc = project(tmp_path / "dvc")
     (with_dvc / "dvc.yaml").write_text(dvc_yaml(cfg.validate(config)))
+    # Each project copy runs its own copy of the package (the workflow refuses another checkout's).
     for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], [str(BIN / "dvc"), "repro"]):
-        result = subprocess.run(command, cwd=with_dvc, capture_output=True, text=True, timeout=900, env=env)
+        result = subprocess.run(
+            command, cwd=with_dvc, capture_output=True, text=True, timeout=900, env={**env, "PYTHONPATH": str(with_dvc / "src")}
+        )
         assert result.returncode == 0, f"{command}: {result.stdout}\n{result.stderr}"
     metrics = subprocess.run(
         [str(BIN / "dvc"), "metrics", "show", "--json"], cwd=with_dvc, capture_output=True, text=True, env=env
@@ -104,7 +107,7 @@ def test_dvc_repro_gives_the_snakemake_table(repo_root, default_params, tmp_path
     with_snakemake = project(tmp_path / "snakemake")
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", "results/table.csv"],
-        cwd=with_snakemake, capture_output=True, text=True, timeout=900, env=env,
+        cwd=with_snakemake, capture_output=True, text=True, timeout=900, env={**env, "PYTHONPATH": str(with_snakemake / "src")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (with_dvc / "results/table.csv").read_text() == (with_snakemake / "results/table.csv").read_text()
