@@ -33,6 +33,9 @@ JOBS = jobs.Jobs(CFG)
 dmlsynth_workflow.put_first_on_path(Path(sys.executable).parent)
 # Each rule's shell command ends with `2>&1 | tee -a {log:q}.tries >{log:q}`: its log holds this try
 # (Snakemake deletes a job's log before each try), <log>.tries keeps every try, appended (docs/cluster.md).
+# Each rule's `benchmark:` file (dmlsynth.layout.Layout.benchmark, logs/benchmarks/<rule>/...tsv) is
+# Snakemake's record of the job's wall time, max RSS and CPU time; benchmarks/bench_embedded_default.py
+# sums them per rule.
 # Jobs record the git state of this project folder (not of wherever the package is installed).
 os.environ[provenance.PROJECT_DIR_VARIABLE] = str(Path(workflow.basedir).resolve())
 # Long jobs stop (after a checkpoint) when this Snakemake process is killed.

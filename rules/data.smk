@@ -9,6 +9,8 @@ rule prepare_data:
         **record_params(PREPARE),
     log:
         LAYOUT.log("prepare_data", "{dataset}"),
+    benchmark:
+        LAYOUT.benchmark("prepare_data", "{dataset}"),
     threads: lambda w: PREPARE(w).threads
     resources:
         **record_resources(PREPARE),
@@ -33,6 +35,8 @@ rule cache_images:
         **record_params(CACHE),
     log:
         LAYOUT.log("cache_images", "{dataset}"),
+    benchmark:
+        LAYOUT.benchmark("cache_images", "{dataset}"),
     threads: lambda w: CACHE(w).threads
     resources:
         **record_resources(CACHE),

@@ -29,6 +29,8 @@ rule evaluate:
         **record_params(EVALUATE),
     log:
         LAYOUT.log("evaluate", "{dataset}", "{method}", "{loss}", "seed{seed}"),
+    benchmark:
+        LAYOUT.benchmark("evaluate", "{dataset}", "{method}", "{loss}", "seed{seed}"),
     threads: 1
     resources:
         **record_resources(EVALUATE),

@@ -17,6 +17,8 @@ rule fine_tune:
         **record_params(FINE_TUNE),
     log:
         LAYOUT.log("fine_tune", "{dataset}", "class{class_index}"),
+    benchmark:
+        LAYOUT.benchmark("fine_tune", "{dataset}", "class{class_index}"),
     threads: lambda w: FINE_TUNE(w).threads
     resources:
         **record_resources(FINE_TUNE, gpu=True),

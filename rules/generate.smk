@@ -34,6 +34,8 @@ rule prompts:
         **record_params(PROMPTS),
     log:
         LAYOUT.log("prompts", "{dataset}"),
+    benchmark:
+        LAYOUT.benchmark("prompts", "{dataset}"),
     threads: 1
     resources:
         **record_resources(PROMPTS, gpu=True),
@@ -53,6 +55,8 @@ rule train_generator:
         **record_params(TRAIN_GENERATOR),
     log:
         LAYOUT.log("train_generator", "{dataset}"),
+    benchmark:
+        LAYOUT.benchmark("train_generator", "{dataset}"),
     # The generator is on the critical path of the default workflow: start it before the training runs.
     priority: 10
     threads: lambda w: TRAIN_GENERATOR(w).threads
@@ -76,6 +80,8 @@ rule generate:
         **record_params(GENERATE),
     log:
         LAYOUT.log("generate", "{dataset}", "class{class_index}"),
+    benchmark:
+        LAYOUT.benchmark("generate", "{dataset}", "class{class_index}"),
     threads: lambda w: GENERATE(w).threads
     resources:
         # Stable Diffusion jobs take a whole GPU; the embedded generator is small enough to share one.
@@ -96,6 +102,8 @@ rule filter_generated:
         **record_params(FILTER),
     log:
         LAYOUT.log("filter_generated", "{dataset}", "class{class_index}"),
+    benchmark:
+        LAYOUT.benchmark("filter_generated", "{dataset}", "class{class_index}"),
     threads: 1
     resources:
         # CLIP scoring takes a GPU when generation has one; the fidelity classifier runs on the CPU.
@@ -115,6 +123,8 @@ rule merge_generated:
         **record_params(MERGE),
     log:
         LAYOUT.log("merge_generated", "{dataset}", "{image_set}"),
+    benchmark:
+        LAYOUT.benchmark("merge_generated", "{dataset}", "{image_set}"),
     threads: 1
     resources:
         **record_resources(MERGE),
@@ -138,6 +148,8 @@ rule generation_report:
         **record_params(lambda w: REPORT),
     log:
         REPORT.log,
+    benchmark:
+        LAYOUT.benchmark("generation_report"),
     # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).
     threads: REPORT.threads
     resources:

@@ -26,6 +26,8 @@ rule table:
         **record_params(lambda w: TABLE),
     log:
         TABLE.log,
+    benchmark:
+        LAYOUT.benchmark("table"),
     threads: 1
     resources:
         **record_resources(lambda w: TABLE),
@@ -51,6 +53,8 @@ rule compare:
         **record_params(lambda w: COMPARE),
     log:
         COMPARE.log,
+    benchmark:
+        LAYOUT.benchmark("compare"),
     threads: 1
     resources:
         **record_resources(lambda w: COMPARE),

@@ -315,6 +315,15 @@ class Layout:
         """``{logs}/{rule}/{parts...}.log``, e.g. ``log("train", "{dataset}", ..., "seed{seed}")``."""
         return "/".join([self.logs, rule, *parts]) + ".log" if parts else f"{self.logs}/{rule}.log"
 
+    def benchmark(self, rule: str, *parts: str) -> str:
+        """What Snakemake's ``benchmark:`` directive measures of the job logged at ``log(rule, *parts)``:
+        ``{logs}/benchmarks/{rule}/{parts...}.tsv``, one row of wall seconds, max RSS and CPU time."""
+        return "/".join([self.benchmarks(), rule, *parts]) + ".tsv" if parts else f"{self.benchmarks()}/{rule}.tsv"
+
+    def benchmarks(self) -> str:
+        """The folder of every job's benchmark file."""
+        return f"{self.logs}/benchmarks"
+
 
 # The workflow's own bookkeeping (not results): the merged config every job reads.
 WORKFLOW_STATE = ".snakemake/dmlsynth"
