@@ -1,10 +1,11 @@
 """The embedded default, end to end, from nothing: its wall time and its results.
 
-Runs ``snakemake --cores 8 results/table.csv`` with the repository's
-params.yaml in a fresh temporary folder (no prepared data, no results, no
-MLflow store) — what the README's first command does after installing —
-then prints the total wall time and what each stage's jobs cost, summed
-from the runs' own records.
+Runs ``snakemake --cores all`` with the repository's params.yaml in a fresh
+temporary folder (no prepared data, no results, no MLflow store) — what the
+README's first command does after installing — then prints the total wall
+time and what each rule's jobs cost: their wall seconds and peak memory from
+the workflow's own ``benchmark:`` files (``logs/benchmarks/``), training and
+metric seconds from the runs' records.
 
 With ``--write`` it keeps what the run produced in ``benchmarks/results/``
 and renders the README's blocks from it:
@@ -16,7 +17,7 @@ and renders the README's blocks from it:
 - ``embedded_default_time.csv``: wall time, jobs, what each stage cost, machine;
 - ``embedded_default_generation.csv``: the run's ``results/generation.csv``, verbatim.
 
-    python benchmarks/bench_embedded_default.py [--cores 8] [--keep DIR] [--seeds N] [--write]
+    python benchmarks/bench_embedded_default.py [--cores all] [--keep DIR] [--seeds N] [--write]
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ GENERATION_CSV = RESULTS / "embedded_default_generation.csv"
 RUN_METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"]
 
 
-def run_workflow(workdir: Path, params: dict, cores: str, target: str) -> tuple[float, int]:
-    """Snakemake on ``params`` in ``workdir``: (wall seconds, jobs finished)."""
+def run_workflow(workdir: Path, params: dict, cores: str, target: str | None) -> tuple[float, int]:
+    """Snakemake on ``params`` in ``workdir`` (``target`` None: the default target, as the README runs it):
+    (wall seconds, jobs finished)."""
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-         "--cores", cores, target],
+         "--cores", cores, *([target] if target else [])],
         capture_output=True, text=True,
     )  # fmt: skip
     total = time.perf_counter() - started
@@ -70,12 +72,26 @@ def collect_runs(results: Path) -> pd.DataFrame:
         record = yaml.safe_load(record_file.read_text())
         metrics = json.loads((record_file.parent / "metrics.json").read_text())
         params = record["params"]
-        row = {key: params[key] for key in ("dataset", "method", "loss", "seed")}
+        # The run's name (its table row): a method, or a control such as baseline+beta=40.
+        row = {"dataset": params["dataset"], "method": params["label"], "control": params["control"] or "", "loss": params["loss"], "seed": params["seed"]}
         row.update(params_hash=record["params_hash"], train_seconds=round(record["wall_seconds"]["train"], 1))
         row.update(eval_seconds=round(metrics["eval_seconds"], 2))
         row.update({name: metrics[name] for name in RUN_METRICS})
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["dataset", "method", "loss", "seed"]).reset_index(drop=True)
+
+
+def rule_costs(benchmarks: Path) -> pd.DataFrame:
+    """Per rule, from the workflow's ``benchmark:`` files: jobs, wall seconds summed, the largest peak RSS."""
+    rows = []
+    for tsv in sorted(benchmarks.rglob("*.tsv")):
+        measured = pd.read_csv(tsv, sep="\t")
+        rows.append({"rule": tsv.relative_to(benchmarks).parts[0].removesuffix(".tsv"), "s": float(measured["s"].iloc[-1]),
+                     "max_rss": pd.to_numeric(measured["max_rss"], errors="coerce").iloc[-1]})  # fmt: skip
+    if not rows:
+        raise SystemExit(f"no benchmark files under {benchmarks}: the rules' benchmark: directives wrote nothing")
+    frame = pd.DataFrame(rows)
+    return frame.groupby("rule").agg(jobs=("s", "size"), seconds=("s", "sum"), peak_mb=("max_rss", "max")).reset_index()
 
 
 def stage_costs(runs: pd.DataFrame, generation_csv: Path) -> dict:
@@ -97,7 +113,7 @@ def render_cost(frame: pd.DataFrame) -> str:
     methods = sorted(c.split(".", 1)[1] for c in frame.columns if c.startswith("train_seconds."))
     training = ", ".join(f"{m} {row[f'train_seconds.{m}']:.0f} s" for m in methods)
     lines = [
-        f"{int(row.methods)} methods × {int(row.seeds)} seeds, `--cores {row.cores_flag}`; "
+        f"{int(row.methods)} methods and {_controls(row)} × {int(row.seeds)} seeds, `--cores {row.cores_flag}`; "
         f"{row.date}, {int(row.cpus)} CPUs, torch {row.torch}, {row.load}",
         "",
         "| | |",
@@ -115,6 +131,13 @@ def render_cost(frame: pd.DataFrame) -> str:
         f"| training, summed over the seeds | {training} |",
         f"| metric computation, all {int(row.runs)} runs | {row.eval_seconds:.0f} s |",
     ]
+    rules = [c.split(".", 1)[1] for c in frame.columns if c.startswith("rule_seconds.")]
+    if rules:  # the workflow's benchmark: files: whole jobs, process start-up and imports included
+        lines += ["", "Per rule, from the jobs' `benchmark:` files (whole jobs: start-up and imports included):", "",
+                  "| rule | jobs | wall seconds, summed | largest peak memory |", "|---|---|---|---|"]  # fmt: skip
+        for rule in sorted(rules, key=lambda r: -row[f"rule_seconds.{r}"]):
+            lines.append(f"| `{rule}` | {int(row[f'rule_jobs.{rule}'])} | {row[f'rule_seconds.{rule}']:.0f} s | "
+                         f"{row[f'rule_peak_mb.{rule}']:.0f} MB |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -148,19 +171,21 @@ def _signed(value: float) -> str:
 
 
 def render(table: pd.DataFrame) -> str:
-    """The README block: every method of the default, R@1 and MAP@R, paired differences to baseline."""
+    """The README block: every row of the default, R@1 and MAP@R, paired differences to each row's control."""
     seeds = int(table.seeds.max())
     lines = [
-        "| method | R@1 (%) | Δ R@1 vs baseline, 95 % CI over seeds | p (Holm) | MAP@R (%) | Δ MAP@R, 95 % CI | p (Holm) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | compared with | R@1 (%) | Δ R@1, 95 % CI over seeds | p (Holm) | MAP@R (%) | Δ MAP@R, 95 % CI | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    order = ["baseline"] + sorted(m for m in table.method.unique() if m != "baseline")
+    controls = table.control.fillna("")
+    order = list(table.method[controls != ""]) + list(table.method[controls == ""])  # the methods, then the controls
     for method in order:
         row = table[table.method == method].iloc[0]
-        cells = [f"`{method}`"]
+        control = "" if row.control != row.control else str(row.control)
+        cells = [f"`{method}`", f"`{control}`" if control else "(a control)"]
         for metric in ("recall@1", "map@r"):
             cells.append(f"{_percent(row[f'{metric}_mean'])} ± {_percent(row[f'{metric}_std'])}")
-            if method == "baseline":
+            if not control:
                 cells += ["—", "—"]
                 continue
             delta = (
@@ -174,9 +199,15 @@ def render(table: pd.DataFrame) -> str:
     lines += [
         "",
         f"({seeds} seeds, {loss} loss, mean ± standard deviation over seeds; bold: significant at 0.05 "
-        "after Holm correction over the methods; from `results/table.csv` of a fresh run.)",
+        "after Holm correction over the methods; each method is compared with its control, the same runs with the "
+        "synthesis off and the method's loss params; from `results/table.csv` of a fresh run.)",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _controls(row: pd.Series) -> str:
+    count = int(row.controls) if "controls" in row and row.controls == row.controls else 0
+    return f"{count} control{'s' if count != 1 else ''} of their own"
 
 
 def render_time(frame: pd.DataFrame) -> str:
@@ -184,20 +215,20 @@ def render_time(frame: pd.DataFrame) -> str:
     row = frame.iloc[0]
     return (
         f"The workflow part took **{row.wall_seconds / 60:.1f} min** on a {int(row.cpus)}-core machine without a GPU "
-        f"({int(row.jobs)} jobs, {int(row.runs)} training runs of {int(row.methods)} methods × {int(row.seeds)} seeds; "
+        f"({int(row.jobs)} jobs, {int(row.runs)} training runs: {int(row.methods)} methods and {_controls(row)} × {int(row.seeds)} seeds; "
         f"{row.load}; measured {row.date} by `{SCRIPT}`).\n"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cores", default="8")
+    parser.add_argument("--cores", default="all", help="as the README's quick start")
     parser.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it")
     parser.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 instead of params.yaml's")
-    parser.add_argument("--target", default="results/table.csv", help="e.g. results/comparison.md")
+    parser.add_argument("--target", default=None, help="e.g. results/table.csv (default: the workflow's, as the README runs it)")
     parser.add_argument("--write", action="store_true", help="keep the results in benchmarks/results and render the README")
     args = parser.parse_args()
-    if args.write and (args.seeds is not None or args.target != "results/table.csv"):
+    if args.write and (args.seeds is not None or args.target is not None):
         parser.error("--write records the default exactly as params.yaml runs it: no --seeds, no --target")
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="dmlsynth-bench-"))
@@ -215,15 +246,20 @@ def main() -> None:
     for method, seconds in runs.groupby("method").train_seconds.sum().items():
         print(f"  {method:<22}{seconds:8.1f}")
     print(f"metric computation, all runs (s): {runs.eval_seconds.sum():.1f}")
+    rules = rule_costs(workdir / "logs" / "benchmarks")
+    print("per rule, from the jobs' benchmark: files:")
+    print(rules.to_string(index=False))
 
     if args.write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         runs.to_csv(RUNS_CSV, index=False, float_format="%.10g")
         shutil.copyfile(workdir / "results" / "table.csv", TABLE_CSV)
         timing = pd.DataFrame([{
-            "wall_seconds": round(total, 1), "jobs": jobs, "runs": len(runs), "methods": runs.method.nunique(),
+            "wall_seconds": round(total, 1), "jobs": jobs, "runs": len(runs), "methods": len(params["methods"]),
+            "controls": runs.method.nunique() - len(params["methods"]),
             "seeds": len(params["seeds"]), "cores_flag": args.cores, "machine": platform.machine(), **facts,
             **stage_costs(runs, workdir / "results" / "generation.csv"),
+            **{f"rule_{name}.{r.rule}": round(float(r[name]), 1) for _, r in rules.iterrows() for name in ("jobs", "seconds", "peak_mb")},
         }])  # fmt: skip
         shutil.copyfile(workdir / "results" / "generation.csv", GENERATION_CSV)
         timing.to_csv(TIME_CSV, index=False)

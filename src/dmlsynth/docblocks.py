@@ -4,7 +4,7 @@ A script in ``benchmarks/`` measures, writes its raw numbers to a CSV file
 in ``benchmarks/results/`` and renders a markdown block from that file into
 the documents between two markers that say where the block comes from::
 
-    <!-- BEGIN generated: benchmarks/run_methods_digits.py:render from benchmarks/results/methods_digits.csv -->
+    <!-- BEGIN generated: benchmarks/bench_methods_digits.py:render from benchmarks/results/methods_digits.csv -->
     | method | ... |
     <!-- END generated -->
 

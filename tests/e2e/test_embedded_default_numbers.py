@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from dmlsynth import docblocks
+from dmlsynth import config as cfg
+from dmlsynth import docblocks, pipeline
 from dmlsynth.layout import Layout
 from tests.conftest import ROOT
 from tests.helpers.workflow import snakemake
@@ -26,16 +27,22 @@ RUNS = pd.read_csv(ROOT / "benchmarks" / "results" / "embedded_default_runs.csv"
 TABLE = pd.read_csv(ROOT / "benchmarks" / "results" / "embedded_default_table.csv")
 METRICS = ["recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"]
 # The feature-space methods (no image generation: seconds each); generation's cost is the record's.
-RETRAINED = [("baseline", 0), ("symm", 0), ("iaa", 0), ("sgar", 0)]
+RETRAINED = [("baseline", 0), ("symm", 0), ("iaa", 0), ("sgar", 0), ("baseline+beta=40", 0)]
 
 
 def test_the_record_is_of_the_current_default():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert sorted(RUNS.method.unique()) == sorted(params["methods"])
+    # Every run the workflow trains: the configured methods and the controls they are compared with.
+    expected = pipeline.runs(cfg.validate(params))
+    assert sorted(RUNS.method.unique()) == sorted({run["method"] for run in expected})
+    assert set(params["methods"]) < set(RUNS.method)
     assert sorted(RUNS.seed.unique()) == sorted(params["seeds"])
     assert sorted(RUNS.loss.unique()) == sorted(params["losses"])
-    assert len(RUNS) == len(params["methods"]) * len(params["seeds"]) * len(params["losses"])
+    assert len(RUNS) == len(expected)
     assert (TABLE.seeds == len(params["seeds"])).all()
+    # Each method's row names the control it was compared with, and that control is a row of its own.
+    for _, row in TABLE[TABLE.control.notna()].iterrows():
+        assert row.control in set(TABLE.method), row.method
 
 
 def test_the_table_record_aggregates_the_run_record():

@@ -1,4 +1,4 @@
-"""benchmarks/protocol_costs.py: the committed protocol table is what the configs give, and GPU-hours come only
+"""benchmarks/bench_protocol_costs.py: the committed protocol table is what the configs give, and GPU-hours come only
 from GPU measurements."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 from tests.e2e.test_protocols import EXPECTED_JOBS
 from tests.helpers.benchmarks import script_globals
 
-SCRIPT = "benchmarks/protocol_costs.py"
+SCRIPT = "benchmarks/bench_protocol_costs.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""benchmarks/measure_blend_operators.py: its per-step part re-run from scratch equals the committed results,
+"""benchmarks/bench_blend_operators.py: its per-step part re-run from scratch equals the committed results,
 and the committed results say what docs/methods.md §7 and docs/generation.md say of them."""
 
 import pandas as pd
@@ -10,7 +10,7 @@ from dmlsynth import registry
 from tests.conftest import ROOT
 from tests.helpers.benchmarks import script_globals
 
-SCRIPT = "benchmarks/measure_blend_operators.py"
+SCRIPT = "benchmarks/bench_blend_operators.py"
 
 
 def committed() -> pd.DataFrame:

@@ -19,7 +19,7 @@ residual's norm; ``none``: as the operator gives it), measures:
 Raw numbers go to benchmarks/results/blend_operators_digits.csv; ``--write-docs`` renders the
 block in docs/methods.md (§7) and README.md from them.
 
-    PYTHONPATH=src python benchmarks/measure_blend_operators.py --work /tmp/blend-ops --write-docs
+    PYTHONPATH=src python benchmarks/bench_blend_operators.py --work /tmp/blend-ops --write-docs
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "blend_operators_digits.csv"
-SCRIPT = "benchmarks/measure_blend_operators.py"
+SCRIPT = "benchmarks/bench_blend_operators.py"
 # (intersection_rule, guidance_norm), in the order of the rendered table.
 VARIANTS = [
     ("principal_component", "mean"),

@@ -15,9 +15,9 @@ params.yaml as Snakemake merges it:
   the images generated times ``benchmarks/results/sd_generation.csv``'s seconds per image on a GPU. Where
   no GPU row exists the hours are **not measured**, and the table says so.
 
-    PYTHONPATH=src python benchmarks/protocol_costs.py --write
+    PYTHONPATH=src python benchmarks/bench_protocol_costs.py --write
 
-Writes ``benchmarks/results/protocols.csv`` and renders the block of docs/protocols.md.
+Writes ``benchmarks/results/protocol_costs.csv`` and renders the block of docs/protocols.md.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from dmlsynth import docblocks  # noqa: E402
 
-SCRIPT = "benchmarks/protocol_costs.py"
-RESULTS = "benchmarks/results/protocols.csv"
+SCRIPT = "benchmarks/bench_protocol_costs.py"
+RESULTS = "benchmarks/results/protocol_costs.csv"
 PROTOCOLS = {
     "common": "config/paper.yaml",
     "iaa": "config/protocols/iaa.yaml",

@@ -12,7 +12,7 @@ makes) and of all of them, and the filter jobs' wall time.
 Raw numbers go to benchmarks/results/filtering_digits.csv; ``--write-docs`` renders the
 docs/generation.md block from them.
 
-    PYTHONPATH=src python benchmarks/measure_filtering_digits.py --work /tmp/filtering --write-docs
+    PYTHONPATH=src python benchmarks/bench_filtering_digits.py --work /tmp/filtering --write-docs
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "filtering_digits.csv"
-SCRIPT = "benchmarks/measure_filtering_digits.py"
+SCRIPT = "benchmarks/bench_filtering_digits.py"
 COLUMNS = [
     "image_set", "classes", "budget", "generated", "rejected", "kept", "unused", "kept_score",
     "sampling_seconds_budget", "sampling_seconds_all", "filter_seconds",

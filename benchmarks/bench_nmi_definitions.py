@@ -16,7 +16,7 @@ several ways:
 
 Writes ``benchmarks/results/nmi_definitions.csv`` and re-renders its block in docs/statistics.md::
 
-    PYTHONPATH=src python benchmarks/nmi_definitions.py [--methods baseline symm]
+    PYTHONPATH=src python benchmarks/bench_nmi_definitions.py [--methods baseline symm]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "nmi_definitions.csv"
+SCRIPT = "benchmarks/bench_nmi_definitions.py"
 SEEDS = range(10)
 
 
@@ -122,7 +123,7 @@ def main() -> None:
     docblocks.atomic_write_text(RESULTS, frame.to_csv(index=False))
     print(render(frame))
     source = RESULTS.relative_to(ROOT).as_posix()
-    if docblocks.render_into(ROOT, "benchmarks/nmi_definitions.py", source, {"render": render(frame)}):
+    if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(frame)}):
         print("no document has a block for", source, "(docs/statistics.md had one)")
 
 

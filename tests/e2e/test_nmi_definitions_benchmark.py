@@ -1,4 +1,4 @@
-"""docs/statistics.md's NMI comparison (benchmarks/nmi_definitions.py) is what the script measures from scratch."""
+"""docs/statistics.md's NMI comparison (benchmarks/bench_nmi_definitions.py) is what the script measures from scratch."""
 
 import importlib.util
 
@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 def test_nmi_definitions_reproduce_the_committed_numbers(tmp_path):
     from threadpoolctl import threadpool_limits
 
-    spec = importlib.util.spec_from_file_location("nmi_definitions", ROOT / "benchmarks" / "nmi_definitions.py")
+    spec = importlib.util.spec_from_file_location("bench_nmi_definitions", ROOT / "benchmarks" / "bench_nmi_definitions.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     committed = pd.read_csv(script.RESULTS)
