@@ -5,7 +5,7 @@ named by an import path and loaded only when used. Config validation and
 Snakemake's DAG building read these tables without importing torch.
 
 A new dataset, backbone, loss or method is added here and nowhere else: the
-config schema, the Snakemake job matrix and the README's compatibility table
+config schema, the Snakemake job matrix and the compatibility table of docs/configuration.md
 are all derived from these tables.
 """
 
@@ -735,7 +735,7 @@ def is_control_label(label: str) -> bool:
 
 
 def compatibility_table() -> str:
-    """The README's method x loss table (markdown), derived from the registry."""
+    """docs/configuration.md's method x loss table (markdown), derived from the registry."""
     losses = list(LOSSES)
     lines = ["| method | " + " | ".join(f"`{l}`" for l in losses) + " |", "|---|" + "---|" * len(losses)]
     for name, spec in METHODS.items():

@@ -14,7 +14,7 @@ query-bootstrap interval (the same resamples for a run and its control), a
 p-value and whether the difference is significant after Holm correction over
 the methods compared in the dataset x loss. A pair whose runs differ in
 anything but the synthesis (params, steps, threads, device) is refused, and so
-are seeds of one row made with different settings. README ("What you get")
+are seeds of one row made with different settings. docs/outputs.md ("results/table.csv")
 defines every column; :mod:`dmlsynth.stats` holds the statistics.
 """
 
@@ -45,7 +45,7 @@ BOOKKEEPING = {"queries", "eval_seconds"}
 RUN_FILES = {"record": "training", "embeddings": "training", "metrics": "evaluation", "queries": "evaluation"}
 NOT_AVAILABLE = "n/a"
 IDENTITY = ["dataset", "method", "loss"]
-# Per metric, in this order (README, "What you get", defines each).
+# Per metric, in this order (docs/statistics.md, "Metrics", defines each).
 METRIC_STATS = (
     "mean", "std", "ci_low", "ci_high", "boot_low", "boot_high",
     "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p", "p_holm", "significant",
