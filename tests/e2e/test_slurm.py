@@ -8,6 +8,7 @@ which turns the skip into a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -54,11 +55,11 @@ def cluster(tmp_path_factory):
     local.stop()
 
 
-def _workflow(default_params, workdir: Path, methods=("baseline",), **resources) -> dict:
+def _workflow(default_params, workdir: Path, methods=("baseline",), device="cpu", **resources) -> dict:
     config = tiny_workflow(
         default_params, workdir, methods=list(methods), losses=["multi_similarity"], seeds=[0],
         # Three epochs of a few seconds each, so the test can catch the job between two checkpoints.
-        training={**default_params["training"], "device": "cpu", "epochs": 3, "batches_per_epoch": 40},
+        training={**default_params["training"], "device": device, "epochs": 3, "batches_per_epoch": 40},
     )  # fmt: skip
     config["dataset_settings"]["digits"]["resources"] = resources
     (workdir / "params.yaml").write_text(yaml.safe_dump(config))
@@ -75,7 +76,10 @@ def _training_process(workdir: Path) -> int | None:
         except OSError:
             continue
         words = [a.decode(errors="replace") for a in args]
-        if "train" in words and "baseline" in words and any(w.endswith("dmlsynth") for w in words):
+        if "train" in words and "--job" in words and any(w.endswith("dmlsynth") for w in words):
+            record = json.loads(words[words.index("--job") + 1])
+            if record["params"]["label"] != "baseline":
+                continue
             try:
                 if Path(os.readlink(proc / "cwd")) == workdir.resolve():
                     return int(proc.name)
@@ -140,7 +144,8 @@ def test_the_workflow_runs_through_sbatch_retries_a_timeout_and_resumes(cluster,
 
 
 def test_gpu_jobs_on_a_cluster_without_gpus_stop_before_anything_is_submitted(cluster, default_params, tmp_path):
-    _workflow(default_params, tmp_path, gpu=1)
+    # A GPU for the training jobs: `device: cpu` would keep them off any GPU (dmlsynth.jobs.gpus_for).
+    _workflow(default_params, tmp_path, device="auto", gpu=1)
     before = len(cluster.jobs())
     result = snakemake(tmp_path, *PROFILE, "results/table.csv", env=cluster.env, check=False)
     assert result.returncode != 0
