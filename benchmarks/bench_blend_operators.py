@@ -217,9 +217,7 @@ def main() -> None:
     atomic_write_text(RESULTS, frame.to_csv(index=False))
     print(render(frame))
     if args.write_docs:
-        source = str(RESULTS.relative_to(ROOT))
-        if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(pd.read_csv(RESULTS))}):
-            raise SystemExit("no document has a block for this script; place its markers first")
+        docblocks.write_blocks(ROOT, SCRIPT, RESULTS, {"render": render})
 
 
 if __name__ == "__main__":

@@ -263,15 +263,9 @@ def main() -> None:
         }])  # fmt: skip
         shutil.copyfile(workdir / "results" / "generation.csv", GENERATION_CSV)
         timing.to_csv(TIME_CSV, index=False)
-        table, generation = pd.read_csv(TABLE_CSV), pd.read_csv(GENERATION_CSV)
-        for source, rendered in (
-            (TABLE_CSV, {"render": render(table)}),
-            (TIME_CSV, {"render_time": render_time(pd.read_csv(TIME_CSV)), "render_cost": render_cost(pd.read_csv(TIME_CSV))}),
-            (GENERATION_CSV, {"render_generation": render_generation(generation)}),
-        ):
-            relative = str(source.relative_to(ROOT))
-            for function in docblocks.render_into(ROOT, SCRIPT, relative, rendered):
-                print(f"no document has a block for {function} from {relative}; add its markers")
+        docblocks.write_blocks(ROOT, SCRIPT, TABLE_CSV, {"render": render})
+        docblocks.write_blocks(ROOT, SCRIPT, TIME_CSV, {"render_time": render_time, "render_cost": render_cost})
+        docblocks.write_blocks(ROOT, SCRIPT, GENERATION_CSV, {"render_generation": render_generation})
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
 

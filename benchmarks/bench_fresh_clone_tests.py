@@ -58,8 +58,7 @@ def render(frame: pd.DataFrame) -> str:
 def render_documents() -> None:
     from dmlsynth import docblocks
 
-    if docblocks.render_into(ROOT, SCRIPT, str(RESULTS.relative_to(ROOT)), {"render": render(pd.read_csv(RESULTS))}):
-        print("no document has a block for this script; add its markers")
+    docblocks.write_blocks(ROOT, SCRIPT, RESULTS, {"render": render})
 
 
 def main() -> None:

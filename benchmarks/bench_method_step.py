@@ -180,9 +180,7 @@ def main() -> None:
     frame = measure(args.config, args.threads)
     docblocks.record_rows(args.out, frame, ["config"], float_format="%.6g", order=list(CONFIGS))
     if args.write:
-        source = args.out.relative_to(ROOT).as_posix()
-        if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(pd.read_csv(args.out))}):
-            raise SystemExit(f"no document has a block for {SCRIPT}:render from {source}; place its markers first")
+        docblocks.write_blocks(ROOT, SCRIPT, args.out, {"render": render})
 
 
 if __name__ == "__main__":

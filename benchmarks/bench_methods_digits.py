@@ -217,9 +217,7 @@ def main() -> None:
     frame = pd.read_csv(args.results)
     print(render(frame))
     if args.write_docs:
-        source = str(args.results.resolve().relative_to(ROOT))
-        if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(pd.read_csv(args.results))}):
-            raise SystemExit("no document has a block for this script (docs/methods.md had one); place its markers first")
+        docblocks.write_blocks(ROOT, SCRIPT, args.results, {"render": render})
 
 
 if __name__ == "__main__":

@@ -169,10 +169,7 @@ def main() -> None:
         frame = measure(args.config, args.device, Path(tmp))
     frame = docblocks.record_rows(args.out, frame, ["config", "device"])  # other configs and devices kept
     if args.render:
-        source = args.out.relative_to(ROOT).as_posix()
-        rendered = {"render_paper_fine_tuning": render_paper_fine_tuning(frame)}
-        for function in docblocks.render_into(ROOT, SCRIPT, source, rendered):
-            print(f"no document has a block for {SCRIPT}:{function} from {source}", file=sys.stderr)
+        docblocks.write_blocks(ROOT, SCRIPT, args.out, {"render_paper_fine_tuning": render_paper_fine_tuning})
 
 
 if __name__ == "__main__":

@@ -303,10 +303,7 @@ def main() -> None:
         frame = measure(args.config, args.device, args.variants or CONFIGS[args.config]["variants"], Path(tmp), args.images)
     frame = docblocks.record_rows(args.out, frame, ["config", "device"])  # other configs and devices kept
     if args.render:
-        source = args.out.relative_to(ROOT).as_posix()
-        rendered = {"render": render(frame), "render_paper_generation": render_paper_generation(frame)}
-        for function in docblocks.render_into(ROOT, SCRIPT, source, rendered):
-            print(f"no document has a block for {SCRIPT}:{function} from {source}", file=sys.stderr)
+        docblocks.write_blocks(ROOT, SCRIPT, args.out, {"render": render, "render_paper_generation": render_paper_generation})
 
 
 if __name__ == "__main__":

@@ -230,9 +230,7 @@ def main() -> None:
     for _, rows in frame.groupby("device", sort=False):  # record_rows replaces one (config, device) at a time
         docblocks.record_rows(args.out, rows, ["config", "device"], float_format="%.6g", order=list(CONFIGS))
     if args.write:
-        source = args.out.relative_to(ROOT).as_posix()
-        if docblocks.render_into(ROOT, SCRIPT, source, {"render": render(pd.read_csv(args.out))}):
-            raise SystemExit(f"no document has a block for {SCRIPT}:render from {source}; place its markers first")
+        docblocks.write_blocks(ROOT, SCRIPT, args.out, {"render": render})
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ of BENCHMARKS.md and README.md (the paper benchmark).
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import statistics
 import sys
@@ -330,10 +329,7 @@ def main() -> None:
     print(frame[["variant", "measure", "images_per_s", "ratio_to_model_only", "first_epoch_images_per_s"]].to_string(index=False))
     frame = docblocks.record_rows(args.out, frame, ["config", "device", "workers"])  # other setups kept
     if args.render:
-        source = args.out.relative_to(ROOT).as_posix()
-        rendered = {"render": render(frame), "render_paper_times": render_paper_times(frame)}
-        for function in docblocks.render_into(ROOT, SCRIPT, source, rendered):
-            print(f"no document has a block for {SCRIPT}:{function} from {source}", file=sys.stderr)
+        docblocks.write_blocks(ROOT, SCRIPT, args.out, {"render": render, "render_paper_times": render_paper_times})
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+from dmlsynth.errors import DmlsynthError
 from dmlsynth.io import atomic_write_text
 
 BEGIN = "<!-- BEGIN generated: {script}:{function} from {source} -->"
@@ -42,6 +43,10 @@ class Block:
     function: str  # its function: render(pandas.DataFrame) -> markdown text
     source: str  # repository-relative path of the CSV it renders
     body: str
+
+
+class DocblockError(DmlsynthError):
+    """A generated block that cannot be rendered or placed."""
 
 
 def blocks(text: str) -> list[Block]:
@@ -117,6 +122,22 @@ def render_into(root: Path, script: str, source: str, rendered: dict[str, str]) 
         if replace_block(Path(root) / document, script, function, source, text)
     }
     return [function for function in rendered if function not in placed]
+
+
+def write_blocks(root: Path, script: str, results: str | Path, renderers: Mapping[str, Callable]) -> None:
+    """A benchmark's ``--write``: every block of ``script`` that renders from the CSV ``results``, rendered
+    by ``renderers`` (``function name -> render(frame)``) from the file as written (read back, so a block
+    shows exactly what the CSV holds). A render function without a block in any document is an error."""
+    import pandas as pd
+
+    root = Path(root)
+    results = Path(results) if Path(results).is_absolute() else root / results
+    source = results.resolve().relative_to(root.resolve()).as_posix()
+    frame = pd.read_csv(results)
+    missing = render_into(root, script, source, {name: render(frame) for name, render in renderers.items()})
+    if missing:
+        markers = ", ".join(f"<!-- BEGIN generated: {script}:{name} from {source} -->" for name in missing)
+        raise DocblockError(f"no document has a block for {markers}; place its markers (and END) where it belongs")
 
 
 def record_rows(path: Path, frame, replaces: Sequence[str], float_format: str = "%.6g", order: Sequence[str] = ()):

@@ -61,6 +61,17 @@ def test_render_into_fills_every_document_and_names_missing_blocks(tmp_path):
         assert f"{begin}\nnew\n{docblocks.END}" in (tmp_path / document).read_text()
 
 
+def test_write_blocks_renders_what_the_csv_holds_and_refuses_a_block_without_markers(tmp_path):
+    begin = docblocks.BEGIN.format(script="s.py", function="render", source="results/r.csv")
+    (tmp_path / "README.md").write_text(f"{begin}\nold\n{docblocks.END}\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.csv").write_text("config,value\na,1.5\n")
+    docblocks.write_blocks(tmp_path, "s.py", tmp_path / "results" / "r.csv", {"render": lambda f: f"value {f.value.sum()}\n"})
+    assert f"{begin}\nvalue 1.5\n{docblocks.END}" in (tmp_path / "README.md").read_text()
+    with pytest.raises(docblocks.DocblockError, match=r"s.py:render_other from results/r.csv"):
+        docblocks.write_blocks(tmp_path, "s.py", "results/r.csv", {"render_other": lambda f: "x\n"})
+
+
 def test_the_configuration_reference_lists_every_default_of_the_registry():
     """docs/configuration.md's reference block: each key a config may leave out, with the default it resolves to."""
     from dmlsynth import registry
