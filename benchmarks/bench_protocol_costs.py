@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -48,15 +47,10 @@ GENERATION = ROOT / "benchmarks/results/sd_generation.csv"
 
 
 def merged(path: str) -> dict:
+    """The config Snakemake runs: the protocol merged over params.yaml, as --configfile does."""
     from dmlsynth import config as cfg
 
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for key, value in b.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    return cfg.validate(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load((ROOT / path).read_text())))
+    return cfg.load_layered(ROOT / "params.yaml", ROOT / path)
 
 
 def training_images(dataset: str) -> int:

@@ -363,6 +363,18 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     return validate(config if config is not None else {}, source=str(path))
 
 
+def load_layered(base: str | os.PathLike[str], *overlays: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``base`` with each of ``overlays`` over it the way Snakemake merges ``--configfile`` files
+    (``snakemake.utils.update_config``: mappings key by key, anything else replaced), then validate:
+    the config a ``snakemake --configfile=...`` run of this project gets."""
+    from snakemake.utils import update_config
+
+    config = read_yaml(base, ConfigError, "pass the path of params.yaml") or {}
+    for overlay in overlays:
+        update_config(config, read_yaml(overlay, ConfigError, "pass the path of a config file") or {})
+    return validate(config, source=" over ".join(str(p) for p in reversed((base, *overlays))))
+
+
 NOT_RUN_PARAMS = ("resources", "urls", "md5", "expected")
 
 

@@ -49,15 +49,7 @@ def test_paper_config_is_the_protocol(paper):
 
 def test_paper_config_over_params_yaml_is_valid(paper):
     """Snakemake merges --configfile over params.yaml: the merge must be valid and equal paper.yaml's choices."""
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for key, value in b.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    merged = cfg.validate(merge(base, yaml.safe_load(PAPER.read_text())))
+    merged = cfg.load_layered(ROOT / "params.yaml", PAPER)
     assert merged["training"] == paper["training"]
     for name in paper["datasets"]:
         assert cfg.run_params(merged, name, "baseline", "triplet", 0) == cfg.run_params(paper, name, "baseline", "triplet", 0)

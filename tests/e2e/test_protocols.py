@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dmlsynth import config as cfg
 from dmlsynth import pipeline, registry
@@ -41,14 +40,7 @@ PROTOCOLS = list(EXPECTED_JOBS)
 
 def merged(path: str) -> dict:
     """The config Snakemake runs: the protocol merged over params.yaml (dicts merged key by key)."""
-
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for key, value in b.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    return cfg.validate(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load((ROOT / path).read_text())))
+    return cfg.load_layered(ROOT / "params.yaml", ROOT / path)
 
 
 @pytest.mark.parametrize("path", PROTOCOLS)

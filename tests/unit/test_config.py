@@ -235,3 +235,16 @@ def test_more_images_per_class_than_the_smallest_training_class_has_is_rejected(
     config["training"].update(batch_size=178 * 3, m_per_class=178)
     with pytest.raises(cfg.ConfigError, match="'digits' after its validation classes has 177"):
         cfg.validate(config)
+
+
+def test_a_layered_config_merges_mappings_key_by_key_and_replaces_the_rest_as_snakemake_does(tmp_path):
+    overlay = tmp_path / "more.yaml"
+    overlay.write_text("seeds: [3]\ntraining: {epochs: 2}\n")
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    config = cfg.load_layered(ROOT / "params.yaml", overlay)
+    assert config["seeds"] == [3]  # a list is replaced, not extended
+    assert config["training"]["epochs"] == 2 and config["training"]["lr"] == base["training"]["lr"]  # a mapping is merged
+    assert config["methods"] == base["methods"]
+    overlay.write_text("training: {epochs: 0}\n")
+    with pytest.raises(cfg.ConfigError, match="epochs"):
+        cfg.load_layered(ROOT / "params.yaml", overlay)

@@ -1,6 +1,5 @@
 """Generation settings: the paper recipe per dataset, the training-class count, speed vs image settings."""
 
-import yaml
 
 from dmlsynth import config as cfg
 from dmlsynth import registry
@@ -14,19 +13,11 @@ from dmlsynth.generation.settings import (
 from tests.conftest import ROOT
 
 
-def merge(a: dict, b: dict) -> dict:
-    """Snakemake's --configfile merge: nested mappings are merged key by key."""
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def test_paper_config_sets_the_stable_diffusion_recipe_per_dataset():
     paper = cfg.load(ROOT / "config" / "paper.yaml")
     # As Snakemake runs it: config/paper.yaml merged over params.yaml (which sets no generation block:
     # the digits recipe is the registry's default).
-    merged = cfg.validate(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())))
+    merged = cfg.load_layered(ROOT / "params.yaml", ROOT / "config" / "paper.yaml")
     assert {"cub200", "cars196"} <= set(merged["generation"])
     assert generation_settings(merged, "digits")["guidance_scale"] == registry.GENERATION_DEFAULTS["guidance_scale"]
     for config in (paper, merged):
