@@ -31,7 +31,7 @@ SCRIPT = "benchmarks/bench_methods_digits.py"
 RESULTS = ROOT / "benchmarks" / "results" / "methods_digits.csv"
 # configuration: a method's name, or a control's run name (baseline, baseline+beta=40, ...); control: the
 # run name its runs are compared with ("" for a control).
-COLUMNS = ["configuration", "method", "method_params", "control", "loss", "seed", "recall@1", "map@r", "seconds"]
+COLUMNS = ["configuration", "method", "method_params", "control", "loss", "seed", "recall@1", "map@r", "seconds", "cpu"]
 # configuration -> (method, method_params and method_loss_params over params.yaml's, the losses it runs
 # with (None: every compatible one)). IAA's official code has Multi-Similarity and contrastive only.
 CONFIGURATIONS = {
@@ -91,6 +91,8 @@ def collect(workdir: Path, name: str, method_params: str) -> list[dict]:
             "method_params": method_params if control else "{}", "control": control, "loss": params["loss"],
             "seed": int(params["seed"]), "recall@1": metrics["recall@1"], "map@r": metrics["map@r"],
             "seconds": round(float(record["wall_seconds"]["train"]), 1),
+            # The numbers are this CPU's (dmlsynth.machine.cpu_signature): equal on another only approximately.
+            "cpu": (record.get("environment") or {}).get("cpu", ""),
         })  # fmt: skip
     return rows
 

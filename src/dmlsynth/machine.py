@@ -23,14 +23,32 @@ def describe_load(load: float, cpus: int) -> str:
     return f"{state} (1-min load {load:.2f} at start)"
 
 
+def cpu_signature() -> str:
+    """The CPU as far as it decides float results: its model name and the vector instructions torch's kernels
+    use (``AMD EPYC, AVX512``). The same params and seed give the same numbers on CPUs of one signature;
+    on another, float reductions take other kernels and the numbers agree only approximately."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def machine_facts() -> dict:
-    """CPU count, torch version and threads, today's date and the load: call before measuring."""
+    """CPU count and signature, torch version and threads, today's date and the load: call before measuring."""
     import torch
 
     cpus = os.cpu_count() or 1
     return {
         "date": datetime.date.today().isoformat(),
         "cpus": cpus,
+        "cpu": cpu_signature(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "load": describe_load(os.getloadavg()[0], cpus),

@@ -260,6 +260,9 @@ def environment(device: str | None = None) -> dict[str, str]:
 
         env["torch.cuda"] = torch.version.cuda or "none"
         env["torch.threads"] = str(torch.get_num_threads())
+        from dmlsynth.machine import cpu_signature
+
+        env["cpu"] = cpu_signature()  # float results on the CPU depend on it (dmlsynth.machine)
         if device and device.startswith("cuda") and torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:

@@ -9,6 +9,7 @@ from dmlsynth import registry
 
 from tests.conftest import ROOT
 from tests.helpers.benchmarks import script_globals
+from tests.helpers.reproduction import assert_reproduced, record_cpu
 
 SCRIPT = "benchmarks/bench_blend_operators.py"
 
@@ -61,4 +62,6 @@ def test_per_step_numbers_equal_the_committed_results(tmp_path):
     finally:
         torch.set_num_threads(threads)
     columns = ["rule", "norm", "step", *script["STEP_COLUMNS"]]
-    pd.testing.assert_frame_equal(again[columns], steps[columns], check_dtype=False, rtol=1e-9)
+    # Exactly on the CPU that recorded them; elsewhere the generator trains to other weights, so only
+    # roughly (the committed numbers' claims are checked above).
+    assert_reproduced(again, steps, columns, record_cpu(committed()), rtol=0.2, atol=0.01, what="per step")

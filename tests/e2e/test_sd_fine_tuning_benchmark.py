@@ -7,6 +7,7 @@ import pytest
 
 from dmlsynth import docblocks
 from tests.conftest import ROOT
+from tests.helpers.reproduction import assert_reproduced, record_cpu
 
 SCRIPT = "benchmarks/bench_sd_fine_tuning.py"
 # What a re-run on the CPU reproduces exactly (timings do not): the same training, the same LoRA file.
@@ -31,8 +32,7 @@ def test_tiny_cpu_row_is_reproduced_from_scratch(tmp_path):
     committed = pd.read_csv(ROOT / load("RESULTS"))
     committed = committed[committed.config == "tiny-cpu"].reset_index(drop=True)
     assert len(committed) == len(measured) == 1
-    pd.testing.assert_frame_equal(measured[EXACT], committed[EXACT], check_dtype=False)
-    assert measured["final_loss"].iloc[0] == pytest.approx(committed["final_loss"].iloc[0], rel=1e-5)
+    assert_reproduced(measured, committed, [*EXACT, "final_loss"], record_cpu(committed), what="tiny-cpu")
     assert measured["seconds_per_step"].iloc[0] > 0
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from dmlsynth import docblocks
 from tests.conftest import ROOT
+from tests.helpers.reproduction import assert_reproduced, record_cpu
 
 SCRIPT = "benchmarks/bench_sd_generation.py"
 # What a re-run on the CPU reproduces exactly (timings do not): the same images, in the same batches.
@@ -23,7 +24,7 @@ def test_tiny_cpu_rows_are_reproduced_from_scratch(tmp_path):
     committed = pd.read_csv(ROOT / load("RESULTS"))
     committed = committed[committed.config == "tiny-cpu"].reset_index(drop=True)
     assert len(committed) == len(measured) == 2
-    pd.testing.assert_frame_equal(measured[EXACT], committed[EXACT], check_dtype=False)
+    assert_reproduced(measured, committed, EXACT, record_cpu(committed), what="tiny-cpu")
     assert (measured["seconds_per_image"] > 0).all() and (measured["batches"] == 2).all()
 
 

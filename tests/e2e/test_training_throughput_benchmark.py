@@ -7,9 +7,10 @@ import pytest
 
 from dmlsynth import docblocks
 from tests.conftest import ROOT
+from tests.helpers.reproduction import assert_reproduced, record_cpu
 
 SCRIPT = "benchmarks/bench_training_throughput.py"
-# What a re-run on the CPU reproduces exactly (timings do not).
+# What a re-run on the CPU reproduces (exactly on the recording CPU; timings do not).
 EXACT = ["variant", "measure", "source", "decoding", "images", "batch_size", "image_size", "workers", "source_kb", "copy_kb", "first_loss"]
 
 
@@ -22,7 +23,7 @@ def test_tiny_cpu_rows_are_reproduced_from_scratch(tmp_path):
     assert len(committed) == len(measured)
     # Written with float_format %.6g: compare at that precision.
     again = pd.read_csv(pd.io.common.StringIO(measured.to_csv(index=False, float_format="%.6g")))
-    pd.testing.assert_frame_equal(again[EXACT], committed[EXACT], check_dtype=False)
+    assert_reproduced(again, committed, EXACT, record_cpu(committed), what="tiny-cpu")
     # The ratios are the rates over the model-only bound measured in the same run.
     bound = again.loc[again.measure == "model_only", "images_per_s"].iloc[0]
     assert (again["images_per_s"] > 0).all()

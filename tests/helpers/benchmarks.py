@@ -9,6 +9,7 @@ import torch
 
 from dmlsynth import docblocks
 from tests.conftest import ROOT
+from tests.helpers.reproduction import assert_reproduced, record_cpu
 
 
 def script_globals(script: str) -> dict:
@@ -18,7 +19,8 @@ def script_globals(script: str) -> dict:
 
 def remeasure_tiny(script: str, float_format: str = "%.6g", **measure_args) -> pd.DataFrame:
     """Run the script's ``measure("tiny")`` and require its ``EXACT`` columns to equal the committed
-    tiny rows (read back at the precision the script writes); returns the measured rows."""
+    tiny rows (read back at the precision the script writes) — exactly on the CPU that recorded them,
+    approximately on another (:mod:`tests.helpers.reproduction`); returns the measured rows."""
     globals_ = script_globals(script)
     threads = torch.get_num_threads()
     try:
@@ -28,6 +30,5 @@ def remeasure_tiny(script: str, float_format: str = "%.6g", **measure_args) -> p
     committed = pd.read_csv(ROOT / globals_["RESULTS"])
     committed = committed[committed.config == "tiny"].reset_index(drop=True)
     again = pd.read_csv(io.StringIO(measured.to_csv(index=False, float_format=float_format)))
-    exact = globals_["EXACT"]
-    pd.testing.assert_frame_equal(again[exact], committed[exact], check_dtype=False)
+    assert_reproduced(again, committed, globals_["EXACT"], record_cpu(committed), what=f"{script} tiny")
     return measured
