@@ -10,6 +10,7 @@ and its rendered block.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 
 # [project definition] A 1-minute load average at or above this share of the CPUs, taken
@@ -23,6 +24,7 @@ def describe_load(load: float, cpus: int) -> str:
     return f"{state} (1-min load {load:.2f} at start)"
 
 
+@functools.lru_cache(maxsize=None)  # read once per process: every run's environment records it
 def cpu_signature() -> str:
     """The CPU as far as it decides float results: its model name and the vector instructions torch's kernels
     use (``AMD EPYC, AVX512``). The same params and seed give the same numbers on CPUs of one signature;
