@@ -49,7 +49,7 @@ def warn_about_tracking_failures():
     notes = tracking.failure_notes(TRACKING_FAILURES)
     if notes:
         print(
-            f"\ndmlsynth: WARNING: MLflow tracking failed in {len(notes)} job(s); results on disk are complete.\n  "
+            f"\ndmlsynth: WARNING: MLflow tracking failed {len(notes)} time(s); results on disk are complete.\n  "
             + "\n  ".join(sorted(set(notes)))
             + "\n",
             file=sys.stderr,
@@ -138,6 +138,16 @@ wildcard_constraints:
     method="|".join(re.escape(name) for name in dict.fromkeys([*registry.METHODS, *(run["method"] for run in RUNS)])),
     loss="|".join(registry.LOSSES),
     seed=r"\d+",
+
+
+# The generation chain is the workflow's critical path (generator -> per-class images -> the runs that train
+# on them): among ready jobs Snakemake starts these first, and the runs of real images fill the other cores.
+CRITICAL_PATH = 10
+
+
+def on_critical_path(job):
+    """A Snakemake priority: CRITICAL_PATH for a run that trains on generated images, 0 otherwise."""
+    return lambda wildcards: CRITICAL_PATH if "synthetic" in job(wildcards).inputs else 0
 
 
 def job_of(rule, *names):

@@ -36,6 +36,7 @@ def _schema() -> dict[str, Any]:
         "@losses": sorted(registry.LOSSES),
         "@backbones": sorted(registry.BACKBONES),
         "@generators": sorted(registry.GENERATORS),
+        "@tracking_runs": list(registry.TRACKING_RUNS),
     }
 
     def fill(node: Any) -> Any:

@@ -293,7 +293,6 @@ class Jobs:
                 entries=[provenance.stable_repr(s) for s in (trained, registry.LOSSES[loss], backbone, registry.DATASETS[dataset])],
                 # A new training makes the run's evaluation, the table and the comparison out of date.
                 stale=[*run.evaluation_outputs(), *self.layout.table_outputs(), *self._comparison_files()],
-                settings={"tracking": self.tracking()},
             )  # fmt: skip
 
         return self._cached(("train", dataset, method, loss, str(seed)), make)

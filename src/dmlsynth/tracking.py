@@ -4,8 +4,10 @@
   per dataset; run name ``{method}/{loss}/seed{seed}``; tags for dataset,
   method, loss, seed, params hash, git commit and code digest; all resolved
   params; the per-epoch training loss and time; the final metrics; the run's
-  files as artifacts. Idempotent: the training job calls it, the evaluation
-  job calls it again and adds the metrics, a re-run adds nothing twice, and
+  files as artifacts; its start and end are the training's. Called on a
+  finished run folder: by the table job for every run (``tracking.runs:
+  with_table``, one MLflow start-up per workflow) or by each evaluation job
+  (``as_evaluated``); idempotent, so a re-run adds nothing twice, and
   ``dmlsynth track`` re-syncs folders after tracking trouble.
 - :func:`track_table`: one *row run* per dataset x method x loss in the
   dataset's experiment (tags ``dmlsynth.kind = row``, the row's params, its

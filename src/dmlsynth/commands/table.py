@@ -21,6 +21,13 @@ def run(job: Job) -> None:
     runs = [str(Path(record).parent) for record in job.inputs["records"]]
     table = write_table(runs, files, job.params["statistics"], generation)
     log.info("table with %d rows written to %s (in brief: %s)", len(table), files.csv, files.summary_md)
+    if job.settings["tracking"]["runs"] == "with_table":
+        # Every run first (idempotent: a run tracked before gains only what it lacks), then the rows that nest
+        # them. One call: an unreachable store fails once, not once per run.
+        tracked(
+            job, f"the {len(runs)} training runs", f"dmlsynth track {Path(job.outputs['results']) / 'runs'}",
+            lambda settings: [tracking.track_run(run_dir, settings) for run_dir in runs],
+        )  # fmt: skip
     tracked(
         job, "the results table", f"snakemake --forcerun table {files.csv}",
         lambda settings: tracking.track_table(settings, files.all(), table),

@@ -1,15 +1,18 @@
-"""``train``: one training run (dataset x method x loss x seed), then its MLflow run."""
+"""``train``: one training run (dataset x method x loss x seed).
+
+Its MLflow run is made later, from the finished run folder: by the table job, or by the run's
+evaluation job (``tracking.runs``); a training job never starts MLflow.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dmlsynth.commands import remove_stale, tracked
+from dmlsynth.commands import remove_stale
 from dmlsynth.jobs import Job
 
 
 def run(job: Job, progress: bool = True) -> None:
-    from dmlsynth import tracking
     from dmlsynth.training.loop import train_run
     from dmlsynth.workflow import stop_when_workflow_gone
 
@@ -19,4 +22,3 @@ def run(job: Job, progress: bool = True) -> None:
         job.params, manifest=job.inputs["manifest"], run_dir=run_dir, synthetic_manifest=job.inputs.get("synthetic"),
         threads=job.threads, callbacks=[stop_when_workflow_gone()], progress=progress,
     )  # fmt: skip
-    tracked(job, str(run_dir), f"dmlsynth track {run_dir}", lambda settings: tracking.track_run(run_dir, settings))
