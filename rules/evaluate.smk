@@ -31,6 +31,7 @@ rule evaluate:
         LAYOUT.log("evaluate", "{dataset}", "{method}", "{loss}", "seed{seed}"),
     benchmark:
         LAYOUT.benchmark("evaluate", "{dataset}", "{method}", "{loss}", "seed{seed}"),
+    priority: on_critical_path(TRAIN)
     threads: 1
     resources:
         **record_resources(EVALUATE),

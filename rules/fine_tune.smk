@@ -19,6 +19,7 @@ rule fine_tune:
         LAYOUT.log("fine_tune", "{dataset}", "class{class_index}"),
     benchmark:
         LAYOUT.benchmark("fine_tune", "{dataset}", "class{class_index}"),
+    priority: CRITICAL_PATH
     threads: lambda w: FINE_TUNE(w).threads
     resources:
         **record_resources(FINE_TUNE, gpu=True),

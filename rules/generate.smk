@@ -36,6 +36,7 @@ rule prompts:
         LAYOUT.log("prompts", "{dataset}"),
     benchmark:
         LAYOUT.benchmark("prompts", "{dataset}"),
+    priority: CRITICAL_PATH
     threads: 1
     resources:
         **record_resources(PROMPTS, gpu=True),
@@ -57,8 +58,7 @@ rule train_generator:
         LAYOUT.log("train_generator", "{dataset}"),
     benchmark:
         LAYOUT.benchmark("train_generator", "{dataset}"),
-    # The generator is on the critical path of the default workflow: start it before the training runs.
-    priority: 10
+    priority: CRITICAL_PATH
     threads: lambda w: TRAIN_GENERATOR(w).threads
     resources:
         **record_resources(TRAIN_GENERATOR, gpu=True),
@@ -82,6 +82,7 @@ rule generate:
         LAYOUT.log("generate", "{dataset}", "class{class_index}"),
     benchmark:
         LAYOUT.benchmark("generate", "{dataset}", "class{class_index}"),
+    priority: CRITICAL_PATH
     threads: lambda w: GENERATE(w).threads
     resources:
         # Stable Diffusion jobs take a whole GPU; the embedded generator is small enough to share one.
@@ -104,6 +105,7 @@ rule filter_generated:
         LAYOUT.log("filter_generated", "{dataset}", "class{class_index}"),
     benchmark:
         LAYOUT.benchmark("filter_generated", "{dataset}", "class{class_index}"),
+    priority: CRITICAL_PATH
     threads: 1
     resources:
         # CLIP scoring takes a GPU when generation has one; the fidelity classifier runs on the CPU.
@@ -125,6 +127,7 @@ rule merge_generated:
         LAYOUT.log("merge_generated", "{dataset}", "{image_set}"),
     benchmark:
         LAYOUT.benchmark("merge_generated", "{dataset}", "{image_set}"),
+    priority: CRITICAL_PATH
     threads: 1
     resources:
         **record_resources(MERGE),
@@ -150,6 +153,7 @@ rule generation_report:
         REPORT.log,
     benchmark:
         LAYOUT.benchmark("generation_report"),
+    priority: CRITICAL_PATH
     # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).
     threads: REPORT.threads
     resources:

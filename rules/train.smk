@@ -22,6 +22,7 @@ rule train:
         LAYOUT.log("train", "{dataset}", "{method}", "{loss}", "seed{seed}"),
     benchmark:
         LAYOUT.benchmark("train", "{dataset}", "{method}", "{loss}", "seed{seed}"),
+    priority: on_critical_path(TRAIN)
     # The torch thread count is the configured one (dataset_settings.<d>.resources.threads), even if
     # Snakemake gives the job fewer cores: float reductions, and so the numbers, depend on it.
     threads: lambda w: TRAIN(w).threads
