@@ -58,7 +58,9 @@ def setup(work: Path, params: Path):
 
 
 def measure(work: Path, params: Path) -> pd.DataFrame:
+    from dmlsynth import registry
     from dmlsynth.generation.filtering import filter_counts, filter_generated
+    from dmlsynth.jobs import Jobs
     from dmlsynth.generation.run import generate_class
     from dmlsynth.generation.settings import image_sets
 
@@ -68,12 +70,18 @@ def measure(work: Path, params: Path) -> pd.DataFrame:
     budget = int(settings["images_per_class"])
     generated_dir = work / "generated"
     filtered, filter_seconds = [], 0.0
+    jobs = Jobs(config)
     for index, label in enumerate(labels):
         part_file = generated_dir / "parts" / f"class{index}.csv"
         generate_class(components, prompts, label, labels, sets, settings, generated_dir, part_file)
+        # How the filter job's fidelity classifier sees the images: its record's (the dataset's) settings.
+        job = jobs.filter_generated("digits", index)
         started = time.perf_counter()
         filtered.append(
-            filter_generated(config, "digits", part_file, generated_dir, prompts, train, generated_dir / f"filtered/class{index}.csv")
+            filter_generated(
+                settings, registry.DATASETS["digits"].image_mode, int(job.params["image_size"]), bool(job.params["pretrained"]),
+                part_file, generated_dir, prompts, train, generated_dir / f"filtered/class{index}.csv",
+            )  # fmt: skip
         )
         filter_seconds += time.perf_counter() - started
     every = pd.concat(filtered, ignore_index=True)

@@ -13,7 +13,9 @@ def test_default_params_are_valid(repo_root):
     assert config["datasets"] == ["digits"]
     assert set(config["methods"]) <= set(registry.METHODS)
     assert "baseline" in config["methods"]
-    assert len(config["seeds"]) >= 5  # paired statistics over seeds (issue #13)
+    # Paired statistics over seeds: issue #13 asked for 5 where the time budget allows; #22's budget (the quick
+    # start within 5 minutes on 2 cores, benchmarks/bench_embedded_default.py) allows 3, as config/paper.yaml.
+    assert len(config["seeds"]) >= 3
 
 
 @pytest.mark.parametrize(
