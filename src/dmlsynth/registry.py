@@ -480,11 +480,7 @@ TRACKING_DEFAULTS: Mapping[str, Any] = {
     "uri": "sqlite:///mlflow.db",
     "artifacts": None,  # None: mlruns/ beside a local store; a tracking server's own default otherwise
     "timeout": 10,  # seconds a tracking server may take to answer (MLflow's default stalls ~4 min)
-    # When the training runs are mirrored into MLflow. with_table: by the table job, all at once, so a
-    # workflow pays MLflow's start-up (~3 s a process on 2 cores) once, not in each of its jobs;
-    # as_evaluated: by each evaluation job as soon as its run is evaluated (runs appear while a long
-    # sweep still trains). [project definition]
-    "runs": "with_table",
+    "runs": "with_table",  # when runs are mirrored into MLflow (TRACKING_RUNS; the schema says what each means)
 }
 TRACKING_RUNS = ("with_table", "as_evaluated")
 # Where cluster jobs run (params.yaml `cluster`; dmlsynth.cluster, docs/cluster.md); changes no result.
