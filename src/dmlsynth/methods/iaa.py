@@ -1,17 +1,22 @@
-"""``iaa``: Intra-class Adaptive Augmentation with Neighbor Correction (Fu et al., TMM 2022; METHODS.md §5).
+"""``iaa``: Intra-class Adaptive Augmentation with Neighbor Correction (Fu et al., TMM 2022; docs/methods.md §5).
 
 Each training class is modelled as a Gaussian with diagonal covariance in
 the *un-normalised* embedding space, re-estimated over the whole training
 set every ``update_every`` epochs (eqs. 7–8) and merged with the previous
 estimate (``statistics_update``). Classes with few samples (n ≤ τ) borrow
 variance from their nearest classes and from the global average
-(eqs. 11–16, :func:`corrected_variance`; the paper's rule, which the
-released code never calls; switch with ``neighbor_correction``).
+(eqs. 11–16, :func:`corrected_variance`; switch with ``neighbor_correction``).
+The paper applies the correction on SOP and In-Shop and credits it with
++2.7 R@1 on SOP (Table IX); the released code has the function
+(``intra.py``'s ``distribution_calibration``) but never calls it, so its
+runs, which produced the published numbers, sample from the uncorrected Σ.
 
 Each original embedding z gets ``num_synthetic`` samples from
 N(z, λ Σ^cr_y). Only originals are anchors; originals and synthetics are
 the candidates, and an anchor's own synthetic copies (and itself) are not
-its positives. λ is annealed (×1.0 / 0.9 / 0.75 / 0.6 from 0 / 40 / 60 /
+its positives; Multi-Similarity's miner sets each anchor's thresholds from
+these allowed positives only (:func:`multi_similarity_pairs`, the official
+``losses.py``). λ is annealed (×1.0 / 0.9 / 0.75 / 0.6 from 0 / 40 / 60 /
 80 % of training). With triplet, every (anchor, positive) pair gets the
 anchor's hardest negative among the candidates (``triplet_negatives``).
 
@@ -27,7 +32,7 @@ key                           paper                       official code
 ``statistics_update``         ``momentum`` (0.5)          ``count_weighted`` (momentum 0.2)
 ``estimation_images``         ``centre_crop``             ``augmented`` (its train transform)
 ``copy_spread``               ``equal``: √λ·Σ^½           ``repeated_root``: √λ·Σ^½, Σ^¼, Σ^⅛
-``neighbor_correction``       true                        false (never called for < 1000 classes)
+``neighbor_correction``       true                        false (released code never calls it)
 ============================  ==========================  =====================================
 
 Statistics updates (:func:`merge_statistics`): ``momentum`` keeps
@@ -54,7 +59,7 @@ from pytorch_metric_learning import miners
 
 from dmlsynth.methods.base import Method, MethodContext
 
-# λ multipliers from these fractions of training on (METHODS.md §5).
+# λ multipliers from these fractions of training on (the official code's ``intra.py`` ``lamda_epoch``).
 LAMBDA_SCHEDULE = ((0.0, 1.0), (0.4, 0.9), (0.6, 0.75), (0.8, 0.6))
 
 
@@ -132,7 +137,7 @@ def corrected_variance(
 
 
 def lambda_at(epoch: int, num_epochs: int, base: float) -> float:
-    """λ annealed by the fraction of training done (METHODS.md §5)."""
+    """λ annealed by the fraction of training done (``LAMBDA_SCHEDULE``: ×1.0 / 0.9 / 0.75 / 0.6 from 0 / 40 / 60 / 80 %)."""
     fraction = epoch / max(1, num_epochs)
     factor = 1.0
     for start, value in LAMBDA_SCHEDULE:
@@ -202,6 +207,34 @@ def merge_statistics(
         merged_variances = (1 - w) * old_variances + w * variances + w * (1 - w) * (old_means - means) ** 2
         return (1 - w) * old_means + w * means, merged_variances, seen + counts
     raise ValueError(f"statistics_update must be 'momentum' or 'count_weighted', got {rule!r}")
+
+
+@torch.no_grad()
+def multi_similarity_pairs(
+    miner: miners.MultiSimilarityMiner,
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multi-Similarity's hard pairs ``(a1, p, a2, n)`` of each anchor among its allowed candidates only.
+
+    ``positive`` / ``negative`` ``(N, N_candidates)`` say which candidates are each anchor's positives
+    (not itself, not its own synthetic copies) and negatives. With s the miner's similarity and ε its
+    ``epsilon``: a negative is hard when s + ε > the anchor's least similar positive, a positive when
+    s − ε < its most similar negative (Wang et al. 2019, eqs. 5–6). The thresholds come from the allowed
+    positives only, as in the official IAA ``losses.py`` (``MultiSimilarityLoss``, whose positive mask
+    removes every copy of the anchor before mining); pytorch-metric-learning's miner run over all
+    candidates would let an own copy set the threshold.
+    """
+    if not miner.distance.is_inverted:
+        raise ValueError("multi_similarity_pairs needs a similarity (larger = closer), as MultiSimilarityMiner's default")
+    similarity = miner.distance(anchors, candidates)
+    least_positive = similarity.masked_fill(~positive, float("inf")).amin(dim=1, keepdim=True)
+    most_negative = similarity.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
+    hard_positive = positive & (similarity - miner.epsilon < most_negative)
+    hard_negative = negative & (similarity + miner.epsilon > least_positive)
+    return (*torch.nonzero(hard_positive, as_tuple=True), *torch.nonzero(hard_negative, as_tuple=True))
 
 
 def start_epoch(start_fraction: float, warmup_epochs: int, num_epochs: int) -> int:
@@ -305,12 +338,10 @@ class IntraClassAdaptiveAugmentation(Method):
             keep = positive[a1, p] & (hardest[a1] >= 0)
             indices = (a1[keep], p[keep], hardest[a1[keep]])
             return self.base_loss(embeddings, labels, indices_tuple=indices, ref_emb=candidates, ref_labels=candidate_labels)
-        mined = self.base_loss.mine(embeddings, labels, candidates, candidate_labels)
-        if mined is not None:
-            # The miner sees every candidate; drop the anchor itself and its own copies from its positives.
-            a1, p, a2, neg = mined
-            keep = positive[a1, p]
-            indices = (a1[keep], p[keep], a2, neg)
+        if isinstance(self.base_loss.miner, miners.MultiSimilarityMiner):
+            indices = multi_similarity_pairs(self.base_loss.miner, embeddings, candidates, positive, negative)
+        elif self.base_loss.miner is not None:
+            raise NotImplementedError(f"IAA has no rule for mining {self.base_loss.name!r} without an anchor's own copies")
         elif self.base_loss.name == "triplet":
             indices = torch.nonzero(positive[:, :, None] & negative[:, None, :], as_tuple=True)
         else:

@@ -10,8 +10,10 @@ import torch
 
 from dmlsynth import registry
 
+from dmlsynth.methods import iaa
 from dmlsynth.methods.iaa import class_statistics, corrected_variance, lambda_at, sample_synthetic
 from tests.helpers.methods import (
+    EMB_DIM,
     backbone,
     batch,
     build,
@@ -237,3 +239,55 @@ def test_iaa_trains_and_resumes_identically_on_digits(config, digits_manifest, t
         train_digits("iaa", "multi_similarity", config, digits_manifest, tmp_path / "cut", callbacks=[stop_after(1)])
     resumed = train_digits("iaa", "multi_similarity", config, digits_manifest, tmp_path / "cut")
     assert torch.equal(full["embeddings"], resumed["embeddings"])
+
+
+def official_multi_similarity(anchors, labels, candidates, candidate_labels, owner, alpha, beta, base, margin):
+    """The official IAA ``losses.py`` ``MultiSimilarityLoss`` written out per anchor: the anchor's own
+    copies (``owner``) removed from its positives before the hard pairs are picked."""
+    anchors, candidates = torch.nn.functional.normalize(anchors, dim=1), torch.nn.functional.normalize(candidates, dim=1)
+    terms = []
+    for i in range(len(labels)):
+        similarity = candidates @ anchors[i]
+        pos = similarity[(candidate_labels == labels[i]) & (owner != i)]
+        neg = similarity[candidate_labels != labels[i]]
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        hard_neg = neg[neg + margin > pos.min()]
+        hard_pos = pos[pos - margin < neg.max()]
+        if len(hard_neg) == 0 or len(hard_pos) == 0:
+            continue
+        terms.append(
+            torch.log1p(torch.exp(-alpha * (hard_pos - base)).sum()) / alpha
+            + torch.log1p(torch.exp(beta * (hard_neg - base)).sum()) / beta
+        )
+    return sum(terms) / len(labels)
+
+
+def test_multi_similarity_mines_each_anchor_without_its_own_copies(monkeypatch):
+    # Unit vectors at these angles (degrees): class 0 originals at 0 and 10, class 1 at 60 and 70; one copy
+    # each, in owner order. The copy of the first original lies at -65: it is that anchor's least similar
+    # same-class candidate, so a miner that lets it set the threshold (s + ε > min positive) picks
+    # negatives the official loss does not: there the anchor has no hard negative and adds nothing.
+    def unit(degrees):
+        radians = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
+        return torch.nn.functional.pad(torch.stack([radians.cos(), radians.sin()], dim=1), (0, EMB_DIM - 2))
+
+    originals = unit([0.0, 10.0, 60.0, 70.0]).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1])
+    copies = unit([-65.0, 12.0, 62.0, 72.0])
+    monkeypatch.setattr(iaa, "sample_synthetic", lambda embeddings, *args, **kwargs: embeddings * 0 + copies)
+    inputs, batch_labels = batch()
+    method = active_iaa("multi_similarity", inputs, batch_labels, num_synthetic=1)
+    got = method(originals, labels)
+    (got_grad,) = torch.autograd.grad(got, originals)
+
+    p = registry.loss_params("multi_similarity", {}, "iaa")
+    owner = torch.arange(4).repeat(2)
+    args = (labels, torch.cat([originals, copies]), labels.repeat(2), owner)
+    expected = official_multi_similarity(originals, *args, p["alpha"], p["beta"], p["base"], p["miner_epsilon"])
+    (expected_grad,) = torch.autograd.grad(expected, originals)
+    assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-6, atol=1e-9)
+    # The batch tells the rules apart: counting the own copy as a positive when mining changes the loss.
+    everything = official_multi_similarity(originals, *args[:3], torch.full((8,), -1), p["alpha"], p["beta"], p["base"], p["miner_epsilon"])
+    assert float(everything.detach()) > float(expected.detach()) * 1.01
