@@ -211,3 +211,18 @@ def test_bn_inception_input_layer_is_the_caffe_convention():
 def test_published_layout_is_squeezed_and_its_classifier_dropped():
     state = published_bn_inception_state({"a_bn.weight": torch.ones(1, 5), "c.weight": torch.ones(1, 3, 3, 3), "last_linear.bias": torch.ones(3)})
     assert state["a_bn.weight"].shape == (5,) and state["c.weight"].shape == (1, 3, 3, 3) and "last_linear.bias" not in state
+
+
+def test_googlenet_head_is_global_average_pooling():
+    # IAA's model/backbone/googlenet.py ends in torchvision's average pool, not Proxy-Anchor's average + max.
+    torch.manual_seed(0)
+    model = build_backbone("googlenet", embedding_dim=8, pretrained=False, in_channels=3).eval()
+    for module in model.trunk.modules():  # activations of order 1 (torchvision's init leaves them near 1e-11)
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight)
+    images = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        feature_maps = model.trunk[:-1](images)
+        assert feature_maps.shape[1:] == (1024, 3, 3) and feature_maps.amax() > 0.1
+        torch.testing.assert_close(model.trunk(images), feature_maps.mean(dim=(2, 3)))
+        torch.testing.assert_close(model(images), model.embedding(feature_maps.mean(dim=(2, 3))))

@@ -41,6 +41,15 @@ def test_caption_images_are_training_images_drawn_by_the_seed(train):
         pick_caption_images(train.assign(split="test"), 3, seed=0)
 
 
+def test_each_class_draws_its_own_caption_images(train):
+    # Classes of equal size: one shared draw would pick the same positions (in file order) in every class.
+    positions = {}
+    for label, files in pick_caption_images(train, 3, seed=0).items():
+        in_order = sorted(train.loc[train.label == label, "file"])
+        positions[label] = tuple(in_order.index(f) for f in files)
+    assert len(set(train.groupby("label").size())) == 1 and len(set(positions.values())) > 1
+
+
 def test_captions_become_the_class_prompts(train, captioner_dir, tmp_path, device):
     document = build_prompts("digits", train)
     options = {"captioner": str(captioner_dir), "images_per_class": 2, "max_new_tokens": 6}

@@ -55,6 +55,13 @@ def test_keep_rule_takes_the_first_passing_images_of_each_set():
     assert keep_statuses(["a"] * 3, np.full(3, np.nan), float("nan"), 2) == [KEPT, KEPT, UNUSED]
 
 
+def test_a_score_equal_to_the_threshold_passes():
+    # "reaches the threshold": score >= threshold, at the float the CLIP score is compared as.
+    threshold = 0.2
+    scores = np.array([np.nextafter(threshold, 0.0), threshold, np.nextafter(threshold, 1.0)])
+    assert keep_statuses(["a"] * 3, scores, threshold, budget=3) == [REJECTED, KEPT, KEPT]
+
+
 def test_a_short_set_keeps_what_passed_and_warns(tmp_path, caplog):
     part = pd.DataFrame({"image_set": ["a"] * 4, "label": 3, "path": [f"{i}.png" for i in range(4)]})
     filtered = filter_part(part, np.array([0.1, 0.9, 0.2, 0.3]), "clip", 0.5, 2, tmp_path / "f.csv")

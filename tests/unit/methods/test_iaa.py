@@ -291,3 +291,35 @@ def test_multi_similarity_mines_each_anchor_without_its_own_copies(monkeypatch):
     # The batch tells the rules apart: counting the own copy as a positive when mining changes the loss.
     everything = official_multi_similarity(originals, *args[:3], torch.full((8,), -1), p["alpha"], p["beta"], p["base"], p["miner_epsilon"])
     assert float(everything.detach()) > float(expected.detach()) * 1.01
+
+
+def test_a_class_with_exactly_tau_samples_is_corrected_and_one_more_is_not():
+    means, variances, counts = hand_statistics()
+    at_tau = counts == 45
+    settings = dict(k=3, sigma_m=1.0, sigma_cv=1.0, beta=0.1, gamma=0.1)
+    got = corrected_variance(torch.tensor(means), torch.tensor(variances), torch.tensor(counts), tau=45, **settings).numpy()
+    np.testing.assert_allclose(got, direct_corrected_variance(means, variances, counts, tau=45, **settings), rtol=1e-10)
+    assert at_tau.sum() == 1 and not np.allclose(got[at_tau], variances[at_tau])  # n_k ≤ τ (eq. 16)
+    below = corrected_variance(torch.tensor(means), torch.tensor(variances), torch.tensor(counts), tau=44, **settings).numpy()
+    np.testing.assert_array_equal(below[at_tau], variances[at_tau])
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_neighbor_correction_weights_by_the_counts_of_this_estimate(variant):
+    # Two estimates of the same training set: the counts seen so far are twice this estimate's, which would
+    # change α (eq. 16) and which classes are corrected (n_k ≤ τ). Eqs. 13, 14 and 16 take this estimate's n.
+    g = torch.Generator().manual_seed(3)
+    classes = torch.tensor([0] * 3 + [1] * 12 + [2] * 25 + [3] * 30 + [4] * 60)
+    embeddings = torch.randn(len(classes), EMB_DIM, generator=g) * (1 + classes[:, None])
+    method = build(
+        "iaa", "multi_similarity", {"variant": variant, "update_every": 1, "neighbor_correction": True},
+        embed_training_set=lambda **_: (embeddings, classes),
+    )
+    method.update_statistics(embeddings, classes)
+    method.update_statistics(embeddings + 0.1, classes)
+    counts = torch.bincount(classes).double()
+    assert torch.equal(method.seen_counts, 2 * counts)
+    expected = corrected_variance(method.means, method.variances, counts, **method.correction)
+    torch.testing.assert_close(method.sampling_variances, expected.float())
+    seen = corrected_variance(method.means, method.variances, method.seen_counts, **method.correction)
+    assert not torch.allclose(seen.float(), expected.float(), rtol=1e-3)
