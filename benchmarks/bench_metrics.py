@@ -5,7 +5,7 @@ paper datasets' test splits). Both sides get the same embeddings; runs are inter
 and the median of several repetitions is reported, so machine load affects both alike.
 Records both sides' metrics, their largest absolute difference and the time ratio.
 AccuracyCalculator's default search is faiss ``IndexFlatL2``; dmlsynth searches with
-``IndexFlatIP`` (METHODS.md §2). On unit vectors both rank alike, but their float32
+``IndexFlatIP`` (docs/methods.md §2). On unit vectors both rank alike, but their float32
 scores round differently, so two near-tied neighbours can swap places at a rank
 boundary. To separate that from the metrics' definitions, AccuracyCalculator is also
 run once (untimed) with the same inner-product search (``FaissKNN(index_init_fn=

@@ -79,7 +79,7 @@ class GlobalAvgPool(nn.Module):
 class FrozenBatchNormNet(EmbeddingNet):
     """A pretrained trunk (its pooling included) with BatchNorm kept in eval mode, then a linear embedding.
 
-    Frozen BN (METHODS.md §1; the Proxy-Anchor code's ``bn_freeze``): running statistics stay those of
+    Frozen BN (docs/methods.md §1; the Proxy-Anchor code's ``bn_freeze``): running statistics stay those of
     ImageNet and the affine parameters are not trained. The embedding is Kaiming-normal (fan out) with a
     zero bias, as in the Proxy-Anchor and IAA code.
     """

@@ -1,12 +1,15 @@
-"""Published Recall@1 of the methods (METHODS.md), the one machine-readable copy.
+"""Published Recall@1 of the methods and their base losses, the one machine-readable copy.
 
 ``published.csv`` (next to this module) has one row per method x paper x
 backbone x base loss x dataset (CUB-200-2011, Cars-196, Stanford Online
-Products, In-Shop): ``method`` and ``loss`` are the project's names (every
-loss of the four papers' tables exists here: N-pair is ``n_pairs``, semi-hard
-triplet ``semihard_triplet``, lifted structure ``lifted_structure``;
-``method`` is empty for a base loss's own paper, whose number is the
-baseline's), ``*_name`` how the paper calls them, ``backbone_key`` and
+Products, In-Shop): ``method`` and ``loss`` are the project's names (N-pair is
+``n_pairs``, semi-hard triplet ``semihard_triplet``, lifted structure
+``lifted_structure``; ``method`` is empty for a base loss's own paper, whose
+number is the baseline's), ``*_name`` how the paper calls them. Rows are the
+main results tables whose losses all exist here (Symmetrical Synthesis's
+Tables 1–3, IAA's Tables III–IV, SGAR's and BLenDeR's results); IAA's Table X
+(six base losses) has no rows, since not all of its losses exist here.
+Further columns: ``backbone_key`` and
 ``embedding_dim`` the registry backbone and size the row was measured with,
 ``base_recall_at_1`` / ``method_recall_at_1`` the published R@1 in % (empty
 where the paper gives none) and ``method_recall_at_1_std`` its published

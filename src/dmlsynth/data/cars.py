@@ -1,6 +1,6 @@
 """Cars-196 (Krause et al. 2013): 16,185 car photos of 196 models.
 
-Raw files (METHODS.md §1), both md5-checked:
+Raw files (the published ones, docs/methods.md §1), both md5-checked:
 
 - ``car_ims.tgz`` (``car_ims/000001.jpg`` ...), setting key ``images``;
 - ``cars_annos.mat`` (``annotations``: relative_im_path, bbox, class, test;
@@ -43,7 +43,8 @@ from dmlsynth.data.sources import (
 )
 
 DATASET = "cars196"
-# The published files and counts (METHODS.md §1); no working public URL is known.
+# The published files and counts (docs/methods.md §1: 16,185 images, classes 1-98 train / 99-196 test);
+# no working public URL is known.
 FILES = {
     "images": RawFile("car_ims.tgz", "d5c8f0aa497503f355e17dc7886c3f14", None),
     "annotations": RawFile("cars_annos.mat", "b407c6086d669747186bd1d764ff9dbc", None),

@@ -1,7 +1,7 @@
 """CUB-200-2011 (Wah et al. 2011): 11,788 bird photos of 200 species.
 
 Raw file: ``CUB_200_2011.tgz`` from the official Caltech data record
-(METHODS.md §1), downloaded to ``{raw_dir}`` and md5-checked before it is
+(docs/methods.md §1), downloaded to ``{raw_dir}`` and md5-checked before it is
 extracted. A mirror is set with ``dataset_settings.cub200.urls.archive``;
 a copy placed at ``{raw_dir}/CUB_200_2011.tgz`` by hand is used as is
 (after the md5 check).
@@ -50,7 +50,8 @@ from dmlsynth.data.sources import (
 )
 
 DATASET = "cub200"
-# The published files and counts (METHODS.md §1); tests override them through the settings.
+# The published file and counts (docs/methods.md §1: 11,788 images, classes 1-100 train / 101-200 test);
+# tests override them through the settings.
 FILES = {
     "archive": RawFile(
         "CUB_200_2011.tgz",

@@ -2,7 +2,7 @@
 
 Columns: ``path`` (image path relative to the manifest's folder), ``label``
 (the dataset's class id), ``class_name`` and ``split`` (``train``/``test``;
-classes are split in half, METHODS.md §1). The manifest is written last and
+classes sorted by id are split in half, docs/methods.md §1). The manifest is written last and
 atomically, so its presence means the dataset is complete.
 """
 

@@ -1,4 +1,4 @@
-"""``symm``: Symmetrical Synthesis (Gu & Ko, AAAI 2020; METHODS.md §4).
+"""``symm``: Symmetrical Synthesis (Gu & Ko, AAAI 2020, arXiv 2001.11658; docs/methods.md §4).
 
 For a same-class pair (a, p) two synthetic points are made by reflecting
 each point about the axis (line through the origin) of the other::

@@ -1,4 +1,4 @@
-"""IAA (METHODS.md §5): class statistics, neighbor correction (eqs. 11-16), sampling, wiring."""
+"""IAA (docs/methods.md §5): class statistics, neighbor correction (eqs. 11-16), sampling, wiring."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ IAA_LOSSES = sorted(l for l in registry.LOSSES if registry.METHODS["iaa"].is_com
 
 
 def direct_corrected_variance(means, variances, counts, k, sigma_m, sigma_cv, tau, beta, gamma):
-    """Equations (11)-(16) evaluated one class at a time, exactly as written in METHODS.md."""
+    """Equations (11)-(16) evaluated one class at a time, exactly as written in docs/methods.md §5."""
     means, variances, counts = np.asarray(means, float), np.asarray(variances, float), np.asarray(counts, float)
     c = len(counts)
     global_var = sum(counts[i] * variances[i] for i in range(c)) / counts.sum()  # (14)

@@ -1,4 +1,4 @@
-"""IAA's λ scales the variance of the synthetic samples the base loss is given (METHODS.md §5)."""
+"""IAA's λ scales the variance of the synthetic samples the base loss is given (docs/methods.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Symmetrical Synthesis (METHODS.md §4): reflections, hardest negative pair mining, wiring."""
+"""Symmetrical Synthesis (docs/methods.md §4): reflections, hardest negative pair mining, wiring."""
 
 from __future__ import annotations
 
