@@ -15,6 +15,7 @@ import pytest
 from dmlsynth import config as cfg
 from dmlsynth import pipeline, registry
 from dmlsynth.data.split import training_class_count
+from dmlsynth.generation.settings import generation_settings
 from tests.conftest import ROOT
 
 # The job counts each protocol's dry run must list (rule -> jobs), worked out by hand from the configs:
@@ -80,6 +81,14 @@ def test_protocols_set_their_papers_settings():
     # BLenDeR: CUB and Cars only, every training class generated for.
     assert blender["datasets"] == ["cub200", "cars196"] and set(blender["losses"]) == {"proxy_anchor", "potential_field"}
     assert [training_class_count(blender, d) for d in blender["datasets"]] == [100, 98]
+    # Its prompts are captions (the paper's attributes come from captions), its classes fine-tuned for the
+    # one figure known (20,000 steps per category, second-hand); the common protocol captions too.
+    for config in (blender, cfg.load(ROOT / "config/paper.yaml")):
+        for dataset in config["datasets"]:
+            assert generation_settings(config, dataset)["prompts"]["source"] == "captions"
+    assert {generation_settings(blender, d)["fine_tuning"]["steps"] for d in blender["datasets"]} == {20_000}
+    # Symmetrical Synthesis's triplet searches the anchor against the other pair (the paper's figure).
+    assert cfg.run_params(symm, "cub200", "symm", "triplet", 0)["method_params"]["candidates"] == "by_loss"
     # SOP reports R@1/10/100/1000 wherever it is a dataset.
     for config in (iaa, sgar):
         assert {1, 10, 100, 1000} <= set(config["evaluation"]["ks"])

@@ -146,6 +146,23 @@ def test_principal_component_intersection_is_never_stronger_than_the_mean_residu
     assert (norms(intersection(d, "principal_component")) <= norms(d.mean(0)) * (1 + 1e-12)).all()
 
 
+def test_principal_component_intersection_of_exchangeable_residuals_is_their_mean():
+    """∩(d) = ⟨mean, v⟩ v, the mean residual projected on v. Residuals s + a_k with attributes a_k of equal
+    norm, orthogonal to each other and to s, have a Gram matrix ‖s‖²·11ᵀ + ‖a‖²·I whose top eigenvector is
+    uniform: v is along the mean, and the intersection is the mean residual itself (docs/methods.md §7)."""
+    basis = torch.linalg.qr(torch.randn(60, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)).Q.T
+    shared, attributes = 2.0 * basis[0], 0.7 * basis[1:]
+    d = (shared + attributes).unsqueeze(1)  # (K = 3, B = 1, 60)
+    torch.testing.assert_close(intersection(d, "principal_component"), d.mean(0))
+    # Unequal attributes move v off the mean: ∩ is then the mean's projection, shorter than the mean.
+    uneven = (shared + attributes * torch.tensor([[0.2], [1.0], [3.0]], dtype=torch.float64)).unsqueeze(1)
+    mean = uneven.mean(0)
+    cap = intersection(uneven, "principal_component")
+    v = cap / norms(cap)[:, None]
+    torch.testing.assert_close(cap, (mean * v).sum(1, keepdim=True) * v)
+    assert float(norms(cap - mean)[0]) > 0.05 * float(norms(mean)[0])
+
+
 def test_principal_component_intersection_lies_in_the_span_of_the_residuals():
     d = residuals(k=3, b=2, shape=(40,))
     shared = intersection(d, "principal_component")
