@@ -199,6 +199,11 @@ def googlenet(embedding_dim: int, pretrained: bool = True, in_channels: int = 3,
     GoogLeNet, average pooling, a Kaiming-initialised linear layer). Symmetrical Synthesis's code uses the
     original Caffe GoogLeNet (no BatchNorm) converted to TensorFlow; the project uses torchvision's
     [project definition]. Auxiliary classifiers are not built; BatchNorm is frozen.
+
+    Input [project definition]: torchvision's ``transform_input`` rescale (:func:`googlenet_input`), the
+    input these weights were trained on, which torchvision's ``googlenet()`` turns on with them. IAA's code
+    builds ``GoogLeNet(init_weights=True)`` directly (``transform_input`` off) and so feeds ImageNet-normalised
+    images without it (docs/methods.md §5).
     """
     from torchvision.models import GoogLeNet_Weights
     from torchvision.models import googlenet as tv_googlenet
