@@ -12,6 +12,7 @@ from dmlsynth import registry
 
 from dmlsynth.methods import iaa
 from dmlsynth.methods.iaa import class_statistics, corrected_variance, lambda_at, sample_synthetic
+from tests.helpers.losses import official_multi_similarity
 from tests.helpers.methods import (
     EMB_DIM,
     backbone,
@@ -239,28 +240,6 @@ def test_iaa_trains_and_resumes_identically_on_digits(config, digits_manifest, t
         train_digits("iaa", "multi_similarity", config, digits_manifest, tmp_path / "cut", callbacks=[stop_after(1)])
     resumed = train_digits("iaa", "multi_similarity", config, digits_manifest, tmp_path / "cut")
     assert torch.equal(full["embeddings"], resumed["embeddings"])
-
-
-def official_multi_similarity(anchors, labels, candidates, candidate_labels, owner, alpha, beta, base, margin):
-    """The official IAA ``losses.py`` ``MultiSimilarityLoss`` written out per anchor: the anchor's own
-    copies (``owner``) removed from its positives before the hard pairs are picked."""
-    anchors, candidates = torch.nn.functional.normalize(anchors, dim=1), torch.nn.functional.normalize(candidates, dim=1)
-    terms = []
-    for i in range(len(labels)):
-        similarity = candidates @ anchors[i]
-        pos = similarity[(candidate_labels == labels[i]) & (owner != i)]
-        neg = similarity[candidate_labels != labels[i]]
-        if len(pos) == 0 or len(neg) == 0:
-            continue
-        hard_neg = neg[neg + margin > pos.min()]
-        hard_pos = pos[pos - margin < neg.max()]
-        if len(hard_neg) == 0 or len(hard_pos) == 0:
-            continue
-        terms.append(
-            torch.log1p(torch.exp(-alpha * (hard_pos - base)).sum()) / alpha
-            + torch.log1p(torch.exp(beta * (hard_neg - base)).sum()) / beta
-        )
-    return sum(terms) / len(labels)
 
 
 def test_multi_similarity_mines_each_anchor_without_its_own_copies(monkeypatch):
