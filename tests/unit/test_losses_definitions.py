@@ -1,5 +1,6 @@
 """Each base loss's defining rule against its paper's formula written out on a fixed batch: a loss built with
 a neighbouring rule (hard instead of semi-hard triplets, swapped margins or scales, a margin's sign) fails here."""
+
 from __future__ import annotations
 
 import itertools
