@@ -98,9 +98,37 @@ def test_the_listing_states_each_entrys_compatibility_from_the_registry():
         m for m, spec in registry.METHODS.items() if spec.is_compatible("semihard_triplet")
     ]
     assert details_of("losses", "n_pairs")["forms (loss_params.n_pairs.pairs)"] == "one_per_class (default), units"
-    assert details_of("backbones", "small_cnn")["default of"] == "digits"
-    assert details_of("datasets", "cars196")["classes"] == "196 (98 train, 98 test)"
+    assert details_of("backbones", "small_cnn") == {"default of": "digits", "code": "dmlsynth.models:small_cnn"}
+    assert details_of("backbones", "googlenet")["default of"] == "none"
+    assert details_of("losses", "triplet")["params"] == "margin=0.1"
     assert details_of("methods", "blender")["trains with generated images"].startswith("the `blender` set")
+    assert details_of("methods", "symm")["with n_pairs, it and its control train with"] == "pairs=units, normalize=false"
+
+
+def test_the_listing_says_what_each_dataset_needs():
+    digits, cub = details_of("datasets", "digits"), details_of("datasets", "cub200")
+    assert digits["classes"] == "10 (5 train, 5 test)" and details_of("datasets", "cars196")["classes"] == "196 (98 train, 98 test)"
+    assert digits["images"] == "grayscale, 8 px input; backbone small_cnn, embedding 64 by default"
+    assert digits["generator of the BLenDeR methods"] == f"embedded: {registry.GENERATORS['embedded'].description}"
+    assert cub["generator of the BLenDeR methods"].startswith("stable-diffusion: ")
+    assert "short side 256 px" in " ".join(cub) and not any("short side" in label for label in digits)
+    assert any(label.startswith("bounding boxes") for label in details_of("datasets", "cars196"))
+    assert not any(label.startswith("bounding boxes") for label in cub)
+
+
+def test_the_listing_wraps_without_losing_or_misplacing_a_word():
+    wide, narrow = catalog.render(width=10_000), catalog.render(width=60)
+    assert narrow.split() == wide.split()
+    for kind in catalog.KINDS:
+        assert catalog.render([kind]).startswith(f"{kind} (")  # its heading says where params.yaml names it
+        column = max(map(len, catalog.tables()[kind])) + 2
+        for line in catalog.render([kind], width=60).splitlines()[1:]:
+            indent = len(line) - len(line.lstrip())
+            if indent == 2:
+                assert line.split()[0] in catalog.tables()[kind]  # an entry's first line
+            else:  # its description's next lines, its details and theirs, under its description
+                assert indent >= column + 2 or not line, line
+            assert len(line) <= 60 or " " not in line.strip(), line
 
 
 def test_an_entry_added_to_the_registry_is_listed_with_its_variants(monkeypatch):
