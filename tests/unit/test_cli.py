@@ -5,6 +5,7 @@ form still works, with a warning)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def test_the_listing_states_each_entrys_compatibility_from_the_registry():
     assert details_of("losses", "triplet")["params"] == "margin=0.1"
     assert details_of("methods", "blender")["trains with generated images"].startswith("the `blender` set")
     assert details_of("methods", "symm")["with n_pairs, it and its control train with"] == "pairs=units, normalize=false"
+    assert details_of("methods", "iaa")["off (the base loss alone)"] == "num_synthetic=0"
 
 
 def test_the_listing_says_what_each_dataset_needs():
@@ -111,7 +113,8 @@ def test_the_listing_says_what_each_dataset_needs():
     assert digits["images"] == "grayscale, 8 px input; backbone small_cnn, embedding 64 by default"
     assert digits["generator of the BLenDeR methods"] == f"embedded: {registry.GENERATORS['embedded'].description}"
     assert cub["generator of the BLenDeR methods"].startswith("stable-diffusion: ")
-    assert "short side 256 px" in " ".join(cub) and not any("short side" in label for label in digits)
+    assert "training reads a resized JPEG copy (short side 256 px; dmlsynth cache-images)" in cub
+    assert not any("short side" in label for label in digits) and digits["code"] == "dmlsynth.data.digits:prepare"
     assert any(label.startswith("bounding boxes") for label in details_of("datasets", "cars196"))
     assert not any(label.startswith("bounding boxes") for label in cub)
 
@@ -135,17 +138,20 @@ def test_an_entry_added_to_the_registry_is_listed_with_its_variants(monkeypatch)
     # What a plugin loader will do: add specs to the registry's tables. Nothing else needs to change.
     plugin = registry.MethodSpec(
         name="plugin_method", module="someone.else:Method", description="a method from another package",
-        compatible_losses=frozenset({"triplet"}), defaults={"variant": "fast", "rate": 0.5},
-        variants={"fast": {"steps": 1}, "slow": {"steps": 9}},
+        compatible_losses=frozenset({"triplet"}), defaults={"variant": "fast", "rate": 0.5, "limit": None},
+        variants={"fast": {"steps": 1, "exact": True}, "slow": {}},
     )  # fmt: skip
     monkeypatch.setitem(registry.METHODS, plugin.name, plugin)
     loss = registry.LossSpec("plugin_loss", True, {"m": 1.0}, "a loss from elsewhere")
     monkeypatch.setitem(registry.LOSSES, loss.name, loss)
     details = details_of("methods", "plugin_method")
-    assert details["losses"] == "triplet" and details["params"] == "rate=0.5"
-    assert details["variant=fast (the default)"] == "steps=1" and details["variant=slow"] == "steps=9"
+    assert details["losses"] == "triplet" and details["params"] == "rate=0.5, limit=none"
+    assert details["variant=fast (the default)"] == "steps=1, exact=true" and details["variant=slow"] == "none"
     assert details["code"] == "someone.else:Method"
     assert "plugin_method" not in details_of("losses", "plugin_loss")["methods"].split(", ")
+    dataset = dataclasses.replace(registry.DATASETS["digits"], name="plugin_data", default_generator="their_generator")
+    monkeypatch.setitem(registry.DATASETS, dataset.name, dataset)
+    assert details_of("datasets", "plugin_data")["generator of the BLenDeR methods"] == "their_generator"
 
 
 def run_cli(*args: str, code: str = "") -> subprocess.CompletedProcess:
