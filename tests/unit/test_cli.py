@@ -122,6 +122,7 @@ def test_the_listing_says_what_each_dataset_needs():
 def test_the_listing_wraps_without_losing_or_misplacing_a_word():
     wide, narrow = catalog.render(width=10_000), catalog.render(width=60)
     assert narrow.split() == wide.split()
+    assert [block.split(" (")[0] for block in wide.split("\n\n")] == list(catalog.KINDS)  # one block a kind
     for kind in catalog.KINDS:
         assert catalog.render([kind]).startswith(f"{kind} (")  # its heading says where params.yaml names it
         column = max(map(len, catalog.tables()[kind])) + 2
@@ -129,8 +130,8 @@ def test_the_listing_wraps_without_losing_or_misplacing_a_word():
             indent = len(line) - len(line.lstrip())
             if indent == 2:
                 assert line.split()[0] in catalog.tables()[kind]  # an entry's first line
-            else:  # its description's next lines, its details and theirs, under its description
-                assert indent >= column + 2 or not line, line
+            else:  # its description's next lines, its details and theirs: each a step further in
+                assert indent in (column + 2, column + 4, column + 6), line
             assert len(line) <= 60 or " " not in line.strip(), line
 
 
