@@ -16,10 +16,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dmlsynth.errors import DmlsynthError
 from dmlsynth.gpu_slots import GPU_SLOTS_VARIABLE
 from dmlsynth.workflow import WORKFLOW_VARIABLE, die_with_parent
 
 log = logging.getLogger("dmlsynth")
+
+DESCRIPTION = (
+    "The jobs of the dmlsynth workflow (Snakemake runs them; by hand: --config and the job's names) and the "
+    "tools around them. `dmlsynth list` says what datasets, backbones, losses and methods there are."
+)
 
 CONFIG_HELP = "params file to resolve the job from, by hand (default: %(default)s); the workflow passes --job instead"
 NAMES = {
@@ -30,6 +36,36 @@ NAMES = {
     "class_index": ("--class-index", {"type": int, "help": "index of the class among the dataset's sorted training classes"}),
     "image_set": ("--image-set", {"help": "generated image set (blender, union, intersection, plain)"}),
 }
+
+
+def version_line() -> str:
+    """``dmlsynth --version``: the installed distribution's version, where the package was imported from,
+    and the git commit of that checkout when it is one (``src/dmlsynth`` of a git work tree)."""
+    from importlib import metadata
+
+    from dmlsynth.provenance import PACKAGE, PACKAGE_DIR, code_version
+
+    try:
+        line = f"{PACKAGE} {metadata.version(PACKAGE)} from {PACKAGE_DIR}"
+    except metadata.PackageNotFoundError:
+        line = f"{PACKAGE} (not installed: pip install -e .) from {PACKAGE_DIR}"
+    checkout = PACKAGE_DIR.parent.parent
+    if PACKAGE_DIR.parent.name == "src" and (checkout / ".git").exists():  # not an installed copy in site-packages
+        code = code_version(checkout)
+        if code["git_commit"] != "unknown":
+            line += f" (git {str(code['git_commit'])[:12]}{', with local changes' if code['git_dirty'] else ''})"
+    return line
+
+
+class VersionAction(argparse.Action):
+    """``--version``, whose git lookup runs only when it is asked for (argparse's own takes a fixed string)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
 
 
 @dataclass(frozen=True)
@@ -99,13 +135,28 @@ def run_job(spec: JobCommand, args: argparse.Namespace) -> int:
     return 0
 
 
+def config_of_check(args: argparse.Namespace) -> str:
+    """The params file ``check-config`` checks: ``--config``, or the deprecated positional form (with a warning)."""
+    if args.legacy_config is None:
+        return args.config or "params.yaml"
+    if args.config is not None and args.config != args.legacy_config:
+        raise DmlsynthError(f"two params files given ({args.config} and {args.legacy_config}): give one, with --config")
+    print(
+        f"dmlsynth check-config: warning: the params file as a positional argument is deprecated; "
+        f"use dmlsynth check-config --config {args.legacy_config}",
+        file=sys.stderr,
+    )
+    return args.legacy_config
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from dmlsynth.generation.settings import describe
     from dmlsynth.pipeline import runs
 
-    config = _load_config(args.config)
+    path = config_of_check(args)
+    config = _load_config(path)
     print(
-        f"{args.config}: valid — datasets {config['datasets']}, methods {config['methods']}, "
+        f"{path}: valid — datasets {config['datasets']}, methods {config['methods']}, "
         f"losses {config['losses']}, seeds {config['seeds']} ({len(runs(config))} training runs, controls included)"
     )
     for line in describe(config):
@@ -170,6 +221,13 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from dmlsynth.catalog import KINDS, render
+
+    sys.stdout.write(render(args.kinds or KINDS))
+    return 0
+
+
 def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     from dmlsynth.pipeline import dvc_yaml
 
@@ -178,7 +236,7 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> int:
 
 
 def _add_job_command(sub, spec: JobCommand) -> argparse.ArgumentParser:
-    p = sub.add_parser(spec.command, help=spec.help, description=f"{spec.help[0].upper()}{spec.help[1:]}.")
+    p = _add_command(sub, spec.command, spec.help)
     p.add_argument("--job", default=None, help="the job's record as the workflow resolved it (JSON; rules pass it)")
     p.add_argument("--config", default="params.yaml", help=CONFIG_HELP)
     for name in spec.names:
@@ -196,15 +254,66 @@ def _add_job_command(sub, spec: JobCommand) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmlsynth", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_command(sub, name: str, help: str, description: str = "") -> argparse.ArgumentParser:
+    """A subcommand with its line in ``dmlsynth --help`` and, atop its own help, that line and ``description``."""
+    return sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. {description}".strip())
 
-    p = sub.add_parser("check-config", help="validate a params file and print what it runs")
-    p.add_argument("config", nargs="?", default="params.yaml", help="the params file (default: %(default)s)")
+
+def _add_check_config(sub) -> None:
+    p = _add_command(sub, "check-config", "validate a params file and print what it runs",
+                     "The checks every workflow run makes, by hand: what is wrong and the allowed values, or the "
+                     "datasets, methods, losses and seeds it runs and what generation makes.")  # fmt: skip
+    p.add_argument("--config", default=None, help="the params file (default: params.yaml)")
+    p.add_argument("legacy_config", nargs="?", default=None, metavar="CONFIG",
+                   help="deprecated: the params file, given positionally; use --config")  # fmt: skip
     p.set_defaults(func=cmd_check_config)
 
+
+def _kind(value: str) -> str:
+    from dmlsynth.catalog import KINDS
+
+    if value not in KINDS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(KINDS)}")
+    return value
+
+
+def _add_tool_commands(sub) -> None:
+    # Imported here, not at the top: a module the command line imports at load counts in every job's code
+    # digest (dmlsynth.provenance.SHALLOW), and the listing changes no job's numbers.
+    from dmlsynth.catalog import KINDS
+
+    p = _add_command(sub, "track", "log run folders to MLflow (idempotent; after tracking trouble)",
+                     "Mirrors every finished run folder under the paths into the MLflow store of the config's tracking "
+                     "settings (whether tracking is enabled there or not); safe to repeat.")  # fmt: skip
+    p.add_argument("--config", default=None, help="params file whose tracking settings to use (default: tracking defaults)")
+    p.add_argument("paths", nargs="+", type=Path, help="run folders or folders containing them (e.g. results/runs)")
+    p.set_defaults(func=cmd_track)
+
+    p = _add_command(sub, "prefetch", "download every dataset file and model a config's jobs need",
+                     "For compute nodes without internet: run it where there is, then run the workflow with "
+                     "cluster.offline: true. What is already there is kept.")  # fmt: skip
+    p.add_argument("--config", default="params.yaml", help="the params file (default: %(default)s)")
+    p.set_defaults(func=cmd_prefetch)
+
+    p = _add_command(sub, "dvc-yaml", "print the dvc.yaml that runs this config's pipeline through Snakemake",
+                     "Redirect it into dvc.yaml (dmlsynth dvc-yaml > dvc.yaml) after changing the config or the code's imports.")  # fmt: skip
+    p.add_argument("--config", default="params.yaml", help="the params file (default: %(default)s)")
+    p.set_defaults(func=cmd_dvc_yaml)
+
+    p = _add_command(sub, "list", "list the datasets, backbones, losses and methods dmlsynth knows",
+                     "Each entry's one-line description, what it works with (a method's losses, a loss's methods, "
+                     "a dataset's defaults), its params and variants.")  # fmt: skip
+    # A type rather than choices: Python 3.11 checks an empty `*` list against the choices and refuses it.
+    p.add_argument("kinds", nargs="*", type=_kind, metavar="KIND", help=f"what to list: {', '.join(KINDS)} (default: all)")
+    p.set_defaults(func=cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmlsynth", description=DESCRIPTION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=VersionAction, help="print the installed version (and git commit) and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do (dmlsynth COMMAND --help says more)")
+    _add_check_config(sub)
     for spec in JOB_COMMANDS:
         p = _add_job_command(sub, spec)
         if spec.rule == "table":  # also by hand, over any run folders
@@ -220,19 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--figure-dir", type=Path, default=None, help="with run folders: where to write the forest plots")
             p.add_argument("runs", nargs="*", type=Path, help="the run folders the table was built from; with --job: the runs' run.yaml files")
             p.set_defaults(func=lambda args, spec=spec: cmd_compare_of_folders(args) if args.runs and args.job is None else run_job(spec, args))
-
-    p = sub.add_parser("track", help="log run folders to MLflow (idempotent; after tracking trouble)")
-    p.add_argument("--config", default=None, help="params file whose tracking settings to use (default: tracking defaults)")
-    p.add_argument("paths", nargs="+", type=Path, help="run folders or folders containing them (e.g. results/runs)")
-    p.set_defaults(func=cmd_track)
-
-    p = sub.add_parser("prefetch", help="download every dataset file and model a config's jobs need (for offline compute nodes)")
-    p.add_argument("--config", default="params.yaml", help="the params file (default: %(default)s)")
-    p.set_defaults(func=cmd_prefetch)
-
-    p = sub.add_parser("dvc-yaml", help="print the dvc.yaml that runs this config's pipeline through Snakemake")
-    p.add_argument("--config", default="params.yaml", help="the params file (default: %(default)s)")
-    p.set_defaults(func=cmd_dvc_yaml)
+    _add_tool_commands(sub)
     return parser
 
 
@@ -263,8 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("dmlsynth %s started on %s (pid %d%s%s)", args.command, socket.gethostname(), os.getpid(), job, offline)
     # faiss announces every CPU-feature probe at INFO; only its problems matter here.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    from dmlsynth.errors import DmlsynthError
-
     try:
         return args.func(args)
     except (DmlsynthError, FileNotFoundError) as exc:  # the user's to fix: the message says how

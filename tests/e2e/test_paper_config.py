@@ -190,8 +190,8 @@ def test_paper_config_generates_with_the_papers_rules_and_volume(paper):
         assert settings["prompts"]["source"] == "captions" and settings["prompts"]["captioner"]
     for method in BLENDER_METHODS:
         assert cfg.run_params(paper, "cub200", method, "proxy_anchor", 0)["method_params"]["synthetic_per_real"] == "all"
-    # What `dmlsynth check-config config/paper.yaml` prints beside the matrix.
-    result = subprocess.run([sys.executable, "-m", "dmlsynth", "check-config", str(PAPER)], capture_output=True, text=True,
+    # What `dmlsynth check-config --config config/paper.yaml` prints beside the matrix.
+    result = subprocess.run([sys.executable, "-m", "dmlsynth", "check-config", "--config", str(PAPER)], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), check=True)  # fmt: skip
     lines = result.stdout.splitlines()
     assert [line.strip() for line in lines[1:]] == describe(paper)

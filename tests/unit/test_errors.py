@@ -34,6 +34,6 @@ def test_every_error_class_of_the_package_is_a_dmlsynth_error():
 def test_the_command_line_reports_one_without_a_traceback(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("datasets: [nope]\n")
-    result = subprocess.run([sys.executable, "-m", "dmlsynth", "check-config", str(bad)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dmlsynth", "check-config", "--config", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2 and "dmlsynth check-config: error:" in result.stderr
     assert "Traceback" not in result.stderr
