@@ -66,7 +66,7 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(repo_root, d
     assert all(r.data.tags["mlflow.parentRunId"] == rows[r.info.run_name.rsplit("/", 1)[0]] for r in runs)
     for run in runs:
         assert run.data.params["training.epochs"] == "1"
-        assert 0 <= run.data.metrics["recall_at_1"] <= 1 and "map_at_r" in run.data.metrics
+        assert 0 <= run.data.metrics["recall_at_1_pct"] <= 100 and "map_at_r_pct" in run.data.metrics
         assert run.info.status == "FINISHED"
     summary = client.search_runs([client.get_experiment_by_name("summary").experiment_id])
     assert len(summary) == 1 and "table.csv" in {a.path for a in client.list_artifacts(summary[0].info.run_id)}
