@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from dmlsynth import published as published_numbers
-from dmlsynth import cost, registry
+from dmlsynth import cost, html_pages, registry
 from dmlsynth.io import atomic_write_text, save_figure
-from dmlsynth.layout import forest_figure_name
+from dmlsynth.layout import comparison_html_of, forest_figure_name
 from dmlsynth.table import BASELINE, NOT_AVAILABLE, POINTS, Run, in_points
 from dmlsynth.errors import DmlsynthError
 
@@ -304,7 +304,9 @@ def write_comparison(
         forest_plot(part, figure_dir / forest_figure_name(dataset, loss), confidence)
     # The report links its figures relative to its own folder, so results/ can be moved as a whole.
     relative = os.path.relpath(figure_dir, Path(out_report).parent)
-    atomic_write_text(out_report, markdown(frame, Path(relative).as_posix(), confidence))
+    report = markdown(frame, Path(relative).as_posix(), confidence)
+    atomic_write_text(out_report, report)
+    atomic_write_text(comparison_html_of(out_report), html_pages.from_markdown("Methods vs their controls", report, Path(out_report).parent))
     csv = in_points(frame)  # one unit in every file: the metrics in % and points, like table.csv
     csv["gpu_hours"] = csv["gpu_hours"].map(lambda v: cost.gpu_hours_text(v, NOT_AVAILABLE, 6)).astype(object)
     csv["generator_gpu_hours"] = csv["generator_gpu_hours"].map(lambda v: cost.gpu_hours_text(v, NOT_AVAILABLE, 6)).astype(object)

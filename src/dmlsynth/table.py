@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dmlsynth import cost, registry, stats
+from dmlsynth import cost, html_pages, registry, stats
 from dmlsynth.metrics import METRIC_KEYS
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import RunFolder, TableFiles
@@ -632,6 +632,13 @@ def summary_markdown(frame: pd.DataFrame, confidence: float) -> str:
     return "\n".join(lines)
 
 
+TABLE_UNITS = (
+    "One row per dataset × method × loss (table.csv, rounded to 2 decimals here). Metrics (_mean, _ci_*, _boot_*) in %; "
+    "their spread (_std) and paired differences to the row's control (_delta*) in percentage points; p-values 0–1; "
+    "docs/outputs.md defines every column."
+)
+
+
 def summary_csv(frame: pd.DataFrame) -> str:
     """The summary as CSV: 2 decimals, 'n/a' where a value does not exist, GPU-hours blank where nothing ran on a GPU."""
     out = frame.copy()
@@ -676,7 +683,10 @@ def write_table(
     atomic_write_text(files.headline, json.dumps(headline_metrics(table), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(files.csv, table_csv(table))
     atomic_write_text(files.summary_csv, summary_csv(brief))
-    atomic_write_text(files.summary_md, summary_markdown(brief, confidence) + "\n")
+    brief_text = summary_markdown(brief, confidence) + "\n"
+    atomic_write_text(files.summary_md, brief_text)
+    atomic_write_text(files.summary_html, html_pages.from_markdown("Results in brief", brief_text))
+    atomic_write_text(files.table_html, html_pages.from_frame("Results table", in_points(table), TABLE_UNITS, "{:.2f}"))
     return table
 
 

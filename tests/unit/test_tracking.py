@@ -169,3 +169,12 @@ def test_a_run_spans_its_training_with_real_metric_times(tmp_path):
     assert [m.timestamp for m in client.get_metric_history(run_id, "train_loss")] == [int((t0 + 40) * 1000), int((t0 + 85) * 1000)]
     assert client.get_metric_history(run_id, "recall_at_1_pct")[0].timestamp == int((t0 + 90.0) * 1000)
     assert run.data.metrics["wall_seconds_train"] == 70.0
+
+
+def test_every_retrieval_metric_goes_to_mlflow_in_percent_and_nothing_else_does():
+    from dmlsynth.metrics import METRIC_KEYS
+    from dmlsynth.tracking import percent_name
+
+    assert [percent_name(k) for k in METRIC_KEYS] == [k.replace("@", "_at_") + "_pct" for k in METRIC_KEYS]
+    assert percent_name("val_map@r") == "val_map_at_r_pct" and percent_name("last_epoch.nmi") == "last_epoch_nmi_pct"
+    assert percent_name("eval_seconds") is None and percent_name("queries") is None
