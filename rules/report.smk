@@ -36,7 +36,7 @@ rule table:
         "../environment.yml"
     shell:
         # The run folders as their records' paths, one per argument (the record would be too long for one).
-        "dmlsynth table --job {params.job:q} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth table --job {params.job:jsonq} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule compare:
@@ -63,4 +63,4 @@ rule compare:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth compare --job {params.job:q} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth compare --job {params.job:jsonq} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -25,7 +25,7 @@ _STYLE = f"""
 .{PAGE_CLASS} p {{ margin: 0.4em 0; max-width: 75em; }}
 .{PAGE_CLASS} .scroll {{ overflow-x: auto; }}
 .{PAGE_CLASS} table {{ border-collapse: collapse; margin: 0.5em 0; }}
-.{PAGE_CLASS} th, .{PAGE_CLASS} td {{ border: 1px solid #ccc; padding: 2px 8px; white-space: nowrap; }}
+.{PAGE_CLASS} th, .{PAGE_CLASS} td {{ border: 1px solid #ccc; padding: 2px 6px; white-space: nowrap; font-size: 13px; }}
 .{PAGE_CLASS} th {{ background: #f0f0f0; font-weight: 600; }}
 .{PAGE_CLASS} tr:nth-child(even) td {{ background: #fafafa; }}
 .{PAGE_CLASS} img {{ max-width: 100%; height: auto; }}

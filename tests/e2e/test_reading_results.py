@@ -37,7 +37,7 @@ def readme_block(containing: str) -> list[str]:
 def _report_data(html: str) -> tuple[str, dict]:
     """The workflow description (HTML) and the results (path -> entry) the report embeds as JavaScript values."""
     description = json.loads(re.search(r"var workflow_desc = (.*?);\n", html, re.S).group(1))
-    results = json.loads(re.search(r"var results = (.*?);\n", html, re.S).group(1))
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html, re.S).group(1))
     return description, results
 
 
@@ -66,6 +66,9 @@ def assert_the_report_opens_on_the_answer(html: str, results_dir: Path) -> None:
     assert not {"summary.md", "table.csv", "summary.csv", "comparison.md"} & set(pages)  # no download-only twin
     for name in ("recall_at_1.png", "training_loss.png", "forest_digits_multi_similarity.png"):
         assert pages[name]["caption"].strip(), name
+    # A job's parameters read as name=value pairs, not as the record's escaped JSON on one line.
+    params = pages["summary.html"]["job_properties"]["params"]
+    assert "statistics.confidence=0.95" in params and '\\"' not in params, params
 
 
 def screenshot(page: Path, shot: Path) -> None:
