@@ -8,6 +8,9 @@
 
 configfile: "params.yaml"
 
+# The Snakemake report's first page (snakemake --report results/report.html): what was compared, the summary.
+report: "report/workflow.rst"
+
 
 # In pipeline order: a rule may use the outputs of the rules above it (rules.X.output).
 include: "rules/common.smk"

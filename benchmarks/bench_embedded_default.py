@@ -161,12 +161,13 @@ def render_generation(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# table.csv holds the metrics in % and their differences in percentage points (docs/outputs.md).
 def _percent(value: float) -> str:
-    return f"{100 * value:.1f}"
+    return f"{value:.1f}"
 
 
 def _signed(value: float) -> str:
-    text = f"{100 * value:+.1f}"
+    text = f"{value:+.1f}"
     return "0.0" if text in ("+0.0", "-0.0") else text.replace("-", "−")
 
 

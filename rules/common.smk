@@ -25,7 +25,7 @@ if PACKAGE_PROBLEM:
 LAYOUT = layout.Layout.of(CFG)
 # Every job's resolved record (dmlsynth.jobs): its params, files, threads, resources, GPU and identity.
 # A rule takes its files, threads and resources from it, compares its identity (a change re-runs it)
-# and hands the job the whole record (--job {params.job:q}, which Snakemake does not compare).
+# and hands the job the whole record (--job {params.job:jsonq}, which Snakemake does not compare).
 JOBS = jobs.Jobs(CFG)
 # Jobs call `dmlsynth` by name. The environment that runs Snakemake comes first on their PATH, so the
 # workflow and its jobs share one environment (`.venv/bin/snakemake` finds the venv's dmlsynth without an

@@ -17,7 +17,7 @@ rule prepare_data:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth prepare-data --job {params.job:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth prepare-data --job {params.job:jsonq} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 # Stage 1b: the resized JPEG copy of a photo dataset that training reads (dmlsynth.data.image_cache).
@@ -43,4 +43,4 @@ rule cache_images:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth cache-images --job {params.job:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth cache-images --job {params.job:jsonq} 2>&1 | tee -a {log:q}.tries >{log:q}"

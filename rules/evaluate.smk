@@ -38,4 +38,4 @@ rule evaluate:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth evaluate --job {params.job:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth evaluate --job {params.job:jsonq} 2>&1 | tee -a {log:q}.tries >{log:q}"

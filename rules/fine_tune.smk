@@ -26,4 +26,4 @@ rule fine_tune:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth fine-tune --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth fine-tune --job {params.job:jsonq} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -43,7 +43,7 @@ rule prompts:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth prompts --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth prompts --job {params.job:jsonq} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule train_generator:
@@ -65,7 +65,7 @@ rule train_generator:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth train-generator --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth train-generator --job {params.job:jsonq} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule generate:
@@ -90,7 +90,7 @@ rule generate:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth generate --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth generate --job {params.job:jsonq} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule filter_generated:
@@ -113,7 +113,7 @@ rule filter_generated:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth filter-generated --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth filter-generated --job {params.job:jsonq} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule merge_generated:
@@ -134,7 +134,7 @@ rule merge_generated:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth merge-generated --job {params.job:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth merge-generated --job {params.job:jsonq} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule generation_report:
@@ -161,4 +161,4 @@ rule generation_report:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth generation-report --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth generation-report --job {params.job:jsonq} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"

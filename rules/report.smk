@@ -3,9 +3,10 @@
 import dataclasses
 
 TABLE, COMPARE = JOBS.table(), JOBS.compare()
-# In the Snakemake report: the results in brief, the full table and the figures.
+# In the Snakemake report: the results in brief and the full table as pages the report shows (its markdown and
+# CSV it could only offer as downloads), and the figures.
 REPORTED = {
-    "summary_md": "../report/summary.rst", "csv": "../report/table.rst", "figure": "../report/recall.rst",
+    "summary_html": "../report/summary.rst", "table_html": "../report/table.rst", "figure": "../report/recall.rst",
     "training_loss": "../report/training_loss.rst",
 }  # fmt: skip
 
@@ -35,15 +36,16 @@ rule table:
         "../environment.yml"
     shell:
         # The run folders as their records' paths, one per argument (the record would be too long for one).
-        "dmlsynth table --job {params.job:q} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth table --job {params.job:jsonq} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
 
 
 rule compare:
     input:
         **COMPARE.inputs,
     output:
-        table=report(LAYOUT.comparison_csv(), caption="../report/comparison.rst", category="Comparison"),
+        table=LAYOUT.comparison_csv(),
         report=LAYOUT.comparison_report(),
+        page=report(LAYOUT.comparison_html(), caption="../report/comparison.rst", category="Comparison"),
         forest=[
             report(LAYOUT.forest_figure(d, l), caption="../report/forest.rst", category="Comparison")
             for d, l in pipeline.comparison_groups(CFG)
@@ -61,4 +63,4 @@ rule compare:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth compare --job {params.job:q} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth compare --job {params.job:jsonq} {input.records:q} 2>&1 | tee -a {log:q}.tries >{log:q}"

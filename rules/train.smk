@@ -31,4 +31,4 @@ rule train:
     conda:
         "../environment.yml"
     shell:
-        "dmlsynth train --job {params.job:q} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"
+        "dmlsynth train --job {params.job:jsonq} --gpus {resources.gpu} 2>&1 | tee -a {log:q}.tries >{log:q}"

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from dmlsynth import published as published_numbers
-from dmlsynth import cost, registry
+from dmlsynth import cost, html_pages, registry
 from dmlsynth.io import atomic_write_text, save_figure
-from dmlsynth.layout import forest_figure_name
-from dmlsynth.table import BASELINE, NOT_AVAILABLE, Run
+from dmlsynth.layout import comparison_html_of, forest_figure_name
+from dmlsynth.table import BASELINE, NOT_AVAILABLE, POINTS, Run, in_points
 from dmlsynth.errors import DmlsynthError
 
 # What the forest plots and the report show, in this order.
@@ -118,11 +118,11 @@ def comparison(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | 
 
 
 def _points(value: float) -> str:
-    return NOT_AVAILABLE if pd.isna(value) else f"{100 * value:+.1f}"
+    return NOT_AVAILABLE if pd.isna(value) else f"{POINTS * value:+.1f}"
 
 
 def _interval(low: float, high: float) -> str:
-    return NOT_AVAILABLE if pd.isna(low) else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+    return NOT_AVAILABLE if pd.isna(low) else f"[{POINTS * low:+.1f}, {POINTS * high:+.1f}]"
 
 
 def _significance(value: Any) -> str:
@@ -135,10 +135,6 @@ def _seconds(value: float) -> str:
 
 def _p(value: float) -> str:
     return NOT_AVAILABLE if pd.isna(value) else f"{value:.3g}"
-
-
-def _hours(value: float) -> str:
-    return NOT_AVAILABLE if pd.isna(value) else f"{value:.2f}"
 
 
 def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
@@ -155,8 +151,11 @@ def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
         f"{level} bootstrap interval over test queries (one seed suffices; it ignores training randomness). "
         "*significant*: Holm-adjusted p-value below alpha over the methods compared in the same dataset and loss "
         "(paired t-test with 2 or more paired seeds, else the query bootstrap). Published gains are R@1 "
-        "of the papers (other backbones and recipes except the ResNet-50 rows). GPU-hours count seconds "
-        "on a CUDA device.",
+        "of the papers (other backbones and recipes except the ResNet-50 rows). Units: R@1 in %, every Δ and "
+        "interval in percentage points. Cost: *train s / seed*, the mean training seconds of one seed's run (every "
+        "attempt counted); *sampling s*, the seconds that made the row's own generated images; *GPU-h*, the row's "
+        "seconds on a CUDA device / 3600, blank where nothing ran on a GPU; a generator that several rows' images "
+        "share is stated once under the table, in no row.",
         "",
     ]
     for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=False):
@@ -164,23 +163,25 @@ def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
         lines += [_what_was_compared(part), ""]
         lines += [
             "| method | compared with | seeds | R@1 % | ΔR@1 | t CI | bootstrap CI | p (Holm) | significant "
-            "| ΔMAP@R | t CI | significant | published R@1 | train s / run | generation s | GPU-h |",
+            "| ΔMAP@R | t CI | significant | published R@1 | train s / seed | sampling s | GPU-h |",
             "|---|---|---:|---:|---:|---|---|---:|---|---:|---|---|---|---:|---:|---:|",
         ]
         for r in part.to_dict(orient="records"):
             p_holm = r["recall@1_p_holm"]
-            generated = r["generation_seconds"] + r["generator_train_seconds"]
+            generated = r["generation_seconds"]
             compared_with = r["control"] if isinstance(r["control"], str) and r["control"] != NOT_AVAILABLE else "— (a control)"
             lines.append(
-                f"| {r['method']} | {compared_with} | {r['seeds']} | {100 * r['recall@1_mean']:.1f} | {_points(r['recall@1_delta'])} "
+                f"| {r['method']} | {compared_with} | {r['seeds']} | {POINTS * r['recall@1_mean']:.1f} | {_points(r['recall@1_delta'])} "
                 f"| {_interval(r['recall@1_delta_ci_low'], r['recall@1_delta_ci_high'])} "
                 f"| {_interval(r['recall@1_delta_boot_low'], r['recall@1_delta_boot_high'])} "
                 f"| {_p(p_holm)} | {_significance(r['recall@1_significant'])} "
                 f"| {_points(r['map@r_delta'])} | {_interval(r['map@r_delta_ci_low'], r['map@r_delta_ci_high'])} "
                 f"| {_significance(r['map@r_significant'])} | {r['published'] if isinstance(r['published'], str) else '—'} "
-                f"| {_seconds(r['train_seconds_per_run'])} | {_seconds(generated) if generated else '—'} "
-                f"| {_hours(r['gpu_hours'])} |"
+                f"| {_seconds(r['train_seconds_per_seed'])} | {_seconds(generated) if generated else '—'} "
+                f"| {cost.gpu_hours_text(r['gpu_hours'], NOT_AVAILABLE)} |"
             )
+        shared = cost.shared_generator_lines(part)
+        lines += ["", *shared] if shared else []
         lines.append("")
     lines += side_by_side(frame)
     lines += ["## Published numbers (R@1, %)", "", published_numbers.render(published_numbers.published())]
@@ -220,10 +221,10 @@ def side_by_side(frame: pd.DataFrame) -> list[str]:
         for r in compared.to_dict(orient="records"):
             # Ours: the method against its own control (the paired comparison the table makes).
             control = by_name.loc[r["control"]] if r["control"] in by_name.index else None
-            ours_base = 100 * float(control["recall@1_mean"]) if control is not None else np.nan
+            ours_base = POINTS * float(control["recall@1_mean"]) if control is not None else np.nan
             pub_base = r["published_base_same_setting"] if not pd.isna(r["published_base_same_setting"]) else published_base
             pub_value = r["published_method_same_setting"]
-            ours_value = 100 * r["recall@1_mean"]
+            ours_value = POINTS * r["recall@1_mean"]
             published = (
                 "no published number with this backbone and loss"
                 if pd.isna(pub_value)
@@ -252,9 +253,9 @@ def forest_plot(part: pd.DataFrame, out: str | Path, confidence: float) -> None:
         if compared.empty:
             ax.text(0.5, 0.5, "no method compared with baseline", transform=ax.transAxes, ha="center")
         for yi, row in zip(y, compared.to_dict(orient="records")):
-            delta = 100 * row[f"{name}_delta"]
-            boot = (100 * row[f"{name}_delta_boot_low"], 100 * row[f"{name}_delta_boot_high"])
-            t_ci = (100 * row[f"{name}_delta_ci_low"], 100 * row[f"{name}_delta_ci_high"])
+            delta = POINTS * row[f"{name}_delta"]
+            boot = (POINTS * row[f"{name}_delta_boot_low"], POINTS * row[f"{name}_delta_boot_high"])
+            t_ci = (POINTS * row[f"{name}_delta_ci_low"], POINTS * row[f"{name}_delta_ci_high"])
             if np.isfinite(boot[0]):
                 ax.plot(boot, [yi, yi], color="#4c72b0", linewidth=1.2)
             if np.isfinite(t_ci[0]):
@@ -303,8 +304,12 @@ def write_comparison(
         forest_plot(part, figure_dir / forest_figure_name(dataset, loss), confidence)
     # The report links its figures relative to its own folder, so results/ can be moved as a whole.
     relative = os.path.relpath(figure_dir, Path(out_report).parent)
-    atomic_write_text(out_report, markdown(frame, Path(relative).as_posix(), confidence))
-    csv = frame.copy()
+    report = markdown(frame, Path(relative).as_posix(), confidence)
+    atomic_write_text(out_report, report)
+    atomic_write_text(comparison_html_of(out_report), html_pages.from_markdown("Methods vs their controls", report, Path(out_report).parent))
+    csv = in_points(frame)  # one unit in every file: the metrics in % and points, like table.csv
+    csv["gpu_hours"] = csv["gpu_hours"].map(lambda v: cost.gpu_hours_text(v, NOT_AVAILABLE, 6)).astype(object)
+    csv["generator_gpu_hours"] = csv["generator_gpu_hours"].map(lambda v: cost.gpu_hours_text(v, NOT_AVAILABLE, 6)).astype(object)
     for column in [c for c in csv.columns if c.endswith("_significant")]:
         csv[column] = csv[column].map({True: "yes", False: "no"})
     csv["pairs"] = csv["pairs"].astype("Int64")

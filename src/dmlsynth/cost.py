@@ -1,9 +1,13 @@
-"""What a row of the results costs: training seconds over every attempt, generation seconds, GPU-hours.
+"""What a row of the results costs: training seconds per seed (every attempt), sampling seconds, GPU-hours.
 
-One rule for every row, so the summary and the comparison report agree: GPU-hours are the seconds
-spent on a CUDA device (training, sampling and the generator's training or per-class fine-tuning)
-divided by 3600 — 0.00 for a row that ran on the CPU, never "n/a" beside another row's 0.00.
-A row whose generation device is not recorded (a generation report of older code) counts as unknown.
+One rule for every row, so the summary and the comparison report agree. A row's own cost is its training
+runs (``train_seconds_per_seed``: the mean over its seeds; ``train_seconds_total``) and the sampling of its
+own image set (``generation_seconds``); its ``gpu_hours`` are those seconds spent on a CUDA device / 3600
+(0 for a row that ran on the CPU: the reports show it blank, see :func:`gpu_hours_text`). The generator's
+training (or per-class fine-tuning) is shared by every image set of the dataset (``blender`` and
+``sd_plain`` sample from one generator): ``generator_train_seconds`` and ``generator_gpu_hours`` carry it on
+each row that uses it, and the reports show it once per dataset, counted in no row. A row whose generation
+device is not recorded (a generation report of older code) counts as unknown.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def generation_cost(generation: Any, dataset: str, method: str) -> dict[str, flo
     """
     image_set = registry.METHODS[method].synthetic_images if method in registry.METHODS else None
     if image_set is None:
-        return {"generation_seconds": 0.0, "generator_train_seconds": 0.0, "gpu_seconds": 0.0}
+        return {"generation_seconds": 0.0, "generator_train_seconds": 0.0, "gpu_seconds": 0.0, "generator_gpu_seconds": 0.0}
     if generation is None:
         raise CostError(
             f"method {method!r} trains on generated images, but no generation report was given: "
@@ -46,8 +50,11 @@ def generation_cost(generation: Any, dataset: str, method: str) -> dict[str, flo
     train = float(row.get("generator_train_seconds", 0.0) or 0.0)
     # Sampled on CUDA, on the CPU, or (a report of older code, parts of both) not known.
     device = str(row.get("device")) if "device" in rows.columns else "unknown"
-    gpu = sampling + train if device == "cuda" else 0.0 if device == "cpu" else float("nan")
-    return {"generation_seconds": sampling, "generator_train_seconds": train, "gpu_seconds": gpu}
+    on_gpu = 1.0 if device == "cuda" else 0.0 if device == "cpu" else float("nan")
+    return {
+        "generation_seconds": sampling, "generator_train_seconds": train,
+        "gpu_seconds": sampling * on_gpu, "generator_gpu_seconds": train * on_gpu,
+    }  # fmt: skip
 
 
 def row_cost(runs: Iterable[Any], generation: Any, dataset: str, method: str) -> dict[str, Any]:
@@ -58,12 +65,46 @@ def row_cost(runs: Iterable[Any], generation: Any, dataset: str, method: str) ->
     on_gpu = sum(s for r, s in zip(runs, seconds) if is_cuda(r.device))
     return {
         "train_device": ";".join(sorted({str(r.device) for r in runs})),
-        "train_seconds_per_run": sum(seconds) / len(seconds) if seconds else float("nan"),
+        "train_seconds_per_seed": sum(seconds) / len(seconds) if seconds else float("nan"),
         "train_seconds_total": sum(seconds),
         "generation_seconds": generated["generation_seconds"],
-        "generator_train_seconds": generated["generator_train_seconds"],
         "gpu_hours": (on_gpu + generated["gpu_seconds"]) / 3600,
+        "generator_train_seconds": generated["generator_train_seconds"],
+        "generator_gpu_hours": generated["generator_gpu_seconds"] / 3600,
     }
 
 
-COLUMNS = ("train_device", "train_seconds_per_run", "train_seconds_total", "generation_seconds", "generator_train_seconds", "gpu_hours")
+COLUMNS = (
+    "train_device", "train_seconds_per_seed", "train_seconds_total", "generation_seconds", "gpu_hours",
+    "generator_train_seconds", "generator_gpu_hours",
+)  # fmt: skip
+
+
+def gpu_hours_text(value: float, na: str = "n/a", digits: int = 2) -> str:
+    """GPU-hours as the reports show them: blank where nothing ran on a GPU, ``na`` where unknown."""
+    if value != value:  # NaN: the device of some part is not recorded
+        return na
+    return "" if value == 0 else f"{value:.{digits}f}"
+
+
+def shared_generators(frame: Any, methods_column: str = "method") -> list[tuple[str, float, float, list[str]]]:
+    """Per dataset, the shared generator's cost, once: (dataset, seconds, GPU-hours, the rows that use it)."""
+    out = []
+    for dataset, part in frame.groupby("dataset", sort=False):
+        using = part[part["generator_train_seconds"].fillna(0) > 0]
+        if len(using):
+            names = list(dict.fromkeys(using[methods_column]))
+            out.append((str(dataset), float(using["generator_train_seconds"].max()), float(using["generator_gpu_hours"].max()), names))
+    return out
+
+
+def shared_generator_lines(frame: Any) -> list[str]:
+    """The markdown sentence(s) that state the shared generator's cost once per dataset."""
+    lines = []
+    for dataset, seconds, hours, names in shared_generators(frame):
+        gpu = gpu_hours_text(hours)
+        lines.append(
+            f"Generator of the {dataset} images, used by {', '.join(f'`{n}`' for n in names)}: {seconds:,.0f} s of "
+            f"training{f' ({gpu} GPU-h)' if gpu else ''}, stated here once and in no row's cost."
+        )
+    return lines

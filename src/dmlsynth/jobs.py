@@ -177,8 +177,13 @@ class Job:
 
 
 class JobArgument:
-    """A job record as a Snakemake param: ``str()`` is its JSON; Snakemake does not compare values of
-    types it does not know (only the job's identity, a plain string, decides re-runs)."""
+    """A job record as a Snakemake param: ``str()`` and ``format(argument, "json")`` (the rules'
+    ``{params.job:jsonq}``: its JSON, shell-quoted) are the record; Snakemake does not compare values of
+    types it does not know (only the job's identity, a plain string, decides re-runs).
+
+    Plain ``format`` is what the Snakemake report shows as the job's parameters: the record's params as
+    ``name=value`` pairs (:meth:`readable`), which wrap in the report's panel, where the JSON would be one
+    escaped line running past it."""
 
     __slots__ = ("text",)
 
@@ -188,7 +193,22 @@ class JobArgument:
     def __str__(self) -> str:
         return self.text
 
-    __format__ = lambda self, spec: format(self.text, spec)  # noqa: E731 - Snakemake formats params into the shell
+    def __format__(self, spec: str) -> str:
+        if spec == "json":
+            return self.text
+        return self.readable() if spec == "" else format(self.text, spec)
+
+    def readable(self) -> str:
+        """``<rule> <job>: name=value, ...``: every param of the record, nested names joined with dots."""
+        record = json.loads(self.text)
+
+        def pairs(node: Any, prefix: str = "") -> list[str]:
+            if isinstance(node, Mapping) and node:
+                return [pair for key, value in node.items() for pair in pairs(value, f"{prefix}{key}.")]
+            value = ", ".join(map(str, node)) if isinstance(node, (list, tuple)) else node
+            return [f"{prefix[:-1]}={value}"]
+
+        return f"{record['rule']} {record['name']}: " + "; ".join(pairs(record["params"]))
 
 
 class Jobs:

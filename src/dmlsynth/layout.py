@@ -22,8 +22,10 @@ a rule declares and ``.manifest("digits")`` the concrete file::
     {results}/runs/{dataset}/{method}/{loss}/seed{seed}/   one training run (:class:`RunFolder`)
     {results}/summary.md, summary.csv             the results in brief (one row per dataset x method x loss)
     {results}/table.csv, table.json, metrics.json the full table, its JSON twin, DVC's headline metrics
+    {results}/summary.html, table.html            the same as pages of their own, for the Snakemake report
     {results}/figures/                            recall chart, training loss, forest plots, sample grids
     {results}/comparison.csv, comparison.md       the comparison report (forest plots in figures/)
+    {results}/comparison.html                     the same as a page (plots embedded), for the Snakemake report
     {results}/generation.csv                      quality of the generated images
     {logs}/{rule}/...log                          one log per job
 """
@@ -56,6 +58,11 @@ RESIZED_INDEX = "index.csv"
 
 
 RUN_RECORD = "run.yaml"
+
+
+def comparison_html_of(report: str | Path) -> str:
+    """The HTML page ``dmlsynth compare`` writes beside its markdown report (``comparison.md`` -> ``comparison.html``)."""
+    return str(Path(report).with_suffix(".html"))
 
 
 def forest_figure_name(dataset: str, loss: str) -> str:
@@ -151,6 +158,8 @@ class TableFiles:
     headline: str  # R@1 per row (and its paired difference): DVC's metrics
     figure: str  # R@1 per method and its difference to the control
     training_loss: str  # each method's mean training loss per epoch (dmlsynth.figures), DVC's plot
+    summary_html: str  # the summary as a page of its own, for the Snakemake report (dmlsynth.html_pages)
+    table_html: str  # the full table as a page, for the Snakemake report
 
     @classmethod
     def under(cls, results: str) -> "TableFiles":
@@ -162,6 +171,8 @@ class TableFiles:
             headline=f"{results}/metrics.json",
             figure=f"{results}/figures/recall_at_1.png",
             training_loss=f"{results}/figures/training_loss.png",
+            summary_html=f"{results}/summary.html",
+            table_html=f"{results}/table.html",
         )
 
     def all(self) -> list[str]:
@@ -293,13 +304,20 @@ class Layout:
         """The same as readable markdown, with the forest plots."""
         return f"{self.results}/comparison.md"
 
+    def comparison_html(self) -> str:
+        """The report as a page with its forest plots embedded, for the Snakemake report (beside the markdown)."""
+        return comparison_html_of(self.comparison_report())
+
     def forest_figure(self, dataset: str = "{dataset}", loss: str = "{loss}") -> str:
         """Paired differences to baseline of one dataset x loss."""
         return f"{self.figures_dir()}/{forest_figure_name(dataset, loss)}"
 
     def comparison_outputs(self, groups: Sequence[tuple[str, str]]) -> list[str]:
         """What ``dmlsynth compare`` writes for these (dataset, loss) groups."""
-        return [self.comparison_csv(), self.comparison_report(), *(self.forest_figure(d, l) for d, l in groups)]
+        return [
+            self.comparison_csv(), self.comparison_report(), self.comparison_html(),
+            *(self.forest_figure(d, l) for d, l in groups),
+        ]  # fmt: skip
 
     def generation_csv(self) -> str:
         return f"{self.results}/generation.csv"

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dmlsynth import registry, stats
+from dmlsynth import cost, html_pages, registry, stats
 from dmlsynth.metrics import METRIC_KEYS
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import RunFolder, TableFiles
@@ -57,6 +57,11 @@ ROW_COLUMNS = ["control", "seeds", "pairs", "test"]
 PROVENANCE_COLUMNS = [
     "optimisation_steps", "batch_size", "threads", "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits",
 ]  # fmt: skip
+# The stats of a metric that are on the metric's scale (the rest: p-values and significance). The files say them in
+# percentage points (metric x 100; NMI too), one unit for every number of results/; the frame in memory, like the
+# run folders' metrics.json, holds the metric's own scale, [0, 1] (table_csv and read_table convert at the file).
+POINT_STATS = tuple(stat for stat in METRIC_STATS if stat not in ("p", "p_holm", "significant"))
+POINTS = 100.0
 INTEGER_COLUMNS = ("seeds", "pairs", "optimisation_steps", "batch_size", "threads")
 TEXT_COLUMNS = ("control", "test", "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits")
 # Params in which a method's run may differ from its control's: everything else (dataset settings,
@@ -416,7 +421,7 @@ def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.
                 spread = stats.t_interval(values, confidence)
                 row[f"{name}_mean"] = spread.estimate
                 row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
-                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = spread.low, spread.high
+                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _within(spread.low, spread.high, 0.0, 1.0)
                 boot = _mean_of([replicates[r.key].get(name) for r in members])
                 row[f"{name}_boot_low"], row[f"{name}_boot_high"] = (
                     stats.percentile_interval(boot, confidence) if boot is not None else (np.nan, np.nan)
@@ -436,7 +441,7 @@ def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.
                         ]
                     )
                 row[f"{name}_delta"] = delta.estimate
-                row[f"{name}_delta_ci_low"], row[f"{name}_delta_ci_high"] = delta.low, delta.high
+                row[f"{name}_delta_ci_low"], row[f"{name}_delta_ci_high"] = _within(delta.low, delta.high, -1.0, 1.0)
                 row[f"{name}_delta_boot_low"], row[f"{name}_delta_boot_high"] = (
                     stats.percentile_interval(boot_delta, confidence) if boot_delta is not None else (np.nan, np.nan)
                 )
@@ -458,8 +463,31 @@ def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.
     return pd.DataFrame(rows)[columns]
 
 
+def _within(low: float, high: float, bottom: float, top: float) -> tuple[float, float]:
+    """A t interval bounded to the range its quantity can take (a metric in [0, 1], a difference of two in
+    [-1, 1]): the t interval is symmetric and can pass 1 near a ceiling, which no run can reach *[project definition]*."""
+    return (float(np.clip(low, bottom, top)), float(np.clip(high, bottom, top))) if np.isfinite(low) else (low, high)
+
+
+POINT_NAMES = frozenset([*METRIC_KEYS, *(f"{m}_{stat}" for m in METRIC_KEYS for stat in POINT_STATS)])
+
+
+def point_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of ``frame`` that are on a metric's scale (written in percentage points): a metric's, or its
+    value at the last epoch's (``last_epoch.<metric>``, with validation classes)."""
+    return [c for c in frame.columns if str(c).removeprefix("last_epoch.") in POINT_NAMES]
+
+
+def in_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the table (or the runs' frame) with every metric-scale column in percentage points."""
+    out = frame.copy()
+    columns = point_columns(out)
+    out[columns] = out[columns].astype(float) * POINTS
+    return out
+
+
 def runs_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: identity, metrics and provenance."""
+    """One row per run: identity, metrics (on their own scale, [0, 1]) and provenance."""
     return pd.DataFrame(
         [
             {
@@ -474,8 +502,8 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
 
 
 def table_csv(table: pd.DataFrame) -> str:
-    """The CSV text: floats with 6 decimals, significance as yes/no, 'n/a' where a value does not exist."""
-    out = table.copy()
+    """The CSV text: metrics in percentage points, floats with 6 decimals, significance as yes/no, 'n/a' where a value does not exist."""
+    out = in_points(table)
     for column in out.columns:
         if column.endswith("_significant"):
             out[column] = out[column].map({True: "yes", False: "no"})
@@ -488,6 +516,8 @@ def table_csv(table: pd.DataFrame) -> str:
 def read_table(path: str | Path) -> pd.DataFrame:
     """``results/table.csv`` back as a frame ('n/a' -> NaN, yes/no -> True/False)."""
     table = pd.read_csv(path, na_values=[NOT_AVAILABLE], keep_default_na=False, dtype={"seed_list": str, "chosen_epochs": str})
+    columns = point_columns(table)
+    table[columns] = table[columns].astype(float) / POINTS  # the file's points back to the metric's scale
     for column in table.columns:
         if column.endswith("_significant"):
             table[column] = table[column].map({"yes": True, "no": False})
@@ -522,11 +552,17 @@ def nested(frame: pd.DataFrame, keys: list[str]) -> dict:
 SUMMARY_METRICS = (("recall@1", "R@1"), ("map@r", "MAP@R"))
 
 
+# The summary's cost columns and the cost.row_cost value each holds: a row's own cost (per seed; the sampling of
+# its image set), and the generator its image set shares with other rows (the markdown states it once).
+SUMMARY_COSTS = {
+    "train s / seed": "train_seconds_per_seed", "sampling s": "generation_seconds", "GPU-h": "gpu_hours",
+    "shared generator s": "generator_train_seconds", "shared generator GPU-h": "generator_gpu_hours",
+}  # fmt: skip
+
+
 def summary(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per dataset x method x loss, in percent: R@1 and MAP@R (mean over seeds), the paired difference
     to the control with its t interval (the query bootstrap's with one seed) and Holm p, and the row's cost."""
-    from dmlsynth import cost
-
     rows = []
     for record in table.to_dict(orient="records"):
         members = [r for r in runs if (r.dataset, r.method, r.loss) == (record["dataset"], record["method"], record["loss"])]
@@ -545,9 +581,8 @@ def summary(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | Non
             # A table built by hand without the generation report: its numbers stand, its cost is unknown.
             log.warning("%s: the summary's generation cost is n/a", exc)
             spent = {**cost.row_cost(members, None, record["dataset"], "baseline"), "generation_seconds": np.nan, "gpu_hours": np.nan}
-        row["train s / run"] = spent["train_seconds_per_run"]
-        row["generation s"] = spent["generation_seconds"] + spent["generator_train_seconds"]
-        row["GPU-hours"] = spent["gpu_hours"]
+        for column, key in SUMMARY_COSTS.items():
+            row[column] = spent[key]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -562,18 +597,22 @@ def summary_markdown(frame: pd.DataFrame, confidence: float) -> str:
     lines = [
         "# Results in brief",
         "",
-        f"Mean over seeds, in %. **Δ**: the paired difference to the row's *control* (the same runs with the synthesis "
-        f"switched off: baseline with the method's loss params, same steps, batch, seeds), in points, with its {level} "
-        "t interval over seeds (with one seed: the query bootstrap's). **p**: Holm-adjusted over the methods of the "
-        "dataset and loss; **bold** Δ: significant. The full table is `table.csv`; the comparison report "
-        "(`comparison.md`) adds forest plots and the published numbers.",
+        f"Units: R@1 and MAP@R are means over seeds in %; **Δ**: the paired difference to the row's *control* (the same "
+        f"runs with the synthesis switched off: baseline with the method's loss params, same steps, batch, seeds), in "
+        f"percentage points, with its {level} t interval over seeds (with one seed: the query bootstrap's). **p**: "
+        "Holm-adjusted over the methods of the dataset and loss; **bold** Δ: significant. Cost: **train s / seed**, the "
+        "mean training seconds of one seed's run (every attempt counted); **sampling s**, the seconds that made the "
+        "row's own generated images; **GPU-h**, the row's seconds on a GPU / 3600, blank where nothing ran on a GPU; a "
+        "generator that several rows' images share is stated once under the table, in no row. The full table is "
+        "`table.csv` (in % and points too); the comparison report (`comparison.md`) adds forest plots and the "
+        "published numbers.",
         "",
     ]
     for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=False):
         lines += [
             f"## {dataset} · {loss}",
             "",
-            "| method | vs | seeds | R@1 | ΔR@1 | p | MAP@R | ΔMAP@R | p | train s / run | generation s | GPU-h |",
+            "| method | vs | seeds | R@1 % | ΔR@1 (points) | p | MAP@R % | ΔMAP@R (points) | p | train s / seed | sampling s | GPU-h |",
             "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
         ]
         for r in part.to_dict(orient="records"):
@@ -586,14 +625,30 @@ def summary_markdown(frame: pd.DataFrame, confidence: float) -> str:
                 text = f"{delta:+.1f} [{_pct(r[f'{short} Δ low'], True)}, {_pct(r[f'{short} Δ high'], True)}]"
                 cells += [_pct(r[f"{short} %"]), f"**{text}**" if r[f"{short} significant"] is True else text, f"{r[f'{short} p (Holm)']:.2g}"]
             control = r["control"] if isinstance(r["control"], str) and r["control"] != NOT_AVAILABLE else "—"
-            generation = NOT_AVAILABLE if pd.isna(r["generation s"]) else (f"{r['generation s']:,.0f}" if r["generation s"] else "—")
-            gpu_hours = NOT_AVAILABLE if pd.isna(r["GPU-hours"]) else f"{r['GPU-hours']:.2f}"
+            generation = NOT_AVAILABLE if pd.isna(r["sampling s"]) else (f"{r['sampling s']:,.0f}" if r["sampling s"] else "—")
             lines.append(
                 f"| {r['method']} | {control} | {r['seeds']} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} "
-                f"| {cells[5]} | {r['train s / run']:,.1f} | {generation} | {gpu_hours} |"
+                f"| {cells[5]} | {r['train s / seed']:,.1f} | {generation} | {cost.gpu_hours_text(r['GPU-h'])} |"
             )
+        shared = part.rename(columns={"shared generator s": "generator_train_seconds", "shared generator GPU-h": "generator_gpu_hours"})
+        lines += ["", *cost.shared_generator_lines(shared)] if cost.shared_generators(shared) else []
         lines.append("")
     return "\n".join(lines)
+
+
+TABLE_UNITS = (
+    "One row per dataset × method × loss (table.csv, rounded to 2 decimals here). Metrics (_mean, _ci_*, _boot_*) in %; "
+    "their spread (_std) and paired differences to the row's control (_delta*) in percentage points; p-values 0–1; "
+    "docs/outputs.md defines every column."
+)
+
+
+def summary_csv(frame: pd.DataFrame) -> str:
+    """The summary as CSV: 2 decimals, 'n/a' where a value does not exist, GPU-hours blank where nothing ran on a GPU."""
+    out = frame.copy()
+    for column in ("GPU-h", "shared generator GPU-h"):
+        out[column] = out[column].map(lambda v: cost.gpu_hours_text(v, NOT_AVAILABLE)).astype(object)
+    return out.to_csv(index=False, float_format="%.2f", na_rep=NOT_AVAILABLE)
 
 
 def headline_metrics(table: pd.DataFrame) -> dict[str, Any]:
@@ -623,7 +678,7 @@ def write_table(
     table = aggregate(runs, settings)
     confidence = float({**stats.DEFAULTS, **(settings or {})}["confidence"])
     brief = summary(table, runs, generation)
-    payload = {"table": nested(table, IDENTITY), "runs": nested(runs_frame(runs), [*IDENTITY, "seed"])}
+    payload = {"table": nested(in_points(table), IDENTITY), "runs": nested(in_points(runs_frame(runs)), [*IDENTITY, "seed"])}
     plot_recall(table, files.figure, confidence=confidence)
     from dmlsynth.figures import plot_training_loss
 
@@ -631,8 +686,11 @@ def write_table(
     atomic_write_text(files.json, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(files.headline, json.dumps(headline_metrics(table), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(files.csv, table_csv(table))
-    atomic_write_text(files.summary_csv, brief.to_csv(index=False, float_format="%.2f", na_rep=NOT_AVAILABLE))
-    atomic_write_text(files.summary_md, summary_markdown(brief, confidence) + "\n")
+    atomic_write_text(files.summary_csv, summary_csv(brief))
+    brief_text = summary_markdown(brief, confidence) + "\n"
+    atomic_write_text(files.summary_md, brief_text)
+    atomic_write_text(files.summary_html, html_pages.from_markdown("Results in brief", brief_text))
+    atomic_write_text(files.table_html, html_pages.from_frame("Results table", in_points(table), TABLE_UNITS, "{:.2f}"))
     return table
 
 

@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -98,6 +99,20 @@ def artifact_root(uri: str, artifacts: str | None) -> str | None:
 def metric_name(key: str) -> str:
     """MLflow metric names allow no '@': recall@1 -> recall_at_1."""
     return key.replace("@", "_at_")
+
+
+# Retrieval metrics (and their per-epoch validation twins) go to MLflow in %, as every results file says them;
+# their names end in ``_pct`` (a value in %) or ``_pp`` (a difference in percentage points) so a chart says its unit.
+# The names of dmlsynth.metrics.METRIC_KEYS (a test keeps them in line; not imported: that module loads faiss,
+# and the Snakefile imports this one).
+PERCENT_METRICS = re.compile(r"recall@\d+|map@r|r_precision|nmi")
+
+
+def percent_name(key: str) -> str | None:
+    """The MLflow name of a retrieval metric in % (``recall@1`` -> ``recall_at_1_pct``, ``val_map@r`` ->
+    ``val_map_at_r_pct``); None for a number that is not one (seconds, counts)."""
+    base = key.removeprefix("val_").removeprefix("last_epoch.")
+    return f"{metric_name(key).replace('.', '_')}_pct" if PERCENT_METRICS.fullmatch(base) else None
 
 
 def _local_store_path(uri: str) -> Path | None:
@@ -315,13 +330,15 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
                 metrics.append(Metric("train_loss", float(row["loss"]), when, step))
                 metrics.append(Metric("epoch_seconds", float(row["seconds"]), when, step))
                 metrics.append(Metric("lr", float(row["lr"]), when, step))
-                metrics.extend(Metric(metric_name(c), float(row[c]), when, step) for c in validation)
+                metrics.extend(Metric(percent_name(c) or metric_name(c), _percent_value(c, row[c]), when, step) for c in validation)
         finals = {f"wall_seconds_{k}": float(v) for k, v in (record.get("wall_seconds") or {}).items()}
         if record.get("validation"):
             finals["chosen_epoch"] = float(record["validation"]["chosen_epoch"])
         if Path(folder.metrics).is_file():
             evaluation = json.loads(Path(folder.metrics).read_text())
-            finals.update({metric_name(k): float(v) for k, v in evaluation.items() if isinstance(v, (int, float))})
+            finals.update(
+                {percent_name(k) or metric_name(k): _percent_value(k, v) for k, v in evaluation.items() if isinstance(v, (int, float))}
+            )
         for name, value in finals.items():
             if math.isfinite(value) and logged.get(name) != value:
                 metrics.append(Metric(name, value, finished, 0))
@@ -335,7 +352,50 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
     return run_id
 
 
-ROW_METRICS = ("mean", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p_holm")
+def _percent_value(key: str, value: Any) -> float:
+    return 100.0 * float(value) if percent_name(key) else float(value)
+
+
+# What a row run logs per metric, in the order MLflow's chart view should show it. MLflow orders the charts by
+# name, so every name of a difference starts with ``delta_`` and sorts before the means (``<metric>_pct``): the
+# charts of the row runs open on the paired differences, in points, beside their intervals and significance.
+ROW_COMPARED = ("recall@1", "map@r")
+ROW_METRICS = {
+    # table column suffix: (MLflow name pattern, scale)
+    "delta": ("delta_{m}_pp", 100.0),
+    "delta_ci_low": ("delta_{m}_pp_ci_low", 100.0),
+    "delta_ci_high": ("delta_{m}_pp_ci_high", 100.0),
+    "delta_boot_low": ("delta_{m}_pp_boot_low", 100.0),
+    "delta_boot_high": ("delta_{m}_pp_boot_high", 100.0),
+    "p_holm": ("delta_{m}_test_p_holm", 1.0),  # "_test": sorts after the difference and its intervals
+    "significant": ("delta_{m}_significant", 1.0),
+    "mean": ("{m}_pct", 100.0),
+    "ci_low": ("{m}_pct_ci_low", 100.0),
+    "ci_high": ("{m}_pct_ci_high", 100.0),
+}
+
+
+def row_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """A table row's numbers as its row run logs them: differences and intervals in points, means in %, the
+    Holm p and significance (1/0) of each difference; values that do not exist (a control's delta) are left out.
+    The table has bounded the intervals to the metric's range already."""
+    out: dict[str, float] = {}
+    for name in ROW_COMPARED:
+        for stat, (pattern, scale) in ROW_METRICS.items():
+            value = record.get(f"{name}_{stat}")
+            if value is None or isinstance(value, str) or value != value:  # absent, 'n/a' or NaN
+                continue
+            out[pattern.format(m=metric_name(name))] = scale * float(value)
+    return out
+
+
+def _row_children(client, experiment_id: str, method: str, loss: str, hashes: set[str]) -> list:
+    """The seed runs of one table row: its method's and loss's runs whose params hash is one of the row's runs'
+    (another loss of the method, and runs of other params — superseded, or of seeds the row no longer has — are not)."""
+    candidates = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'run' and tags.method = '{method}' and tags.loss = '{loss}'"
+    )
+    return [r for r in candidates if r.data.tags.get(HASH_TAG) in hashes]
 
 
 def track_table(tracking: TrackingSettings, files: Sequence[str | Path], table: pd.DataFrame, experiment: str = "summary") -> str:
@@ -362,31 +422,29 @@ def track_table(tracking: TrackingSettings, files: Sequence[str | Path], table: 
             ):
                 if old.data.tags.get(KEY_TAG) != key and old.data.tags.get(SUPERSEDED_TAG) != "true":
                     client.set_tag(old.info.run_id, SUPERSEDED_TAG, "true")
-            run = _find_or_create(
-                client, experiment_id, key, f"{method}/{loss}",
-                {KIND_TAG: "row", "dataset": dataset, "method": method, "loss": loss, "control": control, **_source_tags("table")},
+            hashes = {h for h in str(record.get("params_hashes", "")).split(";") if h}
+            children = _row_children(client, experiment_id, method, loss, hashes)
+            # The row run lasts as long as its seeds' training did: from the first seed's start to the last one's end.
+            starts = [c.info.start_time for c in children if c.info.start_time]
+            ends = [c.info.end_time for c in children if c.info.end_time]
+            existing = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'")
+            run = existing[0] if existing else client.create_run(
+                experiment_id, run_name=f"{method}/{loss}", start_time=min(starts) if starts else None,
+                tags={KEY_TAG: key, KIND_TAG: "row", "dataset": dataset, "method": method, "loss": loss, "control": control,
+                      **_source_tags("table")},
             )  # fmt: skip
             run_id = run.info.run_id
             if not run.data.params:
                 params = {"seeds": record["seeds"], "control": control or "none (a control)", "test": record["test"]}
                 params.update({k: record[k] for k in ("optimisation_steps", "batch_size", "threads", "device") if k in record})
                 client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-            metrics = [
-                Metric(metric_name(f"{name}_{stat}"), float(record[f"{name}_{stat}"]), now, 0)
-                for name in ("recall@1", "map@r")
-                for stat in ROW_METRICS
-                if f"{name}_{stat}" in record and record[f"{name}_{stat}"] == record[f"{name}_{stat}"]  # not NaN
-            ]
-            if record.get("recall@1_significant") in (True, False):
-                metrics.append(Metric("recall_at_1_significant", float(record["recall@1_significant"]), now, 0))
+            metrics = [Metric(name, value, now, 0) for name, value in row_metrics(record).items()]
             client.log_batch(run_id, metrics=metrics)
             # The seeds' runs (made by the training jobs) nest under their row.
-            for child in client.search_runs(
-                [experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'run' and tags.method = '{method}' and tags.loss = '{loss}'"
-            ):
-                if child.data.tags.get(SUPERSEDED_TAG) != "true" and child.data.tags.get(PARENT_TAG) != run_id:
+            for child in children:
+                if child.data.tags.get(PARENT_TAG) != run_id:
                     client.set_tag(child.info.run_id, PARENT_TAG, run_id)
-            client.set_terminated(run_id, "FINISHED")
+            client.set_terminated(run_id, "FINISHED", end_time=max(ends) if ends and starts else None)
         table_run = _find_or_create(client, _experiment_id(client, experiment, tracking), "table", "table", _source_tags("table")).info.run_id
         for file in files:
             if Path(file).is_file():

@@ -1,5 +1,6 @@
 """DVC and Snakemake run one pipeline: dvc.yaml is generated from the same definitions."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -150,3 +151,90 @@ def test_dvc_metrics_show_of_the_embedded_default_fits_200_columns(repo_root, tm
     width = max(map(len, lines))
     assert width <= 200, f"dvc metrics show is {width} columns wide:\n{shown.stdout}"
     print(f"dvc metrics show: {width} columns")
+
+
+def _headline_of_the_default(repo_root, folder: Path, config) -> None:
+    """results/metrics.json of params.yaml's rows (every method, its control), from simulated runs."""
+    import numpy as np
+
+    from dmlsynth import pipeline, registry
+    from dmlsynth.layout import Layout, TableFiles
+    from dmlsynth.table import write_table
+    from tests.helpers.runs import make_run, simulated_hits
+
+    rng = np.random.default_rng(0)
+    runs = folder / "simulated"
+    for run in pipeline.runs(config):
+        label, loss = run["method"], run["loss"]
+        control = None if label.startswith(registry.BASELINE) else registry.control_label(config, label, loss)
+        make_run(runs, run["dataset"], label, loss, run["seed"], simulated_hits(rng, 0.9, 0.0), control=control)
+    files = TableFiles.under(str(folder / "simulated" / "results"))
+    write_table([runs / "runs"], files, {"bootstrap_samples": 100})
+    headline = folder / Layout.of(config).headline_metrics()
+    headline.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(files.headline, headline)
+    shutil.rmtree(runs)
+
+
+def readme_exp_show_command(repo_root) -> list[str]:
+    """The `dvc exp show` command the README gives for a terminal."""
+    import re
+    import shlex
+
+    found = re.findall(r"`(dvc exp show [^`]+)`", (repo_root / "README.md").read_text())
+    assert len(found) == 1, f"the README gives one `dvc exp show ...` command, not {found}"
+    return shlex.split(found[0])
+
+
+def test_the_readmes_dvc_exp_show_of_the_quick_start_fits_200_columns(repo_root, tmp_path):
+    """`dvc exp show` after the quick start's stages (every dependency and output of dvc.yaml in place, recorded
+    in dvc.lock by `dvc commit`): the README's command shows the headline metrics in 200 columns."""
+    import os
+
+    config = cfg.load(repo_root / "params.yaml")
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    shutil.copyfile(repo_root / "params.yaml", tmp_path / "params.yaml")
+    shutil.copyfile(repo_root / "dvc.yaml", tmp_path / "dvc.yaml")
+    _headline_of_the_default(repo_root, tmp_path, config)
+    for stage in stages.values():
+        for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
+            path = tmp_path / (next(iter(entry)) if isinstance(entry, dict) else entry)
+            if path.exists():
+                continue
+            if (repo_root / path.relative_to(tmp_path)).is_file():  # the code: as it is
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(repo_root / path.relative_to(tmp_path), path)
+            elif not path.suffix:  # a folder output (images, the generator)
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "made").write_text(str(path))
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(str(path))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "COLUMNS": "200", "LINES": "50"}
+    _dvc_project(tmp_path, env)
+    for command in ([str(BIN / "dvc"), "commit", "-f", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "quick start"]):  # fmt: skip
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, f"{command}: {result.stdout}\n{result.stderr}"
+
+    def shown(arguments: list[str]) -> list[str]:
+        result = subprocess.run([str(BIN / "dvc"), *arguments, "--no-pager"], cwd=tmp_path, capture_output=True, text=True,
+                                env=env, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return [line.rstrip() for line in result.stdout.splitlines() if line.strip()]
+
+    # An experiment with one param changed, in the workspace: the params that differ get their column.
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["training"]["epochs"] = 2 * params["training"]["epochs"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    everything = shown(["exp", "show", "--csv"])[0].split(",")
+    command = readme_exp_show_command(repo_root)
+    lines = shown(command[1:])
+    width = max(map(len, lines))
+    print(f"dvc exp show: {len(everything)} columns in all; the README's command: {width} characters wide\n" + "\n".join(lines))
+    assert width <= 200, "\n".join(lines)
+    headline = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    header = " ".join(lines[:3])
+    assert all(name in header for name in headline), (list(headline), header)  # each headline metric has its column
+    assert "training.epochs" in header and "training.lr" not in header  # the param that differs, not the others
+    assert "…" not in "".join(lines) and "src/" not in header  # nothing cut; no per-file dependency

@@ -63,7 +63,7 @@ def test_comparison_has_statistics_published_numbers_and_cost(results):
     assert np.isnan(frame.loc[("proxy_anchor", "iaa"), "published_gain_same_loss"])  # IAA published no Proxy-Anchor
     assert pd.isna(frame.loc[("multi_similarity", "baseline"), "published"])
     # Cost: seconds on CUDA / 3600; generation of the method's image set ('all' row: 100 images x 0.5 s).
-    assert iaa["train_seconds_per_run"] == 1800.0 and iaa["train_seconds_total"] == 3600.0
+    assert iaa["train_seconds_per_seed"] == 1800.0 and iaa["train_seconds_total"] == 3600.0
     assert iaa["gpu_hours"] == pytest.approx(1.0) and iaa["generation_seconds"] == 0.0
     blender = frame.loc[("multi_similarity", "blender")]
     assert blender["train_device"] == "cuda" and blender["generation_seconds"] == pytest.approx(50.0)
@@ -193,3 +193,29 @@ def test_published_rows_cover_the_four_papers_tables():
                              "sgar": {"cub200", "cars196", "sop", "inshop"}, "blender": {"cub200", "cars196"}}.items():  # fmt: skip
         assert set(frame.loc[frame.method == method, "dataset"]) == datasets, method
     assert frame.duplicated(["method", "paper", "backbone_key", "loss", "dataset"]).sum() == 0
+
+
+def test_a_shared_generator_is_counted_once_and_cpu_rows_have_blank_gpu_hours(tmp_path):
+    """blender and sd_plain sample from one generator: its training is stated once, in neither row's cost."""
+    rng = np.random.default_rng(3)
+    for seed in range(2):
+        for method in ("baseline", "blender", "sd_plain"):
+            make_run(tmp_path, "digits", method, "multi_similarity", seed, simulated_hits(rng, 0.7, 0.0), seconds=10.0)
+    report = pd.DataFrame(
+        [{"dataset": "digits", "image_set": image_set, "operator": "all", "images": 40, "seconds_per_image": 0.25,
+          "generator_train_seconds": 300.0, "generator": "embedded", "device": "cpu"} for image_set in ("blender", "plain")]
+    )  # fmt: skip
+    out = tmp_path / "results"
+    write_table([tmp_path / "runs"], TableFiles.under(str(out)), {"bootstrap_samples": 100}, report)
+    frame = write_comparison(
+        read_table(out / "table.csv"), collect([tmp_path / "runs"]), report, out / "comparison.csv", out / "comparison.md", out / "figures"
+    ).set_index("method")
+    assert frame.loc["blender", "generation_seconds"] == pytest.approx(10.0)  # its own sampling: 40 x 0.25 s
+    assert frame.loc["sd_plain", "generator_train_seconds"] == 300.0 and frame.loc["baseline", "generator_train_seconds"] == 0
+    for text in ((out / "comparison.md").read_text(), (out / "summary.md").read_text()):
+        assert text.count("300 s of training") == 1, text  # once per dataset, in no row
+        assert "used by `blender`, `sd_plain`" in text
+        assert "| 10.0 | 10 |  |" in text or "| 10 | 10 |  |" in text  # train s / seed, sampling s, GPU-h blank
+    raw = pd.read_csv(out / "comparison.csv", keep_default_na=False).set_index("method")
+    assert (raw["gpu_hours"] == "").all()
+    assert float(raw.loc["blender", "recall@1_mean"]) > 1  # in %, like table.csv

@@ -33,7 +33,7 @@ def test_a_rule_is_thin_and_measured(name):
     for directive in ("log:", "benchmark:", "threads:", "resources:", "shell:"):
         assert f"\n    {directive}" in f"\n{body}", f"rule {name} has no {directive}"
     shell = body.split("shell:", 1)[1]
-    assert len(re.findall(r"\bdmlsynth [a-z-]+ --job \{params\.job:q\}", shell)) == 1, f"rule {name}: one dmlsynth call"
+    assert len(re.findall(r"\bdmlsynth [a-z-]+ --job \{params\.job:jsonq\}", shell)) == 1, f"rule {name}: one dmlsynth call"
     # The benchmark file names the same job as the log: one per job, never shared between jobs.
     log = re.search(r"log:\n\s+LAYOUT\.log\((.*)\),", body)
     benchmark = re.search(r"benchmark:\n\s+LAYOUT\.benchmark\((.*)\),", body)
@@ -49,3 +49,24 @@ def test_benchmark_files_lie_beside_the_logs_one_per_job():
     assert layout.benchmark("train", "digits", "iaa", "triplet", "seed0") == "logs/benchmarks/train/digits/iaa/triplet/seed0.tsv"
     assert layout.benchmark("table") == "logs/benchmarks/table.tsv"
     assert layout.benchmark("train", "digits", "iaa", "triplet", "seed0") != layout.benchmark("train", "digits", "iaa", "triplet", "seed1")
+
+
+def test_the_shell_gets_the_record_and_the_report_readable_params():
+    """`{params.job:jsonq}` formats the record's JSON, shell-quoted, as Snakemake's shell formatter does; plain
+    formatting — the Snakemake report's "Job parameters" — gives the params as name=value pairs that wrap."""
+    import json
+    import shlex
+
+    from snakemake.utils import QuotedFormatter
+
+    from dmlsynth import config as cfg
+    from dmlsynth.jobs import Job, Jobs
+
+    jobs = Jobs(cfg.load(ROOT / "params.yaml"))
+    argument = jobs.train("digits", "iaa", "multi_similarity", 0).argument()
+    quoted = QuotedFormatter().format("dmlsynth train --job {job:jsonq}", job=argument)
+    text = shlex.split(quoted)[-1]
+    assert Job.from_json(text, "train").params == json.loads(str(argument))["params"]
+    shown = f"{argument}"  # how the report formats a param (snakemake.logging.format_dict)
+    assert shown.startswith("train ") and "method=iaa" in shown and "seed=0" in shown and "training.epochs=" in shown
+    assert '"' not in shown and "{" not in shown  # no JSON (which the report escapes into one unbroken line)

@@ -300,10 +300,23 @@ def test_the_summary_and_the_headline_metrics_are_the_tables_numbers(tmp_path):
     assert float(brief.loc["better", "R@1 %"]) == pytest.approx(100 * rows.loc["better", "recall@1_mean"], abs=0.005)
     assert float(brief.loc["better", "R@1 Δ"]) == pytest.approx(100 * rows.loc["better", "recall@1_delta"], abs=0.005)
     assert float(brief.loc["better", "R@1 Δ low"]) == pytest.approx(100 * rows.loc["better", "recall@1_delta_ci_low"], abs=0.005)
-    assert float(brief.loc["better", "train s / run"]) == 20.0 and brief.loc["baseline", "R@1 Δ"] == "n/a"
+    assert float(brief.loc["better", "train s / seed"]) == 20.0 and brief.loc["baseline", "R@1 Δ"] == "n/a"
+    assert (brief["GPU-h"] == "").all()  # nothing ran on a GPU: blank, not 0.00
+    # One unit in every file: table.csv and table.json hold the same numbers in % and points as the summary.
+    raw = pd.read_csv(out / "table.csv").set_index("method")
+    assert raw.loc["better", "recall@1_mean"] == pytest.approx(100 * rows.loc["better", "recall@1_mean"], abs=1e-6)
+    assert raw.loc["better", "map@r_delta_ci_high"] == pytest.approx(100 * rows.loc["better", "map@r_delta_ci_high"], abs=1e-6)
+    assert raw.loc["better", "recall@1_p"] == pytest.approx(rows.loc["better", "recall@1_p"], abs=1e-6)  # p stays a probability
+    payload = json.loads((out / "table.json").read_text())
+    assert payload["table"]["digits"]["better"]["ms"]["recall@1_delta"] == pytest.approx(100 * rows.loc["better", "recall@1_delta"])
+    run = payload["runs"]["digits"]["better"]["ms"]["seed0"]
+    assert 1 < run["recall@1"] <= 100 and 1 < run["nmi"] <= 100 and run["train_seconds"] == 20.0  # metrics in %, seconds as they are
+    back = read_table(out / "table.csv").set_index("method")
+    assert back.loc["better", "recall@1_mean"] == pytest.approx(rows.loc["better", "recall@1_mean"], abs=1e-8)
     text = (out / "summary.md").read_text()
     delta = 100 * rows.loc["better", "recall@1_delta"]
     assert f"| better | baseline | 3 | {100 * rows.loc['better', 'recall@1_mean']:.1f} | **{delta:+.1f} [" in text
+    assert "| 20.0 | — |  |" in text  # train s / seed, no images sampled, no GPU-hours
     assert "| baseline | — | 3 |" in text
     headline = json.loads((out / "metrics.json").read_text())
     assert headline == {
@@ -349,3 +362,30 @@ def test_a_run_without_its_training_log_is_named(tmp_path):
     from dmlsynth.errors import DmlsynthError
 
     assert isinstance(info.value, DmlsynthError)
+
+
+def test_intervals_are_bounded_to_the_metrics_range(tmp_path):
+    """Near the ceiling the t interval passes 100 %; the table bounds it (a metric in [0, 1], a difference in [-1, 1])."""
+    for seed, misses in enumerate((0, 16, 0)):
+        hits = np.ones(400)
+        hits[:misses] = 0  # R@1: 1.0, 0.96, 1.0 -> t interval of the mean up to ~1.05
+        make_run(tmp_path, "digits", "baseline", "ms", seed, hits)
+        make_run(tmp_path, "digits", "better", "ms", seed, np.ones(400))
+    table, out = write(tmp_path, [tmp_path / "runs"], bootstrap_samples=100)
+    rows = table.set_index("method")
+    values = [1.0, 0.96, 1.0]
+    unbounded = stats.t_interval(values, 0.95)
+    assert unbounded.high > 1.0  # the case this test is about
+    assert rows.loc["baseline", "recall@1_ci_high"] == 1.0 and rows.loc["baseline", "recall@1_ci_low"] == pytest.approx(unbounded.low)
+    assert -1.0 <= rows.loc["better", "recall@1_delta_ci_low"] and rows.loc["better", "recall@1_delta_ci_high"] <= 1.0
+    assert pd.read_csv(out / "table.csv").set_index("method").loc["baseline", "recall@1_ci_high"] == 100.0
+
+
+def test_every_metric_column_is_written_in_points_and_nothing_else():
+    from dmlsynth.table import in_points
+
+    frame = pd.DataFrame([{"recall@1_mean": 0.5, "last_epoch.map@r_delta_ci_low": -0.02, "nmi": 0.7, "map@r_p_holm": 0.04,
+                           "last_epoch.recall@1_p": 0.3, "train_seconds": 12.0, "seeds": 3}])  # fmt: skip
+    out = in_points(frame).iloc[0]
+    assert (out["recall@1_mean"], out["last_epoch.map@r_delta_ci_low"], out["nmi"]) == pytest.approx((50.0, -2.0, 70.0))
+    assert (out["map@r_p_holm"], out["last_epoch.recall@1_p"], out["train_seconds"], out["seeds"]) == (0.04, 0.3, 12.0, 3)

@@ -51,9 +51,9 @@ def test_run_is_created_completed_and_never_duplicated(tmp_path):
     assert run.data.tags["method"] == "baseline" and run.data.tags["seed"] == "0"
     assert run.data.tags["mlflow.source.git.commit"] == "deadbeef"
     assert run.data.params["training.lr"] == "0.001"
-    assert run.data.metrics["recall_at_1"] == 0.75 and run.data.metrics["wall_seconds_train"] == 1.5
+    assert run.data.metrics["recall_at_1_pct"] == 75.0 and run.data.metrics["wall_seconds_train"] == 1.5  # in %, as every results file
     assert [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0.9, 0.5]
-    assert len(client.get_metric_history(run.info.run_id, "recall_at_1")) == 1
+    assert len(client.get_metric_history(run.info.run_id, "recall_at_1_pct")) == 1 and "recall_at_1" not in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"run.yaml", "train_log.csv", "metrics.json"} <= artifacts
 
@@ -167,5 +167,14 @@ def test_a_run_spans_its_training_with_real_metric_times(tmp_path):
     run = client.get_run(run_id)
     assert (run.info.start_time, run.info.end_time) == (int(t0 * 1000), int((t0 + 90.0) * 1000))
     assert [m.timestamp for m in client.get_metric_history(run_id, "train_loss")] == [int((t0 + 40) * 1000), int((t0 + 85) * 1000)]
-    assert client.get_metric_history(run_id, "recall_at_1")[0].timestamp == int((t0 + 90.0) * 1000)
+    assert client.get_metric_history(run_id, "recall_at_1_pct")[0].timestamp == int((t0 + 90.0) * 1000)
     assert run.data.metrics["wall_seconds_train"] == 70.0
+
+
+def test_every_retrieval_metric_goes_to_mlflow_in_percent_and_nothing_else_does():
+    from dmlsynth.metrics import METRIC_KEYS
+    from dmlsynth.tracking import percent_name
+
+    assert [percent_name(k) for k in METRIC_KEYS] == [k.replace("@", "_at_") + "_pct" for k in METRIC_KEYS]
+    assert percent_name("val_map@r") == "val_map_at_r_pct" and percent_name("last_epoch.nmi") == "last_epoch_nmi_pct"
+    assert percent_name("eval_seconds") is None and percent_name("queries") is None

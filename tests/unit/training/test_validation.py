@@ -105,6 +105,6 @@ def test_validation_is_tracked_per_epoch(config, digits_manifest, tmp_path):
     run_id = tracking.track_run(tmp_path / "run", settings)
     client = MlflowClient(tracking_uri=settings.uri)
     history = pd.read_csv(RunFolder(str(tmp_path / "run")).history)
-    assert [m.value for m in client.get_metric_history(run_id, "val_map_at_r")] == history["val_map@r"].tolist()
-    assert len(client.get_metric_history(run_id, "val_recall_at_1")) == 2
+    assert [m.value for m in client.get_metric_history(run_id, "val_map_at_r_pct")] == pytest.approx((100 * history["val_map@r"]).tolist())
+    assert len(client.get_metric_history(run_id, "val_recall_at_1_pct")) == 2
     assert client.get_run(run_id).data.metrics["chosen_epoch"] in (1.0, 2.0)
