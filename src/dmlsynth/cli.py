@@ -228,6 +228,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from dmlsynth import plugins, registry  # the registry installs the plugins when it loads
+
+    del registry
+    sys.stdout.write(plugins.render())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """check-method / check-loss / check-dataset: a pass/fail line per check; status 1 if one failed."""
+    from dmlsynth import contract
+
+    if args.command == "check-dataset":
+        results = contract.check_dataset(args.name, _load_config(args.config) if Path(args.config).is_file() else {})
+    else:
+        results = {"check-method": contract.check_method, "check-loss": contract.check_loss}[args.command](args.name)
+    for result in results:
+        print(result.line())
+    failed = sum(not r.passed for r in results)
+    print(f"{args.name}: {len(results) - failed} of {len(results)} checks passed" + (f", {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     from dmlsynth.pipeline import dvc_yaml
 
@@ -306,6 +329,24 @@ def _add_tool_commands(sub) -> None:
     # A type rather than choices: Python 3.11 checks an empty `*` list against the choices and refuses it.
     p.add_argument("kinds", nargs="*", type=_kind, metavar="KIND", help=f"what to list: {', '.join(KINDS)} (default: all)")
     p.set_defaults(func=cmd_list)
+
+    p = _add_command(sub, "plugins", "list the installed plugins: the entries other packages add",
+                     "Each method, loss and dataset an installed package declares by entry point (dmlsynth.methods, "
+                     "dmlsynth.losses, dmlsynth.datasets), with its distribution and version; docs/extending.md.")  # fmt: skip
+    p.set_defaults(func=cmd_plugins)
+    checks = {
+        "check-method": ("method", "one step with each loss it claims; off params bit-identical to its control; "
+                         "checkpoint and resume; same seed, same numbers"),
+        "check-loss": ("loss", "its builder and a step of baseline with it; checkpoint and resume; same seed, same numbers"),
+        "check-dataset": ("dataset", "its entry, and a preparation (into a temporary folder) whose manifest matches it"),
+    }  # fmt: skip
+    for command, (kind, what) in checks.items():
+        p = _add_command(sub, command, f"run the project's contract checks on a {kind} (a plugin's or built-in)",
+                         f"A pass/fail line per check with what to fix: {what}. Exit status 1 if one fails.")  # fmt: skip
+        p.add_argument("name", help=f"the {kind}'s name in the registry (dmlsynth list {kind}s)")
+        if kind == "dataset":
+            p.add_argument("--config", default="params.yaml", help="params file with its dataset_settings (default: %(default)s)")
+        p.set_defaults(func=cmd_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
