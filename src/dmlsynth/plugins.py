@@ -140,9 +140,9 @@ def code_fingerprint(module: str) -> str:
     distribution's name and version when it is installed from a wheel."""
     top = module.split(".")[0]
     files = _package_files(top)
-    if files and _is_installed_copy(files[0]):
-        names = metadata.packages_distributions().get(top, [top])
-        return "plugin " + ",".join(f"{name}=={metadata.version(name)}" for name in sorted(names))
+    names = metadata.packages_distributions().get(top) if files and _is_installed_copy(files[0]) else None
+    if names:  # a wheel's copy (without a known distribution its source counts, as below)
+        return "plugin " + ",".join(f"{name}=={metadata.version(name)}" for name in sorted(set(names)))
     digest = hashlib.sha256()
     root = files[0].parent if files else Path(".")
     for file in files:

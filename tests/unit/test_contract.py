@@ -1,0 +1,96 @@
+"""dmlsynth.contract (``dmlsynth check-method``) finds each broken rule a plugin method can break, and says
+what to fix; on the built-in methods the contract tests (test_registry_contract.py) run the same checks."""
+
+from __future__ import annotations
+
+import torch
+
+from dmlsynth import contract, registry
+from dmlsynth.cli import main
+from dmlsynth.methods import Method
+
+
+class NotOffWhenOff(Method):
+    """Switched off, still nudges the embeddings: not its control."""
+
+    def forward(self, embeddings, labels, features=None):
+        noise = torch.randn(embeddings.shape, generator=self.context.generator)
+        return self.base_loss(embeddings + 1e-3 * noise * (1 + self.params["strength"]), labels)
+
+
+class ForgetsOnResume(Method):
+    """Keeps a step count in a plain attribute (not a buffer): a resumed run starts it again."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.steps = 0
+
+    def forward(self, embeddings, labels, features=None):
+        self.steps += 1
+        scale = 1.0 + 0.1 * self.steps * self.params["strength"]
+        return scale * self.base_loss(embeddings, labels)
+
+
+class Fine(Method):
+    """Correct: its state in a buffer, its draws from the method's stream, nothing when off."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, embeddings, labels, features=None):
+        if self.params["strength"] == 0:
+            return self.base_loss(embeddings, labels)
+        self.steps += 1
+        noise = torch.randn(embeddings.shape, generator=self.context.generator)
+        return (1.0 + 0.1 * self.steps) * self.base_loss(embeddings + 0.01 * noise, labels)
+
+
+def register(monkeypatch, name, cls):
+    spec = registry.MethodSpec(
+        name=name, module=f"{__name__}:{cls.__name__}", description="a test method",
+        compatible_losses=frozenset({"triplet"}), params_schema={"strength": {"type": "number"}},
+        defaults={"strength": 1.0}, off_params={"strength": 0.0},
+    )  # fmt: skip
+    monkeypatch.setitem(registry.METHODS, name, spec)  # the schema, built from the registry, follows
+
+
+def failed(results):
+    return {r.check.split(": ", 1)[1]: r.detail for r in results if not r.passed}
+
+
+def test_a_method_that_is_not_its_control_when_off_fails_that_check_alone(monkeypatch):
+    register(monkeypatch, "not_off", NotOffWhenOff)
+    found = failed(contract.check_method("not_off"))
+    assert list(found) == ["off params train bit-identically to the control"]
+    assert "differ from the control" in found["off params train bit-identically to the control"]
+    assert "call exactly base_loss" in found["off params train bit-identically to the control"]
+
+
+def test_state_outside_the_buffers_fails_the_resume_check(monkeypatch):
+    register(monkeypatch, "forgets", ForgetsOnResume)
+    found = failed(contract.check_method("forgets"))
+    assert list(found) == ["checkpoint and resume give the same numbers"]
+    assert "registered buffers" in found["checkpoint and resume give the same numbers"]
+
+
+def test_a_correct_method_passes_and_the_command_says_so(monkeypatch, capsys):
+    register(monkeypatch, "fine", Fine)
+    assert failed(contract.check_method("fine")) == {}
+    assert main(["check-method", "fine"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  fine + triplet: off params train bit-identically to the control" in out
+    assert "fine: 5 of 5 checks passed" in out
+
+
+def test_the_command_fails_with_status_1_and_a_fail_line(monkeypatch, capsys):
+    register(monkeypatch, "not_off", NotOffWhenOff)
+    assert main(["check-method", "not_off"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  not_off + triplet: off params train bit-identically to the control" in out
+    assert "1 failed" in out
+
+
+def test_an_unknown_name_fails_with_the_known_names(capsys):
+    assert main(["check-loss", "no_such_loss"]) == 1
+    assert "no such loss; known:" in capsys.readouterr().out
