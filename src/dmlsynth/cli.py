@@ -389,7 +389,12 @@ def _check_names(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     # A job of the workflow ends with the shell that runs it: never writes outputs Snakemake gave up on.
     die_with_parent()
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # loads the registry, and with it the installed plugins
+    except DmlsynthError as exc:  # a broken plugin: nothing runs, the message names it and the fix
+        print(f"dmlsynth: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -70,27 +70,26 @@ def test_the_workflow_pairs_the_example_method_with_its_control_and_edits_rerun_
     installed, default_params, tmp_path
 ):
     subprocess.run([sys.executable, str(ROOT / "examples" / "make_image_folder.py"), str(tmp_path / "shapes")], check=True)
-    config = tiny_workflow(
-        default_params, tmp_path, datasets=["example_shapes"], methods=["baseline", "example_mixup"], seeds=[0, 1],
-        dataset_settings={"example_shapes": {"root": str(tmp_path / "shapes")}},
-        generation={}, losses=["multi_similarity"],
-    )  # fmt: skip
-    config["training"].update({"batch_size": 24, "m_per_class": 8})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    # The tutorial's config over params.yaml (tiny budget, paths here), and over that its folder's place here.
+    tiny_workflow(default_params, tmp_path, seeds=[0, 1], losses=["multi_similarity"])
+    example = ROOT / "examples" / "example_shapes.yaml"
+    here = tmp_path / "here.yaml"
+    here.write_text(yaml.safe_dump({"dataset_settings": {"example_shapes": {"root": str(tmp_path / "shapes")}}}))
     env = {"PYTHONPATH": installed["PYTHONPATH"]}
 
-    snakemake(tmp_path, "results/table.csv", env=env)
+    configs = ("--configfile", str(example), str(here))
+    snakemake(tmp_path, "results/table.csv", *configs, env=env)
 
     table = pd.read_csv(tmp_path / "results" / "table.csv", keep_default_na=False).set_index(["method", "loss"])
     assert table.loc[("example_mixup", "multi_similarity"), "control"] == "baseline"
     assert "example_mixup" in (tmp_path / "results" / "summary.md").read_text()
     run = yaml.safe_load(next((tmp_path / "results" / "runs").rglob("example_mixup/*/seed0/run.yaml")).read_text())
     assert run["code"]["plugins"] == {"method.example_mixup": "dmlsynth-example-mixup 0.1.0", "dataset.example_shapes": "dmlsynth-example-mixup 0.1.0"}
-    assert snakemake(tmp_path, "-n", "results/table.csv", env=env).output.count("Nothing to be done") == 1
+    assert snakemake(tmp_path, "-n", "results/table.csv", *configs, env=env).output.count("Nothing to be done") == 1
 
     # An edit of the plugin's method module: its two runs, their evaluations and the table, nothing else.
     method = Path(installed["SITE"]) / PACKAGE / "method.py"
     method.write_text(method.read_text() + "\n# edited\n")
-    counts = job_counts(snakemake(tmp_path, "-n", "results/table.csv", env=env).output)
+    counts = job_counts(snakemake(tmp_path, "-n", "results/table.csv", *configs, env=env).output)
     assert counts.get("train") == 2 and counts.get("evaluate") == 2 and counts.get("table") == 1, counts
     assert set(counts) <= {"train", "evaluate", "table"}, counts

@@ -115,3 +115,19 @@ def test_a_built_in_loss_keeps_its_identity_without_a_builder():
 
 def test_no_plugin_module_is_in_a_digest_of_the_package_alone():
     assert "dmlsynth.plugins" not in {f.stem for f in provenance.source_files([provenance.TRAINING_MODULE])}
+
+
+def test_a_broken_plugin_stops_every_command_with_its_message_and_no_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    write_distribution(tmp_path, "broken-plugin", {"dmlsynth.methods": {"mine": "broken_pkg_cli.specs:METHOD"}},
+                       {"broken_pkg_cli.specs": "import no_such_module_here\n"})  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
+    for command in (["plugins"], ["list", "methods"]):
+        result = subprocess.run([sys.executable, "-m", "dmlsynth", *command], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "broken-plugin 1.2.3" in result.stderr and "pip uninstall broken-plugin" in result.stderr
