@@ -55,9 +55,8 @@ def make(root: Path, per_class: int = 30, seed: int = 0) -> Path:
         for index in range(per_class):
             image = Image.new("L", (SIZE, SIZE), 0)
             _draw(shape, ImageDraw.Draw(image), _box(rng))
-            noisy = [min(255, max(0, value + rng.randint(-40, 40))) for value in image.getdata()]
-            image.putdata(noisy)
-            image.save(folder / f"{shape}_{index:03d}.png")
+            noisy = bytes(min(255, max(0, value + rng.randint(-40, 40))) for value in image.tobytes())
+            Image.frombytes("L", (SIZE, SIZE), noisy).save(folder / f"{shape}_{index:03d}.png")
     return root
 
 

@@ -238,10 +238,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """check-method / check-loss / check-dataset: a pass/fail line per check; status 1 if one failed."""
+    import yaml
+
     from dmlsynth import contract
 
     if args.command == "check-dataset":
-        results = contract.check_dataset(args.name, _load_config(args.config) if Path(args.config).is_file() else {})
+        # Only its dataset_settings are read: a file that overrides params.yaml (a --configfile) will do.
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"{args.config} does not exist: give the params file with the dataset's settings (--config)")
+        results = contract.check_dataset(args.name, yaml.safe_load(Path(args.config).read_text()) or {})
     else:
         results = {"check-method": contract.check_method, "check-loss": contract.check_loss}[args.command](args.name)
     for result in results:

@@ -94,3 +94,25 @@ def test_the_command_fails_with_status_1_and_a_fail_line(monkeypatch, capsys):
 def test_an_unknown_name_fails_with_the_known_names(capsys):
     assert main(["check-loss", "no_such_loss"]) == 1
     assert "no such loss; known:" in capsys.readouterr().out
+
+
+def test_check_dataset_prepares_an_image_folder_and_compares_it_with_its_entry(monkeypatch, tmp_path):
+    from PIL import Image
+
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / "in" / name).mkdir(parents=True)
+        for index in range(2):
+            Image.new("L", (8, 8), 10 * index).save(tmp_path / "in" / name / f"{index}.png")
+    spec = registry.DatasetSpec(
+        name="folder", prepare="dmlsynth.data.image_folder:prepare", num_classes=4, train_classes=2, image_mode="L",
+        default_backbone="small_cnn", default_embedding_dim=8, default_image_size=8, description="a test folder",
+    )  # fmt: skip
+    monkeypatch.setitem(registry.DATASETS, "folder", spec)
+    config = {"dataset_settings": {"folder": {"root": str(tmp_path / "in")}}}
+    assert failed(contract.check_dataset("folder", config)) == {}
+    monkeypatch.setitem(registry.DATASETS, "folder", registry.DatasetSpec(**{**spec.__dict__, "num_classes": 6, "train_classes": 3}))
+    found = failed(contract.check_dataset("folder", config))
+    assert "4 classes (2 train), its DatasetSpec says 6 (3 train)" in found["prepares into a manifest that matches its entry"]
+    (tmp_path / "in" / "d" / "1.png").unlink()  # a single-image class
+    found = failed(contract.check_dataset("folder", config))
+    assert "fewer than 2 images (no positive pair): d (1)" in found["prepares into a manifest that matches its entry"]
