@@ -77,10 +77,12 @@ def problems(frame: pd.DataFrame, min_class_images: int) -> list[str]:
             f"classes with fewer than {min_class_images} images (no positive pair): {listed} — "
             "add images or remove those class folders"
         )
-    relative = frame["class_name"] + "/" + frame["file"].map(lambda f: f.name.lower())
-    duplicated = sorted(set(relative[relative.duplicated()]))
+    # Where two rows would become one file: the same image listed twice, or two names of a class folder
+    # that differ only in case or sub-folder (``key``, by the reader).
+    keys = frame["key"].astype(str)
+    duplicated = sorted(set(keys[keys.duplicated()]))
     if duplicated:
-        found.append(f"paths that differ only in case or sub-folder: {', '.join(duplicated[:5])} — rename them")
+        found.append(f"duplicated paths (or paths that differ only in case or sub-folder): {', '.join(duplicated[:5])} — list or name each image once")
     sides = frame.groupby("class_name")["split"].nunique()
     both = list(sides[sides > 1].index)
     if both:
@@ -100,17 +102,22 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
     names = sorted(frame["class_name"].unique())
     frame["label"] = frame["class_name"].map({name: index for index, name in enumerate(names)})
     frame["split"] = frame["label"].map(class_disjoint_split(frame["label"]))
+    frame["key"] = frame["class_name"] + "/" + frame["file"].map(lambda f: f.name.lower())
+    frame["target"] = frame["label"].astype(str) + "/" + frame["file"].map(lambda f: f.name)
+    return write_copied(frame, f"image folder {root}", out_dir, log)
+
+
+def write_copied(frame: pd.DataFrame, what: str, out_dir: Path, log: logging.Logger) -> Path:
+    """Check ``frame`` (``file``, ``class_name``, ``label``, ``split``, ``key``, ``target``: its path under
+    images/), then copy its images into ``out_dir`` and write the manifest last."""
     found = problems(frame, MIN_CLASS_IMAGES)
     if found:
-        raise ImageFolderError(f"image folder {root} cannot be used:\n  - " + "\n  - ".join(found))
+        raise ImageFolderError(f"{what} cannot be used:\n  - " + "\n  - ".join(found))
     out_dir = Path(out_dir)
-    paths = []
     with atomic_directory(out_dir / layout.IMAGES) as staging:
         for row in frame.itertuples():
-            relative = f"{row.label}/{row.file.name}"
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(row.file, staging / relative)
-            paths.append(f"{layout.IMAGES}/{relative}")
-    frame["path"] = paths
-    log.info("%s: %d images of %d classes (%d train)", root, len(frame), len(names), (frame.split == "train").sum())
+            (staging / row.target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(row.file, staging / row.target)
+    frame["path"] = [f"{layout.IMAGES}/{target}" for target in frame["target"]]
+    log.info("%s: %d images of %d classes (%d train)", what, len(frame), frame.label.nunique(), (frame.split == "train").sum())
     return write_manifest(frame, out_dir / layout.MANIFEST)

@@ -39,7 +39,7 @@ def test_a_folder_becomes_a_class_disjoint_manifest(tmp_path):
         (lambda root: (root / "cat" / "1.png").unlink(), "fewer than 2 images (no positive pair): cat (1)"),
         (lambda root: (root / "dog" / "0.png").write_bytes(b"not an image"), "1 images cannot be read"),
         (lambda root: (root / "dog" / "sub").mkdir() or (root / "dog" / "0.png").rename(root / "dog" / "sub" / "1.PNG"),
-         "paths that differ only in case or sub-folder: dog/1.png"),
+         "differ only in case or sub-folder): dog/1.png"),
         (lambda root: [p.unlink() for p in (root / "dog").iterdir()] and (root / "dog").rmdir(),
          "the split leaves train or test without classes"),
     ],
