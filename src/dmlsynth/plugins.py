@@ -124,14 +124,16 @@ def _is_installed_copy(path: Path) -> bool:
     return any(part in ("site-packages", "dist-packages") for part in path.parts)
 
 
-def _package_files(top: str) -> list[Path]:
+def _package_files(top: str) -> tuple[Path, list[Path]]:
+    """The folder of top-level module ``top`` and its Python files (all of a package's, one module's own)."""
     spec = importlib.util.find_spec(top)
-    if spec is None or spec.origin is None:
+    if spec is None:
         raise PluginError(f"the plugin module {top!r} cannot be found: is its package installed in this environment?")
+    if spec.submodule_search_locations:  # a package (a namespace package too): all of its Python source
+        locations = [Path(location).resolve() for location in spec.submodule_search_locations]
+        return locations[0], sorted(p for location in locations for p in location.rglob("*.py"))
     origin = Path(spec.origin).resolve()
-    if spec.submodule_search_locations:  # a package: all of its Python source
-        return sorted(p for location in spec.submodule_search_locations for p in Path(location).rglob("*.py"))
-    return [origin]
+    return origin.parent, [origin]
 
 
 def code_fingerprint(module: str) -> str:
@@ -139,17 +141,13 @@ def code_fingerprint(module: str) -> str:
     package (every ``.py`` file; a module imports its siblings) when it is a source tree, or the
     distribution's name and version when it is installed from a wheel."""
     top = module.split(".")[0]
-    files = _package_files(top)
-    names = metadata.packages_distributions().get(top) if files and _is_installed_copy(files[0]) else None
+    root, files = _package_files(top)
+    names = metadata.packages_distributions().get(top) if _is_installed_copy(root) else None
     if names:  # a wheel's copy (without a known distribution its source counts, as below)
         return "plugin " + ",".join(f"{name}=={metadata.version(name)}" for name in sorted(set(names)))
     digest = hashlib.sha256()
-    root = files[0].parent if files else Path(".")
     for file in files:
-        try:
-            relative = file.relative_to(root).as_posix()
-        except ValueError:
-            relative = file.name
+        relative = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.name
         digest.update(relative.encode() + b"\0" + file.read_bytes() + b"\0")
     return f"plugin {top} source {digest.hexdigest()[:16]}"
 

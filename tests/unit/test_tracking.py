@@ -169,3 +169,15 @@ def test_a_run_spans_its_training_with_real_metric_times(tmp_path):
     assert [m.timestamp for m in client.get_metric_history(run_id, "train_loss")] == [int((t0 + 40) * 1000), int((t0 + 85) * 1000)]
     assert client.get_metric_history(run_id, "recall_at_1")[0].timestamp == int((t0 + 90.0) * 1000)
     assert run.data.metrics["wall_seconds_train"] == 70.0
+
+
+def test_a_run_of_a_plugin_is_tagged_with_its_distribution_and_version(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = fake_run(tmp_path, method="example_mixup")
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    record["code"]["plugins"] = {"method.example_mixup": "dmlsynth-example-mixup 0.1.0"}
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(record))
+    track_run(run_dir, uri)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert run.data.tags["dmlsynth.plugin.method.example_mixup"] == "dmlsynth-example-mixup 0.1.0"
