@@ -206,9 +206,12 @@ def stable_repr(value: Any) -> str:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             # A field added later with metadata {"identity": "omit_if_default"} leaves the identity of the
             # entries that keep its default as it was (a plugin loss's `build`).
+            def default(f: dataclasses.Field) -> Any:
+                return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
             fields = [
                 f for f in dataclasses.fields(v)
-                if not (f.metadata.get("identity") == "omit_if_default" and getattr(v, f.name) == f.default)
+                if not (f.metadata.get("identity") == "omit_if_default" and getattr(v, f.name) == default(f))
             ]  # fmt: skip
             return {"__type__": type(v).__name__, **{f.name: plain(getattr(v, f.name)) for f in fields}}
         if isinstance(v, Mapping):

@@ -75,6 +75,9 @@ class LossSpec:
     # dmlsynth.losses.BaseLoss; None for the losses built into dmlsynth.losses.build_loss. Left out of the
     # spec's identity while None (provenance.stable_repr), so the built-in entries keep theirs.
     build: str | None = field(default=None, metadata={"identity": "omit_if_default"})
+    # A plugin's loss: the JSON schema (properties) of its params (loss_params.<name>); the built-in losses'
+    # are in params.schema.yaml.
+    params_schema: Mapping[str, Any] = field(default_factory=dict, metadata={"identity": "omit_if_default"})
 
 
 @dataclass(frozen=True)

@@ -116,3 +116,36 @@ def test_check_dataset_prepares_an_image_folder_and_compares_it_with_its_entry(m
     (tmp_path / "in" / "d" / "1.png").unlink()  # a single-image class
     found = failed(contract.check_dataset("folder", config))
     assert "fewer than 2 images (no positive pair): d (1)" in found["prepares into a manifest that matches its entry"]
+
+
+def build_plugin_loss(params, num_classes, embedding_dim):
+    """A plugin's loss builder (LossSpec.build): pml's triplet loss with its own margin."""
+    from pytorch_metric_learning import losses
+
+    from dmlsynth.losses import BaseLoss
+
+    return BaseLoss("plugin_triplet", losses.TripletMarginLoss(margin=params["margin"]), None)
+
+
+def build_not_a_base_loss(params, num_classes, embedding_dim):
+    return torch.nn.MSELoss()
+
+
+def test_a_plugin_loss_trains_through_its_builder_and_a_wrong_builder_fails(monkeypatch):
+    from dmlsynth.losses import build_loss
+
+    spec = registry.LossSpec(
+        "plugin_triplet", True, {"margin": 0.3}, "a plugin loss", build=f"{__name__}:build_plugin_loss",
+        params_schema={"margin": {"type": "number", "minimum": 0}},
+    )  # fmt: skip
+    monkeypatch.setitem(registry.LOSSES, "plugin_triplet", spec)
+    assert build_loss("plugin_triplet", {"margin": 0.2}, 4, 8).loss.margin == 0.2
+    assert failed(contract.check_loss("plugin_triplet")) == {}
+    from dmlsynth.config import _schema
+
+    assert "margin" in _schema()["properties"]["loss_params"]["properties"]["plugin_triplet"]["properties"]
+    # Every method that takes every loss takes it too (iaa: compatible_losses None).
+    assert any(r.check.startswith("iaa + plugin_triplet") for r in contract.check_method("iaa"))
+    monkeypatch.setitem(registry.LOSSES, "plugin_triplet", registry.LossSpec(
+        "plugin_triplet", True, {"margin": 0.3}, "a plugin loss", build=f"{__name__}:build_not_a_base_loss"))  # fmt: skip
+    assert "not a dmlsynth.losses.BaseLoss" in failed(contract.check_loss("plugin_triplet"))["builds a BaseLoss"]
