@@ -334,3 +334,21 @@ def check_dataset(name: str, config: Mapping[str, Any]) -> list[Result]:
         f"fix dataset_settings.{name} or the DatasetSpec's num_classes and train_classes",
     )  # fmt: skip
     return [entry, prepared]
+
+
+def gate(method: str, loss: str) -> None:
+    """Before a plugin's method trains: its checks with the run's loss (:func:`pair_checks`); raise a
+    :class:`dmlsynth.plugins.PluginError` naming the plugin and each failed check, so it does not train.
+    The built-in methods pass the same checks in the project's tests, so they are not run again here."""
+    from dmlsynth import plugins
+
+    plugin = plugins.plugin_of("methods", method)
+    if plugin is None:
+        return
+    failed = [result for result in pair_checks(method, loss) if not result.passed]
+    if failed:
+        raise plugins.PluginError(
+            f"method {method!r} of {plugin.label} breaks the contract with loss {loss!r}, so it does not train:\n  "
+            + "\n  ".join(result.line() for result in failed)
+            + f"\n(dmlsynth check-method {method} runs every check)"
+        )

@@ -38,9 +38,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The workflow exports the folder of its Snakefile here, so jobs record the project's git state.
 PROJECT_DIR_VARIABLE = "DMLSYNTH_PROJECT_DIR"
 
-# Modules that record or write results, list or load entries, but never change a number: not part of a digest.
+# Modules that record or write results, list, load or check entries (contract: it only stops a plugin's
+# method that breaks it from training), but never change a number: not part of a digest.
 BOOKKEEPING = frozenset(
-    {f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry", "errors", "plugins", "catalog")}
+    {f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry", "errors", "plugins", "catalog", "contract")}
 )
 # Modules every job passes through that hold functions for other purposes too: the command line (its other
 # subcommands) and the job record (its constructors resolve the config before any job runs). Their own

@@ -3,6 +3,7 @@ what to fix; on the built-in methods the contract tests (test_registry_contract.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dmlsynth import contract, registry
@@ -149,3 +150,20 @@ def test_a_plugin_loss_trains_through_its_builder_and_a_wrong_builder_fails(monk
     monkeypatch.setitem(registry.LOSSES, "plugin_triplet", registry.LossSpec(
         "plugin_triplet", True, {"margin": 0.3}, "a plugin loss", build=f"{__name__}:build_not_a_base_loss"))  # fmt: skip
     assert "not a dmlsynth.losses.BaseLoss" in failed(contract.check_loss("plugin_triplet"))["builds a BaseLoss"]
+
+
+def test_a_plugin_method_that_breaks_the_contract_does_not_train(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from dmlsynth import plugins
+    from dmlsynth.commands import train
+
+    register(monkeypatch, "not_off", NotOffWhenOff)
+    monkeypatch.setitem(plugins.INSTALLED, ("methods", "not_off"), plugins.Plugin("methods", "not_off", "bad-plugin", "0.3", "x:Y"))
+    monkeypatch.setattr("dmlsynth.training.loop.train_run", lambda *a, **k: pytest.fail("it trained"))
+    job = SimpleNamespace(params={"method": "not_off", "loss": "triplet"}, stale=(), outputs={"record": str(tmp_path / "run.yaml")})
+    with pytest.raises(plugins.PluginError) as error:
+        train.run(job)
+    assert "method 'not_off' of bad-plugin 0.3 breaks the contract with loss 'triplet'" in str(error.value)
+    assert "FAIL  not_off + triplet: off params train bit-identically to the control" in str(error.value)
+    contract.gate("fine_builtin_is_skipped", "triplet")  # not a plugin: no checks here (the project's tests run them)
