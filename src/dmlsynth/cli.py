@@ -228,6 +228,34 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from dmlsynth import plugins, registry  # the registry installs the plugins when it loads
+
+    del registry
+    sys.stdout.write(plugins.render())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """check-method / check-loss / check-dataset: a pass/fail line per check; status 1 if one failed."""
+    import yaml
+
+    from dmlsynth import contract
+
+    if args.command == "check-dataset":
+        # Only its dataset_settings are read: a file that overrides params.yaml (a --configfile) will do.
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"{args.config} does not exist: give the params file with the dataset's settings (--config)")
+        results = contract.check_dataset(args.name, yaml.safe_load(Path(args.config).read_text()) or {})
+    else:
+        results = {"check-method": contract.check_method, "check-loss": contract.check_loss}[args.command](args.name)
+    for result in results:
+        print(result.line())
+    failed = sum(not r.passed for r in results)
+    print(f"{args.name}: {len(results) - failed} of {len(results)} checks passed" + (f", {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_dvc_yaml(args: argparse.Namespace) -> int:
     from dmlsynth.pipeline import dvc_yaml
 
@@ -307,6 +335,24 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("kinds", nargs="*", type=_kind, metavar="KIND", help=f"what to list: {', '.join(KINDS)} (default: all)")
     p.set_defaults(func=cmd_list)
 
+    p = _add_command(sub, "plugins", "list the installed plugins: the entries other packages add",
+                     "Each method, loss and dataset an installed package declares by entry point (dmlsynth.methods, "
+                     "dmlsynth.losses, dmlsynth.datasets), with its distribution and version; docs/extending.md.")  # fmt: skip
+    p.set_defaults(func=cmd_plugins)
+    checks = {
+        "check-method": ("method", "one step with each loss it claims; off params bit-identical to its control; "
+                         "checkpoint and resume; same seed, same numbers"),
+        "check-loss": ("loss", "its builder and a step of baseline with it; checkpoint and resume; same seed, same numbers"),
+        "check-dataset": ("dataset", "its entry, and a preparation (into a temporary folder) whose manifest matches it"),
+    }  # fmt: skip
+    for command, (kind, what) in checks.items():
+        p = _add_command(sub, command, f"run the project's contract checks on a {kind} (a plugin's or built-in)",
+                         f"A pass/fail line per check with what to fix: {what}. Exit status 1 if one fails.")  # fmt: skip
+        p.add_argument("name", help=f"the {kind}'s name in the registry (dmlsynth list {kind}s)")
+        if kind == "dataset":
+            p.add_argument("--config", default="params.yaml", help="params file with its dataset_settings (default: %(default)s)")
+        p.set_defaults(func=cmd_check)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmlsynth", description=DESCRIPTION)
@@ -348,7 +394,12 @@ def _check_names(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     # A job of the workflow ends with the shell that runs it: never writes outputs Snakemake gave up on.
     die_with_parent()
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # loads the registry, and with it the installed plugins
+    except DmlsynthError as exc:  # a broken plugin: nothing runs, the message names it and the fix
+        print(f"dmlsynth: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

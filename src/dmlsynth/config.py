@@ -52,8 +52,10 @@ def _schema() -> dict[str, Any]:
         name: {"type": "object", "additionalProperties": False, "properties": dict(spec.params_schema)}
         for name, spec in registry.METHODS.items()
     }
-    # A method's loss overrides take the keys loss_params allows for each loss.
+    # A method's loss overrides take the keys loss_params allows for each loss; a plugin's loss brings its own.
     loss_schemas = schema["properties"]["loss_params"]["properties"]
+    for name, spec in registry.LOSSES.items():
+        loss_schemas.setdefault(name, {"type": "object", "additionalProperties": False, "properties": dict(spec.params_schema)})
     schema["properties"]["method_loss_params"]["additionalProperties"] = {
         "type": "object",
         "propertyNames": {"enum": sorted(registry.LOSSES)},

@@ -103,6 +103,7 @@ DOCUMENTS = (
     "docs/generation.md",
     "docs/statistics.md",
     "docs/configuration.md",
+    "docs/extending.md",
     "docs/outputs.md",
     "docs/tracking.md",
     "docs/protocols.md",

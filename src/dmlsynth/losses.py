@@ -62,6 +62,8 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(registry.LOSSES))}")
     p = dict(registry.LOSSES[name].defaults)
     p.update(params)
+    if registry.LOSSES[name].build is not None:  # a plugin's loss (dmlsynth.plugins)
+        return registry.load_object(registry.LOSSES[name].build)(p, num_classes, embedding_dim)
     if "pairs" in p and p["pairs"] not in registry.PAIR_FORMS[name]:
         raise ValueError(f"loss {name!r}: pairs must be one of {', '.join(registry.PAIR_FORMS[name])}, got {p['pairs']!r}")
     if name == "multi_similarity":

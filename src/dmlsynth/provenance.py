@@ -38,9 +38,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The workflow exports the folder of its Snakefile here, so jobs record the project's git state.
 PROJECT_DIR_VARIABLE = "DMLSYNTH_PROJECT_DIR"
 
-# Modules that record or write results but never change a number: not part of a digest.
+# Modules that record or write results, list, load or check entries (contract: it only stops a plugin's
+# method that breaks it from training), but never change a number: not part of a digest.
 BOOKKEEPING = frozenset(
-    {f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry", "errors")}
+    {f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry", "errors", "plugins", "catalog", "contract")}
 )
 # Modules every job passes through that hold functions for other purposes too: the command line (its other
 # subcommands) and the job record (its constructors resolve the config before any job runs). Their own
@@ -131,10 +132,16 @@ def _direct_imports(module: str) -> frozenset[str]:
     return frozenset(found)
 
 
+def is_own(module: str) -> bool:
+    """Whether ``module`` is dmlsynth's (else a plugin's, :mod:`dmlsynth.plugins`)."""
+    return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
 def module_closure(modules: Iterable[str]) -> list[str]:
-    """``modules`` and every ``dmlsynth`` module they import, transitively (sorted)."""
+    """``modules`` and every ``dmlsynth`` module they import, transitively (sorted); a plugin's modules
+    are left out (they count by :func:`dmlsynth.plugins.code_fingerprint`)."""
     seen: set[str] = set()
-    todo = list(modules)
+    todo = [m for m in modules if is_own(m)]
     while todo:
         module = todo.pop()
         if module in seen:
@@ -162,8 +169,13 @@ def _digest(modules: tuple[str, ...], entries: tuple[str, ...]) -> str:
 
 def code_digest(modules: Iterable[str], entries: Iterable[str] = ()) -> str:
     """Hash of the source of ``modules`` and everything they import, and of ``entries``
-    (the ``repr`` of the registry entries the job uses), 16 hex digits."""
-    return _digest(tuple(sorted(set(modules))), tuple(sorted(entries)))
+    (the ``repr`` of the registry entries the job uses), 16 hex digits. A plugin's module among
+    ``modules`` counts by its package's source or its distribution's version (:mod:`dmlsynth.plugins`)."""
+    from dmlsynth.plugins import code_fingerprint
+
+    modules = set(modules)
+    foreign = sorted({code_fingerprint(m) for m in modules if not is_own(m)})
+    return _digest(tuple(sorted(m for m in modules if is_own(m))), tuple(sorted(entries)) + tuple(foreign))
 
 
 # Where each stage's code starts; the job's own registry entries add their modules.
@@ -193,7 +205,16 @@ def stable_repr(value: Any) -> str:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {"__type__": type(v).__name__, **{f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+            # A field added later with metadata {"identity": "omit_if_default"} leaves the identity of the
+            # entries that keep its default as it was (a plugin loss's `build`).
+            def default(f: dataclasses.Field) -> Any:
+                return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+            fields = [
+                f for f in dataclasses.fields(v)
+                if not (f.metadata.get("identity") == "omit_if_default" and getattr(v, f.name) == default(f))
+            ]  # fmt: skip
+            return {"__type__": type(v).__name__, **{f.name: plain(getattr(v, f.name)) for f in fields}}
         if isinstance(v, Mapping):
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, (set, frozenset)):
@@ -241,6 +262,14 @@ def code_version(root: str | Path | None = None) -> dict[str, str | bool]:
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", False
     return {"git_commit": commit, "git_dirty": dirty, "project_dir": str(root), "dmlsynth_version": _version("dmlsynth")}
+
+
+def plugin_versions(params: Mapping[str, Any]) -> dict[str, str]:
+    """The plugins (:mod:`dmlsynth.plugins`) a run's ``params`` use: ``"<kind>.<name>"`` -> distribution and
+    version; empty for a run of built-in entries only."""
+    from dmlsynth import plugins
+
+    return plugins.versions({"methods": params["method"], "losses": params["loss"], "datasets": params["dataset"]})
 
 
 def _version(package: str) -> str:

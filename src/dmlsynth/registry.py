@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from dmlsynth import layout
+from dmlsynth import plugins as _plugins
 
 
 def module_of(path: str) -> str:
@@ -70,6 +71,13 @@ class LossSpec:
     # Its negative terms are exactly the negative pairs of an indices_tuple (what `symm`'s hardest
     # negative pair needs); AngularLoss, e.g., takes the positive pairs and uses every other-class sample.
     negative_pairs: bool = False
+    # A plugin's loss (dmlsynth.plugins): "module:function", build(params, num_classes, embedding_dim) ->
+    # dmlsynth.losses.BaseLoss; None for the losses built into dmlsynth.losses.build_loss. Left out of the
+    # spec's identity while None (provenance.stable_repr), so the built-in entries keep theirs.
+    build: str | None = field(default=None, metadata={"identity": "omit_if_default"})
+    # A plugin's loss: the JSON schema (properties) of its params (loss_params.<name>); the built-in losses'
+    # are in params.schema.yaml.
+    params_schema: Mapping[str, Any] = field(default_factory=dict, metadata={"identity": "omit_if_default"})
 
 
 @dataclass(frozen=True)
@@ -452,6 +460,15 @@ METHODS: dict[str, MethodSpec] = {
         ],
     ]
 }
+
+
+# Entries of installed packages (entry points dmlsynth.datasets, .losses, .methods; dmlsynth.plugins), added
+# to the tables above before anything reads them. Loss plugins are neither in PAIR_BASED_LOSSES nor in
+# NEGATIVE_PAIR_LOSSES (built-in methods' compatible losses are fixed here); their spec says what they are.
+_plugins.install(
+    {"datasets": DATASETS, "losses": LOSSES, "methods": METHODS},
+    {"datasets": DatasetSpec, "losses": LossSpec, "methods": MethodSpec},
+)
 
 
 # Defaults of the optional keys of params.yaml's `training` and `evaluation` (the schema requires the rest).

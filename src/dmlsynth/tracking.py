@@ -302,6 +302,8 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
                 "device": str(record.get("device", environment.get("device", ""))),
                 "git_dirty": str(code["git_dirty"]),
                 **({"dmlsynth.code_digest": code["digest"]} if "digest" in code else {}),
+                # The plugin entries the run uses and their distributions' versions (dmlsynth.plugins).
+                **{f"dmlsynth.plugin.{entry}": version for entry, version in (code.get("plugins") or {}).items()},
                 **_source_tags("train", code),
             }
             run = client.create_run(

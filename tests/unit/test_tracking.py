@@ -178,3 +178,15 @@ def test_every_retrieval_metric_goes_to_mlflow_in_percent_and_nothing_else_does(
     assert [percent_name(k) for k in METRIC_KEYS] == [k.replace("@", "_at_") + "_pct" for k in METRIC_KEYS]
     assert percent_name("val_map@r") == "val_map_at_r_pct" and percent_name("last_epoch.nmi") == "last_epoch_nmi_pct"
     assert percent_name("eval_seconds") is None and percent_name("queries") is None
+
+
+def test_a_run_of_a_plugin_is_tagged_with_its_distribution_and_version(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = fake_run(tmp_path, method="example_mixup")
+    record = yaml.safe_load((run_dir / "run.yaml").read_text())
+    record["code"]["plugins"] = {"method.example_mixup": "dmlsynth-example-mixup 0.1.0"}
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(record))
+    track_run(run_dir, uri)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    assert run.data.tags["dmlsynth.plugin.method.example_mixup"] == "dmlsynth-example-mixup 0.1.0"

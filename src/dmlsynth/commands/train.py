@@ -13,10 +13,12 @@ from dmlsynth.jobs import Job
 
 
 def run(job: Job, progress: bool = True) -> None:
+    from dmlsynth.contract import gate
     from dmlsynth.training.loop import train_run
     from dmlsynth.workflow import stop_when_workflow_gone
 
     remove_stale(job)
+    gate(job.params["method"], job.params["loss"])  # a plugin's method keeps the contract before it trains
     run_dir = Path(job.outputs["record"]).parent
     train_run(
         job.params, manifest=job.inputs["manifest"], run_dir=run_dir, synthetic_manifest=job.inputs.get("synthetic"),

@@ -28,7 +28,7 @@ import yaml
 
 from dmlsynth.io import atomic_output, atomic_write_text, save_torch
 from dmlsynth.layout import RunFolder
-from dmlsynth.provenance import code_version, environment
+from dmlsynth.provenance import code_version, environment, plugin_versions
 
 
 def write_outputs(
@@ -63,7 +63,8 @@ def write_outputs(
     record = {
         "params": dict(params),
         "params_hash": params_hash,
-        "code": {**code_version(), "digest": code_digest},
+        # plugins: the distributions and versions of the plugin entries the run uses (none: no key).
+        "code": {**code_version(), "digest": code_digest, **({"plugins": p} if (p := plugin_versions(params)) else {})},
         "environment": {**environment(str(device)), "torch.threads": str(threads)},
         # What changes the numbers without being a param: the table shows them and never averages over them.
         "threads": int(threads),
