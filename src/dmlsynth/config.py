@@ -280,7 +280,8 @@ def _loss_param_problems(config: Mapping[str, Any], excluded: set[tuple[str, str
         for method in config["methods"]:
             if not registry.METHODS[method].is_compatible(loss) or (method, loss) in excluded:
                 continue
-            own = registry.loss_param_problems(loss, registry.loss_params(loss, config, method), method)
+            variant = registry.method_params(registry.METHODS[method], config).get("variant")
+            own = registry.loss_param_problems(loss, registry.loss_params(loss, config, method), method, variant)
             problems += [f"  - at method_loss_params.{method}.{loss}: {problem}" for problem in own if problem not in plain]
     return problems
 

@@ -1,4 +1,4 @@
-"""SGAR (METHODS.md §6, project definition): graded features before the embedding layer, ranking loss, wiring."""
+"""SGAR, variant project ([project definition], docs/methods.md §6): graded features before the embedding layer, ranking loss, wiring."""
 
 from __future__ import annotations
 
