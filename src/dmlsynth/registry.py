@@ -506,6 +506,8 @@ TRAINING_DEFAULTS: Mapping[str, Any] = {
     "warmup_epochs": 0,  # epochs that train only the embedding layer and the loss's own parameters
     "embedding_lr_multiplier": 1.0,
     "embedding_gradient_multiplier": 1.0,
+    "batch_sampling": "m_per_class",  # random: uniformly shuffled batches (SGAR's official code)
+    "grad_clip_value": None,  # None: no clipping; else every gradient entry clipped to [-v, v]
 }
 EVALUATION_DEFAULTS: Mapping[str, Any] = {"ks": [1, 2, 4, 8], "batch_size": 256}
 # How the results table compares methods with baseline (params.yaml `statistics`; dmlsynth.stats).
