@@ -250,3 +250,29 @@ def test_the_head_and_directions_train_at_the_proxies_lr_and_are_checkpointed():
         assert id(p) in ids
     state = method.state_dict()
     assert {"directions", "base_loss.head.linear.weight", "base_loss.head.linear.bias"} <= set(state)
+
+
+def test_switched_off_trains_exactly_as_its_control_and_on_trains_otherwise(config, digits_manifest, tmp_path):
+    """Through train_run with the official recipe's random batches and clipping: sgar official with weight 0
+    and its control `baseline+projection_head=true` give the same loss every epoch, weights and test
+    embeddings; switched on, the synthesis changes them, and the head and directions are in the checkpoint."""
+    from dmlsynth.config import run_params
+    from dmlsynth.layout import RunFolder
+    from dmlsynth.training.loop import train_run
+
+    config = dict(config, methods=["sgar"], losses=["proxy_anchor"])
+    config["training"] = {**config["training"], "batch_sampling": "random", "grad_clip_value": 10}
+    results, states = {}, {}
+    for label, weight in [("sgar", 0.0), ("baseline+projection_head=true", None), ("on", 0.23)]:
+        config["method_params"] = {"sgar": {"variant": "official", **({"weight": weight} if weight is not None else {})}}
+        checked = validate(config)
+        params = run_params(checked, "digits", "sgar" if label == "on" else label, "proxy_anchor", 0)
+        results[label] = train_run(params, digits_manifest, tmp_path / label, progress=False)
+        states[label] = torch.load(RunFolder(str(tmp_path / label)).model, weights_only=True)
+    off, control, on = results["sgar"], results["baseline+projection_head=true"], results["on"]
+    assert [row["loss"] for row in off["history"]] == [row["loss"] for row in control["history"]]
+    assert all(torch.equal(states["sgar"]["model"][k], states["baseline+projection_head=true"]["model"][k]) for k in states["sgar"]["model"])
+    assert torch.equal(off["embeddings"], control["embeddings"])
+    assert [row["loss"] for row in on["history"]] != [row["loss"] for row in control["history"]]
+    assert not torch.equal(on["embeddings"], control["embeddings"])
+    assert {"directions", "base_loss.head.linear.weight"} <= set(states["on"]["method"])
