@@ -22,6 +22,13 @@ from dmlsynth.models import EmbeddingNet
 
 CLASSES, PER_CLASS, IN_DIM, FEATURES, DIM, EPOCHS = 4, 6, 10, 12, 8, 10
 PAIRS = [(m, l) for m, l in itertools.product(registry.METHODS, registry.LOSSES) if registry.METHODS[m].is_compatible(l)]
+# Every variant of every method with each loss it works with (a variant with variant_loss_params: the losses it lists).
+VARIANTS = [
+    (m, v, l)
+    for m, l in PAIRS
+    for v in registry.METHODS[m].variants
+    if not registry.METHODS[m].variant_loss_params.get(v) or l in registry.METHODS[m].variant_loss_params[v]
+]
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,11 +48,12 @@ def one_step(
     model = EmbeddingNet(nn.Sequential(nn.Linear(IN_DIM, FEATURES), nn.ReLU()), nn.Linear(FEATURES, DIM))
     inputs, labels = batch()
     if loss_params is None:
-        loss_params = registry.loss_params(loss_name, {}, method_name)
+        config = {"method_params": {method_name: {"variant": method_params["variant"]}}} if "variant" in method_params else {}
+        loss_params = registry.loss_params(loss_name, config, method_name)
     base = build_loss(loss_name, loss_params, CLASSES, DIM)
 
     @torch.no_grad()
-    def embed_training_set():
+    def embed_training_set(augmented: bool = False):  # no augmentation here: both views are the inputs
         return model(inputs), labels
 
     context = MethodContext(
@@ -79,6 +87,17 @@ def test_switched_off_every_method_is_exactly_its_control(method, loss):
     value, grads = one_step(method, loss, dict(off))
     reference, reference_grads = one_step("baseline", loss, {}, loss_params=registry.loss_params(loss, {}, method))
     assert value == reference and all(torch.equal(a, b) for a, b in zip(grads, reference_grads))
+
+
+@pytest.mark.parametrize("method,variant,loss", VARIANTS, ids=[f"{m}-{v}-{l}" for m, v, l in VARIANTS])
+def test_every_variant_trains_a_step_and_switched_off_is_exactly_its_control(method, variant, loss):
+    """Each variant's control: baseline with the loss params that variant's runs use (e.g. sgar official's head)."""
+    value, grads = one_step(method, loss, {"variant": variant})
+    assert torch.isfinite(torch.tensor(value)) and all(torch.isfinite(g).all() for g in grads)
+    off, off_grads = one_step(method, loss, {"variant": variant, **registry.METHODS[method].off_params})
+    config = {"method_params": {method: {"variant": variant}}}
+    reference, reference_grads = one_step("baseline", loss, {}, loss_params=registry.loss_params(loss, config, method))
+    assert off == reference and all(torch.equal(a, b) for a, b in zip(off_grads, reference_grads))
 
 
 @pytest.mark.parametrize("name", list(registry.METHODS))
