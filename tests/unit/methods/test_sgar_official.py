@@ -276,3 +276,17 @@ def test_switched_off_trains_exactly_as_its_control_and_on_trains_otherwise(conf
     assert [row["loss"] for row in on["history"]] != [row["loss"] for row in control["history"]]
     assert not torch.equal(on["embeddings"], control["embeddings"])
     assert {"directions", "base_loss.head.linear.weight"} <= set(states["on"]["method"])
+
+
+def test_directions_start_kaiming_normal_with_fan_out_n():
+    """losses.py:53-54: kaiming_normal_(mode='fan_out') on an (N, D) parameter: std √(2/N), mean 0."""
+    context = MethodContext(
+        num_classes=CLASSES, embedding_dim=2_000, num_epochs=1, generator=torch.Generator().manual_seed(0),
+        embed_training_set=lambda **_: None, device=torch.device("cpu"),
+    )  # fmt: skip
+    torch.manual_seed(11)
+    base = build_loss("proxy_anchor", {"projection_head": True}, CLASSES, 2_000)
+    method = GradedRanking(base, registry.METHODS["sgar"].resolve({"variant": "official"}), context)
+    directions = method.directions.detach()
+    assert directions.shape == (5, 2_000)
+    assert float(directions.std()) == pytest.approx(math.sqrt(2 / 5), rel=0.04) and abs(float(directions.mean())) < 0.02
