@@ -205,7 +205,8 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
             )
     training = config["training"]
     batch, per_class = training["batch_size"], training["m_per_class"]
-    if batch % per_class:
+    per_class_batches = {**registry.TRAINING_DEFAULTS, **training}["batch_sampling"] == "m_per_class"
+    if per_class_batches and batch % per_class:
         fewest_classes = min(registry.DATASETS[name].train_classes for name in config["datasets"])
         suggestion = per_class * min(max(1, batch // per_class), fewest_classes)
         problems.append(
@@ -228,7 +229,7 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
             f"{', '.join(without)} do not; set validation_classes for every configured dataset or for none "
             f"(runs of one workflow report the same kind of epoch)"
         )
-    if not batch % per_class:
+    if per_class_batches and not batch % per_class:
         for name in config["datasets"]:
             classes = training_class_count(config, name)
             if batch // per_class > classes:
@@ -260,6 +261,8 @@ def _class_size_problems(config: Mapping[str, Any]) -> list[str]:
     from dmlsynth.data.split import smallest_training_class, validation_class_count
 
     per_class = config["training"]["m_per_class"]
+    if {**registry.TRAINING_DEFAULTS, **config["training"]}["batch_sampling"] != "m_per_class":
+        return []  # random batches hold whatever the shuffle gives
     problems = []
     for name in config["datasets"]:
         smallest = smallest_training_class(config, name)
@@ -282,7 +285,8 @@ def _loss_param_problems(config: Mapping[str, Any], excluded: set[tuple[str, str
         for method in config["methods"]:
             if not registry.METHODS[method].is_compatible(loss) or (method, loss) in excluded:
                 continue
-            own = registry.loss_param_problems(loss, registry.loss_params(loss, config, method), method)
+            variant = registry.method_params(registry.METHODS[method], config).get("variant")
+            own = registry.loss_param_problems(loss, registry.loss_params(loss, config, method), method, variant)
             problems += [f"  - at method_loss_params.{method}.{loss}: {problem}" for problem in own if problem not in plain]
     return problems
 

@@ -71,8 +71,9 @@ def build(method_name: str, loss_name: str, method_params: Mapping[str, Any], se
     torch.manual_seed(7)
     model = EmbeddingNet(nn.Sequential(nn.Linear(IN_DIM, FEATURES), nn.ReLU()), nn.Linear(FEATURES, DIM))
     inputs, labels = batch()
-    if loss_params is None:
-        loss_params = registry.loss_params(loss_name, {}, method_name)
+    if loss_params is None:  # a variant may set loss params of its own (sgar official: the projection head)
+        config = {"method_params": {method_name: {"variant": method_params["variant"]}}} if "variant" in method_params else {}
+        loss_params = registry.loss_params(loss_name, config, method_name)
     base = build_loss(loss_name, loss_params, CLASSES, DIM)
 
     @torch.no_grad()

@@ -31,11 +31,15 @@ class BaseLoss(nn.Module):
         lr_multiplier: float = 1.0,
         per_anchor_sum: bool = False,
         pair_based: bool | None = None,
+        head: "ProjectionHead | None" = None,
     ):
         super().__init__()
         self.name = name
         self.loss = loss
         self.miner = miner
+        # The loss is computed on head(embeddings) where a projection head is given (loss param
+        # projection_head; SGAR's official code); its parameters train with the proxies' lr multiplier.
+        self.head = head
         # Whether it takes mined pairs against a reference set: the registry's answer for the loss, unless the
         # built form says otherwise (angular with `pairs: units` forms its own pairs and takes no reference set).
         self.pair_based = registry.LOSSES[name].pair_based if pair_based is None else pair_based
@@ -51,6 +55,9 @@ class BaseLoss(nn.Module):
         return self.miner(embeddings, labels, ref_emb, ref_labels)
 
     def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None) -> torch.Tensor:
+        if self.head is not None:
+            embeddings = self.head(embeddings)
+            ref_emb = None if ref_emb is None else self.head(ref_emb)
         if indices_tuple is None:
             indices_tuple = self.mine(embeddings, labels, ref_emb, ref_labels)
         loss = self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
@@ -78,6 +85,7 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
             losses.ProxyAnchorLoss(num_classes, embedding_dim, margin=p["margin"], alpha=p["alpha"]),
             None,
             lr_multiplier=p["proxy_lr_multiplier"],
+            head=ProjectionHead(embedding_dim) if p["projection_head"] else None,
         )
     if name == "contrastive":
         # mean_nonzero: pml's default reducer; batch_sum: Σ[0.8 − s_pos]₊ + Σ[s_neg − 0.5]₊ over the pairs,
@@ -134,6 +142,29 @@ def build_loss(name: str, params: Mapping[str, Any], num_classes: int, embedding
             lr_multiplier=p["proxy_lr_multiplier"],
         )
     raise AssertionError(f"loss {name!r} is registered but has no builder")
+
+
+class ProjectionHead(nn.Module):
+    """SGAR's projection head (loss param ``projection_head``): ``project(x) = ReLU(normalise(W x + b))``, W
+    ``(D, D)`` orthogonal and b zero at the start (Liuzt1999/SCAR ``losses.py:55-60``, its ``fc``).
+
+    ``forward`` projects the L2-normalised embedding, which is what the official model hands the loss
+    (``net/bn_inception.py:528-529``, ``train.py:93`` ``--l2-norm 1``); the Proxy-Anchor loss is then
+    computed on the projection (``losses.py:258,264``). Evaluation uses the embedding, not the projection.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        nn.init.orthogonal_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The official ``fc`` on ``x`` as it is (synthetic points and raw proxies are not normalised first)."""
+        return F.relu(F.normalize(self.linear(x), dim=-1))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.project(F.normalize(embeddings, dim=-1))
 
 
 def pair_units(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -105,6 +105,9 @@ class MethodSpec:
     # Of those, the loss params the method cannot work without: validation refuses a config whose
     # method_loss_params change them (loss_param_problems).
     required_loss_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Loss params a variant's runs need, per variant and loss (over loss_params; its control trains them
+    # too). A variant listed here works only with the losses it lists, and needs their params as given.
+    variant_loss_params: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     def is_compatible(self, loss: str) -> bool:
         return self.compatible_losses is None or loss in self.compatible_losses
@@ -235,7 +238,8 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec(
             "proxy_anchor",
             False,
-            {"margin": 0.1, "alpha": 32.0, "proxy_lr_multiplier": 100.0},
+            # projection_head: the loss on SGAR's projection of the embedding (dmlsynth.losses.ProjectionHead).
+            {"margin": 0.1, "alpha": 32.0, "proxy_lr_multiplier": 100.0, "projection_head": False},
             "ProxyAnchorLoss (proxies trained with a larger learning rate)",
         ),
         LossSpec(
@@ -421,15 +425,46 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             name="sgar",
             module="dmlsynth.methods.sgar:GradedRanking",
-            description="SGAR: ranking loss over samples graded in backbone feature space, before the embedding layer",
+            description="SGAR: ranked synthetic samples at graded intensities (official: Liuzt1999/SCAR's loss; project: before the embedding layer)",
             params_schema={
-                "steps": {"type": "integer", "minimum": 1, "description": "J intensity levels per sample"},
-                "alpha": {"type": "number", "exclusiveMinimum": 0, "description": "step per level, relative to ‖r‖"},
-                "margin": {"type": "number", "minimum": 0, "description": "similarity drop required per level"},
-                "weight": {"type": "number", "minimum": 0, "description": "0: the base loss alone"},
+                "variant": {
+                    "enum": ["project", "official", "paper"],
+                    "description": "project: graded backbone features, hinge ranking; official: the SCAR code as "
+                    "released; paper: the same with graded intensities and every selected sample's proxy term",
+                },
+                "steps": {"type": "integer", "minimum": 1, "description": "J intensity levels (official: directions N)"},
+                "alpha": {
+                    "type": "number", "exclusiveMinimum": 0,
+                    "description": "project: step per level relative to ‖r‖; official/paper: strength r ((i+1)·r)",
+                },
+                "margin": {"type": "number", "minimum": 0, "description": "similarity drop required per level (official δ)"},
+                "weight": {"type": "number", "minimum": 0, "description": "0: the base loss alone (official λ)"},
+                "scale": {"type": "number", "exclusiveMinimum": 0, "description": "official/paper: ranking scale"},
+                "gate": {"type": "number", "description": "official/paper: a sample is synthesised when its proxy dot product is >= gate"},
+                "pull_scale": {"type": "number", "exclusiveMinimum": 0, "description": "official/paper: proxy-pull scale"},
+                "pull_margin": {"type": "number", "description": "official/paper: proxy-pull margin"},
+                "rank_ratio": {"type": "number", "minimum": 0, "description": "official/paper: weight of the ranking term"},
+                "pull_ratio": {"type": "number", "minimum": 0, "description": "official/paper: weight of the proxy-pull term"},
             },
-            defaults={"steps": 5, "alpha": 0.1, "margin": 0.02, "weight": 1.0},
+            defaults={"variant": "project", "steps": 5},
+            variants={
+                # [project definition] (docs/methods.md §6): the rule benchmarked before the code was read.
+                "project": {"alpha": 0.1, "margin": 0.02, "weight": 1.0},
+                # Liuzt1999/SCAR train.py:99-125 (N 5, delta 0.11, r 1.0, lam 0.23, gen_mrg 0.05, scale 32,
+                # ratio_gen 0.9, ratio_m 0.9); the pull term's scale and margin are the loss's alpha 32 and
+                # mrg 0.1 (losses.py:246, train.py:75,81).
+                **{
+                    name: {
+                        "alpha": 1.0, "margin": 0.11, "weight": 0.23, "scale": 32.0, "gate": 0.05,
+                        "pull_scale": 32.0, "pull_margin": 0.1, "rank_ratio": 0.9, "pull_ratio": 0.9,
+                    }
+                    for name in ("official", "paper")
+                },
+            },
             off_params={"weight": 0.0},
+            # The official code's loss (losses.py:256-299) is Proxy-Anchor computed through its head; its
+            # gate and pull term use the proxies, so these variants need proxy_anchor (docs/methods.md §6).
+            variant_loss_params={name: {"proxy_anchor": {"projection_head": True}} for name in ("official", "paper")},
         ),
         # BLenDeR (docs/methods.md §7) works on the data: real images plus generated images of the same
         # class (dmlsynth.methods.blender), trained with the base loss alone.
@@ -488,6 +523,8 @@ TRAINING_DEFAULTS: Mapping[str, Any] = {
     "warmup_epochs": 0,  # epochs that train only the embedding layer and the loss's own parameters
     "embedding_lr_multiplier": 1.0,
     "embedding_gradient_multiplier": 1.0,
+    "batch_sampling": "m_per_class",  # random: uniformly shuffled batches (SGAR's official code)
+    "grad_clip_value": None,  # None: no clipping; else every gradient entry clipped to [-v, v]
 }
 EVALUATION_DEFAULTS: Mapping[str, Any] = {"ks": [1, 2, 4, 8], "batch_size": 256}
 # How the results table compares methods with baseline (params.yaml `statistics`; dmlsynth.stats).
@@ -695,21 +732,34 @@ def loss_params(name: str, config: Mapping[str, Any], method: str | None = None)
     params = dict(LOSSES[name].defaults)
     params.update((config.get("loss_params") or {}).get(name) or {})
     if method is not None:
-        params.update(METHODS[method].loss_params.get(name) or {})
+        spec = METHODS[method]
+        params.update(spec.loss_params.get(name) or {})
+        if spec.variant_loss_params:
+            params.update(spec.variant_loss_params.get(method_params(spec, config).get("variant"), {}).get(name) or {})
         params.update(((config.get("method_loss_params") or {}).get(method) or {}).get(name) or {})
     return params
 
 
-def loss_param_problems(name: str, params: Mapping[str, Any], method: str | None = None) -> list[str]:
-    """Why the resolved params of loss ``name`` cannot train (under ``method``), each with how to fix it;
-    empty when they can. Checks what the schema cannot: combinations of keys and a method's needs."""
+def loss_param_problems(
+    name: str, params: Mapping[str, Any], method: str | None = None, variant: str | None = None
+) -> list[str]:
+    """Why the resolved params of loss ``name`` cannot train (under ``method`` and its ``variant``), each with
+    how to fix it; empty when they can. Checks what the schema cannot: combinations of keys and a method's needs."""
     problems = []
+    needs = METHODS[method].variant_loss_params.get(variant) if method is not None else None
+    if needs and name not in needs:
+        return [
+            f"method {method!r} with variant {variant} works only with loss {', '.join(sorted(needs))} (it uses the "
+            f"loss's proxies and projection head); exclude this pair (`exclude: [{{method: {method}, loss: {name}}}]`) "
+            f"or choose another variant in method_params.{method}.variant"
+        ]
     if name == "angular" and params.get("pairs") == "every_pair" and not params.get("normalize", True):
         problems.append(
             "angular with pairs: every_pair is pytorch-metric-learning's AngularLoss, which works on L2-normalised "
             "embeddings: set normalize: true, or pairs: units for un-normalised features"
         )
-    required = METHODS[method].required_loss_params.get(name, {}) if method is not None else {}
+    required = dict(METHODS[method].required_loss_params.get(name, {})) if method is not None else {}
+    required.update((needs or {}).get(name, {}))
     for key, value in required.items():
         if params.get(key) != value:
             problems.append(

@@ -43,7 +43,7 @@ def test_paper_config_is_the_protocol(paper):
     run = lambda loss: cfg.run_params(paper, "cub200", "baseline", loss, 0)  # noqa: E731
     assert run("triplet")["training"]["device"] == "auto" and run("triplet")["training"]["mixed_precision"] == "auto"
     assert run("multi_similarity")["loss_params"] == {"alpha": 2.0, "beta": 50.0, "base": 0.5, "miner_epsilon": 0.1}
-    assert run("proxy_anchor")["loss_params"] == {"margin": 0.1, "alpha": 32.0, "proxy_lr_multiplier": 100.0}
+    assert run("proxy_anchor")["loss_params"] == {"margin": 0.1, "alpha": 32.0, "proxy_lr_multiplier": 100.0, "projection_head": False}
     assert run("potential_field")["loss_params"]["proxies_per_class"] == 15
 
 

@@ -31,8 +31,8 @@ EXPECTED_JOBS = {
     # 3 datasets x (2 methods x 5 losses - symm with semi-hard and lifted) x 3 seeds, and symm's controls
     # with the unit-softmax N-pair and angular (2 losses x 3 datasets x 3 seeds).
     "config/protocols/symm.yaml": {"train": 90, "evaluate": 90, "prepare_data": 3, "cache_images": 3},
-    # 4 datasets x 2 methods x 1 loss x 3 seeds.
-    "config/protocols/sgar.yaml": {"train": 24, "evaluate": 24, "prepare_data": 4, "cache_images": 4},
+    # 4 datasets x (2 methods + sgar's control baseline+projection_head=true) x 1 loss x 3 seeds.
+    "config/protocols/sgar.yaml": {"train": 36, "evaluate": 36, "prepare_data": 4, "cache_images": 4},
     # 2 datasets x 5 methods x 2 losses x 3 seeds; every one of the 100 + 98 training classes is generated for.
     "config/protocols/blender.yaml": {"train": 60, "evaluate": 60, "prepare_data": 2, "fine_tune": 198, "generate": 198, "filter_generated": 198},
 }
@@ -75,9 +75,15 @@ def test_protocols_set_their_papers_settings():
     assert {(e["method"], e["loss"]) for e in symm["exclude"]} == {("symm", "semihard_triplet"), ("symm", "lifted_structure")}
     for loss in ("semihard_triplet", "lifted_structure"):
         assert not registry.METHODS["symm"].is_compatible(loss)
-    # SGAR: Proxy-Anchor's BN-Inception recipe with its frozen-backbone warm-up.
+    # SGAR: the official code's variant and recipe (Liuzt1999/SCAR train.py): BN-Inception, frozen-backbone
+    # warm-up, batch 150 of random batches, gradients clipped at 10; its control has the same head.
     assert {settings(sgar, d)["backbone"] for d in sgar["datasets"]} == {"bn_inception"}
     assert sgar["training"]["warmup_epochs"] == 1 and sgar["training"]["lr_scheduler"] == "step"
+    assert (sgar["training"]["batch_size"], sgar["training"]["batch_sampling"], sgar["training"]["grad_clip_value"]) == (150, "random", 10)
+    params = cfg.run_params(sgar, "cub200", "sgar", "proxy_anchor", 0)
+    assert params["method_params"]["variant"] == "official" and params["method_params"]["weight"] == 0.23
+    assert params["loss_params"]["projection_head"] and params["control"] == "baseline+projection_head=true"
+    assert cfg.run_params(sgar, "cub200", "baseline+projection_head=true", "proxy_anchor", 0)["loss_params"] == params["loss_params"]
     # BLenDeR: CUB and Cars only, every training class generated for.
     assert blender["datasets"] == ["cub200", "cars196"] and set(blender["losses"]) == {"proxy_anchor", "potential_field"}
     assert [training_class_count(blender, d) for d in blender["datasets"]] == [100, 98]

@@ -42,7 +42,7 @@ def test_unknown_key_lists_the_allowed_keys(default_params):
     with pytest.raises(cfg.ConfigError) as info:
         cfg.validate(config)
     message = str(info.value)
-    assert "at training" in message and "'epochz' was unexpected" in message and "allowed keys: batch_size" in message
+    assert "at training" in message and "'epochz' was unexpected" in message and "allowed keys: batch_sampling, batch_size" in message
 
 
 def test_wrong_type_is_reported(default_params):

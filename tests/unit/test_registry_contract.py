@@ -20,6 +20,13 @@ from dmlsynth.losses import build_loss
 
 CLASSES, DIM = contract.CLASSES, contract.DIM
 PAIRS = [(m, l) for m, l in itertools.product(registry.METHODS, registry.LOSSES) if registry.METHODS[m].is_compatible(l)]
+# Every variant of every method with each loss it works with (a variant with variant_loss_params: the losses it lists).
+VARIANTS = [
+    (m, v, l)
+    for m, l in PAIRS
+    for v in registry.METHODS[m].variants
+    if not registry.METHODS[m].variant_loss_params.get(v) or l in registry.METHODS[m].variant_loss_params[v]
+]
 
 
 # The checks `dmlsynth check-method` runs on a plugin (dmlsynth.contract): the project holds its own
@@ -42,6 +49,17 @@ def test_switched_off_every_method_is_exactly_its_control(method, loss):
 @pytest.mark.parametrize("method,loss", PAIRS, ids=[f"{m}-{l}" for m, l in PAIRS])
 def test_every_method_resumes_from_a_checkpoint_to_the_same_numbers(method, loss):
     assert contract.resume_problem(method, loss) is None
+
+
+@pytest.mark.parametrize("method,variant,loss", VARIANTS, ids=[f"{m}-{v}-{l}" for m, v, l in VARIANTS])
+def test_every_variant_trains_a_step_and_switched_off_is_exactly_its_control(method, variant, loss):
+    """Each variant's control: baseline with the loss params that variant's runs use (e.g. sgar official's head)."""
+    value, grads = contract.one_step(method, loss, {"variant": variant})
+    assert torch.isfinite(torch.tensor(value)) and all(torch.isfinite(g).all() for g in grads)
+    off, off_grads = contract.one_step(method, loss, {"variant": variant, **registry.METHODS[method].off_params})
+    config = {"method_params": {method: {"variant": variant}}}
+    reference, reference_grads = contract.one_step("baseline", loss, {}, loss_params=registry.loss_params(loss, config, method))
+    assert off == reference and all(torch.equal(a, b) for a, b in zip(off_grads, reference_grads))
 
 
 @pytest.mark.parametrize("name", list(registry.METHODS))

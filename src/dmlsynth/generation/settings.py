@@ -112,13 +112,21 @@ def set_recipe(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def variant_line(config: Mapping[str, Any], method: str) -> str:
+    """``<method>: variant <v>``, and the control each configured loss pairs it with."""
+    variant = registry.method_params(registry.METHODS[method], config)["variant"]
+    controls = ", ".join(f"{loss}: {registry.control_label(config, method, loss)}" for loss in config["losses"])
+    return f"{method}: variant {variant} (control {controls})"
+
+
 def describe(config: Mapping[str, Any]) -> list[str]:
-    """What generation makes and what training adds of it, one line per dataset and per method
-    (``dmlsynth check-config``); nothing when no configured method trains with generated images."""
+    """What ``dmlsynth check-config`` prints beside the job matrix: each configured method's variant and
+    control (methods with variants), then what generation makes and what training adds of it, one line per
+    dataset and per method (nothing of it when no configured method trains with generated images)."""
+    lines = [variant_line(config, method) for method in config["methods"] if registry.METHODS[method].variants]
     sets = image_sets(config)
     if not sets:
-        return []
-    lines = []
+        return lines
     for dataset in config["datasets"]:
         settings = generation_settings(config, dataset)
         prompts = settings["prompts"]

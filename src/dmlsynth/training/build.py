@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
+from pytorch_metric_learning.utils import common_functions as pml_common
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from dmlsynth import registry
@@ -417,8 +418,13 @@ class _FreshSampler(Sampler):
     ``first_generated`` on are generated images (they follow the real ones).
     """
 
-    def __init__(self, targets: list[int], m: int, batch_size: int, length: int, first_generated: int):
-        self._make = lambda: MPerClassSampler(targets, m=m, batch_size=batch_size, length_before_new_iter=length)
+    def __init__(
+        self, targets: list[int], m: int, batch_size: int, length: int, first_generated: int, sampling: str = "m_per_class"
+    ):
+        if sampling == "random":
+            self._make = lambda: _RandomOrder(len(targets), length)
+        else:
+            self._make = lambda: MPerClassSampler(targets, m=m, batch_size=batch_size, length_before_new_iter=length)
         self._length = len(self._make())
         self._first_generated = first_generated
         self._generated = 0
@@ -437,6 +443,22 @@ class _FreshSampler(Sampler):
             self._handed_out += 1
             self._generated += int(index >= self._first_generated)
             yield index
+
+
+class _RandomOrder:
+    """``length`` indices of the training images in random order (training.batch_sampling: random): whole
+    shuffled passes one after the other, cut at ``length``; drawn from pml's stream (checkpointed) when iterated."""
+
+    def __init__(self, size: int, length: int):
+        self.size, self.length = size, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        passes = -(-self.length // self.size)
+        order = np.concatenate([pml_common.NUMPY_RANDOM.permutation(self.size) for _ in range(passes)])
+        return iter(order[: self.length].tolist())
 
 
 class _SplitBatches(Sampler):
@@ -485,7 +507,9 @@ def _train_loader(
     every epoch.
     """
     batch_size = int(training["batch_size"])
-    sampler = _FreshSampler(targets, int(training["m_per_class"]), batch_size, batches * batch_size, first_generated)
+    sampler = _FreshSampler(
+        targets, int(training["m_per_class"]), batch_size, batches * batch_size, first_generated, training["batch_sampling"]
+    )
     kwargs = dict(loader_kwargs)
     if not image_input.seeded:
         return DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs), 1, sampler

@@ -1,4 +1,4 @@
-"""SGAR (METHODS.md §6, project definition): graded features before the embedding layer, ranking loss, wiring."""
+"""SGAR, variant project ([project definition], docs/methods.md §6): graded features before the embedding layer, ranking loss, wiring."""
 
 from __future__ import annotations
 
@@ -168,3 +168,21 @@ def test_ranking_term_is_active_with_a_non_negligible_gradient_on_digits_batches
 def test_sgar_trains_on_digits(config, digits_manifest, tmp_path):
     result = train_digits("sgar", "multi_similarity", config, digits_manifest, tmp_path / "run")
     assert len(result["history"]) == 2 and all(row["loss"] > 0 for row in result["history"])
+
+
+def test_a_batch_without_same_class_pairs_adds_nothing_to_the_base_loss():
+    """No same-class pair: no ranking term (its zero keeps the graph), the loss is the base loss's."""
+    inputs, labels = batch()
+    one_each = torch.arange(0, len(labels), 8)  # one sample per class
+    trunk, head = trunk_and_head()
+    features = trunk(inputs[one_each])
+    method = sgar("contrastive", head)
+    value = method(head(features), labels[one_each], features=features)
+    assert float(value) == float(method.base_loss(head(features), labels[one_each]))
+
+
+@pytest.mark.parametrize("steps,alpha", [(0, 0.1), (1, 0.0)])
+def test_graded_features_need_a_level_and_a_positive_step(steps, alpha):
+    with pytest.raises(ValueError, match="steps must be >= 1 and alpha > 0"):
+        graded_features(torch.ones(2, 3), steps=steps, alpha=alpha)
+    graded_features(torch.ones(2, 3), steps=1, alpha=1e-6)
