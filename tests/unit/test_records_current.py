@@ -85,7 +85,7 @@ def collected_tests(session: pytest.Session) -> int:
     if collected_files == every_file and not options.keyword and not options.markexpr:
         return len(session.items)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", "-p", "no:cacheprovider"],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     found = re.search(r"^(\d+) tests? collected", result.stdout, re.MULTILINE)
