@@ -1,5 +1,6 @@
 """Results that can be trusted after failures, code changes and re-runs (issue #12), through the real workflow."""
 
+import copy
 import os
 import shlex
 import shutil
@@ -12,7 +13,7 @@ import yaml
 
 from dmlsynth.layout import Layout
 from tests.conftest import ROOT
-from tests.helpers.workflow import snakemake, tiny_workflow
+from tests.helpers.workflow import copy_of, snakemake, tiny_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +27,24 @@ def one_run(default_params, workdir, **overrides):
     return config, Layout.of(config).run("digits", "baseline", "multi_similarity", 0)
 
 
-def test_a_failed_training_never_leaves_old_metrics_in_the_table(default_params, tmp_path):
-    config, run = one_run(default_params, tmp_path)
-    snakemake(tmp_path, "results/table.csv")
+@pytest.fixture(scope="module")
+def finished_one_run(default_params, tmp_path_factory):
+    """(config, run, folder): the baseline's one run trained, evaluated and tabled, with the umask 022 of a
+    shared machine (test_result_files_are_readable_by_the_group). Read it as it is, or take a copy (copy_of)."""
+    workdir = tmp_path_factory.mktemp("one-run")
+    config, run = one_run(default_params, workdir)
+    old = os.umask(0o022)
+    try:
+        snakemake(workdir, "results/table.csv")
+    finally:
+        os.umask(old)
+    return config, run, workdir
+
+
+def test_a_failed_training_never_leaves_old_metrics_in_the_table(finished_one_run, tmp_path):
+    config, run, finished = finished_one_run
+    config = copy.deepcopy(config)
+    copy_of(finished, tmp_path)
     old_table = (tmp_path / "results" / "table.csv").read_text()
 
     # A new config whose training fails (the loss diverges): Snakemake removes the training outputs.
@@ -45,10 +61,8 @@ def test_a_failed_training_never_leaves_old_metrics_in_the_table(default_params,
     assert not (tmp_path / "results" / "table.csv").exists() and old_table  # never re-made from stale numbers
 
 
-def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(default_params, tmp_path):
-    tiny_workflow(default_params, tmp_path, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
-    first = snakemake(tmp_path, "results/table.csv")
-    assert first.returncode == 0
+def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(finished_baseline_symm, tmp_path):
+    copy_of(finished_baseline_symm[1], tmp_path)
     log = tmp_path / "logs/train/digits/baseline/multi_similarity/seed0.log"
 
     forced = snakemake(tmp_path, "--forcerun", "train", "results/table.csv")
@@ -100,10 +114,9 @@ def test_readme_override_examples_run_as_written(default_params, tmp_path):
         assert result.returncode == 0, f"{example}\n{result.output}"
 
 
-def test_the_run_record_names_the_projects_git_state_not_the_working_folder(default_params, tmp_path):
-    _, run = one_run(default_params, tmp_path)
-    snakemake(tmp_path, "results/table.csv")
-    record = yaml.safe_load((tmp_path / run.record).read_text())
+def test_the_run_record_names_the_projects_git_state_not_the_working_folder(finished_one_run):
+    _, run, workdir = finished_one_run
+    record = yaml.safe_load((workdir / run.record).read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert record["code"]["project_dir"] == str(ROOT) and record["code"]["git_commit"] == head
     assert record["code"]["digest"] and record["environment"]["torch.threads"] == "1"
@@ -123,15 +136,10 @@ def test_an_unreachable_tracking_server_is_reported_once_and_costs_no_result(def
     assert "dmlsynth track results/runs" in result.output
 
 
-def test_result_files_are_readable_by_the_group(default_params, tmp_path):
-    _, run = one_run(default_params, tmp_path)
-    old = os.umask(0o022)
-    try:
-        snakemake(tmp_path, "results/table.csv")
-    finally:
-        os.umask(old)
+def test_result_files_are_readable_by_the_group(finished_one_run):
+    _, run, workdir = finished_one_run
     for name in (run.metrics, run.record, run.embeddings, "results/table.csv"):
-        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+        assert (workdir / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_dvc_repro_after_the_quick_start_and_after_a_code_change(default_params, tmp_path):
