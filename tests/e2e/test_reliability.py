@@ -78,17 +78,26 @@ def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(finished_ba
     assert dry.output.count("rule train:") == 2
 
 
-def test_a_code_change_reruns_only_the_runs_that_execute_it(default_params, tmp_path):
-    # A copy of the project (workflow and package), imported instead of the installed one, whose source the
-    # test edits (the workflow refuses a package of another checkout).
-    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("rules", "report"):
-        shutil.copytree(ROOT / name, tmp_path / name)
-    for name in ("Snakefile", "environment.yml"):
-        shutil.copy(ROOT / name, tmp_path / name)
+@pytest.fixture(scope="module")
+def finished_project_copy(default_params, tmp_path_factory):
+    """A folder with a copy of the project (workflow and package, imported instead of the installed one: the
+    workflow refuses a package of another checkout) whose tiny baseline+symm workflow has run to the table
+    with it. Tests that edit its source take a copy of the folder (copy_of)."""
+    workdir = tmp_path_factory.mktemp("project-copy")
+    for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
+        source = ROOT / name
+        copy_ = shutil.copytree if source.is_dir() else shutil.copy
+        copy_(source, workdir / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if source.is_dir() else {}))
+    config = tiny_workflow(default_params, workdir, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
+    snakemake(workdir, "results/table.csv", env={"PYTHONPATH": str(workdir / "src")}, snakefile=workdir / "Snakefile")
+    return config, workdir
+
+
+def test_a_code_change_reruns_only_the_runs_that_execute_it(finished_project_copy, tmp_path):
+    copy_of(finished_project_copy[1], tmp_path)
     env = {"PYTHONPATH": str(tmp_path / "src")}
-    tiny_workflow(default_params, tmp_path, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
-    snakemake(tmp_path, "results/table.csv", env=env, snakefile=tmp_path / "Snakefile")
+    # A run of the copy where it lies now: nothing to do (the copy's code is the code its runs were made with).
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", "results/table.csv", env=env, snakefile=tmp_path / "Snakefile").output
     symm = tmp_path / "src/dmlsynth/methods/symm.py"
     symm.write_text(symm.read_text() + "\n# a comment changes the code digest of the symm runs\n")
     dry = snakemake(tmp_path, "-n", "results/table.csv", env=env, snakefile=tmp_path / "Snakefile")
@@ -142,15 +151,13 @@ def test_result_files_are_readable_by_the_group(finished_one_run):
         assert (workdir / name).stat().st_mode & 0o777 == 0o644, name
 
 
-def test_dvc_repro_after_the_quick_start_and_after_a_code_change(default_params, tmp_path):
+def test_dvc_repro_after_the_quick_start_and_after_a_code_change(finished_project_copy, tmp_path):
     from dmlsynth import config as cfg
     from dmlsynth.pipeline import dvc_yaml
 
-    for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
-        source = ROOT / name
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if source.is_dir() else {}))
-    config = tiny_workflow(default_params, tmp_path, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
+    # The quick start, with this project's copy of the Snakefile and the package (the fixture ran it).
+    config, _ = finished_project_copy
+    copy_of(finished_project_copy[1], tmp_path)
     (tmp_path / "dvc.yaml").write_text(dvc_yaml(cfg.validate(config)))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(tmp_path / "src")}
 
@@ -161,8 +168,6 @@ def test_dvc_repro_after_the_quick_start_and_after_a_code_change(default_params,
 
     run("git", "init", "-q")
     run(str(BIN / "dvc"), "init", "-q")
-    # The quick start, with this project's copy of the Snakefile and the package.
-    snakemake(tmp_path, "results/table.csv", env={"PYTHONPATH": str(tmp_path / "src")}, snakefile=tmp_path / "Snakefile")
     # A job's log is written by the job alone (DVC copies results in and out of its cache, logs it leaves alone).
     baseline_log = tmp_path / "logs/train/digits/baseline/multi_similarity/seed0.log"
     symm_log = tmp_path / "logs/train/digits/symm/multi_similarity/seed0.log"
