@@ -217,8 +217,20 @@ def render_time(frame: pd.DataFrame) -> str:
     return (
         f"The workflow part took **{row.wall_seconds / 60:.1f} min** on a {int(row.cpus)}-core machine without a GPU "
         f"({int(row.jobs)} jobs, {int(row.runs)} training runs: {int(row.methods)} methods and {_controls(row)} × {int(row.seeds)} seeds; "
-        f"{row.load}; measured {row.date} by `{SCRIPT}`).\n"
+        f"{row.load}; {_measured_at(row)}measured {row.date} by `{SCRIPT}`).\n"
     )
+
+
+def _measured_at(row: pd.Series) -> str:
+    """The commit the record was measured on (tests/unit/test_records_current.py compares it with the last
+    change to the workflow's jobs); older records have none."""
+    commit = row.get("commit")
+    return f"commit {commit}, " if isinstance(commit, str) and commit else ""
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
 
 
 def main() -> None:
@@ -238,6 +250,7 @@ def main() -> None:
     if args.seeds is not None:
         params["seeds"] = list(range(args.seeds))
     facts = machine_facts()  # before the run: the load is other processes', not ours
+    commit = head_commit()  # the code measured: a commit made during the run is not it
     total, jobs = run_workflow(workdir, params, args.cores, args.target)
 
     runs = collect_runs(workdir / "results")
@@ -256,7 +269,7 @@ def main() -> None:
         runs.to_csv(RUNS_CSV, index=False, float_format="%.10g")
         shutil.copyfile(workdir / "results" / "table.csv", TABLE_CSV)
         timing = pd.DataFrame([{
-            "wall_seconds": round(total, 1), "jobs": jobs, "runs": len(runs), "methods": len(params["methods"]),
+            "commit": commit, "wall_seconds": round(total, 1), "jobs": jobs, "runs": len(runs), "methods": len(params["methods"]),
             "controls": runs.method.nunique() - len(params["methods"]),
             "seeds": len(params["seeds"]), "cores_flag": args.cores, "machine": platform.machine(), **facts,
             **stage_costs(runs, workdir / "results" / "generation.csv"),

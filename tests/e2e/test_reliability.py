@@ -1,5 +1,6 @@
 """Results that can be trusted after failures, code changes and re-runs (issue #12), through the real workflow."""
 
+import copy
 import os
 import shlex
 import shutil
@@ -12,7 +13,7 @@ import yaml
 
 from dmlsynth.layout import Layout
 from tests.conftest import ROOT
-from tests.helpers.workflow import snakemake, tiny_workflow
+from tests.helpers.workflow import copy_of, snakemake, tiny_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +27,24 @@ def one_run(default_params, workdir, **overrides):
     return config, Layout.of(config).run("digits", "baseline", "multi_similarity", 0)
 
 
-def test_a_failed_training_never_leaves_old_metrics_in_the_table(default_params, tmp_path):
-    config, run = one_run(default_params, tmp_path)
-    snakemake(tmp_path, "results/table.csv")
+@pytest.fixture(scope="module")
+def finished_one_run(default_params, tmp_path_factory):
+    """(config, run, folder): the baseline's one run trained, evaluated and tabled, with the umask 022 of a
+    shared machine (test_result_files_are_readable_by_the_group). Read it as it is, or take a copy (copy_of)."""
+    workdir = tmp_path_factory.mktemp("one-run")
+    config, run = one_run(default_params, workdir)
+    old = os.umask(0o022)
+    try:
+        snakemake(workdir, "results/table.csv")
+    finally:
+        os.umask(old)
+    return config, run, workdir
+
+
+def test_a_failed_training_never_leaves_old_metrics_in_the_table(finished_one_run, tmp_path):
+    config, run, finished = finished_one_run
+    config = copy.deepcopy(config)
+    copy_of(finished, tmp_path)
     old_table = (tmp_path / "results" / "table.csv").read_text()
 
     # A new config whose training fails (the loss diverges): Snakemake removes the training outputs.
@@ -45,10 +61,8 @@ def test_a_failed_training_never_leaves_old_metrics_in_the_table(default_params,
     assert not (tmp_path / "results" / "table.csv").exists() and old_table  # never re-made from stale numbers
 
 
-def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(default_params, tmp_path):
-    tiny_workflow(default_params, tmp_path, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
-    first = snakemake(tmp_path, "results/table.csv")
-    assert first.returncode == 0
+def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(finished_baseline_symm, tmp_path):
+    copy_of(finished_baseline_symm[1], tmp_path)
     log = tmp_path / "logs/train/digits/baseline/multi_similarity/seed0.log"
 
     forced = snakemake(tmp_path, "--forcerun", "train", "results/table.csv")
@@ -64,17 +78,26 @@ def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(default_par
     assert dry.output.count("rule train:") == 2
 
 
-def test_a_code_change_reruns_only_the_runs_that_execute_it(default_params, tmp_path):
-    # A copy of the project (workflow and package), imported instead of the installed one, whose source the
-    # test edits (the workflow refuses a package of another checkout).
-    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("rules", "report"):
-        shutil.copytree(ROOT / name, tmp_path / name)
-    for name in ("Snakefile", "environment.yml"):
-        shutil.copy(ROOT / name, tmp_path / name)
+@pytest.fixture(scope="module")
+def finished_project_copy(default_params, tmp_path_factory):
+    """A folder with a copy of the project (workflow and package, imported instead of the installed one: the
+    workflow refuses a package of another checkout) whose tiny baseline+symm workflow has run to the table
+    with it. Tests that edit its source take a copy of the folder (copy_of)."""
+    workdir = tmp_path_factory.mktemp("project-copy")
+    for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
+        source = ROOT / name
+        copy_ = shutil.copytree if source.is_dir() else shutil.copy
+        copy_(source, workdir / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if source.is_dir() else {}))
+    config = tiny_workflow(default_params, workdir, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
+    snakemake(workdir, "results/table.csv", env={"PYTHONPATH": str(workdir / "src")}, snakefile=workdir / "Snakefile")
+    return config, workdir
+
+
+def test_a_code_change_reruns_only_the_runs_that_execute_it(finished_project_copy, tmp_path):
+    copy_of(finished_project_copy[1], tmp_path)
     env = {"PYTHONPATH": str(tmp_path / "src")}
-    tiny_workflow(default_params, tmp_path, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
-    snakemake(tmp_path, "results/table.csv", env=env, snakefile=tmp_path / "Snakefile")
+    # A run of the copy where it lies now: nothing to do (the copy's code is the code its runs were made with).
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", "results/table.csv", env=env, snakefile=tmp_path / "Snakefile").output
     symm = tmp_path / "src/dmlsynth/methods/symm.py"
     symm.write_text(symm.read_text() + "\n# a comment changes the code digest of the symm runs\n")
     dry = snakemake(tmp_path, "-n", "results/table.csv", env=env, snakefile=tmp_path / "Snakefile")
@@ -100,10 +123,9 @@ def test_readme_override_examples_run_as_written(default_params, tmp_path):
         assert result.returncode == 0, f"{example}\n{result.output}"
 
 
-def test_the_run_record_names_the_projects_git_state_not_the_working_folder(default_params, tmp_path):
-    _, run = one_run(default_params, tmp_path)
-    snakemake(tmp_path, "results/table.csv")
-    record = yaml.safe_load((tmp_path / run.record).read_text())
+def test_the_run_record_names_the_projects_git_state_not_the_working_folder(finished_one_run):
+    _, run, workdir = finished_one_run
+    record = yaml.safe_load((workdir / run.record).read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert record["code"]["project_dir"] == str(ROOT) and record["code"]["git_commit"] == head
     assert record["code"]["digest"] and record["environment"]["torch.threads"] == "1"
@@ -123,26 +145,19 @@ def test_an_unreachable_tracking_server_is_reported_once_and_costs_no_result(def
     assert "dmlsynth track results/runs" in result.output
 
 
-def test_result_files_are_readable_by_the_group(default_params, tmp_path):
-    _, run = one_run(default_params, tmp_path)
-    old = os.umask(0o022)
-    try:
-        snakemake(tmp_path, "results/table.csv")
-    finally:
-        os.umask(old)
+def test_result_files_are_readable_by_the_group(finished_one_run):
+    _, run, workdir = finished_one_run
     for name in (run.metrics, run.record, run.embeddings, "results/table.csv"):
-        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+        assert (workdir / name).stat().st_mode & 0o777 == 0o644, name
 
 
-def test_dvc_repro_after_the_quick_start_and_after_a_code_change(default_params, tmp_path):
+def test_dvc_repro_after_the_quick_start_and_after_a_code_change(finished_project_copy, tmp_path):
     from dmlsynth import config as cfg
     from dmlsynth.pipeline import dvc_yaml
 
-    for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
-        source = ROOT / name
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if source.is_dir() else {}))
-    config = tiny_workflow(default_params, tmp_path, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
+    # The quick start, with this project's copy of the Snakefile and the package (the fixture ran it).
+    config, _ = finished_project_copy
+    copy_of(finished_project_copy[1], tmp_path)
     (tmp_path / "dvc.yaml").write_text(dvc_yaml(cfg.validate(config)))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(tmp_path / "src")}
 
@@ -153,8 +168,6 @@ def test_dvc_repro_after_the_quick_start_and_after_a_code_change(default_params,
 
     run("git", "init", "-q")
     run(str(BIN / "dvc"), "init", "-q")
-    # The quick start, with this project's copy of the Snakefile and the package.
-    snakemake(tmp_path, "results/table.csv", env={"PYTHONPATH": str(tmp_path / "src")}, snakefile=tmp_path / "Snakefile")
     # A job's log is written by the job alone (DVC copies results in and out of its cache, logs it leaves alone).
     baseline_log = tmp_path / "logs/train/digits/baseline/multi_similarity/seed0.log"
     symm_log = tmp_path / "logs/train/digits/symm/multi_similarity/seed0.log"

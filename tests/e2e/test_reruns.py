@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
 import yaml
 
-from tests.helpers.workflow import snakemake, tiny_workflow
+from tests.helpers.workflow import copy_of, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +28,10 @@ def flow(mapping: dict) -> str:
 
 
 @pytest.fixture
-def finished(default_params, tmp_path):
-    """A finished tiny workflow: baseline and symm, one seed."""
-    config = tiny_workflow(default_params, tmp_path, methods=["baseline", "symm"], seeds=[0])
-    snakemake(tmp_path)
-    return config, tmp_path
+def finished(finished_baseline_symm, tmp_path):
+    """A finished tiny workflow of its own: baseline and symm, one seed (a copy of the session's run)."""
+    config, workdir = finished_baseline_symm
+    return copy.deepcopy(config), copy_of(workdir, tmp_path)
 
 
 def test_the_same_params_spelled_otherwise_rerun_nothing_and_a_change_reruns(finished):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,11 @@ def tiny_workflow(default_params: dict, workdir: Path, **overrides) -> dict:
     config.update(overrides)
     (workdir / "params.yaml").write_text(yaml.safe_dump(config))
     return config
+
+
+def copy_of(finished: Path, workdir: Path) -> Path:
+    """A copy of the finished workflow folder ``finished`` in ``workdir`` (Snakemake's records included, every
+    file's modification time kept: Snakemake compares them), for a test that changes it. The folder's paths
+    are relative (:func:`tiny_workflow`), so the copy is a finished workflow of its own."""
+    shutil.copytree(finished, workdir, symlinks=True, dirs_exist_ok=True)
+    return workdir
