@@ -122,6 +122,11 @@ def pin_process(argv: Sequence[str]) -> None:
             pass  # the job reports it (dmlsynth.cli), as a one-line error
 
 
+def in_effect() -> str:
+    """The level this process's environment pins (``native`` where none is set in full)."""
+    return next((level for level, variables in VARIABLES.items() if variables and is_applied(level)), "native")
+
+
 def effective() -> dict[str, str]:
     """What the running process computes with, for run.yaml: the setting's variables as set and torch's
     dispatch as it took them (``AVX2`` when pinned, the CPU's best otherwise)."""
