@@ -648,7 +648,7 @@ def verdict(record: Mapping[str, Any], name: str) -> str | None:
     return "not significant" if np.isfinite(mdd) and mdd <= abs(record[f"{name}_delta"]) else "underpowered"
 
 
-def _seeds(value: float) -> str:
+def seeds_text(value: float) -> str:
     return NOT_AVAILABLE if pd.isna(value) else (f"> {stats.MAX_SEEDS}" if np.isinf(value) else f"{int(value)}")
 
 
@@ -702,7 +702,7 @@ def summary_markdown(frame: pd.DataFrame, confidence: float, alpha: float = stat
                     notes.setdefault(said, []).append(f"{r['method']} ({short})")
                 cells += [
                     _pct(r[f"{short} %"]), f"**{text}**" if r[f"{short} significant"] is True else text,
-                    "—" if pd.isna(p_holm) else f"{p_holm:.2g}", _pct(r[f"{short} MDD"]), _seeds(r[f"{short} seeds needed"]),
+                    "—" if pd.isna(p_holm) else f"{p_holm:.2g}", _pct(r[f"{short} MDD"]), seeds_text(r[f"{short} seeds needed"]),
                 ]  # fmt: skip
             control = r["control"] if isinstance(r["control"], str) and r["control"] != NOT_AVAILABLE else "—"
             generation = NOT_AVAILABLE if pd.isna(r["sampling s"]) else (f"{r['sampling s']:,.0f}" if r["sampling s"] else "—")
