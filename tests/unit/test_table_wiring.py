@@ -155,3 +155,32 @@ def test_published_vs_ours_takes_the_rows_own_control(tmp_path):
     control, value = means["baseline+beta=40"], means["iaa"]
     line = next(line for line in (out / "comparison.md").read_text().splitlines() if line.startswith("| cub200 | triplet | googlenet 512-d | iaa |"))
     assert line.endswith(f"| {control:.1f} → {value:.1f} ({value - control:+.1f}) |"), line
+
+
+def test_the_summarys_intervals_agree_with_its_verdicts_and_state_the_power(tmp_path):
+    """Bugs: the summary shows the unadjusted t interval beside the Holm verdict (an interval that excludes 0 on a
+    row that is not significant), or the MDD at α instead of α / m."""
+    rng = np.random.default_rng(15)  # a draw where sgar's unadjusted t interval excludes 0, its Holm p does not
+    methods = {"symm": 0.63, "sgar": 0.615, "iaa": 0.61, "blender": 0.60}
+    seeded(tmp_path, "digits", "baseline", "ms", range(3), 0.6, rng)
+    for method, mean in methods.items():
+        seeded(tmp_path, "digits", method, "ms", range(3), mean, rng)
+    code, out = table(tmp_path)
+    assert code == 0
+    full = read(out).set_index("method")
+    brief = read(out, "summary.csv").set_index("method")
+    unadjusted_excludes = 0
+    for method in methods:
+        row = full.loc[method]
+        low, high = brief.loc[method, "R@1 Δ low"], brief.loc[method, "R@1 Δ high"]
+        significant = row["recall@1_significant"] == "yes"
+        assert (low > 0 or high < 0) == significant, (method, low, high, row["recall@1_p_holm"])
+        unadjusted_excludes += (row["recall@1_delta_ci_low"] > 0 or row["recall@1_delta_ci_high"] < 0) and not significant
+        # The MDD at α / m from the paired spread over the seeds (points), independently of the table's code path.
+        sd = row["recall@1_delta_std"] / 100
+        assert row["recall@1_mdd"] == pytest.approx(100 * stats.minimal_detectable_difference(sd, 3, 0.05 / 4), abs=1e-4)  # table.csv: 6 decimals
+        verdict = brief.loc[method, "R@1 verdict"]
+        if not significant:
+            assert verdict == ("underpowered" if row["recall@1_mdd"] > abs(row["recall@1_delta"]) else "not significant")
+    assert unadjusted_excludes, "the fixture should hold a row the unadjusted interval would call wrongly"
+    assert "underpowered" in (out / "summary.md").read_text()
