@@ -104,7 +104,7 @@ def shared_generator_lines(frame: Any) -> list[str]:
     for dataset, seconds, hours, names in shared_generators(frame):
         gpu = gpu_hours_text(hours)
         lines.append(
-            f"The generator of {dataset}'s images, shared by {', '.join(f'`{n}`' for n in names)}: {seconds:,.0f} s of "
-            f"training{f' ({gpu} GPU-h)' if gpu else ''}, counted here once and in no row's cost."
+            f"Generator of the {dataset} images, used by {', '.join(f'`{n}`' for n in names)}: {seconds:,.0f} s of "
+            f"training{f' ({gpu} GPU-h)' if gpu else ''}, stated here once and in no row's cost."
         )
     return lines

@@ -506,9 +506,13 @@ def _within(low: float, high: float, bottom: float, top: float) -> tuple[float, 
     return (float(np.clip(low, bottom, top)), float(np.clip(high, bottom, top))) if np.isfinite(low) else (low, high)
 
 
+POINT_NAMES = frozenset([*METRIC_KEYS, *(f"{m}_{stat}" for m in METRIC_KEYS for stat in POINT_STATS)])
+
+
 def point_columns(frame: pd.DataFrame) -> list[str]:
-    """The columns of ``frame`` that are on a metric's scale (written in percentage points)."""
-    return [c for c in frame.columns if any(c == f"{m}_{stat}" for m in METRIC_KEYS for stat in POINT_STATS) or c in METRIC_KEYS]
+    """The columns of ``frame`` that are on a metric's scale (written in percentage points): a metric's, or its
+    value at the last epoch's (``last_epoch.<metric>``, with validation classes)."""
+    return [c for c in frame.columns if str(c).removeprefix("last_epoch.") in POINT_NAMES]
 
 
 def in_points(frame: pd.DataFrame) -> pd.DataFrame:

@@ -367,7 +367,7 @@ ROW_METRICS = {
     "delta_ci_high": ("delta_{m}_pp_ci_high", 100.0),
     "delta_boot_low": ("delta_{m}_pp_boot_low", 100.0),
     "delta_boot_high": ("delta_{m}_pp_boot_high", 100.0),
-    "p_holm": ("delta_{m}_p_holm", 1.0),
+    "p_holm": ("delta_{m}_test_p_holm", 1.0),  # "_test": sorts after the difference and its intervals
     "significant": ("delta_{m}_significant", 1.0),
     "mean": ("{m}_pct", 100.0),
     "ci_low": ("{m}_pct_ci_low", 100.0),

@@ -214,7 +214,7 @@ def test_a_shared_generator_is_counted_once_and_cpu_rows_have_blank_gpu_hours(tm
     assert frame.loc["sd_plain", "generator_train_seconds"] == 300.0 and frame.loc["baseline", "generator_train_seconds"] == 0
     for text in ((out / "comparison.md").read_text(), (out / "summary.md").read_text()):
         assert text.count("300 s of training") == 1, text  # once per dataset, in no row
-        assert "shared by `blender`, `sd_plain`" in text
+        assert "used by `blender`, `sd_plain`" in text
         assert "| 10.0 | 10 |  |" in text or "| 10 | 10 |  |" in text  # train s / seed, sampling s, GPU-h blank
     raw = pd.read_csv(out / "comparison.csv", keep_default_na=False).set_index("method")
     assert (raw["gpu_hours"] == "").all()

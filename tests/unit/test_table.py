@@ -382,3 +382,13 @@ def test_intervals_are_bounded_to_the_metrics_range(tmp_path):
     assert rows.loc["baseline", "recall@1_ci_high"] == 1.0 and rows.loc["baseline", "recall@1_ci_low"] == pytest.approx(unbounded.low)
     assert -1.0 <= rows.loc["better", "recall@1_delta_ci_low"] and rows.loc["better", "recall@1_delta_ci_high"] <= 1.0
     assert pd.read_csv(out / "table.csv").set_index("method").loc["baseline", "recall@1_ci_high"] == 100.0
+
+
+def test_every_metric_column_is_written_in_points_and_nothing_else():
+    from dmlsynth.table import in_points
+
+    frame = pd.DataFrame([{"recall@1_mean": 0.5, "last_epoch.map@r_delta_ci_low": -0.02, "nmi": 0.7, "map@r_p_holm": 0.04,
+                           "last_epoch.recall@1_p": 0.3, "train_seconds": 12.0, "seeds": 3}])  # fmt: skip
+    out = in_points(frame).iloc[0]
+    assert (out["recall@1_mean"], out["last_epoch.map@r_delta_ci_low"], out["nmi"]) == pytest.approx((50.0, -2.0, 70.0))
+    assert (out["map@r_p_holm"], out["last_epoch.recall@1_p"], out["train_seconds"], out["seeds"]) == (0.04, 0.3, 12.0, 3)

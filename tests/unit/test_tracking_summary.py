@@ -36,10 +36,12 @@ def test_every_table_row_is_a_run_with_its_seeds_as_children(tmp_path):
     assert better.data.metrics["delta_map_at_r_pp_ci_high"] == pytest.approx(100 * expected["map@r_delta_ci_high"])
     assert better.data.metrics["recall_at_1_pct"] == pytest.approx(100 * expected["recall@1_mean"])
     assert better.data.metrics["delta_map_at_r_significant"] == float(expected["map@r_significant"])
-    assert better.data.metrics["delta_recall_at_1_p_holm"] == pytest.approx(expected["recall@1_p_holm"])
+    assert better.data.metrics["delta_recall_at_1_test_p_holm"] == pytest.approx(expected["recall@1_p_holm"])
     # MLflow's chart view orders charts by name: the differences come first.
-    firsts = [name.startswith("delta_") for name in sorted(better.data.metrics)]
+    names = sorted(better.data.metrics)
+    firsts = [name.startswith("delta_") for name in names]
     assert firsts == sorted(firsts, reverse=True) and sum(firsts) == 14  # 7 per metric, all before the means
+    assert names[0] == "delta_map_at_r_pp" and names[7] == "delta_recall_at_1_pp"  # each difference before its interval
     assert not any(n.startswith("delta_") for n in rows["baseline/ms"].data.metrics)  # a control has no difference
     assert better.data.params["control"] == "baseline" and better.data.params["seeds"] == "2"
     assert better.data.tags["mlflow.user"] and better.data.tags["mlflow.source.type"] == "JOB"
