@@ -19,7 +19,8 @@ step's parameter sums and k-means/faiss results, bit by bit, with each variable 
 - ``MKL_CBWR`` (MKL's conditional numerical reproducibility; torch's BLAS): set because MKL is loaded, though
   the measured steps did not change on an AMD CPU, where MKL takes its AVX2 path anyway.
 
-faiss's flat search gave the same bits with its generic, AVX2 and AVX-512 builds, so its loader is left alone.
+faiss's flat search gave the same bits with its generic, AVX2 and AVX-512 builds, so its loader is left alone;
+so did numpy's own dispatch (sums, exp, log1p with ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``).
 """
 
 from __future__ import annotations
