@@ -75,6 +75,7 @@ def collect_runs(results: Path) -> pd.DataFrame:
         # The run's name (its table row): a method, or a control such as baseline+beta=40.
         row = {"dataset": params["dataset"], "method": params["label"], "control": params["control"] or "", "loss": params["loss"], "seed": params["seed"]}
         row.update(params_hash=record["params_hash"], train_seconds=round(record["wall_seconds"]["train"], 1))
+        row.update(cpu_isa=record.get("cpu_isa", "native"))
         row.update(eval_seconds=round(metrics["eval_seconds"], 2))
         row.update({name: metrics[name] for name in RUN_METRICS})
         rows.append(row)
@@ -174,8 +175,12 @@ def _signed(value: float) -> str:
 def render(table: pd.DataFrame) -> str:
     """The README block: every row of the default, R@1 and MAP@R, paired differences to each row's control."""
     seeds = int(table.seeds.max())
+    # A record of the table with family-wise intervals shows them (they agree with the verdict); older ones the t CI.
+    adjusted = "recall@1_delta_adj_low" in table
+    bounds = ("delta_adj_low", "delta_adj_high") if adjusted else ("delta_ci_low", "delta_ci_high")
+    interval = "Holm-level CI" if adjusted else "95 % CI"
     lines = [
-        "| method | compared with | R@1 (%) | Δ R@1, 95 % CI over seeds | p (Holm) | MAP@R (%) | Δ MAP@R, 95 % CI | p (Holm) |",
+        f"| method | compared with | R@1 (%) | Δ R@1, {interval} over seeds | p (Holm) | MAP@R (%) | Δ MAP@R, {interval} | p (Holm) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     controls = table.control.fillna("")
@@ -191,7 +196,7 @@ def render(table: pd.DataFrame) -> str:
                 continue
             delta = (
                 f"{_signed(row[f'{metric}_delta'])} "
-                f"[{_signed(row[f'{metric}_delta_ci_low'])}, {_signed(row[f'{metric}_delta_ci_high'])}]"
+                f"[{_signed(row[f'{metric}_{bounds[0]}'])}, {_signed(row[f'{metric}_{bounds[1]}'])}]"
             )
             significant = row[f"{metric}_significant"] == "yes"
             cells += [f"**{delta}**" if significant else delta, f"{row[f'{metric}_p_holm']:.2g}"]
@@ -201,9 +206,47 @@ def render(table: pd.DataFrame) -> str:
         "",
         f"({seeds} seeds, {loss} loss, mean ± standard deviation over seeds; bold: significant at 0.05 "
         "after Holm correction over the methods; each method is compared with its control, the same runs with the "
-        "synthesis off and the method's loss params; from `results/table.csv` of a fresh run.)",
+        "synthesis off and the method's loss params; from `results/table.csv` of a fresh run"
+        + (f"; CPU libraries pinned to {str(table.cpu_isa.iloc[0]).upper()}" if "cpu_isa" in table and table.cpu_isa.iloc[0] == table.cpu_isa.iloc[0] else "")
+        + ".)",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _paired_std(row: pd.Series, metric: str) -> float:
+    """The standard deviation of a row's paired differences over seeds (points): the record's, or from the
+    half-width of its 95 % t interval (a record from before the column: half-width = t_{0.975, n-1} s / sqrt(n))."""
+    from scipy import stats as scipy_stats
+
+    if f"{metric}_delta_std" in row and row[f"{metric}_delta_std"] == row[f"{metric}_delta_std"]:
+        return float(row[f"{metric}_delta_std"])
+    n = int(row.pairs)
+    half = (row[f"{metric}_delta_ci_high"] - row[f"{metric}_delta_ci_low"]) / 2
+    return float(half * n**0.5 / scipy_stats.t.ppf(0.975, n - 1))
+
+
+def render_power(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """The README's sentence on what the default can detect: per method, R@1's minimal detectable difference at
+    80 % power and α / m (dmlsynth.stats; m: the methods compared) and the seeds that would detect its Δ."""
+    from dmlsynth import stats
+
+    compared = table[table.control.notna() & (table.pairs >= 2)]
+    if compared.empty:
+        return "Not measured yet: the record has no method compared over two or more seeds.\n"
+    level = alpha / len(compared)
+    parts = []
+    for _, row in compared.iterrows():
+        sd, n = _paired_std(row, "recall@1"), int(row.pairs)
+        mdd = stats.minimal_detectable_difference(sd, n, level)
+        needed = stats.seeds_needed(row["recall@1_delta"], sd, level)
+        seeds = "more than 1000" if needed == float("inf") else f"{int(needed)}" if needed == needed else "n/a"
+        parts.append(f"`{row.method}` {mdd:.1f} points (its Δ {_signed(row['recall@1_delta'])} would need {seeds} seeds)")
+    n = int(compared.pairs.max())
+    return (
+        f"With {n} seeds and {len(compared)} methods compared (α = {alpha:g} after Holm, so {level:.3g} for the first), "
+        f"the default detects with {100 * stats.POWER:g} % power only R@1 differences of at least: " + "; ".join(parts)
+        + ". Smaller differences can be real and still come out *not significant*: the table calls them underpowered.\n"
+    )
 
 
 def _controls(row: pd.Series) -> str:
@@ -214,8 +257,11 @@ def _controls(row: pd.Series) -> str:
 def render_time(frame: pd.DataFrame) -> str:
     """The README's quick-start sentence on what the first command costs."""
     row = frame.iloc[0]
+    pinned = (
+        f", CPU libraries pinned to {str(row.cpu_isa).upper()} on an {row.cpu_model}" if "cpu_isa" in frame and row.cpu_isa == row.cpu_isa else ""
+    )
     return (
-        f"The workflow part took **{row.wall_seconds / 60:.1f} min** on a {int(row.cpus)}-core machine without a GPU "
+        f"The workflow part took **{row.wall_seconds / 60:.1f} min** on a {int(row.cpus)}-core machine without a GPU{pinned} "
         f"({int(row.jobs)} jobs, {int(row.runs)} training runs: {int(row.methods)} methods and {_controls(row)} × {int(row.seeds)} seeds; "
         f"{row.load}; {_measured_at(row)}measured {row.date} by `{SCRIPT}`).\n"
     )
@@ -231,6 +277,21 @@ def _measured_at(row: pd.Series) -> str:
 def head_commit() -> str:
     return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
                           text=True).stdout.strip()  # fmt: skip
+
+
+def cpu_isa_of(params: dict) -> str:
+    from dmlsynth import registry
+
+    return str({**registry.REPRODUCIBILITY_DEFAULTS, **(params.get("reproducibility") or {})}["cpu_isa"])
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu and /proc/cpuinfo give it."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -266,18 +327,21 @@ def main() -> None:
 
     if args.write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        runs.to_csv(RUNS_CSV, index=False, float_format="%.10g")
+        # Every digit of each float (shortest round-trip repr): the re-run check compares them exactly.
+        runs.to_csv(RUNS_CSV, index=False)
         shutil.copyfile(workdir / "results" / "table.csv", TABLE_CSV)
         timing = pd.DataFrame([{
             "commit": commit, "wall_seconds": round(total, 1), "jobs": jobs, "runs": len(runs), "methods": len(params["methods"]),
             "controls": runs.method.nunique() - len(params["methods"]),
             "seeds": len(params["seeds"]), "cores_flag": args.cores, "machine": platform.machine(), **facts,
+            # The instruction set every job was pinned to, and the CPU model (lscpu's) that ran it.
+            "cpu_isa": cpu_isa_of(params), "cpu_model": cpu_model(),
             **stage_costs(runs, workdir / "results" / "generation.csv"),
             **{f"rule_{name}.{r.rule}": round(float(r[name]), 1) for _, r in rules.iterrows() for name in ("jobs", "seconds", "peak_mb")},
         }])  # fmt: skip
         shutil.copyfile(workdir / "results" / "generation.csv", GENERATION_CSV)
         timing.to_csv(TIME_CSV, index=False)
-        docblocks.write_blocks(ROOT, SCRIPT, TABLE_CSV, {"render": render})
+        docblocks.write_blocks(ROOT, SCRIPT, TABLE_CSV, {"render": render, "render_power": render_power})
         docblocks.write_blocks(ROOT, SCRIPT, TIME_CSV, {"render_time": render_time, "render_cost": render_cost})
         docblocks.write_blocks(ROOT, SCRIPT, GENERATION_CSV, {"render_generation": render_generation})
     if not args.keep:

@@ -124,6 +124,7 @@ def run_job(spec: JobCommand, args: argparse.Namespace) -> int:
     from dmlsynth.gpu_slots import claim
 
     job = resolve_job(spec, args)
+    _pin_cpu_isa(job.cpu_isa, args)
     if spec.gpu:
         # Before anything starts CUDA: a job of `--resources gpu=N` takes GPUs no concurrent job has.
         claim(args.gpu_slots, args.gpus)
@@ -147,6 +148,24 @@ def config_of_check(args: argparse.Namespace) -> str:
         file=sys.stderr,
     )
     return args.legacy_config
+
+
+def _pin_cpu_isa(level: str, args: argparse.Namespace) -> None:
+    """The job computes with its record's instruction set (dmlsynth.cpu_isa). The workflow's record was applied
+    before any library loaded (main); a job resolved by hand from --config is known only after numpy has
+    loaded, so the command starts again in a fresh process with the variables set."""
+    from dmlsynth import cpu_isa
+
+    if cpu_isa.is_applied(level):
+        return
+    loaded = cpu_isa.loaded_libraries()
+    cpu_isa.apply(level)  # raises where the CPU cannot run it
+    if loaded and args.own_process:
+        log.info("starting again with the CPU libraries pinned to %s (reproducibility.cpu_isa)", level)
+        sys.stdout.flush(), sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "dmlsynth", *sys.argv[1:]])
+    if loaded:  # called from Python (tests): the libraries keep the kernels they loaded with; run.yaml says which
+        log.warning("%s already loaded: reproducibility.cpu_isa=%s applies to child processes only", ", ".join(loaded), level)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -394,12 +413,17 @@ def _check_names(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     # A job of the workflow ends with the shell that runs it: never writes outputs Snakemake gave up on.
     die_with_parent()
+    # Before numpy or torch loads: the instruction set of the job record on the command line (dmlsynth.cpu_isa).
+    from dmlsynth.cpu_isa import pin_process
+
+    pin_process(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()  # loads the registry, and with it the installed plugins
     except DmlsynthError as exc:  # a broken plugin: nothing runs, the message names it and the fix
         print(f"dmlsynth: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.own_process = argv is None  # a command of its own (may start again), not a call from Python
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -25,12 +25,16 @@ from dmlsynth import published as published_numbers
 from dmlsynth import cost, html_pages, registry
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import comparison_html_of, forest_figure_name
-from dmlsynth.table import BASELINE, NOT_AVAILABLE, POINTS, Run, in_points
+from dmlsynth import stats
+from dmlsynth.table import BASELINE, NOT_AVAILABLE, POINTS, Run, in_points, seeds_text, verdict
 from dmlsynth.errors import DmlsynthError
 
 # What the forest plots and the report show, in this order.
 SHOWN = ("recall@1", "map@r")
-STAT_COLUMNS = ("mean", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p_holm", "significant")
+STAT_COLUMNS = (
+    "mean", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p_holm", "significant",
+    "delta_adj_low", "delta_adj_high", "mdd", "seeds_needed",
+)  # fmt: skip
 COST_COLUMNS = cost.COLUMNS
 
 
@@ -133,6 +137,13 @@ def _seconds(value: float) -> str:
     return NOT_AVAILABLE if pd.isna(value) else f"{value:,.0f}"
 
 
+def _verdict(record: Mapping[str, Any], name: str) -> str:
+    """yes / no / underpowered / one run (the table's verdict, dmlsynth.table.verdict); n/a for a control."""
+    said = verdict(record, name) if record.get("test") not in (None, NOT_AVAILABLE) else None
+    return {None: NOT_AVAILABLE, "significant": "**yes**", "not significant": "no", "underpowered": "no (underpowered)",
+            "one training run": "one run"}[said]  # fmt: skip
+
+
 def _p(value: float) -> str:
     return NOT_AVAILABLE if pd.isna(value) else f"{value:.3g}"
 
@@ -150,7 +161,12 @@ def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
         "t interval over seeds (needs 2 or more paired seeds) and the "
         f"{level} bootstrap interval over test queries (one seed suffices; it ignores training randomness). "
         "*significant*: Holm-adjusted p-value below alpha over the methods compared in the same dataset and loss "
-        "(paired t-test with 2 or more paired seeds, else the query bootstrap). Published gains are R@1 "
+        "(paired t-test over 2 or more paired seeds; one seed gets no verdict, *one run*: the query bootstrap leaves "
+        "training randomness out). *Holm CI*: the family-wise interval at the level of the verdict (it holds 0 exactly "
+        f"when the row is not significant). *MDD*: the smallest difference the seeds detect with {100 * stats.POWER:g} % "
+        "power at alpha / m (m: the methods compared), from the paired spread over seeds; *seeds for Δ*: the seeds that "
+        "would detect the observed ΔR@1 so; a non-significant row whose MDD exceeds |Δ| is *underpowered*, not evidence "
+        "of no effect. Published gains are R@1 "
         "of the papers (other backbones and recipes except the ResNet-50 rows). Units: R@1 in %, every Δ and "
         "interval in percentage points. Cost: *train s / seed*, the mean training seconds of one seed's run (every "
         "attempt counted); *sampling s*, the seconds that made the row's own generated images; *GPU-h*, the row's "
@@ -162,9 +178,9 @@ def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
         lines += [f"## {dataset} · {loss}", "", f"![forest plot]({figure_dir}/{forest_figure_name(dataset, loss)})", ""]
         lines += [_what_was_compared(part), ""]
         lines += [
-            "| method | compared with | seeds | R@1 % | ΔR@1 | t CI | bootstrap CI | p (Holm) | significant "
-            "| ΔMAP@R | t CI | significant | published R@1 | train s / seed | sampling s | GPU-h |",
-            "|---|---|---:|---:|---:|---|---|---:|---|---:|---|---|---|---:|---:|---:|",
+            "| method | compared with | seeds | R@1 % | ΔR@1 | t CI | Holm CI | bootstrap CI | p (Holm) | significant "
+            "| MDD | seeds for Δ | ΔMAP@R | Holm CI | significant | published R@1 | train s / seed | sampling s | GPU-h |",
+            "|---|---|---:|---:|---:|---|---|---|---:|---|---:|---:|---:|---|---|---|---:|---:|---:|",
         ]
         for r in part.to_dict(orient="records"):
             p_holm = r["recall@1_p_holm"]
@@ -173,10 +189,12 @@ def markdown(frame: pd.DataFrame, figure_dir: str, confidence: float) -> str:
             lines.append(
                 f"| {r['method']} | {compared_with} | {r['seeds']} | {POINTS * r['recall@1_mean']:.1f} | {_points(r['recall@1_delta'])} "
                 f"| {_interval(r['recall@1_delta_ci_low'], r['recall@1_delta_ci_high'])} "
+                f"| {_interval(r['recall@1_delta_adj_low'], r['recall@1_delta_adj_high'])} "
                 f"| {_interval(r['recall@1_delta_boot_low'], r['recall@1_delta_boot_high'])} "
-                f"| {_p(p_holm)} | {_significance(r['recall@1_significant'])} "
-                f"| {_points(r['map@r_delta'])} | {_interval(r['map@r_delta_ci_low'], r['map@r_delta_ci_high'])} "
-                f"| {_significance(r['map@r_significant'])} | {r['published'] if isinstance(r['published'], str) else '—'} "
+                f"| {_p(p_holm)} | {_verdict(r, 'recall@1')} "
+                f"| {_points(r['recall@1_mdd']).lstrip('+')} | {seeds_text(r['recall@1_seeds_needed'])} "
+                f"| {_points(r['map@r_delta'])} | {_interval(r['map@r_delta_adj_low'], r['map@r_delta_adj_high'])} "
+                f"| {_verdict(r, 'map@r')} | {r['published'] if isinstance(r['published'], str) else '—'} "
                 f"| {_seconds(r['train_seconds_per_seed'])} | {_seconds(generated) if generated else '—'} "
                 f"| {cost.gpu_hours_text(r['gpu_hours'], NOT_AVAILABLE)} |"
             )

@@ -37,6 +37,7 @@ def _schema() -> dict[str, Any]:
         "@backbones": sorted(registry.BACKBONES),
         "@generators": sorted(registry.GENERATORS),
         "@tracking_runs": list(registry.TRACKING_RUNS),
+        "@cpu_isa_levels": list(registry.CPU_ISA_LEVELS),
     }
 
     def fill(node: Any) -> Any:

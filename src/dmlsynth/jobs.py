@@ -20,6 +20,7 @@ Torch-free: the Snakefile builds its DAG from these records.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass, field
@@ -89,6 +90,9 @@ class Job:
     gpus: int = 0
     device: str = "cpu"  # the device setting the job computes with (identity: device_kind)
     threads_change_numbers: bool = False  # float reductions of a training depend on the thread count
+    # The instruction set the CPU libraries dispatch to (reproducibility.cpu_isa; dmlsynth.cpu_isa): set for
+    # every job by Jobs, applied by the CLI before numpy or torch loads; part of the identity.
+    cpu_isa: str = "native"
     code: Sequence[str] = ()  # modules its code starts from besides its command (registry-named ones)
     entries: Sequence[str] = ()  # the registry entries it uses (their stable repr)
     # Files of jobs that depend on this one: removed when it starts, so no output is left looking current
@@ -118,12 +122,14 @@ class Job:
 
     def identity(self) -> str:
         """What re-runs the job when it changes: params (canonical), code digest, threads (where they change
-        numbers), device kind."""
+        numbers), device kind, the CPU instruction set."""
         parts = {
             "params": canonical(self.params),
             "code": self.code_digest(),
             "threads": self.threads if self.threads_change_numbers else None,
             "device": self.device_kind,
+            # Which kernels float reductions take (dmlsynth.cpu_isa): another level, other digits.
+            "cpu_isa": self.cpu_isa,
         }
         return provenance.params_hash(parts)
 
@@ -135,7 +141,7 @@ class Job:
                 "params": {k: v for k, v in self.params.items() if k not in self.identity_only},
                 "inputs": {k: v for k, v in self.inputs.items() if k not in self.arguments and k not in self.identity_only},
                 "outputs": self.outputs, "threads": self.threads, "device": self.device, "gpus": self.gpus,
-                "stale": list(self.stale), "settings": self.settings, "identity": self.identity(),
+                "cpu_isa": self.cpu_isa, "stale": list(self.stale), "settings": self.settings, "identity": self.identity(),
                 "arguments": list(self.arguments),
             }
         )  # fmt: skip
@@ -169,6 +175,7 @@ class Job:
                 rule=record["rule"], name=record["name"], params=record["params"], inputs=inputs,
                 outputs=record["outputs"], log="", threads=int(record["threads"]), device=record["device"],
                 gpus=int(record["gpus"]), stale=tuple(record.get("stale") or ()), settings=record.get("settings") or {},
+                cpu_isa=str(record["cpu_isa"]),
             )  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, JobError):
@@ -225,8 +232,13 @@ class Jobs:
 
     def _cached(self, key: tuple, make) -> Job:
         if key not in self._cache:
-            self._cache[key] = make()
+            # The one place every job gets the configured instruction set (dmlsynth.cpu_isa).
+            self._cache[key] = dataclasses.replace(make(), cpu_isa=self.cpu_isa)
         return self._cache[key]
+
+    @property
+    def cpu_isa(self) -> str:
+        return str({**registry.REPRODUCIBILITY_DEFAULTS, **(self.config.get("reproducibility") or {})}["cpu_isa"])
 
     # Settings --------------------------------------------------------------------------------------
     def dataset_settings(self, dataset: str) -> dict[str, Any]:

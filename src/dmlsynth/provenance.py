@@ -292,6 +292,11 @@ def environment(device: str | None = None) -> dict[str, str]:
         from dmlsynth.machine import cpu_signature
 
         env["cpu"] = cpu_signature()  # float results on the CPU depend on it (dmlsynth.machine)
+        from dmlsynth import cpu_isa
+
+        # The instruction set the CPU libraries were pinned to (reproducibility.cpu_isa) and torch's dispatch.
+        env["cpu_isa"] = cpu_isa.in_effect()
+        env["cpu_isa.torch_dispatch"] = torch.backends.cpu.get_cpu_capability()
         if device and device.startswith("cuda") and torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:

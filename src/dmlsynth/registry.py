@@ -537,6 +537,9 @@ TRACKING_DEFAULTS: Mapping[str, Any] = {
     "runs": "with_table",  # when runs are mirrored into MLflow (TRACKING_RUNS; the schema says what each means)
 }
 TRACKING_RUNS = ("with_table", "as_evaluated")
+# The CPU instruction set every job's numbers are computed with (dmlsynth.cpu_isa; the schema says what each means).
+REPRODUCIBILITY_DEFAULTS: Mapping[str, Any] = {"cpu_isa": "avx2"}
+CPU_ISA_LEVELS = ("avx2", "native")
 # Where cluster jobs run (params.yaml `cluster`; dmlsynth.cluster, docs/cluster.md); changes no result.
 CLUSTER_DEFAULTS: Mapping[str, Any] = {
     "partition": None,  # SLURM partition of the jobs without a GPU (None: the cluster's default)
@@ -833,5 +836,6 @@ def config_defaults(datasets: Iterable[str] = ()) -> dict[str, Any]:
         "evaluation": dict(EVALUATION_DEFAULTS),
         "statistics": dict(STATISTICS_DEFAULTS),
         "tracking": dict(TRACKING_DEFAULTS),
+        "reproducibility": dict(REPRODUCIBILITY_DEFAULTS),
         "generation": generation,
     }

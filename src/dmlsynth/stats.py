@@ -19,6 +19,7 @@ Two sources of noise, two intervals:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -61,6 +62,16 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
     result = stats.ttest_1samp(x, 0.0)
     ci = result.confidence_interval(confidence)
     return Interval(mean, float(ci.low), float(ci.high), float(result.pvalue))
+
+
+def t_interval_of(mean: float, sd: float, n: int, confidence: float) -> Interval:
+    """The Student-t interval of a mean of ``n`` values with standard deviation ``sd`` (p: NaN)."""
+    from scipy import stats
+
+    if n < 2 or not np.isfinite(sd):
+        return Interval(mean, float("nan"), float("nan"), float("nan"))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / np.sqrt(n)
+    return Interval(mean, mean - half, mean + half, float("nan"))
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -197,3 +208,87 @@ class QueryBootstrap:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     out[name] = self._weighted_sums(per_query[name]) / queries
         return out
+
+
+# Power of a paired comparison ------------------------------------------------------------------------------
+# [project definition] The power every design is judged by, and the most seeds looked for.
+POWER = 0.80
+MAX_SEEDS = 1000
+
+
+def paired_t_power(effect: float, sd: float, n: int, level: float) -> float:
+    """The probability that the two-sided paired t-test at ``level`` rejects "no difference" with ``n`` pairs
+    whose differences have mean ``effect`` and standard deviation ``sd``: P(|T| > t_{1-level/2, n-1}) for T
+    noncentral t with n - 1 degrees of freedom and noncentrality effect·√n / sd."""
+    from scipy import integrate, stats
+
+    if n < 2 or not sd > 0:
+        return float("nan")
+    df = n - 1
+    critical = stats.t.ppf(1.0 - level / 2.0, df)
+    noncentrality = abs(effect) * np.sqrt(n) / sd
+    value = float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+    if np.isfinite(value):
+        return min(1.0, max(0.0, value))
+
+    # Where scipy's noncentral t gives NaN (one degree of freedom and tiny levels, or huge df):
+    # T = (Z + λ) / sqrt(V / df), V ~ χ²(df); integrate P(|T| > c | V) over V's density.
+    def rejected(v: float) -> float:
+        bound = critical * np.sqrt(v / df)
+        return (stats.norm.sf(bound - noncentrality) + stats.norm.cdf(-bound - noncentrality)) * stats.chi2.pdf(v, df)
+
+    # Over V's range but its 1e-12 tails, around its bulk (quad over [0, inf) misses a narrow peak at large df).
+    low, high = stats.chi2.ppf(1e-12, df), stats.chi2.isf(1e-12, df)
+    with warnings.catch_warnings():  # a power near 1 (a flat integrand) is summed to well below its stated precision
+        warnings.simplefilter("ignore", integrate.IntegrationWarning)
+        value, _ = integrate.quad(rejected, low, high, points=[df], limit=200)
+    return float(min(1.0, max(0.0, value)))
+
+
+def minimal_detectable_difference(sd: float, n: int, level: float, power: float = POWER) -> float:
+    """The smallest true mean difference the paired t-test at ``level`` detects with ``power`` (NaN below two
+    pairs or without spread): the root in δ of :func:`paired_t_power` (δ, sd, n, level) = power."""
+    from scipy import optimize
+
+    if n < 2 or not sd > 0:
+        return float("nan")
+    high = sd
+    while paired_t_power(high, sd, n, level) < power:
+        high *= 2.0
+    return float(optimize.brentq(lambda d: paired_t_power(d, sd, n, level) - power, 0.0, high, xtol=1e-12 * sd))
+
+
+def seeds_needed(effect: float, sd: float, level: float, power: float = POWER, most: int = MAX_SEEDS) -> float:
+    """The fewest pairs (seeds) with which the paired t-test at ``level`` detects a true difference ``effect``
+    with ``power``; NaN where there is no spread to judge by, ``inf`` where not even ``most`` would."""
+    if not sd > 0 or not np.isfinite(effect):
+        return float("nan")
+    if paired_t_power(effect, sd, most, level) < power:
+        return float("inf")
+    low, high = 2, most  # power grows with n: bisect for the first n that reaches it
+    while low < high:
+        middle = (low + high) // 2
+        if paired_t_power(effect, sd, middle, level) >= power:
+            high = middle
+        else:
+            low = middle + 1
+    return float(low)
+
+
+def holm_levels(pvalues: Sequence[float], alpha: float) -> np.ndarray:
+    """Per comparison, the level its verdict is taken at under Holm's procedure, for its interval: a rejected
+    hypothesis of rank r (1: the smallest p) of m is rejected at α / (m − r + 1); one that is not rejected is
+    judged at Bonferroni's α / m. An interval at its comparison's level excludes 0 exactly when Holm rejects it
+    *[project definition]*: the non-rejected ones are Bonferroni's simultaneous intervals, the rejected ones
+    those of the Holm step that rejected them (Holm-consistent intervals). NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    levels = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = len(valid)
+    if m == 0:
+        return levels
+    adjusted = holm(p)
+    order = valid[np.argsort(p[valid], kind="stable")]
+    for rank, index in enumerate(order, start=1):
+        levels[index] = alpha / (m - rank + 1) if adjusted[index] < alpha else alpha / m
+    return levels

@@ -48,22 +48,23 @@ IDENTITY = ["dataset", "method", "loss"]
 # Per metric, in this order (docs/statistics.md, "Metrics", defines each).
 METRIC_STATS = (
     "mean", "std", "ci_low", "ci_high", "boot_low", "boot_high",
-    "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p", "p_holm", "significant",
+    "delta", "delta_std", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p", "p_holm", "significant",
+    "delta_adj_low", "delta_adj_high", "mdd", "seeds_needed",
 )  # fmt: skip
 # What each row was trained and compared with: its control (the same runs with the synthesis off), the
 # settings that change numbers without being params (threads, device kind), and the step budget.
 ROW_COLUMNS = ["control", "seeds", "pairs", "test"]
 # After the numbers: the settings the row was made with, and where its runs came from.
 PROVENANCE_COLUMNS = [
-    "optimisation_steps", "batch_size", "threads", "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits",
+    "optimisation_steps", "batch_size", "threads", "device", "cpu_isa", "seed_list", "chosen_epochs", "params_hashes", "git_commits",
 ]  # fmt: skip
 # The stats of a metric that are on the metric's scale (the rest: p-values and significance). The files say them in
 # percentage points (metric x 100; NMI too), one unit for every number of results/; the frame in memory, like the
 # run folders' metrics.json, holds the metric's own scale, [0, 1] (table_csv and read_table convert at the file).
-POINT_STATS = tuple(stat for stat in METRIC_STATS if stat not in ("p", "p_holm", "significant"))
+POINT_STATS = tuple(stat for stat in METRIC_STATS if stat not in ("p", "p_holm", "significant", "seeds_needed"))
 POINTS = 100.0
 INTEGER_COLUMNS = ("seeds", "pairs", "optimisation_steps", "batch_size", "threads")
-TEXT_COLUMNS = ("control", "test", "device", "seed_list", "chosen_epochs", "params_hashes", "git_commits")
+TEXT_COLUMNS = ("control", "test", "device", "cpu_isa", "seed_list", "chosen_epochs", "params_hashes", "git_commits")
 # Params in which a method's run may differ from its control's: everything else (dataset settings,
 # training, loss params, evaluation) must be equal, or the delta would mix the synthesis with something else.
 METHOD_PARAMS = ("method", "label", "control", "method_params")
@@ -91,6 +92,7 @@ class Run:
     params: Mapping[str, Any] = field(default_factory=dict, repr=False)
     threads: int | None = None
     optimisation_steps: int | None = None
+    cpu_isa: str | None = None  # the instruction set its CPU libraries were pinned to (None: not recorded)
     _per_query: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -219,6 +221,7 @@ def read_run(folder: str | Path) -> Run:
         params=params,
         threads=None if threads is None else int(threads),
         optimisation_steps=None if steps is None else int(steps),
+        cpu_isa=record.get("cpu_isa", environment.get("cpu_isa")),
     )
 
 
@@ -330,7 +333,10 @@ def _differences(run: Run, other: Run, ignore: Iterable[str]) -> list[str]:
         a, b = mine.get(key, _MISSING), theirs.get(key, _MISSING)
         if a != b:
             found.append(f"{key} ({'unset' if a is _MISSING else a!r} vs {'unset' if b is _MISSING else b!r})")
-    for name, what in (("optimisation_steps", "optimisation steps"), ("threads", "threads"), ("device_kind", "device")):
+    for name, what in (
+        ("optimisation_steps", "optimisation steps"), ("threads", "threads"), ("device_kind", "device"),
+        ("cpu_isa", "CPU instruction set"),
+    ):  # fmt: skip
         a, b = getattr(run, name), getattr(other, name)
         if a is not None and b is not None and a != b:
             found.append(f"{what} ({a} vs {b})")
@@ -357,7 +363,8 @@ def check_row(members: list[Run]) -> None:
             raise TableError(
                 f"{run.folder} and {first.folder} are seeds of one row ({run.dataset}/{run.method}/{run.loss}) but "
                 f"differ in {'; '.join(differ)}: their mean would mix settings. Re-run them with the same settings "
-                f"(thread count: dataset_settings.<dataset>.resources.threads; device: training.device)"
+                f"(thread count: dataset_settings.<dataset>.resources.threads; device: training.device; instruction set: "
+                f"reproducibility.cpu_isa)"
             )
 
 
@@ -411,56 +418,86 @@ def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.
                 "batch_size": _row_value(members, "batch_size"),
                 "threads": _row_value(members, "threads"),
                 "device": _row_value(members, "device_kind"),
+                "cpu_isa": _row_value(members, "cpu_isa"),
                 "seed_list": ";".join(map(str, seeds)),
                 "chosen_epochs": ";".join(NOT_AVAILABLE if r.chosen_epoch is None else str(r.chosen_epoch) for r in members),
                 "params_hashes": ";".join(r.params_hash for r in members),
                 "git_commits": ";".join(r.code_version for r in members),
             }  # fmt: skip
             for name in metrics:
-                values = [r.metrics[name] for r in members]
-                spread = stats.t_interval(values, confidence)
-                row[f"{name}_mean"] = spread.estimate
-                row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
-                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = _within(spread.low, spread.high, 0.0, 1.0)
-                boot = _mean_of([replicates[r.key].get(name) for r in members])
-                row[f"{name}_boot_low"], row[f"{name}_boot_high"] = (
-                    stats.percentile_interval(boot, confidence) if boot is not None else (np.nan, np.nan)
-                )
-                delta = stats.NOT_AVAILABLE
-                boot_delta = None
-                if pairs:
-                    differences = [by_seed[s].metrics[name] - control[s].metrics[name] for s in pairs]
-                    delta = stats.t_interval(differences, confidence)
-                    # The same query resamples for a run and its control: paired bootstrap replicates.
-                    boot_delta = _mean_of(
-                        [
-                            replicates[by_seed[s].key][name] - replicates[control[s].key][name]
-                            if name in replicates[by_seed[s].key] and name in replicates[control[s].key]
-                            else None
-                            for s in pairs
-                        ]
-                    )
-                row[f"{name}_delta"] = delta.estimate
-                row[f"{name}_delta_ci_low"], row[f"{name}_delta_ci_high"] = _within(delta.low, delta.high, -1.0, 1.0)
-                row[f"{name}_delta_boot_low"], row[f"{name}_delta_boot_high"] = (
-                    stats.percentile_interval(boot_delta, confidence) if boot_delta is not None else (np.nan, np.nan)
-                )
-                if len(pairs) >= 2:
-                    row[f"{name}_p"] = delta.p
-                elif pairs and boot_delta is not None:
-                    row[f"{name}_p"] = stats.bootstrap_p(boot_delta)
-                else:
-                    row[f"{name}_p"] = np.nan
+                row.update(_metric_stats(name, members, by_seed, control, pairs, replicates, confidence))
             group_rows.append(row)
-        # Holm over the methods compared with a control in this dataset x loss, one family per metric.
-        for name in metrics:
-            adjusted = stats.holm([row[f"{name}_p"] for row in group_rows])
-            for row, p_holm in zip(group_rows, adjusted):
-                row[f"{name}_p_holm"] = p_holm
-                row[f"{name}_significant"] = None if np.isnan(p_holm) else bool(p_holm < alpha)
+        _judge_family(group_rows, metrics, alpha)
         rows.extend(group_rows)
     columns = IDENTITY + ROW_COLUMNS + [f"{name}_{stat}" for name in metrics for stat in METRIC_STATS] + PROVENANCE_COLUMNS
     return pd.DataFrame(rows)[columns]
+
+
+def _metric_stats(
+    name: str, members: list[Run], by_seed: Mapping[int, Run], control: Mapping[int, Run] | None, pairs: list[int],
+    replicates: Mapping[tuple, Mapping[str, np.ndarray]], confidence: float,
+) -> dict[str, Any]:
+    """One metric's numbers of a row: its mean over seeds with the t and query-bootstrap intervals, and the paired
+    difference to the control (t over seeds; the bootstrap's paired replicates) with its spread and p. The p of two
+    or more pairs is the paired t-test's; of one pair, the query bootstrap's (which leaves training randomness out)."""
+    values = [r.metrics[name] for r in members]
+    spread = stats.t_interval(values, confidence)
+    out: dict[str, Any] = {"mean": spread.estimate, "std": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan}
+    out["ci_low"], out["ci_high"] = _within(spread.low, spread.high, 0.0, 1.0)
+    boot = _mean_of([replicates[r.key].get(name) for r in members])
+    out["boot_low"], out["boot_high"] = stats.percentile_interval(boot, confidence) if boot is not None else (np.nan, np.nan)
+    delta, boot_delta, differences = stats.NOT_AVAILABLE, None, []
+    if pairs:
+        differences = [by_seed[s].metrics[name] - control[s].metrics[name] for s in pairs]
+        delta = stats.t_interval(differences, confidence)
+        # The same query resamples for a run and its control: paired bootstrap replicates.
+        boot_delta = _mean_of(
+            [
+                replicates[by_seed[s].key][name] - replicates[control[s].key][name]
+                if name in replicates[by_seed[s].key] and name in replicates[control[s].key]
+                else None
+                for s in pairs
+            ]
+        )
+    out["delta"] = delta.estimate
+    out["delta_std"] = float(np.std(differences, ddof=1)) if len(differences) > 1 else np.nan
+    out["delta_ci_low"], out["delta_ci_high"] = _within(delta.low, delta.high, -1.0, 1.0)
+    out["delta_boot_low"], out["delta_boot_high"] = (
+        stats.percentile_interval(boot_delta, confidence) if boot_delta is not None else (np.nan, np.nan)
+    )
+    if len(pairs) >= 2:
+        out["p"] = delta.p
+    elif pairs and boot_delta is not None:
+        out["p"] = stats.bootstrap_p(boot_delta)
+    else:
+        out["p"] = np.nan
+    return {f"{name}_{stat}": value for stat, value in out.items()}
+
+
+def _judge_family(group_rows: list[dict[str, Any]], metrics: list[str], alpha: float) -> None:
+    """Holm over the methods of one dataset x loss compared with a control over two or more seeds, one family per
+    metric: the adjusted p, the verdict, the interval at the level of the verdict (:func:`stats.holm_levels`, bounded
+    to [-1, 1]), and the power of the design: the smallest difference it detects with 80 % power and the seeds that
+    would detect the observed one, both at α / m (the level Holm's first step applies; docs/statistics.md). A row
+    compared over one seed gets no verdict: its p covers the test queries only, not training randomness."""
+    for name in metrics:
+        tested = [row if row["test"] == "paired-t" else None for row in group_rows]
+        pvalues = [row[f"{name}_p"] if row is not None else np.nan for row in tested]
+        adjusted = stats.holm(pvalues)
+        levels = stats.holm_levels(pvalues, alpha)
+        family = int(np.count_nonzero(~np.isnan(pvalues)))
+        for row, p_holm, level in zip(group_rows, adjusted, levels):
+            row[f"{name}_p_holm"] = p_holm
+            row[f"{name}_significant"] = None if np.isnan(p_holm) else bool(p_holm < alpha)
+            low = high = mdd = needed = np.nan
+            if not np.isnan(p_holm):
+                n, sd, delta = int(row["pairs"]), row[f"{name}_delta_std"], row[f"{name}_delta"]
+                adjusted_interval = stats.t_interval_of(delta, sd, n, 1.0 - level)
+                low, high = _within(adjusted_interval.low, adjusted_interval.high, -1.0, 1.0)
+                mdd = stats.minimal_detectable_difference(sd, n, alpha / family)
+                needed = stats.seeds_needed(delta, sd, alpha / family)
+            row[f"{name}_delta_adj_low"], row[f"{name}_delta_adj_high"] = low, high
+            row[f"{name}_mdd"], row[f"{name}_seeds_needed"] = mdd, needed
 
 
 def _within(low: float, high: float, bottom: float, top: float) -> tuple[float, float]:
@@ -569,12 +606,17 @@ def summary(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | Non
         row: dict[str, Any] = {k: record[k] for k in ("dataset", "loss", "method", "control", "seeds")}
         one_seed = record["test"] == "bootstrap"
         for name, short in SUMMARY_METRICS:
-            low, high = (f"{name}_delta_boot_low", f"{name}_delta_boot_high") if one_seed else (f"{name}_delta_ci_low", f"{name}_delta_ci_high")
+            # Where a verdict is stated, its family-wise interval (agrees with the Holm verdict); with one seed the
+            # query bootstrap's, and no verdict.
+            low, high = (f"{name}_delta_boot_low", f"{name}_delta_boot_high") if one_seed else (f"{name}_delta_adj_low", f"{name}_delta_adj_high")
             row[f"{short} %"] = 100 * record[f"{name}_mean"]
             row[f"{short} Δ"] = 100 * record[f"{name}_delta"]
             row[f"{short} Δ low"], row[f"{short} Δ high"] = 100 * record[low], 100 * record[high]
             row[f"{short} p (Holm)"] = record[f"{name}_p_holm"]
             row[f"{short} significant"] = record[f"{name}_significant"]
+            row[f"{short} MDD"] = 100 * record[f"{name}_mdd"]
+            row[f"{short} seeds needed"] = record[f"{name}_seeds_needed"]
+            row[f"{short} verdict"] = verdict(record, name)
         try:
             spent = cost.row_cost(members, generation, record["dataset"], record["method"])
         except cost.CostError as exc:
@@ -587,11 +629,38 @@ def summary(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | Non
     return pd.DataFrame(rows)
 
 
+VERDICTS = {
+    "significant": "significant",
+    "not significant": "not significant: the design detects differences this size (MDD ≤ |Δ|), none found",
+    "underpowered": "underpowered: the interval holds 0, but the design detects only differences above its MDD",
+    "one training run": "one training run: the interval covers the test queries only, no verdict on training randomness",
+}
+
+
+def verdict(record: Mapping[str, Any], name: str) -> str | None:
+    """What a row's comparison says of ``name`` (a key of VERDICTS); None for a control. A non-significant
+    difference is *underpowered* where its minimal detectable difference exceeds the observed |Δ| (or is unknown),
+    never "no effect" *[project definition]*."""
+    if record["test"] == "bootstrap":
+        return "one training run"
+    significant = record[f"{name}_significant"]
+    if significant is None or (isinstance(significant, float) and np.isnan(significant)):
+        return None
+    if significant:
+        return "significant"
+    mdd = record[f"{name}_mdd"]
+    return "not significant" if np.isfinite(mdd) and mdd <= abs(record[f"{name}_delta"]) else "underpowered"
+
+
+def seeds_text(value: float) -> str:
+    return NOT_AVAILABLE if pd.isna(value) else (f"> {stats.MAX_SEEDS}" if np.isinf(value) else f"{int(value)}")
+
+
 def _pct(value: float, signed: bool = False) -> str:
     return NOT_AVAILABLE if pd.isna(value) else (f"{value:+.1f}" if signed else f"{value:.1f}")
 
 
-def summary_markdown(frame: pd.DataFrame, confidence: float) -> str:
+def summary_markdown(frame: pd.DataFrame, confidence: float, alpha: float = stats.DEFAULTS["alpha"]) -> str:
     """The summary as one markdown table per dataset x loss."""
     level = f"{100 * confidence:g} %"
     lines = [
@@ -599,8 +668,14 @@ def summary_markdown(frame: pd.DataFrame, confidence: float) -> str:
         "",
         f"Units: R@1 and MAP@R are means over seeds in %; **Δ**: the paired difference to the row's *control* (the same "
         f"runs with the synthesis switched off: baseline with the method's loss params, same steps, batch, seeds), in "
-        f"percentage points, with its {level} t interval over seeds (with one seed: the query bootstrap's). **p**: "
-        "Holm-adjusted over the methods of the dataset and loss; **bold** Δ: significant. Cost: **train s / seed**, the "
+        f"percentage points. **p**: the paired t-test's over seeds, Holm-adjusted over the methods of the dataset and "
+        f"loss; Δ's interval is the family-wise one at the level of its verdict (α = {alpha:g} after Holm: it holds 0 "
+        f"exactly when the row is not significant), bounded to the metric's range; **bold** Δ: significant. **MDD**: "
+        f"the smallest difference these seeds detect with {100 * stats.POWER:g} % power at α / m (m: the methods "
+        f"compared), from the observed paired spread over seeds; **seeds for Δ**: how many seeds would detect the "
+        f"observed Δ so. A row whose interval holds 0 is *underpowered* where its MDD exceeds |Δ|, not evidence of no "
+        f"effect. With one seed a row gets no verdict: its interval ({level}, the query bootstrap's) covers the test "
+        "queries only, not training randomness. Cost: **train s / seed**, the "
         "mean training seconds of one seed's run (every attempt counted); **sampling s**, the seconds that made the "
         "row's own generated images; **GPU-h**, the row's seconds on a GPU / 3600, blank where nothing ran on a GPU; a "
         "generator that several rows' images share is stated once under the table, in no row. The full table is "
@@ -612,24 +687,34 @@ def summary_markdown(frame: pd.DataFrame, confidence: float) -> str:
         lines += [
             f"## {dataset} · {loss}",
             "",
-            "| method | vs | seeds | R@1 % | ΔR@1 (points) | p | MAP@R % | ΔMAP@R (points) | p | train s / seed | sampling s | GPU-h |",
-            "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
+            "| method | vs | seeds | R@1 % | ΔR@1 (points) | p | MDD | seeds for Δ | MAP@R % | ΔMAP@R (points) | p | MDD "
+            "| seeds for Δ | train s / seed | sampling s | GPU-h |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
+        notes: dict[str, list[str]] = {}
         for r in part.to_dict(orient="records"):
             cells = []
             for _, short in SUMMARY_METRICS:
                 delta = r[f"{short} Δ"]
                 if pd.isna(delta):
-                    cells += [_pct(r[f"{short} %"]), "—", "—"]
+                    cells += [_pct(r[f"{short} %"]), "—", "—", "—", "—"]
                     continue
                 text = f"{delta:+.1f} [{_pct(r[f'{short} Δ low'], True)}, {_pct(r[f'{short} Δ high'], True)}]"
-                cells += [_pct(r[f"{short} %"]), f"**{text}**" if r[f"{short} significant"] is True else text, f"{r[f'{short} p (Holm)']:.2g}"]
+                p_holm = r[f"{short} p (Holm)"]
+                said = r[f"{short} verdict"]
+                if said in ("underpowered", "one training run"):
+                    notes.setdefault(said, []).append(f"{r['method']} ({short})")
+                cells += [
+                    _pct(r[f"{short} %"]), f"**{text}**" if r[f"{short} significant"] is True else text,
+                    "—" if pd.isna(p_holm) else f"{p_holm:.2g}", _pct(r[f"{short} MDD"]), seeds_text(r[f"{short} seeds needed"]),
+                ]  # fmt: skip
             control = r["control"] if isinstance(r["control"], str) and r["control"] != NOT_AVAILABLE else "—"
             generation = NOT_AVAILABLE if pd.isna(r["sampling s"]) else (f"{r['sampling s']:,.0f}" if r["sampling s"] else "—")
             lines.append(
-                f"| {r['method']} | {control} | {r['seeds']} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} "
-                f"| {cells[5]} | {r['train s / seed']:,.1f} | {generation} | {cost.gpu_hours_text(r['GPU-h'])} |"
+                f"| {r['method']} | {control} | {r['seeds']} | {' | '.join(cells)} "
+                f"| {r['train s / seed']:,.1f} | {generation} | {cost.gpu_hours_text(r['GPU-h'])} |"
             )
+        lines += ["", *(f"- {VERDICTS[said]}: {', '.join(rows)}." for said, rows in notes.items())] if notes else []
         shared = part.rename(columns={"shared generator s": "generator_train_seconds", "shared generator GPU-h": "generator_gpu_hours"})
         lines += ["", *cost.shared_generator_lines(shared)] if cost.shared_generators(shared) else []
         lines.append("")
@@ -649,6 +734,14 @@ def summary_csv(frame: pd.DataFrame) -> str:
     for column in ("GPU-h", "shared generator GPU-h"):
         out[column] = out[column].map(lambda v: cost.gpu_hours_text(v, NOT_AVAILABLE)).astype(object)
     return out.to_csv(index=False, float_format="%.2f", na_rep=NOT_AVAILABLE)
+
+
+def _isa_line(table: pd.DataFrame) -> str:
+    """Under the summary: the instruction set the runs' CPU libraries were pinned to (reproducibility.cpu_isa)."""
+    levels = sorted({str(v) for v in table["cpu_isa"] if isinstance(v, str)})
+    if not levels:
+        return ""
+    return f"\nComputed with the CPU libraries' instruction set: {', '.join(levels)} (reproducibility.cpu_isa; table.csv's cpu_isa).\n"
 
 
 def headline_metrics(table: pd.DataFrame) -> dict[str, Any]:
@@ -676,7 +769,8 @@ def write_table(
     and the recall figure, from the runs under ``paths`` (and the generation report, for the cost)."""
     runs = collect(paths)
     table = aggregate(runs, settings)
-    confidence = float({**stats.DEFAULTS, **(settings or {})}["confidence"])
+    resolved = {**stats.DEFAULTS, **(settings or {})}
+    confidence = float(resolved["confidence"])
     brief = summary(table, runs, generation)
     payload = {"table": nested(in_points(table), IDENTITY), "runs": nested(in_points(runs_frame(runs)), [*IDENTITY, "seed"])}
     plot_recall(table, files.figure, confidence=confidence)
@@ -687,7 +781,7 @@ def write_table(
     atomic_write_text(files.headline, json.dumps(headline_metrics(table), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(files.csv, table_csv(table))
     atomic_write_text(files.summary_csv, summary_csv(brief))
-    brief_text = summary_markdown(brief, confidence) + "\n"
+    brief_text = summary_markdown(brief, confidence, float(resolved["alpha"])) + _isa_line(table) + "\n"
     atomic_write_text(files.summary_md, brief_text)
     atomic_write_text(files.summary_html, html_pages.from_markdown("Results in brief", brief_text))
     atomic_write_text(files.table_html, html_pages.from_frame("Results table", in_points(table), TABLE_UNITS, "{:.2f}"))

@@ -1,11 +1,16 @@
 """Checking numbers measured again against a record, on the record's CPU or on another one.
 
-Same params and seed give the same numbers on CPUs of one signature (:func:`dmlsynth.machine.cpu_signature`:
-the model and the vector instructions torch's kernels use). On another CPU float reductions take other
-kernels: a trained model, a sampled image or a mean differs in its last digits and a training drifts
-further from there. So a record made on this CPU must be reproduced exactly; a record made elsewhere (or
-one that predates the signature) only approximately: exact for what no float decides (counts, names,
-labels), within a tolerance for floats, and not at all for hashes of float outputs (``*checksum``).
+A record made with the CPU libraries pinned to one instruction set (``reproducibility.cpu_isa: avx2``, the
+workflow's default; :mod:`dmlsynth.cpu_isa`) is reproduced exactly on any CPU that has it, and the check
+is skipped, saying why, on one that does not (:func:`exact_check`).
+
+A record made with each library's own kernels (``native``, or a benchmark measured in-process) reproduces
+exactly only on CPUs of its signature (:func:`dmlsynth.machine.cpu_signature`: the model and the vector
+instructions torch's kernels use). On another CPU float reductions take other kernels: a trained model, a
+sampled image or a mean differs in its last digits and a training drifts further from there. So such a
+record made on this CPU must be reproduced exactly; made elsewhere (or predating the signature) only
+approximately: exact for what no float decides (counts, names, labels), within a tolerance for floats, and
+not at all for hashes of float outputs (``*checksum``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dmlsynth import cpu_isa
 from dmlsynth.machine import cpu_signature
+
+
+def exact_check(recorded_isa) -> str | None:
+    """For a record made at a pinned instruction set: None where this CPU runs that level (the numbers must be
+    the record's digit for digit), else why the check cannot be made here (for ``pytest.skip``)."""
+    if recorded_isa not in cpu_isa.VARIABLES or not cpu_isa.VARIABLES[recorded_isa]:
+        return f"the record names no pinned instruction set ({recorded_isa!r}): measure it again pinned"
+    missing = cpu_isa.missing_flags(recorded_isa)
+    if missing:
+        return f"this CPU lacks {', '.join(missing)}: the record's pinned level ({recorded_isa}) cannot run here"
+    return None
 
 
 def recorded_here(recorded_cpu) -> bool:

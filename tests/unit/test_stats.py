@@ -100,3 +100,57 @@ def test_bootstrap_p_value():
     assert stats.bootstrap_p(np.full(999, 0.1)) == pytest.approx(2 / 1000)
     assert stats.bootstrap_p(np.linspace(-1, 1, 1001)) == pytest.approx(1.0)
     assert stats.bootstrap_p(np.r_[np.full(950, 0.1), np.full(50, -0.1)]) == pytest.approx(2 * 51 / 1001)
+
+
+@pytest.mark.parametrize("n, level", [(3, 0.05 / 5), (5, 0.05), (10, 0.01)])
+def test_the_stated_power_holds_by_simulation(n, level):
+    # Paired differences of a known effect, the minimal detectable difference, drawn 20 000 times: the paired
+    # t-test at the level rejects in 80 % of them (within 1.5 points; the Monte Carlo error is 0.3).
+    sd = 0.02
+    mdd = stats.minimal_detectable_difference(sd, n, level)
+    draws = np.random.default_rng(7).normal(mdd, sd, size=(20000, n))
+    p = scipy_stats.ttest_1samp(draws, 0.0, axis=1).pvalue
+    assert np.mean(p < level) == pytest.approx(stats.POWER, abs=0.015)
+    # ... and at half that effect the power is well below it (the MDD is the smallest such difference).
+    half = np.random.default_rng(8).normal(mdd / 2, sd, size=(20000, n))
+    assert np.mean(scipy_stats.ttest_1samp(half, 0.0, axis=1).pvalue < level) < stats.POWER - 0.2
+
+
+def test_seeds_needed_is_the_fewest_that_reach_the_power():
+    effect, sd, level = 0.01, 0.02, 0.01
+    n = int(stats.seeds_needed(effect, sd, level))
+    assert stats.paired_t_power(effect, sd, n, level) >= stats.POWER > stats.paired_t_power(effect, sd, n - 1, level)
+    draws = np.random.default_rng(9).normal(effect, sd, size=(20000, n))
+    assert np.mean(scipy_stats.ttest_1samp(draws, 0.0, axis=1).pvalue < level) == pytest.approx(stats.POWER, abs=0.02)
+    assert stats.seeds_needed(0.0, sd, level) == np.inf and np.isnan(stats.seeds_needed(effect, 0.0, level))
+
+
+def test_power_agrees_with_scipys_noncentral_t():
+    for n, level in [(2, 0.05), (4, 0.01), (30, 0.05)]:
+        critical = scipy_stats.t.ppf(1 - level / 2, n - 1)
+        expected = scipy_stats.nct.sf(critical, n - 1, 0.5 * np.sqrt(n)) + scipy_stats.nct.cdf(-critical, n - 1, 0.5 * np.sqrt(n))
+        assert stats.paired_t_power(0.5, 1.0, n, level) == pytest.approx(expected, rel=1e-6)
+
+
+def test_holm_levels_give_intervals_that_agree_with_the_holm_verdict():
+    rng = np.random.default_rng(3)
+    alpha = 0.05
+    for _ in range(300):
+        m = int(rng.integers(1, 7))
+        n = int(rng.integers(2, 6))
+        samples = [rng.normal(rng.choice([0.0, 0.01, 0.03]), 0.01, n) for _ in range(m)]
+        pvalues = [stats.t_interval(x).p for x in samples]
+        rejected = stats.holm(pvalues) < alpha
+        for x, level, reject in zip(samples, stats.holm_levels(pvalues, alpha), rejected):
+            interval = stats.t_interval_of(float(np.mean(x)), float(np.std(x, ddof=1)), n, 1 - level)
+            assert (interval.low > 0 or interval.high < 0) == reject
+
+
+def test_holm_levels_by_hand():
+    # p sorted 0.001 (rank 1 of 3), 0.02 (rank 2), 0.04 (rank 3): Holm rejects 0.001 at 0.05/3, 0.02 at 0.05/2,
+    # and 0.04 at 0.05/1; NaN is no member of the family.
+    levels = stats.holm_levels([0.02, np.nan, 0.001, 0.04], 0.05)
+    assert levels[0] == pytest.approx(0.025) and np.isnan(levels[1])
+    assert levels[2] == pytest.approx(0.05 / 3) and levels[3] == pytest.approx(0.05)
+    # 0.03 is not rejected (0.03 > 0.05/2 at rank 2): its interval is Bonferroni's, at 0.05/3.
+    assert list(stats.holm_levels([0.001, 0.03, 0.04], 0.05)) == pytest.approx([0.05 / 3, 0.05 / 3, 0.05 / 3])

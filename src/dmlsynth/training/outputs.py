@@ -60,14 +60,16 @@ def write_outputs(
         with atomic_output(folder.last_epoch_embeddings) as tmp:
             np.savez(tmp, embeddings=last_epoch_embeddings, labels=labels, **roles)
     atomic_write_text(folder.history, pd.DataFrame(history).to_csv(index=False))
+    env = {**environment(str(device)), "torch.threads": str(threads)}
     record = {
         "params": dict(params),
         "params_hash": params_hash,
         # plugins: the distributions and versions of the plugin entries the run uses (none: no key).
         "code": {**code_version(), "digest": code_digest, **({"plugins": p} if (p := plugin_versions(params)) else {})},
-        "environment": {**environment(str(device)), "torch.threads": str(threads)},
+        "environment": env,
         # What changes the numbers without being a param: the table shows them and never averages over them.
         "threads": int(threads),
+        "cpu_isa": env.get("cpu_isa", "native"),  # the CPU libraries' instruction set (dmlsynth.cpu_isa)
         "device": str(device),
         "budget": dict(budget),
         "train_images": dict(train_images),
