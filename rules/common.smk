@@ -38,8 +38,9 @@ dmlsynth_workflow.put_first_on_path(Path(sys.executable).parent)
 # sums them per rule.
 # Jobs record the git state of this project folder (not of wherever the package is installed).
 os.environ[provenance.PROJECT_DIR_VARIABLE] = str(Path(workflow.basedir).resolve())
-# Long jobs stop (after a checkpoint) when this Snakemake process is killed.
-os.environ[dmlsynth_workflow.WORKFLOW_VARIABLE] = dmlsynth_workflow.process_token()
+# Long jobs stop (after a checkpoint) when the main Snakemake process is killed; a cluster job's own
+# Snakemake (job step) keeps the main process's identity and heartbeat (dmlsynth.workflow.announce).
+dmlsynth_workflow.announce(workflow.is_main_process)
 # Jobs leave a note here when MLflow tracking fails; the workflow prints them once at the end.
 TRACKING_FAILURES = Path(layout.WORKFLOW_STATE, "tracking-failures").resolve()
 os.environ[tracking.FAILURES_VARIABLE] = str(TRACKING_FAILURES)

@@ -170,3 +170,22 @@ def run_query(command: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout if result.returncode == 0 else None
+
+
+# squeue's states of a job that has not ended yet.
+ACTIVE_JOB_STATES = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "RESIZING", "REQUEUED", "STOPPED"}
+
+
+def slurm_job_active(job_id: str) -> bool | None:
+    """Whether a SLURM job has not ended yet (squeue); None when squeue is missing or does not answer."""
+    if not shutil.which("squeue"):
+        return None
+    try:
+        result = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        # A job the controller no longer remembers (ended more than MinJobAge ago).
+        return False if "invalid job id" in result.stderr.lower() else None
+    states = result.stdout.split()
+    return bool(states) and states[0] in ACTIVE_JOB_STATES
