@@ -1,4 +1,5 @@
 # Shared definitions: the validated config, the layout of every file, the job matrix and helpers.
+import importlib.metadata
 import os
 import re
 import shutil
@@ -107,7 +108,8 @@ def check_cluster():
     where its GPU jobs would be rejected (dmlsynth.cluster)."""
     if getattr(workflow.executor_plugin, "name", None) != "slurm":
         return
-    settings, problems = workflow.executor_settings, []
+    settings = workflow.executor_settings
+    problems = [cluster.plugin_version_problem(importlib.metadata.version("snakemake-executor-plugin-slurm"))]
     slurm_config = cluster.run_query(["scontrol", "show", "config"])
     if slurm_config is not None:  # (a command that fails tells nothing: then the plugin is left to it)
         problems.append(
@@ -118,14 +120,18 @@ def check_cluster():
                 shutil.which("sacct") is not None,
             )
         )
+    submitted = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
+    placed = [(job.rule.name, job.resources.get("slurm_partition")) for job in submitted]
     gpu_jobs = [
         (job.rule.name, job.resources.get("slurm_partition"), job.resources.get("gpu_model"))
-        for job in workflow.dag.needrun_jobs()
-        if not job.is_local and job.resources.get("gpu", 0)
+        for job in submitted
+        if job.resources.get("gpu", 0)
     ]
-    partitions = cluster.run_query(["sinfo", "-h", "-o", "%P|%G"]) if gpu_jobs else None
+    asks = gpu_jobs or any(partition for _, partition in placed)
+    partitions = cluster.run_query(["sinfo", "-h", "-o", "%P|%G"]) if asks else None
     if partitions is not None:
-        problems.append(cluster.gpu_problem(gpu_jobs, partitions))
+        problems.append(cluster.partition_problem(placed, partitions))
+        problems.append(None if problems[-1] else cluster.gpu_problem(gpu_jobs, partitions))
     if any(problems):
         raise WorkflowError("dmlsynth: nothing was submitted: " + "\n".join(p for p in problems if p))
 

@@ -129,6 +129,8 @@ def test_a_job_step_keeps_the_main_process_it_came_from(tmp_path):
     alone: dict[str, str] = {}
     workflow.announce(False, tmp_path, alone)
     assert alone[workflow.WORKFLOW_VARIABLE] == workflow.process_token() and workflow.HEARTBEAT_VARIABLE not in alone
+    workflow._heartbeats.pop(main[workflow.HEARTBEAT_VARIABLE]).stop()
+    assert not Path(main[workflow.HEARTBEAT_VARIABLE]).exists()  # a workflow that ends removes its heartbeat
 
 
 def test_a_job_on_another_host_watches_the_workflows_heartbeat(tmp_path):
