@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 PAGES = ("README.md", "docs/cluster.md")
 # Plugins a command's options need, by the option's value.
 PLUGINS = {("--executor", "slurm"): "snakemake_executor_plugin_slurm", ("--executor", "kubernetes"): "snakemake_executor_plugin_kubernetes",
