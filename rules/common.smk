@@ -1,4 +1,5 @@
 # Shared definitions: the validated config, the layout of every file, the job matrix and helpers.
+import importlib.metadata
 import os
 import re
 import shutil
@@ -38,8 +39,9 @@ dmlsynth_workflow.put_first_on_path(Path(sys.executable).parent)
 # sums them per rule.
 # Jobs record the git state of this project folder (not of wherever the package is installed).
 os.environ[provenance.PROJECT_DIR_VARIABLE] = str(Path(workflow.basedir).resolve())
-# Long jobs stop (after a checkpoint) when this Snakemake process is killed.
-os.environ[dmlsynth_workflow.WORKFLOW_VARIABLE] = dmlsynth_workflow.process_token()
+# Long jobs stop (after a checkpoint) when the main Snakemake process is killed; a cluster job's own
+# Snakemake (job step) keeps the main process's identity and heartbeat (dmlsynth.workflow.announce).
+dmlsynth_workflow.announce(workflow.is_main_process)
 # Jobs leave a note here when MLflow tracking fails; the workflow prints them once at the end.
 TRACKING_FAILURES = Path(layout.WORKFLOW_STATE, "tracking-failures").resolve()
 os.environ[tracking.FAILURES_VARIABLE] = str(TRACKING_FAILURES)
@@ -106,7 +108,8 @@ def check_cluster():
     where its GPU jobs would be rejected (dmlsynth.cluster)."""
     if getattr(workflow.executor_plugin, "name", None) != "slurm":
         return
-    settings, problems = workflow.executor_settings, []
+    settings = workflow.executor_settings
+    problems = [cluster.plugin_version_problem(importlib.metadata.version("snakemake-executor-plugin-slurm"))]
     slurm_config = cluster.run_query(["scontrol", "show", "config"])
     if slurm_config is not None:  # (a command that fails tells nothing: then the plugin is left to it)
         problems.append(
@@ -117,14 +120,18 @@ def check_cluster():
                 shutil.which("sacct") is not None,
             )
         )
+    submitted = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
+    placed = [(job.rule.name, job.resources.get("slurm_partition")) for job in submitted]
     gpu_jobs = [
         (job.rule.name, job.resources.get("slurm_partition"), job.resources.get("gpu_model"))
-        for job in workflow.dag.needrun_jobs()
-        if not job.is_local and job.resources.get("gpu", 0)
+        for job in submitted
+        if job.resources.get("gpu", 0)
     ]
-    partitions = cluster.run_query(["sinfo", "-h", "-o", "%P|%G"]) if gpu_jobs else None
+    asks = gpu_jobs or any(partition for _, partition in placed)
+    partitions = cluster.run_query(["sinfo", "-h", "-o", "%P|%G"]) if asks else None
     if partitions is not None:
-        problems.append(cluster.gpu_problem(gpu_jobs, partitions))
+        problems.append(cluster.partition_problem(placed, partitions))
+        problems.append(None if problems[-1] else cluster.gpu_problem(gpu_jobs, partitions))
     if any(problems):
         raise WorkflowError("dmlsynth: nothing was submitted: " + "\n".join(p for p in problems if p))
 

@@ -8,6 +8,8 @@
   ended jobs, ``MinJobAge``); where neither can answer it would wait forever without a word.
 - :func:`gpu_problem`: jobs that ask for a GPU on a partition without any (sbatch rejects them with
   "Invalid generic resource", and Snakemake would retry each of them twice).
+- :func:`partition_problem`: jobs sent to a partition the cluster does not have.
+- :func:`slurm_job_active`: whether a SLURM job has ended (a run folder's lock, :mod:`dmlsynth.run_lock`).
 - :data:`OFFLINE_VARIABLES`: the hubs' offline switches jobs run with under ``cluster.offline``
   (after ``dmlsynth prefetch``, :mod:`dmlsynth.prefetch`).
 """
@@ -25,10 +27,29 @@ from dmlsynth import registry
 # Hugging Face hub, transformers and diffusers read only their local caches (HF_HOME) with these set.
 OFFLINE_VARIABLES = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
-# snakemake-executor-plugin-slurm waits at most this long between two status queries (its
-# max_sleep_time), so an ended job must stay visible to squeue at least that long, with some margin.
+# The versions of snakemake-executor-plugin-slurm whose status timing the checks below copy (pyproject.toml's
+# `slurm` extra has the same bounds; a test compares them). Another version is refused before anything
+# is submitted: its timing may differ, and a wrong guess hangs the workflow.
+PLUGIN_VERSIONS = ((2, 8), (2, 9))  # from, up to (excluded)
+# The plugin waits at most this long between two status queries (its max_sleep_time), so an ended job must
+# stay visible to squeue at least that long, with some margin.
 PLUGIN_MAX_STATUS_INTERVAL_S = 180
 SQUEUE_MIN_JOB_AGE_S = PLUGIN_MAX_STATUS_INTERVAL_S + 20
+
+
+def plugin_version_problem(version: str | None) -> str | None:
+    """Why the installed SLURM plugin (``version``; None: not installed) is not one these checks know, or None."""
+    if version is None:
+        return None
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    low, high = PLUGIN_VERSIONS
+    if low <= numbers < high:
+        return None
+    return (
+        f"snakemake-executor-plugin-slurm {version} is installed, but dmlsynth's checks of how it sees jobs end "
+        f"know versions {'.'.join(map(str, low))} to below {'.'.join(map(str, high))} only (a wrong guess hangs "
+        "the workflow). Install a known one: pip install -e '.[slurm]'."
+    )
 
 
 def settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,6 +105,14 @@ def status_query_problem(
     command = status_command or ("sacct" if sacct_installed else "squeue")
     if command == "squeue" and (min_job_age is None or min_job_age < 3 * first_check_s) and sacct_installed:
         command = "sacct"
+        if not accounting:  # the user already asked for squeue: only the cluster (or the first check) can change
+            return (
+                f"the SLURM plugin would not use the status command squeue you gave: with MinJobAge = "
+                f"{config.get('MinJobAge')}, below 3 x the first status check's delay ({first_check_s} s), it "
+                "switches to sacct, and this cluster has no accounting (AccountingStorageType = "
+                "accounting_storage/none), so Snakemake would wait forever. Ask the administrators for "
+                f"MinJobAge >= {SQUEUE_MIN_JOB_AGE_S} s or for accounting (slurmdbd). See docs/cluster.md."
+            )
     if command == "sacct" and not accounting:
         return (
             "the SLURM plugin would ask sacct whether jobs have ended, but this cluster has no accounting "
@@ -161,6 +190,22 @@ def gpu_problem(gpu_jobs: Iterable[tuple[str, str | None, str | None]], sinfo_te
     )
 
 
+def partition_problem(jobs: Iterable[tuple[str, str | None]], sinfo_text: str) -> str | None:
+    """Why sbatch would reject jobs for their partition (a typo in ``cluster.partition``/``gpu_partition``), or
+    None. ``jobs``: (rule, partition or None) of every job to submit; ``sinfo_text``: ``sinfo -h -o '%P|%G'``."""
+    _, gres = partition_gres(sinfo_text)
+    unknown = Counter(partition for _, partition in jobs if partition and partition not in gres)
+    if not unknown:
+        return None
+    return (
+        "there is no partition "
+        + ", ".join(f"{name!r} ({count} job(s))" for name, count in sorted(unknown.items()))
+        + f" on this cluster (sinfo lists {', '.join(sorted(gres)) or 'none'}): sbatch would reject each job "
+        "and Snakemake would submit it again. Correct cluster.partition / cluster.gpu_partition (params.yaml or "
+        "--config). See docs/cluster.md."
+    )
+
+
 def run_query(command: list[str]) -> str | None:
     """A SLURM command's output, or None when it is not installed or fails."""
     if not shutil.which(command[0]):
@@ -170,3 +215,22 @@ def run_query(command: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout if result.returncode == 0 else None
+
+
+# squeue's states of a job that has not ended yet.
+ACTIVE_JOB_STATES = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "RESIZING", "REQUEUED", "STOPPED"}
+
+
+def slurm_job_active(job_id: str) -> bool | None:
+    """Whether a SLURM job has not ended yet (squeue); None when squeue is missing or does not answer."""
+    if not shutil.which("squeue"):
+        return None
+    try:
+        result = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        # A job the controller no longer remembers (ended more than MinJobAge ago).
+        return False if "invalid job id" in result.stderr.lower() else None
+    states = result.stdout.split()
+    return bool(states) and states[0] in ACTIVE_JOB_STATES

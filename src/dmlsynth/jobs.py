@@ -444,6 +444,8 @@ class Jobs:
                 outputs={"model": self.layout.generator_dir(dataset)},
                 log=self.layout.log("train_generator", dataset), threads=int(settings["threads"]),
                 threads_change_numbers=True, mem_mb=4000, runtime=60, device=str(settings["device"]),
+                # The embedded generator trains on the CPU unless its device asks for a GPU (cuda): then it takes one.
+                gpus=gpus_for(str(settings["device"]), False),
                 code=[registry.module_of(registry.GENERATORS[settings["generator"]].load)],
             )  # fmt: skip
 

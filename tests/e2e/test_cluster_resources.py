@@ -101,3 +101,13 @@ def test_the_lint_shows_only_what_the_docs_explain(workdir):
     assert titles <= explained, f"findings the docs do not explain: {titles - explained}"
     if not explained:  # the docs say the lint is clean: so must it be
         assert "your workflow is in a good condition" in lint, lint
+
+
+def test_the_generator_takes_a_gpu_when_its_device_asks_for_one(workdir):
+    def generator(*configs):
+        ((_, resources),) = [(job, r) for job, r in jobs(workdir, "--config", PLACED, *configs).items() if job[0] == "train_generator"]
+        return resources
+
+    assert int(generator().get("gpu", 0)) == 0 and generator()["slurm_partition"] == "cpu"
+    on_gpu = generator("generation={digits: {device: cuda}}")
+    assert int(on_gpu["gpu"]) == 1 and (on_gpu["slurm_partition"], on_gpu["gpu_model"]) == ("gpu", "a100")

@@ -24,6 +24,8 @@ from pathlib import Path
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd")
 COMMANDS = ("sbatch", "srun", "squeue", "scontrol", "sinfo", "scancel")
 NODE = "dmlsynth-node"
+# A partition whose node has a fake GPU (GRES) of this model; sbatch accepts --gpus=<model>:1 for it.
+GPU_PARTITION, GPU_MODEL = "gpu", "fake"
 # Daemons live in sbin, which a user's PATH may lack.
 _SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
 
@@ -46,11 +48,12 @@ def _free_port() -> int:
 class LocalSlurm:
     """A one-node cluster in ``root``; ``cpus`` and ``memory_mb`` are what the node says it has."""
 
-    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 64000, min_job_age_s: int = 3600):
+    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 64000, min_job_age_s: int | None = None):
         self.root = root
         # More CPUs than the machine may have (config_overrides): jobs of seconds wait for SLURM, not for a core.
         self.cpus = cpus or max(4, os.cpu_count() or 4)
         self.memory_mb = memory_mb
+        # None: Slurm's default (300 s), as a user's cluster has it.
         self.min_job_age_s = min_job_age_s
         self.conf = root / "slurm.conf"
         self.bin = root / "bin"
@@ -85,12 +88,14 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SlurmdParameters=config_overrides
 ReturnToService=2
-MinJobAge={self.min_job_age_s}
+{'' if self.min_job_age_s is None else f"MinJobAge={self.min_job_age_s}"}
 KillWait=2
+GresTypes=gpu
 InactiveLimit=0
 MpiDefault=none
-NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
+NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{GPU_MODEL}:1 State=UNKNOWN
 PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
+PartitionName={GPU_PARTITION} Nodes={NODE} MaxTime=INFINITE State=UP
 """
 
     def _start(self, name: str, *args: str) -> None:
@@ -109,6 +114,9 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         )  # fmt: skip
         self._wait(lambda: (munge / "munge.socket").exists(), timeout, "munged to open its socket")
         self.conf.write_text(self._config())
+        # A fake GPU (no device file): the node offers one GRES gpu of model GPU_MODEL to the GPU partition's
+        # jobs; the default partition 'debug' shares the node, but its jobs ask for no GPU.
+        (self.root / "gres.conf").write_text(f"AutoDetect=off\nNodeName={NODE} Name=gpu Type={GPU_MODEL} File=/dev/null\n")
         self.bin.mkdir(exist_ok=True)
         for name in (*COMMANDS, "sacct"):
             if which(name):
@@ -117,7 +125,7 @@ PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
                 wrapper.chmod(0o755)
         self._start("slurmctld", "-D", "-f", str(self.conf))
         self._start("slurmd", "-D", "-f", str(self.conf), "-N", NODE)
-        self._wait(lambda: self.query("sinfo", "-h", "-N", "-o", "%T").strip() == "idle", timeout, "the node to be idle")
+        self._wait(lambda: set(self.query("sinfo", "-h", "-N", "-o", "%T").split()) == {"idle"}, timeout, "the node to be idle")
         return self
 
     def _wait(self, ready, timeout: float, what: str) -> None:

@@ -47,8 +47,11 @@ def test_sacct_without_accounting_would_wait_forever():
 
 
 def test_squeue_falls_back_to_sacct_where_min_job_age_is_below_three_first_checks():
+    # A user already on squeue (the profile's) is not told to use squeue: only the cluster can change.
     message = problem(False, "60 sec", "squeue", first_check_s=40)
-    assert "would ask sacct" in message and f"at least {cluster.SQUEUE_MIN_JOB_AGE_S} s (here 60 sec)" in message
+    assert "would not use the status command squeue you gave" in message and "MinJobAge = 60 sec" in message
+    assert f"MinJobAge >= {cluster.SQUEUE_MIN_JOB_AGE_S} s or for accounting" in message
+    assert "--slurm-status-command squeue" not in message and "as profiles/slurm does" not in message
     assert problem(False, "60 sec", "squeue", first_check_s=40, sacct=False).startswith("the SLURM plugin would ask squeue")
 
 
@@ -85,3 +88,27 @@ def test_placement_sets_only_what_is_configured():
     placed = cluster.placement({**none, "gpu_partition": "gpu", "gpu_model": "a100"}, gpus)
     assert placed["slurm_partition"]("gpu job") == "gpu" and placed["slurm_partition"]("cpu job") is None
     assert placed["gpu_model"]("gpu job") == "a100" and placed["gpu_model"]("cpu job") is None
+
+
+def test_a_partition_the_cluster_does_not_have_is_named():
+    assert cluster.partition_problem([("train", "gpu"), ("evaluate", "cpu"), ("prepare_data", None)], SINFO) is None
+    message = cluster.partition_problem([("train", "gpus"), ("train", "gpus"), ("evaluate", "cpu")], SINFO)
+    assert message.startswith("there is no partition 'gpus' (2 job(s)) on this cluster (sinfo lists cpu, gpu)")
+    assert "cluster.gpu_partition" in message
+
+
+def test_only_the_plugin_versions_whose_timing_is_known_pass():
+    assert cluster.plugin_version_problem("2.8.0") is None and cluster.plugin_version_problem("2.8.7") is None
+    assert cluster.plugin_version_problem(None) is None
+    for version in ("2.9.0", "3.0.1", "2.7.4"):
+        assert f"snakemake-executor-plugin-slurm {version} is installed" in cluster.plugin_version_problem(version)
+
+
+def test_pyproject_bounds_the_plugin_as_the_checks_do():
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["slurm"]
+    low, high = (".".join(map(str, v)) for v in cluster.PLUGIN_VERSIONS)
+    assert extra == [f"snakemake-executor-plugin-slurm>={low},<{high}"]
