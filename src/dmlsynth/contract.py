@@ -289,7 +289,7 @@ def check_loss(name: str) -> list[Result]:
 def dataset_entry_problem(name: str) -> str | None:
     from dmlsynth import layout
 
-    spec = registry.DATASETS[name]
+    spec = registry.dataset(name)
     for field_name in ("prepare", "prompts"):
         if not callable(registry.load_object(getattr(spec, field_name))):
             return f"its {field_name} {getattr(spec, field_name)!r} is not a function"
@@ -312,7 +312,7 @@ def prepared_problem(name: str, settings: Mapping[str, Any]) -> str | None:
     from dmlsynth.data.manifest import read_manifest
     from dmlsynth.data.prepare import prepare
 
-    spec = registry.DATASETS[name]
+    spec = registry.dataset(name)
     with tempfile.TemporaryDirectory(prefix=f"dmlsynth-check-{name}-") as tmp:
         frame = read_manifest(prepare(name, settings, Path(tmp) / "data", Path(tmp) / "raw"))
     classes, train = frame["label"].nunique(), frame.loc[frame["split"] == "train", "label"].nunique()
