@@ -325,9 +325,15 @@ def prepared_problem(name: str, settings: Mapping[str, Any]) -> str | None:
 
 
 def check_dataset(name: str, config: Mapping[str, Any]) -> list[Result]:
-    """The checks of dataset ``name``: its entry, then preparing it with ``config``'s dataset settings."""
-    if name not in registry.DATASETS:
-        return [Result(f"dataset {name}", False, f"no such dataset; known: {', '.join(sorted(registry.DATASETS))}")]
+    """The checks of dataset ``name``: its entry, then preparing it with ``config``'s dataset settings (a dataset
+    the config declares, ``dataset_settings.<name>.source``, is resolved from them first)."""
+    from dmlsynth.data import declared
+
+    undeclarable = [p.strip(" -") for p in declared.declare(config) if p.startswith(f"  - at dataset_settings.{name}")]
+    if undeclarable:
+        return [Result(f"dataset {name}", False, "; ".join(undeclarable))]
+    if name not in registry.datasets():
+        return [Result(f"dataset {name}", False, f"no such dataset; known: {', '.join(sorted(registry.datasets()))}")]
     entry = _guarded(f"{name}: registry entry", lambda: dataset_entry_problem(name), "fix the DatasetSpec")
     settings = registry.dataset_settings(config, name)
     prepared = _guarded(

@@ -582,10 +582,10 @@ class Jobs:
 
 
 @functools.lru_cache(maxsize=8)
-def _for(config_json: str) -> Jobs:
-    return Jobs(json.loads(config_json))
+def _for(key: str) -> Jobs:
+    return Jobs(json.loads(key)[0])
 
 
 def of(config: Mapping[str, Any]) -> Jobs:
-    """The jobs of ``config`` (one :class:`Jobs` per distinct config in a process)."""
-    return _for(json.dumps(config, sort_keys=True, default=str))
+    """The jobs of ``config`` (one :class:`Jobs` per distinct config, and declared datasets' contents, in a process)."""
+    return _for(json.dumps([config, registry.declared_records()], sort_keys=True, default=str))
