@@ -147,7 +147,8 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
     schema = _schema()
     validator = jsonschema.Draft202012Validator(schema)
     problems = list(declaration_problems)
-    # A declared dataset whose data cannot be used is said once (above), not again as an unknown name.
+    # A declared dataset whose data cannot be used is said once (above), not again as an unknown name; one the
+    # config does not run is not read, and its settings are not an unknown name either.
     undeclared = {name for name, given in (config.get("dataset_settings") or {}).items() if isinstance(given, Mapping) and "source" in given}
     undeclared -= set(registry.datasets())
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):

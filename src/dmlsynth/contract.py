@@ -329,7 +329,7 @@ def check_dataset(name: str, config: Mapping[str, Any]) -> list[Result]:
     the config declares, ``dataset_settings.<name>.source``, is resolved from them first)."""
     from dmlsynth.data import declared
 
-    undeclarable = [p.strip(" -") for p in declared.declare(config) if p.startswith(f"  - at dataset_settings.{name}")]
+    undeclarable = [p.strip(" -") for p in declared.declare({**config, "datasets": [name]}) if p.startswith(f"  - at dataset_settings.{name}")]
     if undeclarable:
         return [Result(f"dataset {name}", False, "; ".join(undeclarable))]
     if name not in registry.datasets():

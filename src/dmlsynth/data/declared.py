@@ -75,11 +75,15 @@ def resolve(name: str, settings: Mapping[str, Any]) -> registry.DatasetSpec:
 
 
 def declare(config: Mapping[str, Any]) -> list[str]:
-    """Resolve the datasets ``config`` declares (``dataset_settings.<name>.source``) and declare them in this
-    process (:func:`dmlsynth.registry.declare`); the problems found, as config validation lists them."""
+    """Resolve the datasets ``config`` declares (``dataset_settings.<name>.source``) and runs (``datasets``), and
+    declare them in this process (:func:`dmlsynth.registry.declare`); the problems found, as config validation
+    lists them. A declared dataset the config does not run is not read (as a built-in one is not prepared)."""
     specs, problems = [], []
+    running = config.get("datasets")
     for name, settings in sorted((config.get("dataset_settings") or {}).items()):
         if not isinstance(settings, Mapping) or "source" not in settings:
+            continue
+        if isinstance(running, list) and name not in running:
             continue
         where = f"  - at dataset_settings.{name}"
         if name in registry.DATASETS:

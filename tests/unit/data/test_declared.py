@@ -156,3 +156,14 @@ def test_check_dataset_resolves_a_declared_dataset_from_the_params_file(tmp_path
     given["dataset_settings"]["mine"]["root"] = str(tmp_path / "gone")
     [result] = contract.check_dataset("mine", given)
     assert not result.passed and "does not exist" in result.detail
+
+
+def test_a_declared_dataset_the_config_does_not_run_is_not_read(tmp_path, default_params):
+    root = folder(tmp_path / "f", {"a": 3, "b": 3, "c": 3, "d": 3})
+    config = params(default_params, {"source": "image_folder", "root": str(root)})
+    config["dataset_settings"]["later"] = {"source": "manifest", "path": str(tmp_path / "not-yet.csv")}
+    cfg.validate(config)
+    assert "mine" in registry.datasets() and "later" not in registry.datasets()
+    config["datasets"] = ["mine", "later"]
+    with pytest.raises(ConfigError, match="at dataset_settings.later: manifest .*not-yet.csv does not exist"):
+        cfg.validate(config)
