@@ -140,7 +140,7 @@ RUN = LAYOUT.run()  # the run folder pattern, {dataset}/{method}/{loss}/seed{see
 
 
 wildcard_constraints:
-    dataset="|".join(registry.DATASETS),
+    dataset="|".join(registry.datasets()),
     # A method, or a control with a method's loss params ("baseline+beta=40", dmlsynth.registry.control_label).
     method="|".join(re.escape(name) for name in dict.fromkeys([*registry.METHODS, *(run["method"] for run in RUNS)])),
     loss="|".join(registry.LOSSES),

@@ -60,7 +60,7 @@ def run_backbone(run: Run) -> tuple[str, int]:
 
     record = yaml.safe_load(Path(RunFolder(str(run.folder)).record).read_text())
     settings = (record.get("params") or {}).get("dataset_settings") or {}
-    spec = registry.DATASETS.get(run.dataset)
+    spec = registry.datasets().get(run.dataset)
     backbone = settings.get("backbone", spec.default_backbone if spec else "unknown")
     return str(backbone), int(settings.get("embedding_dim", spec.default_embedding_dim if spec else 0))
 

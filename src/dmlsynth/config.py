@@ -31,7 +31,7 @@ def _schema() -> dict[str, Any]:
     text = resources.files("dmlsynth.schema").joinpath("params.schema.yaml").read_text()
     schema = yaml.safe_load(text)
     names = {
-        "@datasets": sorted(registry.DATASETS),
+        "@datasets": sorted(registry.datasets()),
         "@methods": sorted(registry.METHODS),
         "@losses": sorted(registry.LOSSES),
         "@backbones": sorted(registry.BACKBONES),
@@ -140,11 +140,21 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(config).__name__}")
+    from dmlsynth.data import declared
+
+    config = coerce(copy.deepcopy(dict(config)), _schema())
+    # The datasets the config declares (dataset_settings.<name>.source) become names the schema allows.
+    declaration_problems = declared.declare(config)
     schema = _schema()
-    config = coerce(copy.deepcopy(dict(config)), schema)
     validator = jsonschema.Draft202012Validator(schema)
-    problems = []
+    problems = list(declaration_problems)
+    # A declared dataset whose data cannot be used is said once (above), not again as an unknown name; one the
+    # config does not run is not read, and its settings are not an unknown name either.
+    undeclared = {name for name, given in (config.get("dataset_settings") or {}).items() if isinstance(given, Mapping) and "source" in given}
+    undeclared -= set(registry.datasets())
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        if error.validator == "enum" and error.instance in undeclared:
+            continue
         message = error.message
         if error.validator == "enum":
             message = f"{error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
@@ -187,8 +197,8 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                 "captioner to a transformers image-to-text model (e.g. Salesforce/blip-image-captioning-base) "
                 "or a local folder, or use source: attributes"
             )
-        generator = (given or {}).get("generator", registry.DATASETS[name].default_generator)
-        if registry.GENERATORS[generator].trained_here and registry.DATASETS[name].image_mode != "L":
+        generator = (given or {}).get("generator", registry.dataset(name).default_generator)
+        if registry.GENERATORS[generator].trained_here and registry.dataset(name).image_mode != "L":
             problems.append(
                 f"  - at generation.{name}.generator: the {generator} generator makes small grayscale images, but "
                 f"{name!r} is a photo dataset: use generator: stable-diffusion"
@@ -208,7 +218,7 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     batch, per_class = training["batch_size"], training["m_per_class"]
     per_class_batches = {**registry.TRAINING_DEFAULTS, **training}["batch_sampling"] == "m_per_class"
     if per_class_batches and batch % per_class:
-        fewest_classes = min(registry.DATASETS[name].train_classes for name in config["datasets"])
+        fewest_classes = min(registry.dataset(name).train_classes for name in config["datasets"])
         suggestion = per_class * min(max(1, batch // per_class), fewest_classes)
         problems.append(
             f"  - at training.batch_size: {batch} is not a multiple of training.m_per_class ({per_class}); a batch "
@@ -298,7 +308,7 @@ def _cache_problems(config: Mapping[str, Any], dataset: str) -> list[str]:
     short_side, where = settings["cache_short_side"], f"dataset_settings.{dataset}.cache_short_side"
     if not short_side:
         return []
-    if registry.DATASETS[dataset].image_mode != "RGB":
+    if registry.dataset(dataset).image_mode != "RGB":
         return [f"  - at {where}: {dataset!r} is grayscale and held in memory; a resized copy is for photos: set it to 0"]
     # The transforms resize the short side to at most this (e.g. image_size * 256/224 before the center crop).
     from dmlsynth.data.preprocessing import Preprocessing
@@ -340,9 +350,9 @@ def _protocol_problems(config: Mapping[str, Any]) -> list[str]:
     for name in config["datasets"]:
         settings = dataset_settings(config, name)
         pre = Preprocessing.of(settings)
-        if pre.bounding_boxes and not registry.DATASETS[name].bounding_boxes:
+        if pre.bounding_boxes and not registry.dataset(name).bounding_boxes:
             problems.append(f"  - at dataset_settings.{name}.bounding_boxes: {name!r} has no bounding boxes (cars196 has); set it to false")
-        if training["image_decoding"] == "device" and registry.DATASETS[name].image_mode == "RGB" and not pre.is_default:
+        if training["image_decoding"] == "device" and registry.dataset(name).image_mode == "RGB" and not pre.is_default:
             problems.append(
                 f"  - at training.image_decoding: device decoding crops with the default transforms only, but "
                 f"dataset_settings.{name} changes them; use image_decoding: workers"

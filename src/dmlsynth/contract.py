@@ -289,7 +289,7 @@ def check_loss(name: str) -> list[Result]:
 def dataset_entry_problem(name: str) -> str | None:
     from dmlsynth import layout
 
-    spec = registry.DATASETS[name]
+    spec = registry.dataset(name)
     for field_name in ("prepare", "prompts"):
         if not callable(registry.load_object(getattr(spec, field_name))):
             return f"its {field_name} {getattr(spec, field_name)!r} is not a function"
@@ -312,7 +312,7 @@ def prepared_problem(name: str, settings: Mapping[str, Any]) -> str | None:
     from dmlsynth.data.manifest import read_manifest
     from dmlsynth.data.prepare import prepare
 
-    spec = registry.DATASETS[name]
+    spec = registry.dataset(name)
     with tempfile.TemporaryDirectory(prefix=f"dmlsynth-check-{name}-") as tmp:
         frame = read_manifest(prepare(name, settings, Path(tmp) / "data", Path(tmp) / "raw"))
     classes, train = frame["label"].nunique(), frame.loc[frame["split"] == "train", "label"].nunique()
@@ -325,9 +325,15 @@ def prepared_problem(name: str, settings: Mapping[str, Any]) -> str | None:
 
 
 def check_dataset(name: str, config: Mapping[str, Any]) -> list[Result]:
-    """The checks of dataset ``name``: its entry, then preparing it with ``config``'s dataset settings."""
-    if name not in registry.DATASETS:
-        return [Result(f"dataset {name}", False, f"no such dataset; known: {', '.join(sorted(registry.DATASETS))}")]
+    """The checks of dataset ``name``: its entry, then preparing it with ``config``'s dataset settings (a dataset
+    the config declares, ``dataset_settings.<name>.source``, is resolved from them first)."""
+    from dmlsynth.data import declared
+
+    undeclarable = [p.strip(" -") for p in declared.declare({**config, "datasets": [name]}) if p.startswith(f"  - at dataset_settings.{name}")]
+    if undeclarable:
+        return [Result(f"dataset {name}", False, "; ".join(undeclarable))]
+    if name not in registry.datasets():
+        return [Result(f"dataset {name}", False, f"no such dataset; known: {', '.join(sorted(registry.datasets()))}")]
     entry = _guarded(f"{name}: registry entry", lambda: dataset_entry_problem(name), "fix the DatasetSpec")
     settings = registry.dataset_settings(config, name)
     prepared = _guarded(

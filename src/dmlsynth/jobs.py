@@ -143,6 +143,8 @@ class Job:
                 "outputs": self.outputs, "threads": self.threads, "device": self.device, "gpus": self.gpus,
                 "cpu_isa": self.cpu_isa, "stale": list(self.stale), "settings": self.settings, "identity": self.identity(),
                 "arguments": list(self.arguments),
+                # The datasets the config declares, resolved at its validation: the job's process sees the same.
+                "datasets": registry.declared_records(),
             }
         )  # fmt: skip
 
@@ -169,6 +171,7 @@ class Job:
             if record["rule"] != rule:
                 raise JobError(f"the job record is a {record['rule']!r} job's, not a {rule!r} job's")
             inputs = dict(record["inputs"])
+            registry.declare_records(record.get("datasets") or {})
             for name in record.get("arguments") or []:
                 inputs[name] = [str(a) for a in arguments]
             return cls(
@@ -264,7 +267,7 @@ class Jobs:
     # Data ------------------------------------------------------------------------------------------
     def prepare_data(self, dataset: str) -> Job:
         def make() -> Job:
-            spec = registry.DATASETS[dataset]
+            spec = registry.dataset(dataset)
             settings = {k: v for k, v in self.dataset_settings(dataset).items() if k != "resources"}
             return Job(
                 rule="prepare_data", name=dataset,
@@ -322,7 +325,7 @@ class Jobs:
                 mem_mb=self._resources(dataset, "mem_mb", 2000), runtime=self._resources(dataset, "runtime", 60),
                 gpus=gpus_for(device, bool(self._resources(dataset, "gpu", 0))), device=device,
                 code=[provenance.TRAINING_MODULE, registry.module_of(trained.module), registry.module_of(backbone.build)],
-                entries=[provenance.stable_repr(s) for s in (trained, registry.LOSSES[loss], backbone, registry.DATASETS[dataset])],
+                entries=[provenance.stable_repr(s) for s in (trained, registry.LOSSES[loss], backbone, registry.dataset(dataset))],
                 # A new training makes the run's evaluation, the table and the comparison out of date.
                 stale=[*run.evaluation_outputs(), *self.layout.table_outputs(), *self._comparison_files()],
             )  # fmt: skip
@@ -424,7 +427,7 @@ class Jobs:
                 outputs={"prompts": self.layout.prompts(dataset), "search": self.layout.raw_dir(dataset)},
                 log=self.layout.log("prompts", dataset), mem_mb=8000 if captions else 2000, runtime=30,
                 gpus=gpus_for(str(settings["device"]), captions), device=str(settings["device"]),
-                code=[registry.module_of(registry.DATASETS[dataset].prompts)],
+                code=[registry.module_of(registry.dataset(dataset).prompts)],
             )  # fmt: skip
 
         return self._cached(("prompts", dataset), make)
@@ -553,7 +556,7 @@ class Jobs:
             from dmlsynth.generation.settings import image_settings
 
             datasets = self.config["datasets"] if self.image_sets() else []
-            photos = [d for d in datasets if registry.DATASETS[d].image_mode != "L"]
+            photos = [d for d in datasets if registry.dataset(d).image_mode != "L"]
             settings = {d: self.generation_settings(d) for d in datasets}
             classes = {d: range(self.training_classes(d)) for d in datasets}
             inputs = {
@@ -593,10 +596,10 @@ class Jobs:
 
 
 @functools.lru_cache(maxsize=8)
-def _for(config_json: str) -> Jobs:
-    return Jobs(json.loads(config_json))
+def _for(key: str) -> Jobs:
+    return Jobs(json.loads(key)[0])
 
 
 def of(config: Mapping[str, Any]) -> Jobs:
-    """The jobs of ``config`` (one :class:`Jobs` per distinct config in a process)."""
-    return _for(json.dumps(config, sort_keys=True, default=str))
+    """The jobs of ``config`` (one :class:`Jobs` per distinct config, and declared datasets' contents, in a process)."""
+    return _for(json.dumps([config, registry.declared_records()], sort_keys=True, default=str))

@@ -154,7 +154,7 @@ def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
         generated += [layout.generated_grid(d) for d in config["datasets"]]
     return {
         "data": [
-            layout.dataset_file(name, dataset) for dataset in config["datasets"] for name in registry.DATASETS[dataset].outputs
+            layout.dataset_file(name, dataset) for dataset in config["datasets"] for name in registry.dataset(dataset).outputs
         ]
         + [layout.resized_dir(dataset) for dataset in cached_datasets(config)],
         # BLenDeR's images (empty when no configured method trains with generated images).

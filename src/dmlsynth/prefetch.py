@@ -62,7 +62,7 @@ class Plan:
 def _dataset_files(config: Mapping[str, Any], dataset: str) -> list[dict[str, Any]]:
     from dmlsynth.data.sources import resolve_sources
 
-    module = importlib.import_module(registry.DATASETS[dataset].prepare.split(":")[0])
+    module = importlib.import_module(registry.dataset(dataset).prepare.split(":")[0])
     files = getattr(module, "FILES", None)
     if not files:  # ships with a library (digits): nothing to download
         return []
@@ -105,7 +105,7 @@ def plan(config: Mapping[str, Any]) -> Plan:
         if settings["prompts"]["source"] == "captions" and settings["prompts"].get("captioner"):
             needed.hub_models.setdefault(str(settings["prompts"]["captioner"]), (f"generation.{dataset}.prompts.captioner", None))
         # The generation report's feature network (dmlsynth.generation.quality): an ImageNet ResNet-50 on photos.
-        if registry.DATASETS[dataset].image_mode != "L" and cfg.dataset_settings(config, dataset)["pretrained"]:
+        if registry.dataset(dataset).image_mode != "L" and cfg.dataset_settings(config, dataset)["pretrained"]:
             needed.torch_weights.setdefault(models.imagenet_weights().url, f"the generation report of {dataset}")
     # A local folder is loaded from where it is.
     needed.hub_models = {k: v for k, v in needed.hub_models.items() if not Path(k).exists()}

@@ -194,7 +194,7 @@ def run_code_digest(params: Mapping[str, Any]) -> str:
         f"{PACKAGE}.cli", f"{PACKAGE}.commands.train", TRAINING_MODULE,
         registry.module_of(method.module), registry.module_of(backbone.build),
     ]  # fmt: skip
-    specs = [method, registry.LOSSES[params["loss"]], backbone, registry.DATASETS[params["dataset"]]]
+    specs = [method, registry.LOSSES[params["loss"]], backbone, registry.dataset(params["dataset"])]
     return code_digest(modules, [stable_repr(spec) for spec in specs])
 
 

@@ -51,6 +51,12 @@ class DatasetSpec:
     prompts: str = "dmlsynth.generation.prompts:generic_prompts"
     # The manifest has each image's annotated bounding box (box_* columns; dataset_settings.bounding_boxes).
     bounding_boxes: bool = False
+    # A dataset declared in params.yaml (dmlsynth.data.declared): the digest of its files' listing (or CSV),
+    # so an added or changed image re-runs its preparation and what follows, and the images of its smallest
+    # training class (config validation checks training.m_per_class against it). Left out of the identity
+    # of the other entries while unset.
+    contents: str = field(default="", metadata={"identity": "omit_if_default"})
+    smallest_class: int = field(default=0, metadata={"identity": "omit_if_default"})
 
 
 @dataclass(frozen=True)
@@ -692,9 +698,46 @@ GENERATION_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+# The datasets params.yaml declares (dataset_settings.<name>.source; dmlsynth.data.declared), resolved once at
+# config validation and handed to every job in its record (dmlsynth.jobs.Job): the lookups below see them.
+_DECLARED: dict[str, DatasetSpec] = {}
+
+
+def datasets() -> dict[str, DatasetSpec]:
+    """Every dataset: the built-in and plugin ones (:data:`DATASETS`) and those the config declares."""
+    return {**DATASETS, **_DECLARED}
+
+
+def dataset(name: str) -> DatasetSpec:
+    """The spec of dataset ``name`` (KeyError when neither the registry nor the config has it)."""
+    return DATASETS[name] if name in DATASETS else _DECLARED[name]
+
+
+def declare(specs: Iterable[DatasetSpec]) -> None:
+    """Make ``specs`` (a config's declared datasets) the declared ones of this process, replacing any before."""
+    specs = list(specs)
+    clashes = [spec.name for spec in specs if spec.name in DATASETS]
+    if clashes:
+        raise ValueError(f"datasets {clashes} are built in or come from a plugin: give the declared dataset another name")
+    _DECLARED.clear()
+    _DECLARED.update((spec.name, spec) for spec in specs)
+
+
+def declared_records() -> dict[str, dict[str, Any]]:
+    """The declared datasets as JSON (a job's record carries them: :func:`declare_records`)."""
+    import dataclasses
+
+    return {name: dataclasses.asdict(spec) for name, spec in sorted(_DECLARED.items())}
+
+
+def declare_records(records: Mapping[str, Mapping[str, Any]]) -> None:
+    """Declare the datasets of a job's record (:func:`declared_records`) in the job's process."""
+    declare(DatasetSpec(**{**record, "outputs": tuple(record["outputs"])}) for record in records.values())
+
+
 def dataset_defaults(name: str) -> dict[str, Any]:
     """The ``dataset_settings.<name>`` a config leaves unset."""
-    spec = DATASETS[name]
+    spec = dataset(name)
     return {
         "backbone": spec.default_backbone,
         "pretrained": False,
@@ -827,7 +870,7 @@ def config_defaults(datasets: Iterable[str] = ()) -> dict[str, Any]:
     generation = {}
     for name in datasets:
         generation[name] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in GENERATION_DEFAULTS.items()}
-        generation[name]["generator"] = DATASETS[name].default_generator
+        generation[name]["generator"] = dataset(name).default_generator
     return {
         "dataset_settings": {name: dataset_defaults(name) for name in datasets},
         "training": dict(TRAINING_DEFAULTS),

@@ -41,9 +41,8 @@ def read(csv: Path) -> pd.DataFrame:
     return frame
 
 
-def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logging.Logger) -> Path:
-    """Copy the images the CSV ``settings['path']`` lists into ``out_dir`` and write the manifest (last)."""
-    del raw_dir  # nothing to download
+def frame_of(settings: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
+    """The rows of the CSV ``settings['path']`` as :func:`write_copied` takes them, and what they are (for messages)."""
     if not settings.get("path"):
         raise ImageFolderError("this dataset is a CSV of images: set dataset_settings.<dataset>.path to it")
     csv = Path(settings["path"]).expanduser()
@@ -62,4 +61,11 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
             )
     frame["key"] = frame["file"].astype(str)
     frame["target"] = [f"{label}/{index:06d}{file.suffix.lower()}" for index, (label, file) in enumerate(zip(frame["label"], frame["file"]))]
-    return write_copied(frame, f"manifest {csv}", out_dir, log)
+    return frame, f"manifest {csv}"
+
+
+def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logging.Logger) -> Path:
+    """Copy the images the CSV ``settings['path']`` lists into ``out_dir`` and write the manifest (last)."""
+    del raw_dir  # nothing to download
+    frame, what = frame_of(settings)
+    return write_copied(frame, what, out_dir, log)

@@ -63,10 +63,11 @@ def unreadable(files: list[Path]) -> list[str]:
     return bad
 
 
-def problems(frame: pd.DataFrame, min_class_images: int) -> list[str]:
-    """What keeps the scanned ``frame`` (with ``split``) from being a DML dataset, each with its fix."""
+def problems(frame: pd.DataFrame, min_class_images: int, open_images: bool = True) -> list[str]:
+    """What keeps the scanned ``frame`` (with ``split``) from being a DML dataset, each with its fix
+    (``open_images``: also open every image; config validation leaves that to the preparation)."""
     found = []
-    bad = unreadable(list(frame["file"]))
+    bad = unreadable(list(frame["file"])) if open_images else []
     if bad:
         found.append(f"{len(bad)} images cannot be read: {'; '.join(bad[:5])} — delete or re-save them")
     sizes = frame.groupby("class_name").size()
@@ -92,9 +93,8 @@ def problems(frame: pd.DataFrame, min_class_images: int) -> list[str]:
     return found
 
 
-def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logging.Logger) -> Path:
-    """Copy the images of ``settings['root']`` into ``out_dir`` and write the manifest (last)."""
-    del raw_dir  # nothing to download
+def frame_of(settings: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
+    """The images of ``settings['root']`` as the rows :func:`write_copied` takes, and what they are (for messages)."""
     if not settings.get("root"):
         raise ImageFolderError("this dataset is an image folder: set dataset_settings.<dataset>.root to its folder")
     root = Path(settings["root"]).expanduser()
@@ -104,7 +104,14 @@ def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logg
     frame["split"] = frame["label"].map(class_disjoint_split(frame["label"]))
     frame["key"] = frame["class_name"] + "/" + frame["file"].map(lambda f: f.name.lower())
     frame["target"] = frame["label"].astype(str) + "/" + frame["file"].map(lambda f: f.name)
-    return write_copied(frame, f"image folder {root}", out_dir, log)
+    return frame, f"image folder {root}"
+
+
+def prepare(settings: Mapping[str, Any], out_dir: Path, raw_dir: Path, log: logging.Logger) -> Path:
+    """Copy the images of ``settings['root']`` into ``out_dir`` and write the manifest (last)."""
+    del raw_dir  # nothing to download
+    frame, what = frame_of(settings)
+    return write_copied(frame, what, out_dir, log)
 
 
 def write_copied(frame: pd.DataFrame, what: str, out_dir: Path, log: logging.Logger) -> Path:

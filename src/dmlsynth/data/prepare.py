@@ -16,7 +16,7 @@ from dmlsynth import registry
 def prepare(dataset: str, settings: Mapping[str, Any], out_dir: str | Path, raw_dir: str | Path) -> Path:
     """The ``prepare_data`` job: ``dataset`` prepared into ``out_dir`` (its manifest, written last) from the files
     in ``raw_dir`` (downloaded there when missing), by its registry entry, with its resolved ``settings``."""
-    spec = registry.DATASETS[dataset]
+    spec = registry.dataset(dataset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prepare_function = registry.load_object(spec.prepare)

@@ -48,7 +48,7 @@ def split_class_count(config: Mapping[str, Any], dataset: str) -> int:
         return int(expected["train_classes"])
     if "classes" in expected:
         return int(expected["classes"]) // 2
-    return registry.DATASETS[dataset].train_classes
+    return registry.dataset(dataset).train_classes
 
 
 def training_class_count(config: Mapping[str, Any], dataset: str) -> int:
@@ -58,9 +58,12 @@ def training_class_count(config: Mapping[str, Any], dataset: str) -> int:
 
 def smallest_training_class(config: Mapping[str, Any], dataset: str) -> int | None:
     """Images of the smallest class training uses (validation classes left out), where it is known before
-    the data is prepared (:data:`TRAINING_CLASS_SIZES`; not for a smaller copy given by ``expected``)."""
+    the data is prepared (:data:`TRAINING_CLASS_SIZES`, a declared dataset's count; not for a smaller copy given by ``expected``)."""
     sizes = TRAINING_CLASS_SIZES.get(dataset)
     expected = (((config.get("dataset_settings") or {}).get(dataset) or {}).get("expected")) or {}
+    if sizes is None and registry.dataset(dataset).smallest_class and not expected:
+        # A dataset declared in params.yaml counted its classes (validation classes included: stricter).
+        return registry.dataset(dataset).smallest_class
     if sizes is None or expected:
         return None
     return min(sizes[: len(sizes) - validation_class_count(config, dataset)])

@@ -220,7 +220,7 @@ def build_prompts(dataset: str, train_frame: pd.DataFrame, search_dirs: Sequence
     if set(train_frame["split"]) != {"train"}:
         raise ValueError("prompts are built from the training split only")
     # The dataset's registry entry names its builder; a dataset the registry does not know gets class names.
-    spec = registry.DATASETS.get(dataset)
+    spec = registry.datasets().get(dataset)
     builder = registry.load_object(spec.prompts) if spec is not None else generic_prompts
     return {"dataset": dataset, "classes": builder(train_frame, search_dirs)}
 

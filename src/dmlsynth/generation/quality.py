@@ -381,7 +381,7 @@ def generation_report(
 
     rows = []
     for dataset, values in datasets.items():
-        spec, generation = registry.DATASETS[dataset], values["settings"]
+        spec, generation = registry.dataset(dataset), values["settings"]
         # The classes generation was for: the training split less any validation classes.
         frame = read_manifest(layout.manifest(dataset))
         real = split_training(frame[frame["split"] == "train"], int(values["validation_classes"]))[0].reset_index(drop=True)

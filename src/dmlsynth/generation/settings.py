@@ -43,7 +43,7 @@ GRID_ORDER = ("plain", "union", "intersection", "blender")
 def generation_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """Registry defaults (the dataset's default generator) updated with ``config['generation'][dataset]``."""
     settings = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in registry.GENERATION_DEFAULTS.items()}
-    settings["generator"] = registry.DATASETS[dataset].default_generator
+    settings["generator"] = registry.dataset(dataset).default_generator
     given = dict(((config.get("generation") or {}).get(dataset)) or {})
     for group in NESTED_SETTINGS:
         settings[group].update(given.pop(group, None) or {})

@@ -194,7 +194,7 @@ def _data(
 ) -> _Data:
     """Datasets, read from the resized copy of a photo dataset where it has one (generated images stay as they
     are). Only small grayscale sets are decoded once and kept: photos would cost gigabytes per copy."""
-    dataset_spec, settings, training = registry.DATASETS[params["dataset"]], params["dataset_settings"], params["training"]
+    dataset_spec, settings, training = registry.dataset(params["dataset"]), params["dataset_settings"], params["training"]
     image_input = ImageInput(
         dataset_spec.image_mode, settings["image_size"], training["image_decoding"], Preprocessing.of(settings)
     )
@@ -305,7 +305,7 @@ def build_run(params: Mapping[str, Any], manifest: str | Path, synthetic_manifes
         settings["backbone"],
         embedding_dim=settings["embedding_dim"],
         pretrained=settings["pretrained"],
-        in_channels=1 if registry.DATASETS[params["dataset"]].image_mode == "L" else 3,
+        in_channels=1 if registry.dataset(params["dataset"]).image_mode == "L" else 3,
         weights=source_of(settings),
     ).to(device)
     base_loss = build_loss(params["loss"], params["loss_params"], len(frames.classes), settings["embedding_dim"]).to(device)
