@@ -63,6 +63,23 @@ def _missing_plugins(args: list[str]) -> list[str]:
     return [module for key, module in PLUGINS.items() if key in pairs and importlib.util.find_spec(module) is None]
 
 
+def _entries_of_uninstalled_plugins(args: list[str]) -> list[str]:
+    """The methods and datasets a --configfile names that no installed package provides (a dmlsynth plugin
+    the page installs first, as README's `pip install -e examples/...`)."""
+    import yaml
+
+    from dmlsynth import registry
+
+    files = [value for key, value in zip(args, args[1:]) if key == "--configfile"]
+    missing = []
+    for name in files:
+        config = yaml.safe_load((ROOT / name).read_text()) or {}
+        declared = {d for d, settings in (config.get("dataset_settings") or {}).items() if "source" in (settings or {})}
+        missing += [m for m in config.get("methods", []) if m not in registry.METHODS]
+        missing += [d for d in config.get("datasets", []) if d not in registry.DATASETS and d not in declared]
+    return missing
+
+
 @pytest.mark.parametrize("page, args", _cases())
 def test_a_documented_command_runs_as_written(page, args, tmp_path):
     from snakemake.cli import get_argument_parser, parse_config
@@ -76,7 +93,10 @@ def test_a_documented_command_runs_as_written(page, args, tmp_path):
     parse_config(parsed.config)
     if parsed.report:
         return
-    for folder in ("config", "profiles"):
+    uninstalled = _entries_of_uninstalled_plugins(args)
+    if uninstalled:  # tests/e2e/test_plugin_workflow.py installs the example plugin and runs this command
+        pytest.skip(f"names {', '.join(uninstalled)} of a plugin not installed here (test_plugin_workflow.py runs it)")
+    for folder in ("config", "profiles", "examples"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     shutil.copy(ROOT / "params.yaml", tmp_path)
     for name, content in READER_FILES.items():
