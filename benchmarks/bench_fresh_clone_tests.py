@@ -50,7 +50,7 @@ def render(frame: pd.DataFrame) -> str:
     return (
         f"In a fresh clone on a {int(row.cpus)}-core machine without a GPU this took "
         f"**{row.total_seconds / 60:.0f} min**: {install / 60:.0f} min to install, {row.pytest_seconds / 60:.0f} min "
-        f"for {int(row.passed)} tests ({int(row.skipped)} skipped: the CUDA cases; commit {row.commit}, measured {row.date} by "
+        f"for {int(row.passed)} tests ({int(row.skipped)} skipped: the CUDA cases and what needs a plugin or tool not installed; commit {row.commit}, measured {row.date} by "
         f"`{SCRIPT}`).\n"
     )
 
