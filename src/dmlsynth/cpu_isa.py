@@ -53,10 +53,10 @@ class CpuIsaError(DmlsynthError):
     """The CPU cannot run the pinned level."""
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's flags from /proc/cpuinfo (empty where it cannot be read)."""
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's flags from ``path`` (Linux's cpuinfo; empty where it cannot be read)."""
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
+        with open(path) as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("flags"):
                     return set(line.split(":", 1)[1].split())
