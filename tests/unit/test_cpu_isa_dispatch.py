@@ -130,6 +130,9 @@ def test_loaded_libraries_lists_the_numeric_ones_in_sys_modules(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", types.ModuleType("scipy"))
     monkeypatch.setitem(sys.modules, "numpy", types.ModuleType("numpy"))
     assert cpu_isa.loaded_libraries() == ["numpy", "scipy"]
+    for name in ("torch", "faiss", "sklearn"):  # each library whose dispatch the variables decide
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    assert cpu_isa.loaded_libraries() == ["numpy", "torch", "faiss", "sklearn", "scipy"]
 
 
 def test_effective_records_the_variables_set_and_torch_s_dispatch(clean_environment):
