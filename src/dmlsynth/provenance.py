@@ -44,14 +44,14 @@ PROJECT_DIR_VARIABLE = "DMLSYNTH_PROJECT_DIR"
 # computation). They record or write results, list, load or check entries (contract: it only stops a plugin's
 # method that breaks it from training); build the job record and parse the command line (what they decide is
 # in the record's params: a new default is a new params value); schedule and supervise a job (which GPU, whether
-# its workflow lives, one job per run folder, the machine's load); remove stale files and track (the commands
+# its workflow lives, one job per run folder and its SLURM job, the machine's load); remove stale files and track (the commands
 # package module). ``data.manifest`` reads a manifest's CSV: the numbers come from the file, which the
 # prepare_data job writes (its digest names the module, :class:`dmlsynth.jobs.Jobs`).
 BOOKKEEPING = frozenset(
     f"{PACKAGE}.{name}"
     for name in (
         "provenance", "io", "layout", "tracking", "docblocks", "registry", "errors", "plugins", "catalog", "contract",
-        "jobs", "cli", "commands", "workflow", "heartbeat", "machine", "gpu_slots", "run_lock", "data.manifest",
+        "jobs", "cli", "commands", "workflow", "heartbeat", "machine", "gpu_slots", "run_lock", "cluster", "data.manifest",
     )
 )  # fmt: skip
 
