@@ -7,7 +7,7 @@
 - ``embeddings_last_epoch.npz``  the same at the last epoch (only with validation classes)
 - ``train_log.csv``   one row per epoch: mean loss, learning rate, optimisation steps, real and
                       generated images its batches held, seconds, end time (+ validation R@1, MAP@R)
-- ``run.yaml``        resolved params and the job's identity (``params_hash``), code version (git commit
+- ``run.yaml``        resolved params and their hash, the job's identity, code version (git commit
                       of the project, the job's code digest), environment, threads and device, the step
                       ``budget`` (epochs, batches per epoch, batch size, optimisation steps, images
                       seen), the training images (real, generated), wall time over every attempt
@@ -28,7 +28,7 @@ import yaml
 
 from dmlsynth.io import atomic_output, atomic_write_text, save_torch
 from dmlsynth.layout import RunFolder
-from dmlsynth.provenance import code_version, environment, plugin_versions
+from dmlsynth.provenance import code_version, environment, params_hash, plugin_versions
 
 
 def write_outputs(
@@ -63,9 +63,11 @@ def write_outputs(
     env = {**environment(str(device)), "torch.threads": str(threads)}
     record = {
         "params": dict(params),
-        # The identity of the run's job (dmlsynth.jobs.Job.identity: params, code, threads, device kind, ISA),
-        # under the name the table and the MLflow runs read; "none" for a run trained outside a job.
-        "params_hash": identity or "none",
+        # A name for its params (the table and MLflow group a run's seeds and supersede runs by it), and the
+        # identity of its job (dmlsynth.jobs.Job.identity: params, code, threads, device kind, ISA; the key its
+        # checkpoint was resumed under; "none" for a run trained outside a job).
+        "params_hash": params_hash(params),
+        "identity": identity or "none",
         # plugins: the distributions and versions of the plugin entries the run uses (none: no key).
         "code": {**code_version(), "digest": code_digest or "none", **({"plugins": p} if (p := plugin_versions(params)) else {})},
         "environment": env,

@@ -126,4 +126,4 @@ def test_checkpoint_of_another_thread_count_is_not_resumed(config, digits_manife
     assert "made with other identity" in caplog.text
     record = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())
     assert record["environment"]["torch.threads"] == "2" and record["code"]["digest"] == job.code_digest()
-    assert record["params_hash"] == job.identity()
+    assert record["identity"] == job.identity()
