@@ -325,8 +325,7 @@ def _kind(value: str) -> str:
 
 
 def _add_tool_commands(sub) -> None:
-    # Imported here, not at the top: a module the command line imports at load counts in every job's code
-    # digest (dmlsynth.provenance.SHALLOW), and the listing changes no job's numbers.
+    # Imported here, not at the top: the listing is not needed to run a job.
     from dmlsynth.catalog import KINDS
 
     p = _add_command(sub, "track", "log run folders to MLflow (idempotent; after tracking trouble)",

@@ -8,12 +8,15 @@ stages (through the rules) and the command line (``dmlsynth <rule> --job …``) 
 the job itself receives it whole (:meth:`Job.to_json`) and its stage functions take what it holds,
 never the raw config.
 
-**Identity** (:meth:`Job.identity`) decides re-runs: the canonical form of the params (key order,
-restated defaults and the spelling of a number never matter), the digest of every module the job
-imports — followed from its command module (:mod:`dmlsynth.commands`), the command line and the
-registry entries it uses, not hand-listed (:func:`dmlsynth.provenance.code_digest`) — its thread
-count where the numbers depend on it, and the kind of device it computes on. Snakemake compares
-the record's JSON, of which the identity is part, so a job re-runs exactly when one of them changes.
+**Identity** (:meth:`Job.identity`) decides re-runs, and it is the one key of the project: a stage skips
+or resumes only work made under the same identity. It hashes the canonical form of the params (key order,
+restated defaults and the spelling of a number never matter) less the keys its kind declares unable to
+change an output (:data:`NEUTRAL`: where data comes from, tracking, a checkpoint interval), the digest of
+the code that can change its numbers — followed from its command module (:mod:`dmlsynth.commands`) and
+the registry entries it uses, not hand-listed (:func:`dmlsynth.provenance.code_digest`); the record
+builder and the command line are not part of it, what they decide is in the params — its thread count
+where the numbers depend on it, the kind of device it computes on and the CPU instruction set. Snakemake
+compares the identity, so a job re-runs exactly when one of them changes.
 
 Torch-free: the Snakefile builds its DAG from these records.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -31,9 +35,48 @@ from dmlsynth import provenance, registry
 from dmlsynth.data import split
 from dmlsynth.errors import DmlsynthError
 
-# The command line every job runs through (it parses the record and reports errors): part of every digest.
-CLI_MODULE = "dmlsynth.cli"
 COMMANDS = "dmlsynth.commands"
+# What every job runs besides its command that can change a number: the CPU instruction set is pinned by it
+# (the command line, which calls it, and this module, which builds the record, change none).
+RUNTIME_MODULES = ("dmlsynth.cpu_isa",)
+
+# The training-only keys of dataset_settings.<d>: a dataset's preparation never reads them.
+TRAINING_ONLY = (
+    "backbone", "pretrained", "embedding_dim", "image_size", "cache_short_side", "weights", "weights_sha256",
+    "train_transform", "eval_transform", "square_resize", "crop_scale", "bounding_boxes", "validation_classes",
+)  # fmt: skip
+# Generation settings only the sampler reads (generate): the other generation jobs see their effect, if any,
+# in an input file whose own job compares them.
+SAMPLING = (
+    "scheduler", "steps", "guidance_scale", "batch_size", "gpu_memory_gib", "prompts_per_image", "prompts_per_condition",
+    "operators", "intersection_rule", "guidance_norm", "fp16", "textual_inversion", "lora", "vae_slicing", "compile",
+)  # fmt: skip
+# Per job kind, the keys of its params (dotted paths; ``*`` stands for any one key) that cannot change its
+# outputs: in the record it reads, left out of its identity. Everything else a stage reads is compared: a
+# setting nobody declared here re-runs the job. ``device`` settings count by their kind (Job.device_kind),
+# thread counts by Job.threads where they change numbers; ``tracking`` and ``layout`` say where results are
+# mirrored or written; generation's batch_size, gpu_memory_gib, the slicings and compile stay compared: they
+# change how floats are summed, and a batch size measurably changed a generated pixel.
+NEUTRAL: Mapping[str, tuple[str, ...]] = {
+    "prepare_data": ("dataset_settings.urls", *(f"dataset_settings.{k}" for k in TRAINING_ONLY)),
+    "prompts": ("device",),
+    "fine_tune": (
+        *(f"generation.{k}" for k in (*SAMPLING, "images_per_class", "threads", "device", "generator", "embedded", "filter", "prompts")),
+        "generation.fine_tuning.checkpoint_every", "tracking",
+    ),
+    "generate": (
+        *(f"generation.{k}" for k in ("threads", "device", "embedded", "prompts", "fine_tuning.checkpoint_every")),
+        *(f"generation.filter.{k}" for k in ("clip_model", "clip_threshold", "fidelity_threshold", "batch_size")),
+    ),
+    "filter_generated": (
+        *(f"generation.{k}" for k in (*SAMPLING, "attention_slicing", "model_id", "threads", "device", "embedded", "fine_tuning", "prompts")),
+    ),
+    "generation_report": ("datasets.*.generation.threads", "datasets.*.generation.fine_tuning.checkpoint_every", "layout", "tracking"),
+    "evaluate": ("tracking",),
+    "table": ("tracking",),
+}
+# Where fine-tuning is off, the sampler reads no fine-tuning setting but its method.
+FINE_TUNING_OFF = ("steps", "rank", "learning_rate", "embedding_learning_rate", "batch_size", "resolution")
 
 
 class JobError(DmlsynthError, ValueError):
@@ -54,6 +97,25 @@ def canonical(value: Any) -> Any:
 
 def canonical_json(value: Any) -> str:
     return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"))
+
+
+def without(params: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    """``params`` less the keys at ``paths`` (dotted; ``*`` stands for any one key)."""
+
+    def drop(node: Any, parts: list[str]) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        head, rest = parts[0], parts[1:]
+        return {
+            k: v if head not in ("*", k) else drop(v, rest)
+            for k, v in node.items()
+            if rest or head not in ("*", k)
+        }
+
+    result = dict(params)
+    for path in paths:
+        result = drop(result, path.split("."))
+    return result
 
 
 def device_kind(setting: str, gpus: int) -> str:
@@ -80,7 +142,7 @@ class Job:
 
     rule: str
     name: str  # the wildcards' values, e.g. "digits/iaa/multi_similarity/seed0"
-    params: Mapping[str, Any]  # everything that decides its outputs (its identity)
+    params: Mapping[str, Any]  # the whole resolved block its stage reads (its identity less NEUTRAL[rule])
     inputs: Mapping[str, Any]  # name -> file (or list of files) it reads
     outputs: Mapping[str, Any]  # name -> file (or list of files) it writes
     log: str
@@ -98,33 +160,49 @@ class Job:
     # Files of jobs that depend on this one: removed when it starts, so no output is left looking current
     # while it runs or after it fails (the workflow rebuilds them from the new outputs).
     stale: Sequence[str] = field(default_factory=tuple)
-    # What the job needs that does not change its outputs (speed settings, mirror URLs, where to track):
-    # in the record it receives, not in its identity.
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    # Keys of params that cannot change its outputs besides its kind's (NEUTRAL): where fine-tuning is off.
+    neutral: Sequence[str] = ()
     # An input list that goes on the command line one path per argument instead of into the record (a shell
     # argument holds at most 128 KiB: the table of a large config reads thousands of run files) ...
     arguments: Sequence[str] = ()
     # ... and params and inputs that decide re-runs (Snakemake's inputs) but that the job does not read from
     # its record (the runs' identities; the run files it finds beside each record).
     identity_only: Sequence[str] = ()
+    # A record read back by the job (from_json) carries its identity and code digest: the modules and
+    # entries they were computed from are not in it.
+    recorded_identity: str | None = None
+    recorded_code: str | None = None
 
     @property
     def command_module(self) -> str:
         return f"{COMMANDS}.{self.rule}"
 
+    @property
+    def code_modules(self) -> list[str]:
+        """Where its code starts: its command, the runtime every job shares, the registry-named modules."""
+        return [self.command_module, *RUNTIME_MODULES, *self.code]
+
     def code_digest(self) -> str:
-        """The digest of every module the job imports: its command, the command line, the registry-named modules."""
-        return provenance.code_digest([CLI_MODULE, self.command_module, *self.code], self.entries)
+        """The digest of the code that can change its numbers (:func:`dmlsynth.provenance.code_digest`)."""
+        if self.recorded_code is not None:
+            return self.recorded_code
+        return provenance.code_digest(self.code_modules, self.entries)
+
+    def compared_params(self) -> dict[str, Any]:
+        """Its params less the keys that cannot change its outputs (its kind's and its own)."""
+        return without(self.params, [*NEUTRAL.get(self.rule, ()), *self.neutral])
 
     @property
     def device_kind(self) -> str:
         return device_kind(self.device, self.gpus)
 
     def identity(self) -> str:
-        """What re-runs the job when it changes: params (canonical), code digest, threads (where they change
-        numbers), device kind, the CPU instruction set."""
+        """What re-runs the job when it changes, and its stage's skip and resume key: params (canonical, less
+        the neutral keys), code digest, threads (where they change numbers), device kind, the CPU instruction set."""
+        if self.recorded_identity is not None:
+            return self.recorded_identity
         parts = {
-            "params": canonical(self.params),
+            "params": canonical(self.compared_params()),
             "code": self.code_digest(),
             "threads": self.threads if self.threads_change_numbers else None,
             "device": self.device_kind,
@@ -141,7 +219,7 @@ class Job:
                 "params": {k: v for k, v in self.params.items() if k not in self.identity_only},
                 "inputs": {k: v for k, v in self.inputs.items() if k not in self.arguments and k not in self.identity_only},
                 "outputs": self.outputs, "threads": self.threads, "device": self.device, "gpus": self.gpus,
-                "cpu_isa": self.cpu_isa, "stale": list(self.stale), "settings": self.settings, "identity": self.identity(),
+                "cpu_isa": self.cpu_isa, "stale": list(self.stale), "identity": self.identity(), "code": self.code_digest(),
                 "arguments": list(self.arguments),
                 # The datasets the config declares, resolved at its validation: the job's process sees the same.
                 "datasets": registry.declared_records(),
@@ -177,8 +255,8 @@ class Job:
             return cls(
                 rule=record["rule"], name=record["name"], params=record["params"], inputs=inputs,
                 outputs=record["outputs"], log="", threads=int(record["threads"]), device=record["device"],
-                gpus=int(record["gpus"]), stale=tuple(record.get("stale") or ()), settings=record.get("settings") or {},
-                cpu_isa=str(record["cpu_isa"]),
+                gpus=int(record["gpus"]), stale=tuple(record.get("stale") or ()), cpu_isa=str(record["cpu_isa"]),
+                recorded_identity=str(record["identity"]), recorded_code=str(record["code"]),
             )  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, JobError):
@@ -221,12 +299,35 @@ class JobArgument:
         return f"{record['rule']} {record['name']}: " + "; ".join(pairs(record["params"]))
 
 
+def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every training run of the config: dataset x method x loss x seed, less ``exclude``d pairs, and the
+    controls the methods are compared with (:func:`dmlsynth.registry.control_label`): ``baseline`` even
+    when the config does not list it, and a baseline with a method's own loss params where it has some.
+    ``method`` is the run's name (its folder and its row in the table)."""
+    excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
+    pairs = [(m, l) for m, l in itertools.product(config["methods"], config["losses"]) if (m, l) not in excluded]
+    for method, loss in list(pairs):
+        if method != registry.BASELINE:
+            control = (registry.control_label(config, method, loss), loss)
+            if control not in pairs:
+                pairs.append(control)
+    names = list(dict.fromkeys(m for m, _ in pairs))  # the configured methods first, then the controls
+    return [
+        {"dataset": d, "method": m, "loss": l, "seed": s}
+        for d, m, l, s in itertools.product(config["datasets"], names, config["losses"], config["seeds"])
+        if (m, l) in pairs
+    ]
+
+
+def comparison_groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (dataset, loss) pairs of the job matrix: one forest plot each."""
+    return list(dict.fromkeys((run["dataset"], run["loss"]) for run in runs(config)))
+
+
 class Jobs:
     """The jobs of one validated config: one constructor per rule, each resolved once (cached)."""
 
     def __init__(self, config: Mapping[str, Any]):
-        from dmlsynth.pipeline import runs
-
         self.config = config
         self.layout = layout_module.Layout.of(config)
         self.runs = runs(config)
@@ -268,17 +369,15 @@ class Jobs:
     def prepare_data(self, dataset: str) -> Job:
         def make() -> Job:
             spec = registry.dataset(dataset)
+            # Its resources are the record's (mem_mb, runtime), not something it computes with.
             settings = {k: v for k, v in self.dataset_settings(dataset).items() if k != "resources"}
             return Job(
-                rule="prepare_data", name=dataset,
-                # What decides the prepared files: the dataset and the files it accepts (not where they come from).
-                params={"dataset": dataset, "md5": settings.get("md5") or {}, "expected": settings.get("expected") or {}},
-                settings={"dataset_settings": settings},
-                inputs={},
+                rule="prepare_data", name=dataset, params={"dataset": dataset, "dataset_settings": settings}, inputs={},
                 outputs={"manifest": self.layout.manifest(dataset), "dataset_dir": self.layout.dataset_dir(dataset),
                          "raw_dir": self.layout.raw_dir(dataset)},
                 log=self.layout.log("prepare_data", dataset), mem_mb=4000, runtime=240,
-                code=[registry.module_of(spec.prepare)], entries=[provenance.stable_repr(spec)],
+                # It writes the manifest (data.manifest: the split into classes) that the other jobs only read.
+                code=[registry.module_of(spec.prepare), "dmlsynth.data.manifest"], entries=[provenance.stable_repr(spec)],
             )  # fmt: skip
 
         return self._cached(("prepare_data", dataset), make)
@@ -338,13 +437,16 @@ class Jobs:
             run = self.layout.run(dataset, method, loss, seed)
             return Job(
                 rule="evaluate", name=train.name,
-                params={"ks": list({**registry.EVALUATION_DEFAULTS, **(self.config.get("evaluation") or {})}["ks"]), "run": train.identity()},
+                params={
+                    "ks": list({**registry.EVALUATION_DEFAULTS, **(self.config.get("evaluation") or {})}["ks"]), "run": train.identity(),
+                    "tracking": self.tracking(),
+                },
                 # Every file of the training (the weights too: a run whose files were deleted is trained again).
                 inputs=dict(train.outputs),
                 outputs={"metrics": run.metrics, "queries": run.queries, "embedding_plot": run.embedding_plot,
                          "training_curve": run.training_curve},
                 log=self.layout.log("evaluate", dataset, method, loss, f"seed{seed}"), mem_mb=4000, runtime=30,
-                stale=[*self.layout.table_outputs(), *self._comparison_files()], settings={"tracking": self.tracking()},
+                stale=[*self.layout.table_outputs(), *self._comparison_files()],
             )  # fmt: skip
 
         return self._cached(("evaluate", dataset, method, loss, str(seed)), make)
@@ -352,9 +454,12 @@ class Jobs:
     def _run_folders(self) -> list[layout_module.RunFolder]:
         return [self.layout.run(**run) for run in self.runs]
 
-    def _comparison_files(self) -> list[str]:
-        from dmlsynth.pipeline import comparison_groups
+    def _method_entries(self) -> list[str]:
+        """The registry entries of the runs' methods: the report reads which images each trains with (its cost)."""
+        names = sorted({run["method"] for run in self.runs} & set(registry.METHODS))
+        return [provenance.stable_repr(registry.METHODS[name]) for name in names]
 
+    def _comparison_files(self) -> list[str]:
         return self.layout.comparison_outputs(comparison_groups(self.config))
 
     def table(self) -> Job:
@@ -374,12 +479,12 @@ class Jobs:
                     "statistics": {**registry.STATISTICS_DEFAULTS, **(self.config.get("statistics") or {})},
                     # Which runs, of which config and code: a changed or failed run makes the table out of date.
                     "runs": {f.path: self.evaluate(**run).identity() for f, run in zip(folders, self.runs)},
+                    "tracking": self.tracking(),
                 },
                 inputs=inputs, outputs={"files": files.all(), "results": self.layout.results},
                 log=self.layout.log("table"), mem_mb=4000, runtime=30, stale=self._comparison_files(),
-                settings={"tracking": self.tracking()},
                 # The run folders come as the records' paths on the command line; the job reads the rest of a folder.
-                arguments=("records",), identity_only=("runs", "embeddings", "metrics", "queries"),
+                arguments=("records",), identity_only=("runs", "embeddings", "metrics", "queries"), entries=self._method_entries(),
             )  # fmt: skip
 
         return self._cached(("table",), make)
@@ -400,7 +505,7 @@ class Jobs:
                     # The published numbers it puts beside ours.
                     "published": provenance.params_hash({"text": published.text()}),
                 },
-                inputs=inputs, arguments=("records",),
+                inputs=inputs, arguments=("records",), entries=self._method_entries(),
                 outputs={"files": self._comparison_files(), "csv": self.layout.comparison_csv(),
                          "report": self.layout.comparison_report(), "figures": self.layout.figures_dir()},
                 log=self.layout.log("compare"), mem_mb=2000, runtime=10,
@@ -419,15 +524,14 @@ class Jobs:
             return Job(
                 rule="prompts", name=dataset,
                 params={
-                    "dataset": dataset, "prompts": settings["prompts"], "seed": settings["seed"],
+                    "dataset": dataset, "prompts": settings["prompts"], "seed": settings["seed"], "device": settings["device"],
                     "validation_classes": split.validation_class_count(self.config, dataset),
                 },
-                settings={"device": settings["device"]},
                 inputs={"manifest": self.layout.manifest(dataset)},
                 outputs={"prompts": self.layout.prompts(dataset), "search": self.layout.raw_dir(dataset)},
                 log=self.layout.log("prompts", dataset), mem_mb=8000 if captions else 2000, runtime=30,
                 gpus=gpus_for(str(settings["device"]), captions), device=str(settings["device"]),
-                code=[registry.module_of(registry.dataset(dataset).prompts)],
+                code=[registry.module_of(registry.dataset(dataset).prompts)], entries=[provenance.stable_repr(registry.dataset(dataset))],
             )  # fmt: skip
 
         return self._cached(("prompts", dataset), make)
@@ -450,6 +554,7 @@ class Jobs:
                 # The embedded generator trains on the CPU unless its device asks for a GPU (cuda): then it takes one.
                 gpus=gpus_for(str(settings["device"]), False),
                 code=[registry.module_of(registry.GENERATORS[settings["generator"]].load)],
+                entries=[provenance.stable_repr(registry.GENERATORS[settings["generator"]])],
             )  # fmt: skip
 
         return self._cached(("train_generator", dataset), make)
@@ -462,21 +567,20 @@ class Jobs:
     def fine_tune(self, dataset: str, class_index: int | str) -> Job:
         def make() -> Job:
             settings = self.generation_settings(dataset)
-            tuning = {k: v for k, v in settings["fine_tuning"].items() if k != "checkpoint_every"}
             return Job(
                 rule="fine_tune", name=f"{dataset}/class{class_index}",
                 params={
-                    # What the weights depend on (not checkpoint_every, not the speed settings).
-                    "dataset": dataset, "class_index": int(class_index),
-                    "fine_tuning": tuning, **{k: settings[k] for k in ("model_id", "seed")},
-                    "validation_classes": split.validation_class_count(self.config, dataset),
+                    "dataset": dataset, "class_index": int(class_index), "generation": settings,
+                    "validation_classes": split.validation_class_count(self.config, dataset), "tracking": self.tracking(),
                 },
-                settings={"generation": settings, "tracking": self.tracking()},
                 inputs={"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset)},
                 outputs={"weights": self.layout.fine_tuned_dir(dataset, class_index),
                          "checkpoint": self.layout.fine_tuning_checkpoint(dataset, class_index)},
                 log=self.layout.log("fine_tune", dataset, f"class{class_index}"), threads=int(settings["threads"]),
                 mem_mb=16000, runtime=120, gpus=self._generation_gpus(dataset), device=str(settings["device"]),
+                threads_change_numbers=not self._generation_gpus(dataset),
+                code=[registry.module_of(registry.GENERATORS[settings["generator"]].load)],
+                entries=[provenance.stable_repr(registry.GENERATORS[settings["generator"]])],
             )  # fmt: skip
 
         return self._cached(("fine_tune", dataset, str(class_index)), make)
@@ -484,7 +588,6 @@ class Jobs:
     def generate(self, dataset: str, class_index: int | str) -> Job:
         def make() -> Job:
             from dmlsynth.generation.fine_tuning import fine_tunes
-            from dmlsynth.generation.settings import image_settings
 
             settings = self.generation_settings(dataset)
             inputs: dict[str, Any] = {"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset)}
@@ -496,18 +599,18 @@ class Jobs:
             return Job(
                 rule="generate", name=f"{dataset}/class{class_index}",
                 params={
-                    "dataset": dataset, "class_index": int(class_index), "image_sets": self.image_sets(),
-                    # What the images depend on (a new batch size or memory budget regenerates nothing) ...
-                    "images": image_settings(settings),
+                    "dataset": dataset, "class_index": int(class_index), "image_sets": self.image_sets(), "generation": settings,
                     "validation_classes": split.validation_class_count(self.config, dataset),
                 },
                 inputs=inputs,
                 outputs={"part": self.layout.generated_part(dataset, class_index), "generated": self.layout.generated_dir(dataset)},
-                # ... and the speed settings the job needs too.
-                settings={"generation": settings},
+                neutral=() if fine_tunes(settings) else tuple(f"generation.fine_tuning.{k}" for k in FINE_TUNING_OFF),
                 log=self.layout.log("generate", dataset, f"class{class_index}"), threads=int(settings["threads"]),
                 mem_mb=4000 if generator.trained_here else 16000, runtime=120, gpus=self._generation_gpus(dataset),
-                device=str(settings["device"]), code=[registry.module_of(generator.load)],
+                device=str(settings["device"]), threads_change_numbers=not self._generation_gpus(dataset),
+                code=[registry.module_of(generator.load)],
+                # The recipes of the image sets it makes (their operator mix) and the generator it loads.
+                entries=[provenance.stable_repr(s) for s in (generator, *(registry.IMAGE_SETS[n] for n in self.image_sets()))],
             )  # fmt: skip
 
         return self._cached(("generate", dataset, str(class_index)), make)
@@ -521,20 +624,20 @@ class Jobs:
             return Job(
                 rule="filter_generated", name=f"{dataset}/class{class_index}",
                 params={
-                    # What scores or keeps an image (not the generator's speed settings).
-                    "dataset": dataset, "class_index": int(class_index), "filter": settings["filter"], "scorer": scorer,
-                    "budget": int(settings["images_per_class"]), "seed": settings["seed"],
+                    "dataset": dataset, "class_index": int(class_index), "generation": settings, "scorer": scorer,
                     "image_size": int(self.dataset_settings(dataset)["image_size"]),
                     "pretrained": bool(self.dataset_settings(dataset)["pretrained"]),
                     "validation_classes": split.validation_class_count(self.config, dataset),
                 },
-                settings={"generation": settings},
                 inputs={"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset),
                         "part": self.layout.generated_part(dataset, class_index)},
                 outputs={"part": self.layout.filtered_part(dataset, class_index), "generated": self.layout.generated_dir(dataset)},
                 log=self.layout.log("filter_generated", dataset, f"class{class_index}"),
                 mem_mb=8000 if scorer == "clip" else 2000, runtime=30,
                 gpus=gpus_for(str(settings["device"]), scorer == "clip"), device=str(settings["device"]),
+                threads_change_numbers=not gpus_for(str(settings["device"]), scorer == "clip"),
+                # Which generator made the images decides the scorer (auto); the dataset's image mode how it reads them.
+                entries=[provenance.stable_repr(s) for s in (registry.GENERATORS[settings["generator"]], registry.dataset(dataset))],
             )  # fmt: skip
 
         return self._cached(("filter_generated", dataset, str(class_index)), make)
@@ -553,7 +656,6 @@ class Jobs:
     def generation_report(self) -> Job:
         def make() -> Job:
             from dmlsynth.generation.fine_tuning import fine_tunes
-            from dmlsynth.generation.settings import image_settings
 
             datasets = self.config["datasets"] if self.image_sets() else []
             photos = [d for d in datasets if registry.dataset(d).image_mode != "L"]
@@ -574,22 +676,24 @@ class Jobs:
                 params={
                     "datasets": {
                         d: {
-                            "generation": image_settings(settings[d]), "image_size": int(self.dataset_settings(d)["image_size"]),
+                            "generation": settings[d], "image_size": int(self.dataset_settings(d)["image_size"]),
                             "pretrained": bool(self.dataset_settings(d)["pretrained"]),
                             "validation_classes": split.validation_class_count(self.config, d),
-                            "intersection_rule": settings[d]["intersection_rule"], "guidance_norm": settings[d]["guidance_norm"],
                         }
                         for d in datasets
                     },
-                    "image_sets": self.image_sets(),
+                    "image_sets": self.image_sets(), "layout": self.layout.paths(), "tracking": self.tracking(),
                 },
-                settings={"generation": settings, "tracking": self.tracking(), "layout": self.layout.paths()},
                 inputs=inputs,
                 outputs={"table": self.layout.generation_csv(), "figures": [self.layout.generated_grid(d) for d in datasets]},
                 log=self.layout.log("generation_report"),
                 # Photos: processes decoding them for the feature network (Snakemake lowers this to --cores).
                 threads=8 if photos else 1, mem_mb=4000, runtime=30,
                 gpus=gpus_for(device, bool(photos)) if photos else 0, device=device if photos else "cpu",
+                entries=[provenance.stable_repr(s) for s in (
+                    *(registry.dataset(d) for d in datasets), *(registry.GENERATORS[settings[d]["generator"]] for d in datasets),
+                    *(registry.IMAGE_SETS[n] for n in self.image_sets()),
+                )],
             )  # fmt: skip
 
         return self._cached(("generation_report",), make)

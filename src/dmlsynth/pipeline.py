@@ -16,13 +16,13 @@ tools run the very same jobs and Snakemake decides which are out of date:
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Mapping
 
 import yaml
 
 from dmlsynth import provenance, registry
 from dmlsynth.data.split import training_class_count, uses_validation
+from dmlsynth.jobs import comparison_groups, runs  # the job matrix (its home: dmlsynth.jobs)
 from dmlsynth.layout import Layout
 from dmlsynth.published import FILE as PUBLISHED_FILE
 
@@ -60,26 +60,6 @@ def cached_datasets(config: Mapping[str, Any]) -> list[str]:
     return [d for d in config["datasets"] if _dataset_value(config, d, "cache_short_side")]
 
 
-def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every training run of the config: dataset x method x loss x seed, less ``exclude``d pairs, and the
-    controls the methods are compared with (:func:`dmlsynth.registry.control_label`): ``baseline`` even
-    when the config does not list it, and a baseline with a method's own loss params where it has some.
-    ``method`` is the run's name (its folder and its row in the table)."""
-    excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
-    pairs = [(m, l) for m, l in itertools.product(config["methods"], config["losses"]) if (m, l) not in excluded]
-    for method, loss in list(pairs):
-        if method != registry.BASELINE:
-            control = (registry.control_label(config, method, loss), loss)
-            if control not in pairs:
-                pairs.append(control)
-    names = list(dict.fromkeys(m for m, _ in pairs))  # the configured methods first, then the controls
-    return [
-        {"dataset": d, "method": m, "loss": l, "seed": s}
-        for d, m, l, s in itertools.product(config["datasets"], names, config["losses"], config["seeds"])
-        if (m, l) in pairs
-    ]
-
-
 def stage_jobs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
     """The jobs of each DVC stage (:class:`dmlsynth.jobs.Job`), as its Snakemake rules run them."""
     from dmlsynth.jobs import Jobs
@@ -113,12 +93,10 @@ def stage_jobs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
 
 
 def stage_modules(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The modules each stage's jobs start from — their commands, the command line and the registry-named
+    """The modules each stage's jobs start from — their commands, the runtime and the registry-named
     modules they use (:meth:`dmlsynth.jobs.Job.code_digest`); their imports follow (:mod:`dmlsynth.provenance`)."""
-    from dmlsynth.jobs import CLI_MODULE
-
     return {
-        stage: sorted({CLI_MODULE, *(m for job in jobs for m in (job.command_module, *job.code))})
+        stage: sorted({m for job in jobs for m in job.code_modules})
         for stage, jobs in stage_jobs(config).items()
     }
 
@@ -163,11 +141,6 @@ def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
         "evaluate": [path for run in all_runs for path in run.evaluation_outputs()],
         "report": layout.table_outputs() + layout.comparison_outputs(comparison_groups(config)),
     }
-
-
-def comparison_groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The (dataset, loss) pairs of the job matrix: one forest plot each."""
-    return list(dict.fromkeys((run["dataset"], run["loss"]) for run in runs(config)))
 
 
 def dvc_yaml(config: Mapping[str, Any]) -> str:

@@ -5,13 +5,15 @@ Two records of the code, because either alone can mislead:
 - :func:`code_digest` — a hash of the source files a stage executes: the
   module(s) it starts from and every ``dmlsynth`` module they import,
   transitively (read from the source with :mod:`ast`, so it is known before
-  anything runs and costs no torch import). Snakemake re-runs a job when its
-  digest changes, a training checkpoint is resumed only under the same
-  digest, and DVC's stage dependencies are the same files. A comment added
+  anything runs and costs no torch import). It is part of a job's identity
+  (:meth:`dmlsynth.jobs.Job.identity`), which re-runs the job and keys its
+  checkpoints; DVC's stage dependencies are the same files. A comment added
   to ``methods/symm.py`` re-runs the ``symm`` runs and nothing else.
-  Modules that only record or write results (:data:`BOOKKEEPING`) are left
-  out, and the registry is represented by the entries a job uses (passed as
-  ``entries``), so adding a method to the registry re-runs nothing.
+  Modules that change no number (:data:`BOOKKEEPING`: they record, write,
+  schedule, or build the job record and the command line, whose decisions
+  are in the job's params) are neither hashed nor followed, and the registry
+  is represented by the entries a job uses (passed as ``entries``), so adding
+  a method to the registry re-runs nothing.
 - :func:`code_version` — the git commit of the *project folder* (the folder
   with the Snakefile; ``$DMLSYNTH_PROJECT_DIR``, which the workflow sets, or
   the working directory) and whether its tree had local changes.
@@ -38,15 +40,20 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The workflow exports the folder of its Snakefile here, so jobs record the project's git state.
 PROJECT_DIR_VARIABLE = "DMLSYNTH_PROJECT_DIR"
 
-# Modules that record or write results, list, load or check entries (contract: it only stops a plugin's
-# method that breaks it from training), but never change a number: not part of a digest.
+# Modules that change no number: neither hashed nor followed (what only they import is not the job's
+# computation). They record or write results, list, load or check entries (contract: it only stops a plugin's
+# method that breaks it from training); build the job record and parse the command line (what they decide is
+# in the record's params: a new default is a new params value); schedule and supervise a job (which GPU, whether
+# its workflow lives, one job per run folder and its SLURM job, the machine's load); remove stale files and track (the commands
+# package module). ``data.manifest`` reads a manifest's CSV: the numbers come from the file, which the
+# prepare_data job writes (its digest names the module, :class:`dmlsynth.jobs.Jobs`).
 BOOKKEEPING = frozenset(
-    {f"{PACKAGE}.{name}" for name in ("provenance", "io", "layout", "tracking", "docblocks", "registry", "errors", "plugins", "catalog", "contract")}
-)
-# Modules every job passes through that hold functions for other purposes too: the command line (its other
-# subcommands) and the job record (its constructors resolve the config before any job runs). Their own
-# source counts; of their imports only those at module level, which every job executes, are followed.
-SHALLOW = frozenset({f"{PACKAGE}.cli", f"{PACKAGE}.jobs"})
+    f"{PACKAGE}.{name}"
+    for name in (
+        "provenance", "io", "layout", "tracking", "docblocks", "registry", "errors", "plugins", "catalog", "contract",
+        "jobs", "cli", "commands", "workflow", "heartbeat", "machine", "gpu_slots", "run_lock", "cluster", "data.manifest",
+    )
+)  # fmt: skip
 
 PACKAGES = [
     "dmlsynth",
@@ -107,8 +114,7 @@ def _direct_imports(module: str) -> frozenset[str]:
             found.add(candidate)
             return
 
-    nodes = tree.body if module in SHALLOW else ast.walk(tree)
-    for node in nodes:
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == PACKAGE:
@@ -138,22 +144,38 @@ def is_own(module: str) -> bool:
 
 
 def module_closure(modules: Iterable[str]) -> list[str]:
-    """``modules`` and every ``dmlsynth`` module they import, transitively (sorted); a plugin's modules
-    are left out (they count by :func:`dmlsynth.plugins.code_fingerprint`)."""
+    """``modules`` and every ``dmlsynth`` module they import, transitively (sorted), not following the
+    imports of :data:`BOOKKEEPING` modules (``modules`` themselves are followed); a plugin's modules are
+    left out (they count by :func:`dmlsynth.plugins.code_fingerprint`)."""
+    roots = [m for m in modules if is_own(m)]
     seen: set[str] = set()
-    todo = [m for m in modules if is_own(m)]
+    todo = list(roots)
     while todo:
         module = todo.pop()
         if module in seen:
             continue
         seen.add(module)
+        if module in BOOKKEEPING and module not in roots:
+            continue
         todo.extend(_direct_imports(module) - seen)
     return sorted(seen)
 
 
+def hashed_modules(modules: Iterable[str]) -> list[str]:
+    """The modules of :func:`module_closure` whose source a digest hashes: all but bookkeeping, which
+    counts only where a job names it as where its code starts (``modules``)."""
+    roots = set(modules)
+    return [m for m in module_closure(roots) if m not in BOOKKEEPING or m in roots]
+
+
 def source_files(modules: Iterable[str]) -> list[Path]:
-    """The source files of :func:`module_closure` that can change numbers (absolute paths, sorted)."""
-    return sorted({module_file(m) for m in module_closure(modules) if m not in BOOKKEEPING})
+    """The source files of :func:`hashed_modules` (absolute paths, sorted)."""
+    return sorted({module_file(m) for m in hashed_modules(modules)})
+
+
+def read_source(file: Path) -> bytes:
+    """A module's source as a digest reads it (the re-run tests edit it here)."""
+    return file.read_bytes()
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,7 +183,7 @@ def _digest(modules: tuple[str, ...], entries: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
     for file in source_files(modules):
         digest.update(file.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
-        digest.update(file.read_bytes() + b"\0")
+        digest.update(read_source(file) + b"\0")
     for entry in entries:
         digest.update(entry.encode() + b"\0")
     return digest.hexdigest()[:16]
@@ -178,29 +200,15 @@ def code_digest(modules: Iterable[str], entries: Iterable[str] = ()) -> str:
     return _digest(tuple(sorted(m for m in modules if is_own(m))), tuple(sorted(entries)) + tuple(foreign))
 
 
-# Where each stage's code starts; the job's own registry entries add their modules.
+# Where the training's code starts; the job's own registry entries add their modules.
 TRAINING_MODULE = f"{PACKAGE}.training.loop"
-EVALUATION_MODULE = f"{PACKAGE}.evaluation"
-
-
-def run_code_digest(params: Mapping[str, Any]) -> str:
-    """The code digest of one training run (that of its ``train`` job, :meth:`dmlsynth.jobs.Job.code_digest`):
-    the command line and the train command, the training code, and its method's and backbone's modules."""
-    from dmlsynth import registry
-
-    method = registry.METHODS[params["method"]]
-    backbone = registry.BACKBONES[params["dataset_settings"]["backbone"]]
-    modules = [
-        f"{PACKAGE}.cli", f"{PACKAGE}.commands.train", TRAINING_MODULE,
-        registry.module_of(method.module), registry.module_of(backbone.build),
-    ]  # fmt: skip
-    specs = [method, registry.LOSSES[params["loss"]], backbone, registry.dataset(params["dataset"])]
-    return code_digest(modules, [stable_repr(spec) for spec in specs])
+# Fields of a registry entry that only describe it (help texts): they change no number.
+HELP_FIELDS = frozenset({"description"})
 
 
 def stable_repr(value: Any) -> str:
     """The same text for the same value in every process (sets sorted: their order follows string
-    hashing, which differs between Python processes)."""
+    hashing, which differs between Python processes); an entry's help texts (:data:`HELP_FIELDS`) left out."""
     import dataclasses
 
     def plain(v: Any) -> Any:
@@ -212,7 +220,8 @@ def stable_repr(value: Any) -> str:
 
             fields = [
                 f for f in dataclasses.fields(v)
-                if not (f.metadata.get("identity") == "omit_if_default" and getattr(v, f.name) == default(f))
+                if f.name not in HELP_FIELDS
+                and not (f.metadata.get("identity") == "omit_if_default" and getattr(v, f.name) == default(f))
             ]  # fmt: skip
             return {"__type__": type(v).__name__, **{f.name: plain(getattr(v, f.name)) for f in fields}}
         if isinstance(v, Mapping):

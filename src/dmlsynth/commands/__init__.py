@@ -3,7 +3,9 @@
 The command line (``dmlsynth <rule> --job …``) parses the record and calls the rule's module; a
 module calls the stage functions with what the record holds and never reads the config. A job's
 code digest starts from its module (:meth:`dmlsynth.jobs.Job.code_digest`), so what a job imports
-here decides which jobs a code change re-runs.
+there decides which jobs a code change re-runs. This package module holds only what changes no number
+(removing stale files, tracking): it is bookkeeping (:data:`dmlsynth.provenance.BOOKKEEPING`); code that
+computes (the training rows of a class) lives in the command modules, whose digests follow it.
 """
 
 from __future__ import annotations
@@ -30,18 +32,8 @@ def remove_stale(job: Job) -> None:
         log.info("removed %d file(s) this job makes out of date (rebuilt after it): %s", len(removed), ", ".join(removed))
 
 
-def training_rows(job: Job):
-    """The training classes' images of the job's dataset: the training split less its validation classes."""
-    from dmlsynth.data.manifest import read_manifest
-    from dmlsynth.data.split import split_training
-
-    frame = read_manifest(job.inputs["manifest"])
-    train, _ = split_training(frame[frame["split"] == "train"], int(job.params["validation_classes"]))
-    return train.reset_index(drop=True)
-
-
 def tracked(job: Job, what: str, resync: str, call: Callable[[Any], Any]) -> bool:
     """Track with the job's tracking settings; a failure is reported, never raised (dmlsynth.tracking.tracked)."""
     from dmlsynth import tracking
 
-    return tracking.tracked({"tracking": job.settings.get("tracking") or {}}, what, resync, call)
+    return tracking.tracked({"tracking": job.params.get("tracking") or {}}, what, resync, call)

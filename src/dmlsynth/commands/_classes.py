@@ -1,12 +1,22 @@
-"""What every per-class generation job starts from."""
+"""What every generation job starts from: the training rows of its dataset, and of one class."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dmlsynth.commands import training_rows
 from dmlsynth.errors import DmlsynthError
 from dmlsynth.jobs import Job
+
+
+def training_rows(job: Job):
+    """The training classes' images of the job's dataset: the training split less its validation classes
+    (data.split chooses them: part of the digest of every job that calls this)."""
+    from dmlsynth.data.manifest import read_manifest
+    from dmlsynth.data.split import split_training
+
+    frame = read_manifest(job.inputs["manifest"])
+    train, _ = split_training(frame[frame["split"] == "train"], int(job.params["validation_classes"]))
+    return train.reset_index(drop=True)
 
 
 def class_job(job: Job) -> tuple[Any, list[int], int]:

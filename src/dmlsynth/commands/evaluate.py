@@ -16,7 +16,7 @@ def run(job: Job) -> None:
     run_dir = Path(job.outputs["metrics"]).parent
     metrics = evaluate_run(run_dir, ks=job.params["ks"])
     log.info("metrics: %s", metrics)
-    if job.settings["tracking"]["runs"] == "as_evaluated":
+    if job.params["tracking"]["runs"] == "as_evaluated":
         from dmlsynth import tracking
 
         tracked(job, str(run_dir), f"dmlsynth track {run_dir}", lambda settings: tracking.track_run(run_dir, settings))

@@ -13,7 +13,7 @@ def run(job: Job) -> None:
     train, _, _ = class_job(job)
     dataset = job.params["dataset"]
     filter_generated(
-        job.settings["generation"], registry.dataset(dataset).image_mode, int(job.params["image_size"]),
+        job.params["generation"], registry.dataset(dataset).image_mode, int(job.params["image_size"]),
         bool(job.params["pretrained"]), job.inputs["part"], job.outputs["generated"], job.inputs["prompts"], train,
         job.outputs["part"], threads=job.threads,
     )  # fmt: skip

@@ -20,8 +20,8 @@ def run(job: Job) -> None:
     dataset, out_dir = job.params["dataset"], Path(job.outputs["weights"])
     entry = read_prompts(job.inputs["prompts"], labels)[label]
     fine_tune_class(
-        job.settings["generation"], class_images(train, label), entry, dataset, label, out_dir, job.outputs["checkpoint"],
-        callbacks=[lambda step: stop_if_workflow_gone(f"step {step}")],
+        job.params["generation"], class_images(train, label), entry, dataset, label, out_dir, job.outputs["checkpoint"],
+        identity=job.identity(), callbacks=[lambda step: stop_if_workflow_gone(f"step {step}")],
     )  # fmt: skip
     tracked(
         job, f"the fine-tuning of {dataset} class {label}", f"snakemake --forcerun fine_tune {out_dir}",

@@ -11,10 +11,8 @@ def run(job: Job) -> None:
     from dmlsynth.generation.quality import generation_report
     from dmlsynth.layout import Layout
 
-    layout = Layout.of({"paths": job.settings["layout"]})
-    datasets = {
-        name: {**values, "settings": job.settings["generation"][name]} for name, values in job.params["datasets"].items()
-    }
+    layout = Layout.of({"paths": job.params["layout"]})
+    datasets = {name: {**values, "settings": values["generation"]} for name, values in job.params["datasets"].items()}
     table = generation_report(datasets, list(job.params["image_sets"]), layout, threads=job.threads)
     print(table.to_string(index=False))
     tracked(

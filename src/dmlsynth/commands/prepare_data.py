@@ -8,4 +8,4 @@ from dmlsynth.jobs import Job
 def run(job: Job) -> None:
     from dmlsynth.data.prepare import prepare
 
-    print(prepare(job.params["dataset"], job.settings["dataset_settings"], job.outputs["dataset_dir"], job.outputs["raw_dir"]))
+    print(prepare(job.params["dataset"], job.params["dataset_settings"], job.outputs["dataset_dir"], job.outputs["raw_dir"]))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmlsynth.commands import log, training_rows
+from dmlsynth.commands import log
+from dmlsynth.commands._classes import training_rows
 from dmlsynth.jobs import Job
 
 
@@ -17,6 +18,6 @@ def run(job: Job) -> None:
     document = build_prompts(job.params["dataset"], train, [manifest.parent, Path(job.outputs["search"])])
     prompts = job.params["prompts"]
     if prompts["source"] == "captions":
-        document = caption_prompts(document, train, prompts, int(job.params["seed"]), job.settings["device"])
+        document = caption_prompts(document, train, prompts, int(job.params["seed"]), job.params["device"])
     if update_prompts(document, out, out.with_name(PROMPTS_REBUILT)):
         log.info("prompts of %d classes written to %s", len(document["classes"]), out)

@@ -21,7 +21,7 @@ def run(job: Job) -> None:
     runs = [str(Path(record).parent) for record in job.inputs["records"]]
     table = write_table(runs, files, job.params["statistics"], generation)
     log.info("table with %d rows written to %s (in brief: %s)", len(table), files.csv, files.summary_md)
-    if job.settings["tracking"]["runs"] == "with_table":
+    if job.params["tracking"]["runs"] == "with_table":
         # Every run first (idempotent: a run tracked before gains only what it lacks), then the rows that nest
         # them. One call: an unreachable store fails once, not once per run.
         tracked(

@@ -26,5 +26,6 @@ def run(job: Job, progress: bool = True) -> None:
         gate(job.params["method"], job.params["loss"])  # a plugin's method keeps the contract before it trains
         train_run(
             job.params, manifest=job.inputs["manifest"], run_dir=run_dir, synthetic_manifest=job.inputs.get("synthetic"),
-            threads=job.threads, callbacks=[stop_when_workflow_gone()], progress=progress,
+            threads=job.threads, callbacks=[stop_when_workflow_gone()], progress=progress, identity=job.identity(),
+            code_digest=job.code_digest(),
         )  # fmt: skip

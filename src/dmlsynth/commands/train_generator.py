@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dmlsynth.commands import training_rows
+from dmlsynth.commands._classes import training_rows
 from dmlsynth.errors import DmlsynthError
 from dmlsynth.jobs import Job
 
@@ -16,5 +16,5 @@ def run(job: Job) -> None:
         raise DmlsynthError(f"generation.{job.params['dataset']}.generator is {generator!r}: nothing to train")
     train_embedded(
         training_rows(job), job.outputs["model"], job.params["embedded"], int(job.params["seed"]), job.threads,
-        int(job.params["image_size"]), device=job.device,
+        int(job.params["image_size"]), device=job.device, identity=job.identity(),
     )  # fmt: skip

@@ -28,4 +28,4 @@ def prepare_dataset(config: Mapping[str, Any], dataset: str) -> Path:
     from dmlsynth.jobs import Jobs
 
     job = Jobs(config).prepare_data(dataset)
-    return prepare(dataset, job.settings["dataset_settings"], job.outputs["dataset_dir"], job.outputs["raw_dir"])
+    return prepare(dataset, job.params["dataset_settings"], job.outputs["dataset_dir"], job.outputs["raw_dir"])

@@ -49,7 +49,6 @@ from dmlsynth.generation.prompts import (
 )
 from dmlsynth.generation.sampler import Components
 from dmlsynth.generation.tokenizer import build_tokenizer
-from dmlsynth.provenance import params_hash
 
 log = logging.getLogger("dmlsynth.generation.embedded")
 
@@ -184,8 +183,11 @@ def train_embedded(
     threads: int = 1,
     image_size: int = 8,
     device: str | torch.device = "cpu",
+    identity: str | None = None,
 ) -> dict[str, Any]:
     """Train the embedded generator on ``train_frame`` (training split only) on ``device`` and save it to ``out_dir``.
+
+    ``identity``: that of its ``train_generator`` job, recorded in the folder's metadata.
 
     ``device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or a torch device. The folder appears
     complete or not at all (it is written as ``<out_dir>.partial``, then renamed).
@@ -234,7 +236,7 @@ def train_embedded(
         "classes": {str(int(l)): n for l, n in sorted(set(zip(train_frame["label"], train_frame["class_name"])))},
         "attribute_thresholds": thresholds,
         "params": params,
-        "params_hash": params_hash({"params": params, "seed": seed}),
+        "identity": identity,  # of its train_generator job (dmlsynth.jobs.Job.identity); None outside a job
         "seed": seed,
         "device": str(device),
         "threads": int(threads) if device.type == "cpu" else None,

@@ -29,8 +29,8 @@ Reproducible and restartable: the images, captions, noise and timesteps of
 step ``s`` come from a generator seeded with (generation seed, class label,
 ``s``), so a run resumed from a checkpoint takes exactly the steps an
 uninterrupted one takes. Every ``checkpoint_every`` steps the trained
-tensors and the optimizer state are saved atomically (keyed on the params
-hash, the code digest and the device); the final files are written atomically, the summary
+tensors and the optimizer state are saved atomically (keyed on the job's
+identity, the class's captions and images, and the device); the final files are written atomically, the summary
 (``fine_tuning.json``: token, files, loss, measured seconds) last.
 
 Outputs (``{data}/{dataset}/fine_tuned/class{i}/``, :mod:`dmlsynth.layout`):
@@ -53,7 +53,7 @@ import pandas as pd
 
 from dmlsynth import layout
 from dmlsynth.io import atomic_output, atomic_write_text, save_torch
-from dmlsynth.provenance import code_digest, params_hash
+from dmlsynth.provenance import params_hash
 from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.generation.fine_tuning")
@@ -322,11 +322,14 @@ def fine_tune_class(
     out_dir: str | Path,
     checkpoint: str | Path,
     callbacks: Sequence[Callable[[int], None]] = (),
+    identity: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the configured Stable Diffusion on one class's training ``files``; return the summary.
 
     ``entry`` is the class's prompts-file entry (its captions). ``callbacks(step)`` run after each
-    checkpoint (the workflow's stop check). A finished folder with the same params is kept.
+    checkpoint (the workflow's stop check). ``identity``: that of its ``fine_tune`` job
+    (:meth:`dmlsynth.jobs.Job.identity`); a finished folder, or a checkpoint, of the same identity and the
+    same captions and images is kept, or resumed. Without one (a call outside a job) it trains from scratch.
     """
     import torch
     from diffusers import DDPMScheduler
@@ -343,13 +346,10 @@ def fine_tune_class(
     out_dir, checkpoint = Path(out_dir), Path(checkpoint)
     token = class_token(dataset, label) if trains_embedding(settings) else None
     captions = entry_with_token(entry, token)["prompts"]
-    key = params_hash({
-        "fine_tuning": {k: v for k, v in tuning.items() if k != "checkpoint_every"},
-        "model_id": str(settings["model_id"]), "seed": int(settings["seed"]), "dataset": dataset, "label": int(label),
-        "captions": captions, "images": [Path(f).name for f in files],
-    })  # fmt: skip
+    # The job's identity, and what it reads from its inputs (the class's prompts and images), which it does not hash.
+    key = params_hash({"identity": identity, "captions": captions, "images": [Path(f).name for f in files]})
     done = read_summary(out_dir)
-    if done is not None and done.get("params_hash") == key and all((out_dir / f).is_file() for f in done["files"].values()):
+    if identity is not None and done is not None and done.get("params_hash") == key and all((out_dir / f).is_file() for f in done["files"].values()):
         log.info("class %s already fine-tuned in %s; not redone", label, out_dir)
         return done
 
@@ -372,23 +372,23 @@ def fine_tune_class(
     groups, token_id = _trainable(components, settings, tuning, token, entry, label)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
 
-    # 4. Resume: a checkpoint only of the same params with the same code on the same device.
-    identity = {"params_hash": key, "code": code_digest([__name__]), "device": str(device)}
+    # 4. Resume: a checkpoint only of the same job (params, code) and inputs on the same device.
+    resume_key = {"params_hash": key, "device": str(device)}
     start, losses, seconds = 0, [], 0.0
-    if checkpoint.is_file():
+    if identity is not None and checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if all(saved.get(k) == v for k, v in identity.items()):
+        if all(saved.get(k) == v for k, v in resume_key.items()):
             _restore(components, token_id, saved["trainable"])
             optimizer.load_state_dict(saved["optimizer"])
             start, losses, seconds = int(saved["step"]), list(saved["losses"]), float(saved["seconds"])
             log.info("resuming class %s from step %d of %d (%s)", label, start, steps, checkpoint)
         else:
-            log.info("checkpoint %s is of other params, code or device; starting over", checkpoint)
+            log.info("checkpoint %s is of another job, other inputs or another device; starting over", checkpoint)
 
     # 5. The steps.
     seconds = _steps(
         components, noise_scheduler, latents, captions, optimizer, token_id, settings, label, start, steps, batch_size,
-        int(tuning["checkpoint_every"]), checkpoint, identity, losses, seconds, callbacks,
+        int(tuning["checkpoint_every"]), checkpoint, resume_key, losses, seconds, callbacks,
     )  # fmt: skip
 
     # 6. The weights and the summary (written last); the checkpoint goes.

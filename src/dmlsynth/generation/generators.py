@@ -3,8 +3,9 @@
 :func:`load_generator` loads the generator ``generation.<dataset>.generator``
 names through its registry entry (:data:`dmlsynth.registry.GENERATORS`: the
 embedded model trained here, or Stable Diffusion), then applies the speed
-settings: VAE slicing and ``torch.compile`` of the UNet. Neither changes which
-images are made (:data:`dmlsynth.generation.settings.SPEED_SETTINGS`).
+settings: VAE slicing and ``torch.compile`` of the UNet. Neither chooses which
+images are made, but either may sum floats in another order: both are part of
+the generate job's identity (:data:`dmlsynth.jobs.NEUTRAL` leaves them in).
 """
 
 from __future__ import annotations

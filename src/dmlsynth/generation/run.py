@@ -2,8 +2,9 @@
 
 :func:`generate_class` makes every configured image set of one training
 class and writes a *part* file (one row per image, written last and
-atomically), so a class whose part exists with the same settings is not
-redone. :func:`merge_parts` joins the parts of one image set into
+atomically), so a class whose part exists under the same key (its job's
+identity, :meth:`dmlsynth.jobs.Job.identity`, and the class's prompts) is
+not redone. :func:`merge_parts` joins the parts of one image set into
 ``{data}/{dataset}/generated/{set}/manifest.csv`` (the manifest format of
 :mod:`dmlsynth.data.manifest`, plus ``operator``, ``prompts`` and ``seed``).
 
@@ -36,7 +37,7 @@ from dmlsynth.generation.batching import choose_batch_size, in_batches, measure_
 from dmlsynth.generation.fine_tuning import entry_with_token
 from dmlsynth.generation.prompts import read_prompts
 from dmlsynth.generation.sampler import Components, blend_embeddings, encode_prompts, sample, to_uint8
-from dmlsynth.generation.settings import image_settings, images_generated, set_recipe
+from dmlsynth.generation.settings import images_generated, set_recipe
 from dmlsynth.provenance import params_hash
 from dmlsynth.errors import DmlsynthError
 
@@ -121,21 +122,24 @@ def generate_class(
     generated_dir: str | Path,
     part_file: str | Path,
     class_token: str | None = None,
+    identity: str | None = None,
 ) -> pd.DataFrame:
     """Generate every image set of training class ``label``; return (and write) its part.
 
     ``class_token``: the class's textual-inversion token (fine-tuning), put into each of its prompts.
+    ``identity``: that of its ``generate`` job (:meth:`dmlsynth.jobs.Job.identity`); a part made under it
+    and the same prompts of the class (an input the identity does not hash) is kept. Without one (a call
+    outside a job) the class is made.
     """
     if int(label) not in {int(l) for l in train_labels}:
         raise GenerationError(f"class {label} is not a training class; test classes never get synthetic images")
     entries = read_prompts(prompts_file, train_labels)
     entry = entry_with_token(entries[int(label)], class_token)
     generated_dir, part_file = Path(generated_dir), Path(part_file)
-    # Speed settings (batch size, memory budget, slicing, compiling) do not choose the images.
-    key = params_hash({"settings": image_settings(settings), "sets": sorted(image_sets), "entry": entry, "label": int(label)})
-    if part_file.is_file():
+    part_key = "none" if identity is None else params_hash({"identity": identity, "entry": entry})
+    if identity is not None and part_file.is_file():
         existing = pd.read_csv(part_file, dtype={"class_name": str})  # digits' class names are "0".."9"
-        if not existing.empty and set(existing["params_hash"]) == {key} and all(
+        if not existing.empty and set(existing["params_hash"]) == {part_key} and all(
             (generated_dir / s / p).is_file() for s, p in zip(existing["image_set"], existing["path"])
         ):
             log.info("class %s already complete in %s; not redone", label, part_file)
@@ -182,7 +186,7 @@ def generate_class(
             for start, _stop, (arrays, seconds_per_image, guidance) in in_batches(count, batch_size, run_batch, f"class {label} {image_set} images"):
                 for offset, array in enumerate(arrays):
                     row = _save(array, start + offset, image_set, plans[start + offset], seeds[start + offset],
-                                entry, int(label), generated_dir, seconds_per_image, key)  # fmt: skip
+                                entry, int(label), generated_dir, seconds_per_image, part_key)  # fmt: skip
                     statistics = {name: float(f"{values[offset]:.6g}") for name, values in guidance.items()}
                     rows.append({**row, "device": components.device.type, "batch": len(arrays), **statistics})
         except torch.OutOfMemoryError as error:

@@ -3,10 +3,11 @@
 A checkpoint holds everything a resumed job needs to continue exactly where
 the interrupted one stopped: model, method state (e.g. IAA's statistics),
 optimizer, scheduler, gradient scaler, every random stream and the history.
-It is keyed on what makes the numbers (:func:`checkpoint_key`): the params
-hash, the digest of the code the run executes, the torch thread count and the
-device. A checkpoint with another key is ignored, so a resumed run always
-ends with the numbers an uninterrupted run of the same key would give.
+It is keyed on what makes the numbers (:func:`checkpoint_key`): the identity
+of the run's job (:meth:`dmlsynth.jobs.Job.identity`: its params, code, thread
+count, device kind, instruction set) and the device it trains on. A checkpoint
+with another key is ignored, so a resumed run always ends with the numbers an
+uninterrupted run of the same key would give.
 Checkpoints load with ``torch.load(weights_only=True)``.
 """
 
@@ -38,9 +39,11 @@ def seed_everything(seed: int) -> np.random.RandomState:
     return pml_common.NUMPY_RANDOM
 
 
-def checkpoint_key(params_hash: str, code_digest: str, threads: int, device: torch.device) -> dict[str, Any]:
-    """Everything that changes a run's numbers besides its random state."""
-    return {"params_hash": params_hash, "code_digest": code_digest, "threads": int(threads), "device": device.type}
+def checkpoint_key(identity: str | None, device: torch.device) -> dict[str, Any]:
+    """Everything that changes a run's numbers besides its random state: its job's identity and the device
+    it trains on (``auto`` is known only where it runs). Without an identity (a run outside a job) nothing
+    is resumed (:func:`load_checkpoint`)."""
+    return {"identity": identity, "device": device.type}
 
 
 def _numpy_state(state: tuple) -> dict[str, Any]:
@@ -81,7 +84,7 @@ def save_checkpoint(path: str | Path, key: Mapping[str, Any], payload: Mapping[s
 def load_checkpoint(path: str | Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it was made under ``key``; None (with the reason logged) otherwise."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() or key.get("identity") is None:
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -104,7 +107,7 @@ class AttemptClock:
     A run interrupted (a cluster time-out, a killed job) and resumed costs the time of every attempt,
     not only the last one's. Each attempt adds an entry (its start, and its seconds so far, written at
     every :meth:`tick`, i.e. after every epoch, and when the attempt ends by an exception). Entries made
-    under another key (params, code, threads, device) belong to another run and are dropped, as its
+    under another key (the job's identity, the device) belong to another run and are dropped, as its
     checkpoint is. What an attempt killed without warning (SIGKILL) spent after its last tick is not
     counted.
     """
@@ -116,7 +119,7 @@ class AttemptClock:
         self.attempts: list[dict[str, Any]] = []
         try:
             stored = json.loads(self.path.read_text())
-            if stored.get("key") == self.key:
+            if stored.get("key") == self.key and self.key.get("identity") is not None:
                 self.attempts = list(stored["attempts"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass

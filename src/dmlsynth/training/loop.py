@@ -5,7 +5,7 @@
 1. fix the thread count and deterministic algorithms;
 2. build the run (:func:`dmlsynth.training.build.build_run`);
 3. resume from the checkpoint when it was made under the same key
-   (params, code digest, threads, device — :mod:`dmlsynth.training.checkpoint`);
+   (the job's identity and the device — :mod:`dmlsynth.training.checkpoint`);
 4. train epoch by epoch; after each epoch run the epoch-end hooks (with
    validation classes: :class:`dmlsynth.training.validation.EpochSelection`),
    write the checkpoint, then call the callbacks (a callback may stop the
@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from dmlsynth.errors import DmlsynthError
 from dmlsynth.layout import RunFolder
-from dmlsynth.provenance import params_hash, run_code_digest
 from dmlsynth.training.build import TrainingRun, build_run
 from dmlsynth.training.checkpoint import (
     AttemptClock, checkpoint_key, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
@@ -126,8 +125,13 @@ def train_run(
     threads: int = 1,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    identity: str | None = None,
+    code_digest: str | None = None,
 ) -> dict[str, Any]:
-    """Train the run described by ``params`` (from :func:`dmlsynth.config.run_params`) into ``run_dir``."""
+    """Train the run described by ``params`` (from :func:`dmlsynth.config.run_params`) into ``run_dir``.
+
+    ``identity`` and ``code_digest``: those of the run's ``train`` job (:class:`dmlsynth.jobs.Job`), its
+    checkpoint's key and what ``run.yaml`` records; a run without an identity never resumes."""
     started = time.perf_counter()
     folder = RunFolder(str(run_dir))
     Path(folder.path).mkdir(parents=True, exist_ok=True)
@@ -137,8 +141,7 @@ def train_run(
 
     # 2. Build.
     run = build_run(params, manifest, synthetic_manifest)
-    code_digest = run_code_digest(params)
-    key = checkpoint_key(params_hash(params), code_digest, threads, run.device)
+    key = checkpoint_key(identity, run.device)
     # Epoch-end hooks run before the checkpoint, which holds their state.
     selection = EpochSelection() if run.validation_set is not None else None
     hooks = {"selection": selection} if selection is not None else {}
@@ -178,7 +181,7 @@ def train_run(
         write_outputs(
             folder,
             params=params,
-            params_hash=key["params_hash"],
+            identity=identity,
             code_digest=code_digest,
             model_state={"model": run.model.state_dict(), "method": run.method.state_dict()},
             history=history,

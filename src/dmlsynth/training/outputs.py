@@ -7,8 +7,8 @@
 - ``embeddings_last_epoch.npz``  the same at the last epoch (only with validation classes)
 - ``train_log.csv``   one row per epoch: mean loss, learning rate, optimisation steps, real and
                       generated images its batches held, seconds, end time (+ validation R@1, MAP@R)
-- ``run.yaml``        resolved params and their hash, code version (git commit of the project,
-                      digest of the executed source), environment, threads and device, the step
+- ``run.yaml``        resolved params and their hash, the job's identity, code version (git commit
+                      of the project, the job's code digest), environment, threads and device, the step
                       ``budget`` (epochs, batches per epoch, batch size, optimisation steps, images
                       seen), the training images (real, generated), wall time over every attempt
                       (+ ``validation``: its classes and the chosen epoch)
@@ -28,15 +28,15 @@ import yaml
 
 from dmlsynth.io import atomic_output, atomic_write_text, save_torch
 from dmlsynth.layout import RunFolder
-from dmlsynth.provenance import code_version, environment, plugin_versions
+from dmlsynth.provenance import code_version, environment, params_hash, plugin_versions
 
 
 def write_outputs(
     folder: RunFolder,
     *,
     params: Mapping[str, Any],
-    params_hash: str,
-    code_digest: str,
+    identity: str | None,
+    code_digest: str | None,
     model_state: dict[str, Any],
     history: list[dict[str, Any]],
     embeddings: np.ndarray,
@@ -63,9 +63,13 @@ def write_outputs(
     env = {**environment(str(device)), "torch.threads": str(threads)}
     record = {
         "params": dict(params),
-        "params_hash": params_hash,
+        # A name for its params (the table and MLflow group a run's seeds and supersede runs by it), and the
+        # identity of its job (dmlsynth.jobs.Job.identity: params, code, threads, device kind, ISA; the key its
+        # checkpoint was resumed under; "none" for a run trained outside a job).
+        "params_hash": params_hash(params),
+        "identity": identity or "none",
         # plugins: the distributions and versions of the plugin entries the run uses (none: no key).
-        "code": {**code_version(), "digest": code_digest, **({"plugins": p} if (p := plugin_versions(params)) else {})},
+        "code": {**code_version(), "digest": code_digest or "none", **({"plugins": p} if (p := plugin_versions(params)) else {})},
         "environment": env,
         # What changes the numbers without being a param: the table shows them and never averages over them.
         "threads": int(threads),

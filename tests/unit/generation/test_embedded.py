@@ -111,7 +111,7 @@ def test_same_seed_same_images_and_complete_class_not_redone(real, trained, prom
     train, _ = real
     components = load_embedded(trained[0])
     labels = sorted(int(l) for l in train.label.unique())
-    a = generate_class(components, prompts_file, labels[2], labels, ["union"], settings(), tmp_path / "a", tmp_path / "a.csv")
+    a = generate_class(components, prompts_file, labels[2], labels, ["union"], settings(), tmp_path / "a", tmp_path / "a.csv", identity="job")
     b = generate_class(components, prompts_file, labels[2], labels, ["union"], settings(), tmp_path / "b", tmp_path / "b.csv")
     for path in a.path:
         assert (tmp_path / "a/union" / path).read_bytes() == (tmp_path / "b/union" / path).read_bytes()
@@ -121,7 +121,7 @@ def test_same_seed_same_images_and_complete_class_not_redone(real, trained, prom
         pixels = lambda root: np.asarray(Image.open(tmp_path / root / "union" / path), dtype=int)
         assert np.abs(pixels("a") - pixels("c")).max() <= 1
     stamp = (tmp_path / "a.csv").stat().st_mtime_ns
-    again = generate_class(components, prompts_file, labels[2], labels, ["union"], settings(), tmp_path / "a", tmp_path / "a.csv")
+    again = generate_class(components, prompts_file, labels[2], labels, ["union"], settings(), tmp_path / "a", tmp_path / "a.csv", identity="job")
     assert (tmp_path / "a.csv").stat().st_mtime_ns == stamp and again.equals(a)
     other_seed = generate_class(components, prompts_file, labels[2], labels, ["union"], settings(seed=5), tmp_path / "d", tmp_path / "d.csv")
     assert any(

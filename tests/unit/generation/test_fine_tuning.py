@@ -98,7 +98,7 @@ def test_fine_tuned_class_generates_with_its_lora_and_token(model_dir, images, t
 
 def test_deterministic_restartable_and_not_redone(model_dir, images, tmp_path, caplog):
     settings = settings_for(model_dir)
-    whole = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "whole", tmp_path / "whole.pt")
+    whole = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "whole", tmp_path / "whole.pt", identity="job")
 
     class Killed(Exception):
         pass
@@ -108,10 +108,10 @@ def test_deterministic_restartable_and_not_redone(model_dir, images, tmp_path, c
 
     checkpoint = tmp_path / "resumed.pt"
     with pytest.raises(Killed):
-        fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "resumed", checkpoint, [kill_after_checkpoint])
+        fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "resumed", checkpoint, [kill_after_checkpoint], identity="job")
     assert torch.load(checkpoint, weights_only=True)["step"] == 2 and not (tmp_path / "resumed").exists()
     with caplog.at_level(logging.INFO, logger="dmlsynth.generation.fine_tuning"):
-        resumed = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "resumed", checkpoint)
+        resumed = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "resumed", checkpoint, identity="job")
     assert "resuming class 3 from step 2 of 4" in caplog.text
     # The resumed run took exactly the uninterrupted run's steps: same losses, same weights.
     assert resumed["losses"] == whole["losses"]
@@ -121,21 +121,21 @@ def test_deterministic_restartable_and_not_redone(model_dir, images, tmp_path, c
 
     # A checkpoint of another device (or code) is not resumed.
     with pytest.raises(Killed):
-        fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "other", checkpoint, [kill_after_checkpoint])
+        fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "other", checkpoint, [kill_after_checkpoint], identity="job")
     saved = torch.load(checkpoint, weights_only=True)
     torch.save({**saved, "device": "cuda:0"}, checkpoint)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dmlsynth.generation.fine_tuning"):
-        other = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "other", checkpoint)
-    assert "of other params, code or device; starting over" in caplog.text and other["losses"] == whole["losses"]
+        other = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "other", checkpoint, identity="job")
+    assert "of another job, other inputs or another device; starting over" in caplog.text and other["losses"] == whole["losses"]
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dmlsynth.generation.fine_tuning"):
-        again = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "whole", tmp_path / "whole.pt")
+        again = fine_tune_class(settings, images, ENTRY, "cub200", 3, tmp_path / "whole", tmp_path / "whole.pt", identity="job")
     assert "not redone" in caplog.text and again == whole
-    # Other params: trained again (another class token, only LoRA weights).
+    # Another job (other params): trained again (another class token, only LoRA weights).
     lora_only = fine_tune_class(settings_for(model_dir, method="lora", steps=2), images, ENTRY, "cub200", 3,
-                                tmp_path / "whole", tmp_path / "whole.pt")  # fmt: skip
+                                tmp_path / "whole", tmp_path / "whole.pt", identity="job-lora")  # fmt: skip
     assert lora_only["token"] is None and lora_only["files"] == {"lora": layout.FINE_TUNED_LORA}
     assert adapter_settings(settings, tmp_path / "whole")[1] is None  # no token: the prompts stay as they are
 

@@ -57,8 +57,8 @@ class FailsAbove(torch.nn.Module):
         return self.inner(sample, *args, **kwargs)
 
 
-def generate(components, prompts, root, **over):
-    return generate_class(components, prompts, 0, [0], ["union", "plain"], settings(**over), root, root / "part.csv")
+def generate(components, prompts, root, identity=None, **over):
+    return generate_class(components, prompts, 0, [0], ["union", "plain"], settings(**over), root, root / "part.csv", identity=identity)
 
 
 def test_out_of_memory_halves_the_batch_logs_it_and_makes_the_unsplit_images(components, prompts, tmp_path, caplog):
@@ -96,15 +96,23 @@ def test_out_of_memory_for_one_image_is_a_generation_error(components, prompts, 
     assert not (tmp_path / "part.csv").exists()
 
 
-def test_batch_size_and_speed_settings_do_not_make_a_class_again(components, prompts, tmp_path):
-    first = generate(components, prompts, tmp_path, batch_size=5)
+def test_a_class_is_made_again_only_under_another_identity_or_prompts(components, prompts, tmp_path):
+    # The skip key is the generate job's identity (dmlsynth.jobs.Job.identity) and the class's prompts.
+    first = generate(components, prompts, tmp_path, identity="job-a", batch_size=5)
     stamp = (tmp_path / "part.csv").stat().st_mtime_ns
-    again = generate(
-        components, prompts, tmp_path, batch_size=2, gpu_memory_gib=4, compile="off", vae_slicing="on", threads=2
-    )
+    again = generate(components, prompts, tmp_path, identity="job-a", batch_size=5)
     assert (tmp_path / "part.csv").stat().st_mtime_ns == stamp and again.equals(first)
-    generate(components, prompts, tmp_path, batch_size=2, guidance_scale=5.0)  # what the images depend on does
-    assert (tmp_path / "part.csv").stat().st_mtime_ns != stamp
+    generate(components, prompts, tmp_path, identity="job-b", batch_size=5)  # another job (e.g. another batch size)
+    stamp_b = (tmp_path / "part.csv").stat().st_mtime_ns
+    assert stamp_b != stamp
+    # The prompts file is an input the identity does not hash: other prompts of the class make it again.
+    document = {"dataset": "digits", "classes": [{"label": 0, "class_name": "0", "plain": "a digit zero", "prompts": PROMPTS[::-1]}]}
+    generate(components, write_prompts(document, tmp_path / "other.yaml"), tmp_path, identity="job-b", batch_size=5)
+    assert (tmp_path / "part.csv").stat().st_mtime_ns != stamp_b
+    stamp_b = (tmp_path / "part.csv").stat().st_mtime_ns
+    # Without an identity (a call outside a job) a class is always made.
+    generate(components, prompts, tmp_path, batch_size=5)
+    assert (tmp_path / "part.csv").stat().st_mtime_ns != stamp_b
 
 
 def test_the_part_records_each_images_guidance_statistics_of_its_sampling_run(components, prompts, tmp_path):

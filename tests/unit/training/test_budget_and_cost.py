@@ -34,10 +34,10 @@ def test_training_seconds_count_every_attempt(config, digits_manifest, tmp_path)
     params = params_for(config, seed=1)
     folder = RunFolder(str(tmp_path / "run"))
     with pytest.raises(Interrupted):
-        train_run(params, digits_manifest, folder.path, callbacks=[stop_after(1)], progress=False)
+        train_run(params, digits_manifest, folder.path, callbacks=[stop_after(1)], progress=False, identity="run")
     first = json.loads(open(folder.attempts).read())["attempts"]
     assert len(first) == 1 and first[0]["seconds"] > 0
-    train_run(params, digits_manifest, folder.path, progress=False)
+    train_run(params, digits_manifest, folder.path, progress=False, identity="run")
     record = yaml.safe_load(open(folder.record))
     history = pd.read_csv(folder.history)
     assert record["attempts"] == 2
@@ -46,7 +46,7 @@ def test_training_seconds_count_every_attempt(config, digits_manifest, tmp_path)
     assert record["started"] <= first[0]["started"] + 1e-3 and record["finished"] > record["started"]
     assert not (tmp_path / "run" / "attempts.json").exists()  # a finished run keeps no attempts file
     # A forced re-run (a finished run, no checkpoint) is a new run: one attempt.
-    train_run(params, digits_manifest, folder.path, progress=False)
+    train_run(params, digits_manifest, folder.path, progress=False, identity="run")
     assert yaml.safe_load(open(folder.record))["attempts"] == 1
 
 

@@ -49,8 +49,8 @@ def test_interrupted_run_resumes_on_the_device(config, digits_manifest, tmp_path
     params = digits_params(config, device, epochs=3)
     whole = train_run(params, digits_manifest, tmp_path / "whole", progress=False)
     with pytest.raises(Interrupted):
-        train_run(params, digits_manifest, tmp_path / "cut", callbacks=[stop_after(1)], progress=False)
-    resumed = train_run(params, digits_manifest, tmp_path / "cut", progress=False)
+        train_run(params, digits_manifest, tmp_path / "cut", callbacks=[stop_after(1)], progress=False, identity="run")
+    resumed = train_run(params, digits_manifest, tmp_path / "cut", progress=False, identity="run")
     if device == "cpu":
         assert torch.equal(resumed["embeddings"], whole["embeddings"])
     else:  # deterministic algorithms are on; allow for the reductions cuDNN may still order differently

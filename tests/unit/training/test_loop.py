@@ -17,6 +17,13 @@ def params_for(config, method="baseline", loss="multi_similarity", seed=0):
     return cfg.run_params(cfg.validate(config), "digits", method, loss, seed)
 
 
+def train_job(config, seed=0):
+    """The workflow's ``train`` job of the baseline run ``seed``: its identity keys the checkpoint."""
+    from dmlsynth.jobs import Jobs
+
+    return Jobs(cfg.validate(config)).train("digits", "baseline", "multi_similarity", seed)
+
+
 def test_outputs_are_complete_and_sane(config, digits_manifest, tmp_path):
     result = train_run(params_for(config), digits_manifest, tmp_path / "run", progress=False)
     folder = RunFolder(str(tmp_path / "run"))
@@ -54,24 +61,25 @@ def test_every_base_loss_trains(config, digits_manifest, tmp_path, loss):
 
 def test_interrupted_run_resumes_to_the_same_result(config, digits_manifest, tmp_path):
     config["training"]["epochs"] = 3
-    params = params_for(config, seed=1)
+    params, identity = params_for(config, seed=1), train_job(config, seed=1).identity()
     whole = train_run(params, digits_manifest, tmp_path / "whole", progress=False)
     with pytest.raises(Interrupted):
-        train_run(params, digits_manifest, tmp_path / "cut", callbacks=[stop_after(2)], progress=False)
+        train_run(params, digits_manifest, tmp_path / "cut", callbacks=[stop_after(2)], progress=False, identity=identity)
     torch.load(RunFolder(str(tmp_path / "cut")).checkpoint, weights_only=True)  # the safe unpickler reads it
     assert not (tmp_path / "cut" / "embeddings.npz").exists()  # nothing that looks complete
-    resumed = train_run(params, digits_manifest, tmp_path / "cut", progress=False)
+    resumed = train_run(params, digits_manifest, tmp_path / "cut", progress=False, identity=identity)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
     assert torch.equal(resumed["embeddings"], whole["embeddings"])
 
 
 def test_checkpoint_of_other_params_is_not_resumed(config, digits_manifest, tmp_path, caplog):
+    one, two = train_job(config, seed=1).identity(), train_job(config, seed=2).identity()
     with pytest.raises(Interrupted):
-        train_run(params_for(config, seed=1), digits_manifest, tmp_path / "run", callbacks=[stop_after(1)], progress=False)
+        train_run(params_for(config, seed=1), digits_manifest, tmp_path / "run", callbacks=[stop_after(1)], progress=False, identity=one)
     fresh = train_run(params_for(config, seed=2), digits_manifest, tmp_path / "fresh", progress=False)
     with caplog.at_level("WARNING"):
-        reused = train_run(params_for(config, seed=2), digits_manifest, tmp_path / "run", progress=False)
-    assert "made with other params" in caplog.text
+        reused = train_run(params_for(config, seed=2), digits_manifest, tmp_path / "run", progress=False, identity=two)
+    assert "made with other identity" in caplog.text
     assert torch.equal(reused["embeddings"], fresh["embeddings"])
 
 
@@ -79,7 +87,7 @@ def test_corrupt_checkpoint_is_ignored(config, digits_manifest, tmp_path, caplog
     (tmp_path / "run").mkdir()
     Path(RunFolder(str(tmp_path / "run")).checkpoint).write_bytes(b"not a checkpoint")
     with caplog.at_level("WARNING"):
-        train_run(params_for(config), digits_manifest, tmp_path / "run", progress=False)
+        train_run(params_for(config), digits_manifest, tmp_path / "run", progress=False, identity=train_job(config).identity())
     assert "unreadable checkpoint" in caplog.text
 
 
@@ -106,12 +114,16 @@ def test_asking_for_cuda_without_a_gpu_names_the_setting():
 
 
 def test_checkpoint_of_another_thread_count_is_not_resumed(config, digits_manifest, tmp_path, caplog):
-    # Float reductions depend on the thread count, so a resumed run must use the same one.
+    # Float reductions depend on the thread count, so a resumed run must use the same one: it is in the identity.
     params = params_for(config, seed=1)
+    config["dataset_settings"]["digits"]["resources"] = {"threads": 2}
+    job = train_job(config, seed=1)
+    assert job.identity() != train_job({**config, "dataset_settings": {"digits": {}}}, seed=1).identity()
     with pytest.raises(Interrupted):
-        train_run(params, digits_manifest, tmp_path / "run", threads=1, callbacks=[stop_after(1)], progress=False)
+        train_run(params, digits_manifest, tmp_path / "run", threads=1, callbacks=[stop_after(1)], progress=False, identity="other")
     with caplog.at_level("WARNING"):
-        train_run(params, digits_manifest, tmp_path / "run", threads=2, progress=False)
-    assert "made with other threads" in caplog.text
+        train_run(params, digits_manifest, tmp_path / "run", threads=2, progress=False, identity=job.identity(), code_digest=job.code_digest())
+    assert "made with other identity" in caplog.text
     record = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())
-    assert record["environment"]["torch.threads"] == "2" and len(record["code"]["digest"]) == 16
+    assert record["environment"]["torch.threads"] == "2" and record["code"]["digest"] == job.code_digest()
+    assert record["identity"] == job.identity()
