@@ -30,6 +30,7 @@ from dmlsynth import layout as layout_module
 from dmlsynth import provenance, registry
 from dmlsynth.data import split
 from dmlsynth.errors import DmlsynthError
+from dmlsynth.resolve import resolve
 
 # The command line every job runs through (it parses the record and reports errors): part of every digest.
 CLI_MODULE = "dmlsynth.cli"
@@ -222,15 +223,15 @@ class JobArgument:
 
 
 class Jobs:
-    """The jobs of one validated config: one constructor per rule, each resolved once (cached)."""
+    """The jobs of one config: one constructor per rule, each resolved once (cached), all from the config's
+    resolved tree (:func:`dmlsynth.resolve.resolve`)."""
 
     def __init__(self, config: Mapping[str, Any]):
-        from dmlsynth.pipeline import runs
-
-        self.config = config
-        self.layout = layout_module.Layout.of(config)
-        self.runs = runs(config)
-        self.validation = split.uses_validation(config)
+        self.tree = resolve(config)
+        self.config = self.tree["config"]
+        self.layout = layout_module.Layout.of(self.config)
+        self.runs = self.tree["runs"]
+        self.validation = split.uses_validation(self.config)
         self._cache: dict[tuple, Job] = {}
 
     def _cached(self, key: tuple, make) -> Job:
@@ -241,7 +242,7 @@ class Jobs:
 
     @property
     def cpu_isa(self) -> str:
-        return str({**registry.REPRODUCIBILITY_DEFAULTS, **(self.config.get("reproducibility") or {})}["cpu_isa"])
+        return str(self.config["reproducibility"]["cpu_isa"])
 
     # Settings --------------------------------------------------------------------------------------
     def dataset_settings(self, dataset: str) -> dict[str, Any]:
@@ -258,8 +259,8 @@ class Jobs:
         return image_sets(self.config)
 
     def tracking(self) -> dict[str, Any]:
-        """The ``tracking`` block with its defaults; a job resolves it where it runs ($MLFLOW_TRACKING_URI there wins)."""
-        return {**registry.TRACKING_DEFAULTS, **(self.config.get("tracking") or {})}
+        """The ``tracking`` block; a job resolves it where it runs ($MLFLOW_TRACKING_URI there wins)."""
+        return dict(self.config["tracking"])
 
     def _resources(self, dataset: str, key: str, default: int) -> int:
         return int(self.dataset_settings(dataset)["resources"].get(key, default))
@@ -338,7 +339,7 @@ class Jobs:
             run = self.layout.run(dataset, method, loss, seed)
             return Job(
                 rule="evaluate", name=train.name,
-                params={"ks": list({**registry.EVALUATION_DEFAULTS, **(self.config.get("evaluation") or {})}["ks"]), "run": train.identity()},
+                params={"ks": list(self.config["evaluation"]["ks"]), "run": train.identity()},
                 # Every file of the training (the weights too: a run whose files were deleted is trained again).
                 inputs=dict(train.outputs),
                 outputs={"metrics": run.metrics, "queries": run.queries, "embedding_plot": run.embedding_plot,
@@ -353,9 +354,7 @@ class Jobs:
         return [self.layout.run(**run) for run in self.runs]
 
     def _comparison_files(self) -> list[str]:
-        from dmlsynth.pipeline import comparison_groups
-
-        return self.layout.comparison_outputs(comparison_groups(self.config))
+        return self.layout.comparison_outputs(self.tree["comparison_groups"])
 
     def table(self) -> Job:
         def make() -> Job:
@@ -371,7 +370,7 @@ class Jobs:
             return Job(
                 rule="table", name="table",
                 params={
-                    "statistics": {**registry.STATISTICS_DEFAULTS, **(self.config.get("statistics") or {})},
+                    "statistics": dict(self.config["statistics"]),
                     # Which runs, of which config and code: a changed or failed run makes the table out of date.
                     "runs": {f.path: self.evaluate(**run).identity() for f, run in zip(folders, self.runs)},
                 },
@@ -395,7 +394,7 @@ class Jobs:
             return Job(
                 rule="compare", name="compare",
                 params={
-                    "confidence": {**registry.STATISTICS_DEFAULTS, **(self.config.get("statistics") or {})}["confidence"],
+                    "confidence": self.config["statistics"]["confidence"],
                     "table": self.table().identity(),
                     # The published numbers it puts beside ours.
                     "published": provenance.params_hash({"text": published.text()}),

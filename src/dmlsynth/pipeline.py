@@ -16,7 +16,6 @@ tools run the very same jobs and Snakemake decides which are out of date:
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Mapping
 
 import yaml
@@ -25,6 +24,7 @@ from dmlsynth import provenance, registry
 from dmlsynth.data.split import training_class_count, uses_validation
 from dmlsynth.layout import Layout
 from dmlsynth.published import FILE as PUBLISHED_FILE
+from dmlsynth.resolve import comparison_groups, runs
 
 # Params each stage depends on (top-level keys of params.yaml).
 STAGE_PARAMS = {
@@ -58,26 +58,6 @@ CACHE_MODULE = "dmlsynth.data.image_cache"
 def cached_datasets(config: Mapping[str, Any]) -> list[str]:
     """The datasets of ``config`` that training reads through a resized copy."""
     return [d for d in config["datasets"] if _dataset_value(config, d, "cache_short_side")]
-
-
-def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every training run of the config: dataset x method x loss x seed, less ``exclude``d pairs, and the
-    controls the methods are compared with (:func:`dmlsynth.registry.control_label`): ``baseline`` even
-    when the config does not list it, and a baseline with a method's own loss params where it has some.
-    ``method`` is the run's name (its folder and its row in the table)."""
-    excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
-    pairs = [(m, l) for m, l in itertools.product(config["methods"], config["losses"]) if (m, l) not in excluded]
-    for method, loss in list(pairs):
-        if method != registry.BASELINE:
-            control = (registry.control_label(config, method, loss), loss)
-            if control not in pairs:
-                pairs.append(control)
-    names = list(dict.fromkeys(m for m, _ in pairs))  # the configured methods first, then the controls
-    return [
-        {"dataset": d, "method": m, "loss": l, "seed": s}
-        for d, m, l, s in itertools.product(config["datasets"], names, config["losses"], config["seeds"])
-        if (m, l) in pairs
-    ]
 
 
 def stage_jobs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -163,11 +143,6 @@ def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
         "evaluate": [path for run in all_runs for path in run.evaluation_outputs()],
         "report": layout.table_outputs() + layout.comparison_outputs(comparison_groups(config)),
     }
-
-
-def comparison_groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The (dataset, loss) pairs of the job matrix: one forest plot each."""
-    return list(dict.fromkeys((run["dataset"], run["loss"]) for run in runs(config)))
 
 
 def dvc_yaml(config: Mapping[str, Any]) -> str:

@@ -50,7 +50,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from dmlsynth import registry
 from dmlsynth.layout import RunFolder
 from dmlsynth.errors import DmlsynthError
 
@@ -78,9 +77,9 @@ class TrackingSettings:
     timeout: float
 
 
-def settings(config: Mapping[str, Any] | None) -> TrackingSettings:
-    """The resolved ``tracking`` settings (registry defaults, config, ``$MLFLOW_TRACKING_URI``)."""
-    values = {**registry.TRACKING_DEFAULTS, **((config or {}).get("tracking") or {})}
+def settings(config: Mapping[str, Any]) -> TrackingSettings:
+    """The ``tracking`` block of a validated config (its defaults filled), ``$MLFLOW_TRACKING_URI`` over its uri."""
+    values = config["tracking"]
     uri = os.environ.get("MLFLOW_TRACKING_URI") or str(values["uri"])
     return TrackingSettings(
         enabled=bool(values["enabled"]), uri=uri, artifacts=artifact_root(uri, values["artifacts"]), timeout=float(values["timeout"])

@@ -126,14 +126,14 @@ def test_dvc_metrics_show_of_the_embedded_default_fits_200_columns(repo_root, tm
 
     import numpy as np
 
-    from dmlsynth import pipeline, registry
+    from dmlsynth import registry, resolve
     from dmlsynth.layout import Layout, TableFiles
     from dmlsynth.table import write_table
     from tests.helpers.runs import make_run, simulated_hits
 
     config = cfg.load(repo_root / "params.yaml")
     rng = np.random.default_rng(0)
-    for run in pipeline.runs(config):
+    for run in resolve.runs(config):
         label, loss = run["method"], run["loss"]
         control = None if label.startswith(registry.BASELINE) else registry.control_label(config, label, loss)
         make_run(tmp_path, run["dataset"], label, loss, run["seed"], simulated_hits(rng, 0.9, 0.0), control=control)
@@ -146,7 +146,7 @@ def test_dvc_metrics_show_of_the_embedded_default_fits_200_columns(repo_root, tm
     assert shown.returncode == 0, shown.stderr
     lines = [line for line in shown.stdout.splitlines() if line.strip()]
     assert lines[0].split()[0] == "Path" and len(lines) == 2  # a header and one row of numbers
-    rows = {(r["method"], r["loss"]) for r in pipeline.runs(config)}
+    rows = {(r["method"], r["loss"]) for r in resolve.runs(config)}
     assert all(method in lines[0] for method, _ in rows)  # every method and control has its number
     width = max(map(len, lines))
     assert width <= 200, f"dvc metrics show is {width} columns wide:\n{shown.stdout}"
@@ -157,14 +157,14 @@ def _headline_of_the_default(repo_root, folder: Path, config) -> None:
     """results/metrics.json of params.yaml's rows (every method, its control), from simulated runs."""
     import numpy as np
 
-    from dmlsynth import pipeline, registry
+    from dmlsynth import registry, resolve
     from dmlsynth.layout import Layout, TableFiles
     from dmlsynth.table import write_table
     from tests.helpers.runs import make_run, simulated_hits
 
     rng = np.random.default_rng(0)
     runs = folder / "simulated"
-    for run in pipeline.runs(config):
+    for run in resolve.runs(config):
         label, loss = run["method"], run["loss"]
         control = None if label.startswith(registry.BASELINE) else registry.control_label(config, label, loss)
         make_run(runs, run["dataset"], label, loss, run["seed"], simulated_hits(rng, 0.9, 0.0), control=control)

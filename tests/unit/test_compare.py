@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmlsynth import pipeline, registry
+from dmlsynth import registry, resolve
 from dmlsynth.layout import Layout, TableFiles
 from dmlsynth.compare import CompareError, write_comparison
 from dmlsynth.published import published
@@ -88,7 +88,7 @@ def test_report_files(results):
     assert (raw.loc[raw.method == "baseline", "recall@1_delta"] == "n/a").all()
     # The Snakemake rule declares the same forest plots the command writes.
     config = {"datasets": ["cub200"], "methods": ["baseline", "iaa", "blender"], "losses": list(LOSSES), "seeds": [0, 1]}
-    for path in layout.comparison_outputs(pipeline.comparison_groups(config)):
+    for path in layout.comparison_outputs(resolve.comparison_groups(config)):
         assert Path(path).is_file(), path
 
 

@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from dmlsynth.config import config_defaults
+from dmlsynth.config import filled
 from dmlsynth import registry
 from dmlsynth.generation import blend
 from dmlsynth.generation.blend import (
@@ -379,7 +381,7 @@ def test_the_schema_offers_the_registry_names(default_params):
 # --- on a trained generator ---------------------------------------------------------------------
 
 # A short training (about 15 s on 1 core): its residuals already behave like the full generator's.
-SMALL_GENERATOR = {**registry.EMBEDDED_GENERATOR_DEFAULTS, "train_steps": 120, "batch_size": 32, "unet_channels": [16, 32], "text_width": 32, "warmup_steps": 30}
+SMALL_GENERATOR = {**config_defaults(["digits"])["generation"]["digits"]["embedded"], "train_steps": 120, "batch_size": 32, "unet_channels": [16, 32], "text_width": 32, "warmup_steps": 30}
 
 
 @pytest.fixture(scope="module")
@@ -404,7 +406,7 @@ def test_union_and_intersection_differ_at_every_step_on_the_digits_generator(dig
     from dmlsynth.generation.sampler import encode_prompts, sample
     from dmlsynth.generation.settings import generation_settings, set_recipe
 
-    defaults = generation_settings({}, "digits")
+    defaults = generation_settings(filled({}), "digits")
     components, entries, labels = digits_generator
     recipe = set_recipe("union", defaults)
     seeds = [image_seed(0, label, "union", i) for label in labels for i in range(2)]

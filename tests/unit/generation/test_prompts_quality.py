@@ -14,6 +14,7 @@ from dmlsynth.generation.prompts import build_prompts, digit_measurements, read_
 from dmlsynth.generation.quality import mean_pairwise_distance, quality_rows, sample_grid
 from dmlsynth.generation.settings import generation_settings, image_sets, set_recipe
 from dmlsynth.pipeline import stage_outputs
+from dmlsynth.config import filled
 
 
 def test_digit_measurements_follow_thickness_slant_and_size():
@@ -214,7 +215,7 @@ def _planned(frame, image_set, settings=None):
     from dmlsynth.generation.run import plan_image
 
     entries = {int(entry["label"]): entry for entry in build_prompts("digits", frame)["classes"]}
-    recipe = set_recipe(image_set, settings or generation_settings({}, "digits"))
+    recipe = set_recipe(image_set, settings or generation_settings(filled({}), "digits"))
     plans = [plan_image(entries[int(label)], recipe, seed) for seed, label in enumerate(frame["label"])]
     return frame.assign(
         operator=[plan["operator"] for plan in plans],

@@ -13,6 +13,7 @@ from dmlsynth.generation.prompts import write_prompts
 from dmlsynth.generation.run import generate_class
 from dmlsynth.generation.settings import generation_settings
 from dmlsynth.generation.generators import load_generator
+from dmlsynth.config import filled
 
 from tests.helpers.generation import save_tiny_stable_diffusion
 
@@ -75,7 +76,7 @@ def test_missing_model_is_explained(tmp_path):
 
 
 def test_photo_datasets_default_to_stable_diffusion():
-    assert generation_settings({"methods": ["blender"]}, "digits")["generator"] == "embedded"
+    assert generation_settings(filled({"methods": ["blender"]}), "digits")["generator"] == "embedded"
 
 
 def bird_prompts(path):
