@@ -11,6 +11,7 @@ import yaml
 
 from dmlsynth import config as cfg
 from dmlsynth.pipeline import dvc_yaml
+from dmlsynth.config import filled
 from tests.conftest import small_config
 
 BIN = Path(sys.executable).parent
@@ -138,7 +139,7 @@ def test_dvc_metrics_show_of_the_embedded_default_fits_200_columns(repo_root, tm
         control = None if label.startswith(registry.BASELINE) else registry.control_label(config, label, loss)
         make_run(tmp_path, run["dataset"], label, loss, run["seed"], simulated_hits(rng, 0.9, 0.0), control=control)
     layout = Layout.of(config)  # results/... as in the project folder
-    write_table([tmp_path / "runs"], TableFiles.under(str(tmp_path / layout.results)), {"bootstrap_samples": 100})
+    write_table([tmp_path / "runs"], TableFiles.under(str(tmp_path / layout.results)), filled({"statistics": {"bootstrap_samples": 100}})["statistics"])
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "COLUMNS": "1000"}
     _dvc_project(tmp_path, env)
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"metrics": [layout.headline_metrics()]}))
@@ -169,7 +170,7 @@ def _headline_of_the_default(repo_root, folder: Path, config) -> None:
         control = None if label.startswith(registry.BASELINE) else registry.control_label(config, label, loss)
         make_run(runs, run["dataset"], label, loss, run["seed"], simulated_hits(rng, 0.9, 0.0), control=control)
     files = TableFiles.under(str(folder / "simulated" / "results"))
-    write_table([runs / "runs"], files, {"bootstrap_samples": 100})
+    write_table([runs / "runs"], files, filled({"statistics": {"bootstrap_samples": 100}})["statistics"])
     headline = folder / Layout.of(config).headline_metrics()
     headline.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(files.headline, headline)

@@ -74,7 +74,7 @@ def test_a_short_set_keeps_what_passed_and_warns(tmp_path, caplog):
 
 def test_extra_images_only_when_filtering_and_a_threshold_change_regenerates_nothing():
     config = {"generation": {"digits": {"images_per_class": 10, "filter": {"extra": 0.25}}}}
-    settings = generation_settings(config, "digits")
+    settings = generation_settings(filled(config), "digits")
     assert filter_scorer(settings) == "fidelity" and images_generated(settings) == 13
     off = generation_settings(filled({"generation": {"digits": {"images_per_class": 10, "filter": {"scorer": "none"}}}}), "digits")
     assert images_generated(off) == 10
@@ -129,7 +129,7 @@ def test_generation_then_filtering_keeps_each_sets_budget(sd_dir, clip_dir, tmp_
         "generator": "stable-diffusion", "model_id": str(sd_dir), "device": device, "images_per_class": 3,
         "batch_size": 4, "steps": 2, "scheduler": "ddim", "filter": {"clip_model": str(clip_dir), "extra": 1.0},
     }}}  # fmt: skip
-    settings = generation_settings(config, "cub200")
+    settings = generation_settings(filled(config), "cub200")
     components = load_generator(settings, None)
     prompts = write_prompts(
         {"dataset": "cub200", "classes": [{"label": 1, "class_name": "001.Black_footed_Albatross",

@@ -68,7 +68,7 @@ def test_fine_tuning_is_an_image_setting_only_when_on():
     assert off["fine_tuning"]["method"] == "none" and "fine_tuning" not in image_settings(off)
     assert image_settings({**off, "fine_tuning": {**off["fine_tuning"], "steps": 7}}) == image_settings(off)
     on = generation_settings(
-        {"methods": ["blender"], "generation": {"cub200": {"fine_tuning": {"method": "lora", "rank": 8}}}}, "cub200"
+        filled({"methods": ["blender"], "generation": {"cub200": {"fine_tuning": {"method": "lora", "rank": 8}}}}), "cub200"
     )
     kept = image_settings(on)["fine_tuning"]
     assert kept["method"] == "lora" and kept["rank"] == 8 and kept["steps"] == on["fine_tuning"]["steps"]

@@ -27,7 +27,7 @@ def sd_settings(model_dir, **over):
     config = {"methods": ["blender"], "generation": {"digits": {"generator": "stable-diffusion", "model_id": str(model_dir),
               "device": "cpu", "images_per_class": 2, "batch_size": 2, "steps": 2, "scheduler": "ddim",
               "filter": {"scorer": "none"}, **over}}}
-    return generation_settings(config, "digits")
+    return generation_settings(filled(config), "digits")
 
 
 def test_loads_through_from_pretrained_and_generates_rgb_images(model_dir, tmp_path):

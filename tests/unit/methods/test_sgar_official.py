@@ -195,7 +195,7 @@ def test_weight_zero_is_exactly_its_control_with_the_head(variant):
     """The off switch: the base loss through the same head, i.e. the control `baseline+projection_head=true`."""
     config = filled({"method_params": {"sgar": {"variant": variant}}})
     assert registry.control_label(config, "sgar", "proxy_anchor") == "baseline+projection_head=true"
-    assert registry.control_label({}, "sgar", "proxy_anchor") == "baseline"  # project: the plain loss
+    assert registry.control_label(filled({}), "sgar", "proxy_anchor") == "baseline"  # project: the plain loss
     off = official_sgar(variant, params={"weight": 0.0})
     raw, labels = embeddings_near_proxies(off)
     torch.manual_seed(11)

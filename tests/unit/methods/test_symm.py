@@ -198,10 +198,10 @@ def test_switched_off_is_exactly_its_control(loss):
     assert on[0] != control[0]
     if loss in ("n_pairs", "angular"):
         # Not the plain baseline: that is pytorch-metric-learning's form, with other pairs.
-        assert registry.control_label({}, "symm", loss) != "baseline"
+        assert registry.control_label(filled({}), "symm", loss) != "baseline"
         assert off[0] != loss_and_grad(build("baseline", loss), inputs, labels)[0]
     else:
-        assert registry.control_label({}, "symm", loss) == "baseline"
+        assert registry.control_label(filled({}), "symm", loss) == "baseline"
 
 
 @pytest.mark.parametrize("loss", SYMM_LOSSES)
