@@ -35,7 +35,6 @@ STAT_COLUMNS = (
     "mean", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p_holm", "significant",
     "delta_adj_low", "delta_adj_high", "mdd", "seeds_needed",
 )  # fmt: skip
-COST_COLUMNS = cost.COLUMNS
 
 
 class CompareError(DmlsynthError, ValueError):

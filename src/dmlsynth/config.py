@@ -15,11 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import jsonschema
 import yaml
 
 from dmlsynth import defaults, registry
-from dmlsynth.registry import dataset_settings
 from dmlsynth.io import read_yaml
 from dmlsynth.errors import DmlsynthError
 
@@ -237,27 +235,27 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                     f"(it works with: {allowed}); remove one of them, or skip just this pair with "
                     f"`exclude: [{{method: {method}, loss: {loss}}}]`"
                 )
-    for name, given in (config.get("generation") or {}).items():
-        prompts = (given or {}).get("prompts") or {}
-        if prompts.get("source") == "captions" and not prompts.get("captioner"):
+    for name, given in config["generation"].items():  # every block filled (dmlsynth.defaults)
+        prompts = given["prompts"]
+        if prompts["source"] == "captions" and not prompts["captioner"]:
             problems.append(
                 f"  - at generation.{name}.prompts: source is captions but no captioner is given; set "
                 "captioner to a transformers image-to-text model (e.g. Salesforce/blip-image-captioning-base) "
                 "or a local folder, or use source: attributes"
             )
-        generator = (given or {}).get("generator", registry.dataset(name).default_generator)
+        generator = given["generator"]
         if registry.GENERATORS[generator].trained_here and registry.dataset(name).image_mode != "L":
             problems.append(
                 f"  - at generation.{name}.generator: the {generator} generator makes small grayscale images, but "
                 f"{name!r} is a photo dataset: use generator: stable-diffusion"
             )
-        method = ((given or {}).get("fine_tuning") or {}).get("method", "none")
+        method = given["fine_tuning"]["method"]
         if method != "none" and generator != "stable-diffusion":
             problems.append(
                 f"  - at generation.{name}.fine_tuning.method: {method!r} fine-tunes Stable Diffusion, but the "
                 f"generator of {name!r} is {generator!r} (trained on the dataset already): set method: none"
             )
-        if method in ("lora", "both") and (given or {}).get("lora"):
+        if method in ("lora", "both") and given["lora"]:
             problems.append(
                 f"  - at generation.{name}.lora: a LoRA file is given and fine_tuning.method {method!r} trains one "
                 "per class: unset one of them"
@@ -352,7 +350,7 @@ def _loss_param_problems(config: Mapping[str, Any], excluded: set[tuple[str, str
 
 def _cache_problems(config: Mapping[str, Any], dataset: str) -> list[str]:
     """The resized copy (dmlsynth.data.image_cache) is for photos, and must not be smaller than evaluation's resize."""
-    settings = dataset_settings(config, dataset)
+    settings = registry.dataset_settings(config, dataset)
     short_side, where = settings["cache_short_side"], f"dataset_settings.{dataset}.cache_short_side"
     if not short_side:
         return []
@@ -396,7 +394,7 @@ def _protocol_problems(config: Mapping[str, Any]) -> list[str]:
     if training["warmup_epochs"] >= epochs:
         problems.append(f"  - at training.warmup_epochs: {training['warmup_epochs']} warm-up epochs leave none of the {epochs} to train the backbone")
     for name in config["datasets"]:
-        settings = dataset_settings(config, name)
+        settings = registry.dataset_settings(config, name)
         pre = Preprocessing.of(settings)
         if pre.bounding_boxes and not registry.dataset(name).bounding_boxes:
             problems.append(f"  - at dataset_settings.{name}.bounding_boxes: {name!r} has no bounding boxes (cars196 has); set it to false")
@@ -478,7 +476,7 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
         "seed": int(seed),
         # Where the data came from (mirror URLs, checksums) and cluster resources don't change the numbers.
         "dataset_settings": {
-            k: v for k, v in dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
+            k: v for k, v in registry.dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
         },
         "training": resolved_training(config["training"]),
         "loss_params": registry.loss_params(loss, config, owner),

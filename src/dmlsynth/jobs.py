@@ -30,7 +30,6 @@ from dmlsynth import layout as layout_module
 from dmlsynth import provenance, registry
 from dmlsynth.data import split
 from dmlsynth.errors import DmlsynthError
-from dmlsynth.resolve import resolve
 
 # The command line every job runs through (it parses the record and reports errors): part of every digest.
 CLI_MODULE = "dmlsynth.cli"
@@ -227,6 +226,8 @@ class Jobs:
     resolved tree (:func:`dmlsynth.resolve.resolve`)."""
 
     def __init__(self, config: Mapping[str, Any]):
+        from dmlsynth.resolve import resolve  # not at module level: what resolves the config is no job's code
+
         self.tree = resolve(config)
         self.config = self.tree["config"]
         self.layout = layout_module.Layout.of(self.config)

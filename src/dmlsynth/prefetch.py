@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlparse
 
-from dmlsynth import config as cfg
 from dmlsynth import models, registry
 from dmlsynth.layout import Layout
 from dmlsynth.errors import DmlsynthError

@@ -64,7 +64,6 @@ PROVENANCE_COLUMNS = [
 POINT_STATS = tuple(stat for stat in METRIC_STATS if stat not in ("p", "p_holm", "significant", "seeds_needed"))
 POINTS = 100.0
 INTEGER_COLUMNS = ("seeds", "pairs", "optimisation_steps", "batch_size", "threads")
-TEXT_COLUMNS = ("control", "test", "device", "cpu_isa", "seed_list", "chosen_epochs", "params_hashes", "git_commits")
 # Params in which a method's run may differ from its control's: everything else (dataset settings,
 # training, loss params, evaluation) must be equal, or the delta would mix the synthesis with something else.
 METHOD_PARAMS = ("method", "label", "control", "method_params")

@@ -51,7 +51,6 @@ import pandas as pd
 import yaml
 
 from dmlsynth.layout import RunFolder
-from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.tracking")
 
@@ -63,10 +62,6 @@ SUPERSEDED_TAG = "dmlsynth.superseded"
 # The workflow points jobs at a folder where each failed tracking call leaves a note; the
 # Snakefile prints them once at the end, so failures are not hidden in per-job logs.
 FAILURES_VARIABLE = "DMLSYNTH_TRACKING_FAILURES"
-
-
-class TrackingError(DmlsynthError, RuntimeError):
-    """The tracking store could not be written; results on disk are unaffected."""
 
 
 @dataclass(frozen=True)

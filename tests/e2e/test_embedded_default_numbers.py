@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from dmlsynth import config as cfg
-from dmlsynth import docblocks, registry, resolve
+from dmlsynth import docblocks, resolve
 from dmlsynth.layout import Layout
 from tests.conftest import ROOT
 from tests.helpers.reproduction import exact_check

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from dmlsynth import config as cfg
-from dmlsynth import cpu_isa, jobs, registry
+from dmlsynth import cpu_isa, jobs
 from dmlsynth.config import config_defaults
 
 

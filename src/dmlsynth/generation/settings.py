@@ -69,8 +69,8 @@ def image_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     input of its own), plus how many images are made. Fine-tuning counts only when it is on, and
     without its checkpoint interval (which does not change the weights)."""
     kept = {k: v for k, v in settings.items() if k not in SPEED_SETTINGS and k not in ("filter", "prompts")}
-    tuning = dict(kept.pop("fine_tuning", None) or {})
-    if tuning.get("method", "none") != "none":
+    tuning = kept.pop("fine_tuning")
+    if tuning["method"] != "none":
         kept["fine_tuning"] = {k: v for k, v in tuning.items() if k != FINE_TUNING_CHECKPOINT}
     return {**kept, "images_generated": images_generated(settings)}
 

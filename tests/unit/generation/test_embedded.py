@@ -13,7 +13,6 @@ from dmlsynth.methods.blender import mix_synthetic
 from dmlsynth.generation.embedded import load_embedded, train_embedded
 from dmlsynth.generation.prompts import build_prompts, read_prompts, write_prompts
 from dmlsynth.generation.run import GenerationError, generate_class, merge_parts
-from dmlsynth import registry
 from dmlsynth.generation.settings import generation_settings
 from dmlsynth.config import filled
 from dmlsynth.config import config_defaults

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from dmlsynth import config as cfg
-from dmlsynth import registry
 from dmlsynth.training.build import build_run
 from dmlsynth.training.loop import train_step
 from dmlsynth.config import config_defaults
