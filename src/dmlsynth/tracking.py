@@ -81,6 +81,13 @@ def settings(config: Mapping[str, Any]) -> TrackingSettings:
     )
 
 
+def of_uri(uri: str) -> TrackingSettings:
+    """The settings of a store given by its URI alone (a run tracked by hand): the other keys' defaults."""
+    from dmlsynth.config import filled
+
+    return settings(filled({"tracking": {"uri": uri}}))
+
+
 def artifact_root(uri: str, artifacts: str | None) -> str | None:
     """Where new experiments keep artifacts: ``artifacts`` (relative to the working directory, like
     the store), else the ``mlruns`` folder beside a local store, else the server's default (None)."""
@@ -260,7 +267,7 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
     from mlflow.entities import Metric, Param
 
     if isinstance(tracking, str):
-        tracking = settings({"tracking": {"uri": tracking}})
+        tracking = of_uri(tracking)
     folder = RunFolder(str(run_dir))
     if not Path(folder.record).is_file():
         raise FileNotFoundError(f"{folder.record} does not exist: {run_dir} is not a finished training run")
@@ -479,7 +486,7 @@ def track_fine_tuning(summary_file: str | Path, tracking: TrackingSettings | str
     from mlflow.entities import Metric
 
     if isinstance(tracking, str):
-        tracking = settings({"tracking": {"uri": tracking}})
+        tracking = of_uri(tracking)
     summary = json.loads(Path(summary_file).read_text())
     key = f"fine_tuning/{summary['dataset']}/{summary['label']}/{summary['params_hash']}"
     with store_lock(tracking.uri):
