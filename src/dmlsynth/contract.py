@@ -185,7 +185,7 @@ def entry_problems(kind: str, name: str) -> str | None:
         return None
     spec = registry.METHODS[name]
     jsonschema.validate(dict(spec.defaults), properties[name])
-    jsonschema.validate({**spec.defaults, **spec.off_params}, properties[name])
+    jsonschema.validate(spec.resolve(dict(spec.off_params)), properties[name])
     for variant in spec.variants:
         jsonschema.validate(spec.resolve({"variant": variant}), properties[name])
     unknown = set(spec.compatible_losses or ()) - set(registry.LOSSES)

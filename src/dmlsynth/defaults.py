@@ -7,7 +7,7 @@ whole config in the same pass that validates it (jsonschema's documented recipe:
 to set defaults before it descends, so a block that is absent is created and then filled key by key).
 
 A method's *variant* (``MethodSpec.variants``) chooses a set of defaults by the value of its ``variant``
-key; its node carries them under :data:`VARIANT_DEFAULTS` and they are filled before the method's own.
+key; its node carries them under :data:`VARIANTS_KEY` and they are filled before the method's own.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Any, Iterator, Mapping
 import jsonschema
 
 # The key of a schema node that holds a method's variants' defaults ({variant: {key: value}}).
-VARIANT_DEFAULTS = "x-variant-defaults"
+VARIANTS_KEY = "x-variant-defaults"
 
 _check_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
 
 
 def _fill_then_check(validator: Any, properties: Mapping[str, Any], instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:
     if isinstance(instance, dict):
-        variants = schema.get(VARIANT_DEFAULTS) or {}
+        variants = schema.get(VARIANTS_KEY) or {}
         if variants:
             chosen = instance.get("variant", (properties.get("variant") or {}).get("default"))
             # An unknown variant fills nothing of its own (the variant's enum names it as the error).
@@ -55,5 +55,5 @@ def params_node(
         filled.setdefault(key, {})["default"] = value
     node: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": filled, "default": {}}
     if variants:
-        node[VARIANT_DEFAULTS] = {name: dict(values) for name, values in variants.items()}
+        node[VARIANTS_KEY] = {name: dict(values) for name, values in variants.items()}
     return node

@@ -72,3 +72,58 @@ def test_changing_a_registry_default_changes_the_shipped_run(monkeypatch):
     after = cfg.run_params(cfg.load(ROOT / "params.yaml"), "digits", "baseline", "multi_similarity", 0)["loss_params"]["beta"]
     assert before == 50.0 and after == 45.0
     assert "beta" not in (yaml.safe_load((ROOT / "params.yaml").read_text()).get("loss_params") or {}).get("multi_similarity", {})
+
+
+# The one filling pass (dmlsynth.defaults, at validation) ---------------------------------------------------
+
+
+def test_validation_fills_every_block_once_and_a_restated_default_changes_nothing():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    config = cfg.validate(params)
+    assert config["evaluation"] == {"ks": [1, 2, 4, 8], "batch_size": 256}  # the schema's default: entries
+    assert config["dataset_settings"]["digits"]["backbone"] == registry.dataset("digits").default_backbone
+    assert config["generation"]["cub200"]["generator"] == registry.dataset("cub200").default_generator
+    assert config["generation"]["digits"]["filter"]["scorer"] == "auto"  # a nested block created, then filled
+    assert config["loss_params"]["potential_field"] == dict(registry.LOSSES["potential_field"].defaults)
+    assert cfg.validate(config) == config  # filling a filled config changes nothing
+    restated = {**params, "evaluation": {"batch_size": 256}, "training": {**params["training"], "lr_scheduler": "cosine"}}
+    assert cfg.validate(restated) == config
+
+
+def test_a_given_value_wins_over_its_default_and_defaults_are_not_shared():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    config = cfg.validate({**params, "evaluation": {"ks": [1]}, "generation": {"digits": {"filter": {"extra": 0.5}}}})
+    assert config["evaluation"] == {"ks": [1], "batch_size": 256}
+    assert config["generation"]["digits"]["filter"]["extra"] == 0.5 and config["generation"]["digits"]["filter"]["scorer"] == "auto"
+    config["generation"]["cub200"]["textual_inversion"]["token"] = "file"  # a filled mutable default is a copy
+    assert cfg.validate(params)["generation"]["cub200"]["textual_inversion"] == {}
+    assert cfg.validate(params)["generation"]["cars196"]["textual_inversion"] == {}
+
+
+@pytest.mark.parametrize("method", [m for m, spec in registry.METHODS.items() if spec.variants])
+def test_a_method_variant_fills_its_own_defaults_before_the_method_s(method):
+    spec = registry.METHODS[method]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for variant, values in spec.variants.items():
+        expected = {**spec.defaults, **values, "variant": variant}  # the spec's layers, transcribed here
+        filled = cfg.filled({**params, "method_params": {method: {"variant": variant}}})["method_params"][method]
+        assert filled == expected == spec.resolve({"variant": variant})
+        key = next(iter(values), None)
+        if key is not None:  # a key the config sets wins over its variant's value
+            given = {"variant": variant, key: spec.defaults.get(key, values[key])}
+            assert cfg.filled({**params, "method_params": {method: given}})["method_params"][method][key] == given[key]
+
+
+def test_no_defaults_table_or_merge_outside_the_filling_pass():
+    """The defaults live in the schema and on the registry entries; no module keeps a table of them or merges
+    one over a config block (the 17 merge sites this replaced: `{**registry.X_DEFAULTS, **config[...]}`)."""
+    import re
+
+    tables, merges = [], []
+    for path in sorted((ROOT / "src" / "dmlsynth").rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(ROOT).as_posix()
+        # A declared dataset's defaults by image mode become its DatasetSpec's (the spec's own, as for any dataset).
+        tables += [f"{name}: {m}" for m in re.findall(r"^([A-Z_]*DEFAULTS)\s*[:=]", text, re.M) if m != "MODE_DEFAULTS"]
+        merges += [f"{name}: {m}" for m in re.findall(r"\{\*\*[\w.]*(?:DEFAULTS|defaults)\b[^}]*", text)]
+    assert not tables and not merges, (tables, merges)
