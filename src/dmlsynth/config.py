@@ -9,9 +9,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import copy
-import functools
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -26,15 +24,10 @@ class ConfigError(DmlsynthError, ValueError):
     """params.yaml is malformed or asks for something that does not exist."""
 
 
-@functools.lru_cache(maxsize=1)
-def _schema_file() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("dmlsynth.schema").joinpath("params.schema.yaml").read_text())
-
-
 def _schema(datasets: Iterable[str] = ()) -> dict[str, Any]:
     """The schema with the registry's names and the defaults its entries own: every loss's and method's
     params, and for each of ``datasets`` its backbone, sizes and generator (:mod:`dmlsynth.defaults`)."""
-    schema = copy.deepcopy(_schema_file())
+    schema = copy.deepcopy(defaults.schema_file())
     names = {
         "@datasets": sorted(registry.datasets()),
         "@methods": sorted(registry.METHODS),

@@ -13,9 +13,12 @@ key; its node carries them under :data:`VARIANTS_KEY` and they are filled before
 from __future__ import annotations
 
 import copy
+import functools
+from importlib import resources
 from typing import Any, Iterator, Mapping
 
 import jsonschema
+import yaml
 
 # The key of a schema node that holds a method's variants' defaults ({variant: {key: value}}).
 VARIANTS_KEY = "x-variant-defaults"
@@ -38,6 +41,20 @@ def _fill_then_check(validator: Any, properties: Mapping[str, Any], instance: An
 
 
 FillingValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": _fill_then_check})
+
+
+@functools.lru_cache(maxsize=1)
+def schema_file() -> dict[str, Any]:
+    """``params.schema.yaml`` as written (the registry's names not yet filled in); callers copy before changing it."""
+    return yaml.safe_load(resources.files("dmlsynth.schema").joinpath("params.schema.yaml").read_text())
+
+
+def block(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``given`` as block ``name`` of params.yaml, its schema defaults filled (a block with no registry
+    entries, e.g. ``tracking``, wanted without a whole config)."""
+    values = copy.deepcopy(dict(given))
+    fill(schema_file()["properties"][name], values)  # not validated: the caller's values are its own
+    return values
 
 
 def fill(schema: Mapping[str, Any], instance: Any) -> list[jsonschema.ValidationError]:

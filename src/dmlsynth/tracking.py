@@ -83,9 +83,9 @@ def settings(config: Mapping[str, Any]) -> TrackingSettings:
 
 def of_uri(uri: str) -> TrackingSettings:
     """The settings of a store given by its URI alone (a run tracked by hand): the other keys' defaults."""
-    from dmlsynth.config import filled
+    from dmlsynth import defaults
 
-    return settings(filled({"tracking": {"uri": uri}}))
+    return settings({"tracking": defaults.block("tracking", {"uri": uri})})
 
 
 def artifact_root(uri: str, artifacts: str | None) -> str | None:
