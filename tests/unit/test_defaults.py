@@ -127,3 +127,11 @@ def test_no_defaults_table_or_merge_outside_the_filling_pass():
         tables += [f"{name}: {m}" for m in re.findall(r"^([A-Z_]*DEFAULTS)\s*[:=]", text, re.M) if m != "MODE_DEFAULTS"]
         merges += [f"{name}: {m}" for m in re.findall(r"\{\*\*[\w.]*(?:DEFAULTS|defaults)\b[^}]*", text)]
     assert not tables and not merges, (tables, merges)
+
+
+def test_a_block_wanted_alone_is_filled_by_the_same_pass():
+    from dmlsynth import defaults
+
+    given = {"uri": "sqlite:///elsewhere.db"}
+    assert defaults.block("tracking", given) == {**cfg.config_defaults()["tracking"], "uri": "sqlite:///elsewhere.db"}
+    assert given == {"uri": "sqlite:///elsewhere.db"}  # the caller's mapping is not filled in place
