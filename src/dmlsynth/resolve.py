@@ -44,7 +44,11 @@ def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def comparison_groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (dataset, loss) pairs of the job matrix: one forest plot each."""
-    return list(dict.fromkeys((run["dataset"], run["loss"]) for run in runs(config)))
+    return _groups(runs(config))
+
+
+def _groups(matrix: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((run["dataset"], run["loss"]) for run in matrix))
 
 
 def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,7 +67,7 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
         "config": config,
         "runs": matrix,
         "pairs": pairs,
-        "comparison_groups": list(dict.fromkeys((run["dataset"], run["loss"]) for run in matrix)),
+        "comparison_groups": _groups(matrix),
         "image_sets": image_sets(config),
         "datasets": {
             name: {"training_classes": split.training_class_count(config, name), "validation_classes": split.validation_class_count(config, name)}
