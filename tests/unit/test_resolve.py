@@ -29,7 +29,7 @@ def test_the_tree_holds_the_filled_config_the_matrix_and_each_pair_s_control():
     assert methods.count("baseline+beta=40") == len(given["seeds"]) and methods[-1] == "baseline+beta=40"
     assert len(tree["runs"]) == (len(given["methods"]) + 1) * len(given["seeds"])
     assert {run["seed"] for run in tree["runs"]} == set(given["seeds"])
-    assert tree["comparison_groups"] == resolve.comparison_groups(given) == [("digits", "multi_similarity")]
+    assert tree["comparison_groups"] == resolve.comparison_groups(tree["config"]) == [("digits", "multi_similarity")]
     assert tree["datasets"]["digits"] == {"training_classes": 5, "validation_classes": 0}
     assert tree["image_sets"] == ["blender", "plain"]
 
