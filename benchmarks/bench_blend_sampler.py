@@ -4,7 +4,7 @@ Both run the same loop (dmlsynth.generation.sampler.sample) with the same K prom
 one UNet batch [unconditional; c_1..c_K] x B; they differ only in how the residuals
 are combined: plain guidance sums them (Composable Diffusion's conjunction), BLenDeR
 runs as the workflow does: the union or the intersection per image under the default
-intersection rule and strength control (registry GENERATION_DEFAULTS: the principal
+intersection rule and strength control (the schema's generation defaults: the principal
 component, guidance_norm mean), recording each image's guidance statistics
 (dmlsynth.generation.blend.GuidanceRecord, what results/generation.csv reports). The UNet
 has Stable Diffusion 1.5's widths (320/640/1280/1280, cross-attention 768), randomly
@@ -102,7 +102,7 @@ def measure(config: str, threads: int = 1) -> pd.DataFrame:
     """One row: both variants' median step time, the operators alone, and the images' exact checks."""
     from dmlsynth.generation.blend import GuidanceRecord, combine
     from dmlsynth.generation.sampler import encode_prompts, sample
-    from dmlsynth.registry import GENERATION_DEFAULTS
+    from dmlsynth.config import config_defaults
 
     torch.set_num_threads(threads)
     facts = machine_facts()
@@ -116,9 +116,11 @@ def measure(config: str, threads: int = 1) -> pd.DataFrame:
     latent = setup["size"] // 8
     noise = torch.randn(batch, 4, latent, latent, generator=torch.Generator().manual_seed(0))
     operators = {"plain": ["conjunction"] * batch, "blended": (["union", "intersection"] * batch)[:batch]}
-    rule, norm = GENERATION_DEFAULTS["intersection_rule"], GENERATION_DEFAULTS["guidance_norm"]
-    # Plain guidance is the sum alone; BLenDeR what generate_class runs (rule, norm, the recorded statistics).
-    options = {"plain": {}, "blended": dict(intersection_rule=rule, guidance_norm=norm)}
+    defaults = config_defaults(["digits"])["generation"]["digits"]
+    rule, norm = defaults["intersection_rule"], defaults["guidance_norm"]
+    # Plain guidance is the sum alone (conjunction, not rescaled); BLenDeR what generate_class runs (rule, norm,
+    # the recorded statistics).
+    options = {"plain": dict(intersection_rule=rule, guidance_norm="none"), "blended": dict(intersection_rule=rule, guidance_norm=norm)}
     seconds: dict[str, list[float]] = {"plain": [], "blended": []}
     images: dict[str, list[torch.Tensor]] = {"plain": [], "blended": []}
 

@@ -47,6 +47,7 @@ def child(backbone: str, steps: int) -> dict:
     from torch import nn
 
     from dmlsynth import registry
+    from dmlsynth.config import filled
     from dmlsynth.losses import build_loss
     from dmlsynth.models import EmbeddingNet, small_cnn
 
@@ -64,7 +65,7 @@ def child(backbone: str, steps: int) -> dict:
     model.train()
     labels = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
     images = torch.randn(len(labels), *shape, generator=torch.Generator().manual_seed(1))
-    loss_fn = build_loss("multi_similarity", registry.loss_params("multi_similarity", {}, "baseline"), CLASSES, dim)
+    loss_fn = build_loss("multi_similarity", registry.loss_params("multi_similarity", filled({}), "baseline"), CLASSES, dim)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
     times = []
     for step in range(WARM_UP + steps):

@@ -280,9 +280,9 @@ def head_commit() -> str:
 
 
 def cpu_isa_of(params: dict) -> str:
-    from dmlsynth import registry
+    from dmlsynth import config
 
-    return str({**registry.REPRODUCIBILITY_DEFAULTS, **(params.get("reproducibility") or {})}["cpu_isa"])
+    return str(config.validate(params)["reproducibility"]["cpu_isa"])
 
 
 def cpu_model() -> str:

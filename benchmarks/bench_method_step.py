@@ -42,6 +42,7 @@ from dmlsynth import docblocks  # noqa: E402
 from dmlsynth.machine import facts_line, machine_facts  # noqa: E402
 from dmlsynth.methods.base import MethodContext  # noqa: E402
 from dmlsynth.models import EmbeddingNet, small_cnn  # noqa: E402
+from dmlsynth.config import filled
 
 SCRIPT = "benchmarks/bench_method_step.py"
 RESULTS = "benchmarks/results/method_step.csv"
@@ -86,7 +87,7 @@ def build_methods(loss: str, dim: int, model: EmbeddingNet, images: torch.Tensor
             CLASSES, dim, 10, torch.Generator().manual_seed(0), embed_training_set, torch.device("cpu"), model.embedding
         )
         # Each method on the loss params its runs use (e.g. symm's unit form of n_pairs and angular).
-        base_loss = build_loss(loss, registry.loss_params(loss, {}, name), CLASSES, dim)
+        base_loss = build_loss(loss, registry.loss_params(loss, filled({}), name), CLASSES, dim)
         method = registry.load_object(spec.module)(base_loss, spec.resolve(), context)
         method.on_epoch_start(1)  # past IAA's warm-up: statistics estimated, synthesis on (not timed)
         methods[name] = method

@@ -3,7 +3,7 @@
 For the common protocol (config/paper.yaml) and each paper's (config/protocols/*.yaml), merged over
 params.yaml as Snakemake merges it:
 
-- **jobs**: training (and evaluation) runs of the job matrix (:func:`dmlsynth.pipeline.runs`), and the
+- **jobs**: training (and evaluation) runs of the job matrix (:func:`dmlsynth.resolve.runs`), and the
   per-class generation jobs of the BLenDeR methods (fine-tune, generate, filter: one each per training
   class, :func:`dmlsynth.data.split.training_class_count`); tests/e2e/test_protocols.py checks that the
   Snakemake dry run lists exactly these;
@@ -92,7 +92,7 @@ def gpu_seconds_per_image() -> float:
 
 def measure() -> pd.DataFrame:
     from dmlsynth import config as cfg
-    from dmlsynth import pipeline
+    from dmlsynth import registry, resolve
     from dmlsynth.data.split import training_class_count
     from dmlsynth.generation.fine_tuning import fine_tunes
     from dmlsynth.generation.settings import generation_settings, image_sets
@@ -100,7 +100,7 @@ def measure() -> pd.DataFrame:
     rows = []
     for name, path in PROTOCOLS.items():
         config = merged(path)
-        runs = pipeline.runs(config)
+        runs = resolve.runs(config)
         sets = image_sets(config)
         generation_jobs, generated_images = 0, 0
         if sets:
@@ -112,7 +112,7 @@ def measure() -> pd.DataFrame:
         batch = int(cfg.resolved_training(config["training"])["batch_size"])
         steps = {dataset: steps_per_run(config, dataset) for dataset in config["datasets"]}
         images = sum(steps[run["dataset"]][0] * batch for run in runs)
-        backbones = sorted({cfg.dataset_settings(config, d)["backbone"] for d in config["datasets"]})
+        backbones = sorted({registry.dataset_settings(config, d)["backbone"] for d in config["datasets"]})
         rates = [gpu_images_per_second(b) for b in backbones]
         train_hours = images / min(rates) / 3600 if rates and all(r == r for r in rates) else float("nan")
         per_image = gpu_seconds_per_image()

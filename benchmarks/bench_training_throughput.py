@@ -286,8 +286,8 @@ def render(frame: pd.DataFrame) -> str:
 def paper_variant() -> str:
     """The loader variant config/paper.yaml trains with."""
     config = cfg.load(ROOT / "config" / "paper.yaml")
-    source = "copy" if cfg.dataset_settings(config, "cub200")["cache_short_side"] else "original"
-    decoding = {**registry.TRAINING_DEFAULTS, **config["training"]}["image_decoding"]
+    source = "copy" if registry.dataset_settings(config, "cub200")["cache_short_side"] else "original"
+    decoding = config["training"]["image_decoding"]
     return f"{source}:{decoding}"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dmlsynth import cluster
 from dmlsynth import config as dmlsynth_config
-from dmlsynth import gpu_slots, jobs, layout, pipeline, provenance, registry, tracking, workflow as dmlsynth_workflow
+from dmlsynth import gpu_slots, jobs, layout, provenance, registry, resolve, tracking, workflow as dmlsynth_workflow
 
 try:
     CFG = dmlsynth_config.validate(config, source="the workflow config (params.yaml, --configfile, --config)")

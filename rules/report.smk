@@ -48,7 +48,7 @@ rule compare:
         page=report(LAYOUT.comparison_html(), caption="../report/comparison.rst", category="Comparison"),
         forest=[
             report(LAYOUT.forest_figure(d, l), caption="../report/forest.rst", category="Comparison")
-            for d, l in pipeline.comparison_groups(CFG)
+            for d, l in resolve.comparison_groups(CFG)
         ],
     params:
         # Its code, the table it reads and the published numbers it puts beside ours.

@@ -1,4 +1,4 @@
-# Stage 3: one training job per dataset x method x loss x seed (and the controls, dmlsynth.pipeline.runs).
+# Stage 3: one training job per dataset x method x loss x seed (and the controls, dmlsynth.resolve.runs).
 TRAIN = job_of("train", "dataset", "method", "loss", "seed")
 
 

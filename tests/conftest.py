@@ -59,7 +59,7 @@ TINY_GENERATION = {
 
 
 def small_config(base: dict, data_dir: Path, results_dir: Path, **training) -> dict:
-    """params.yaml with tmp paths and a training budget of a few seconds."""
+    """params.yaml with tmp paths and a training budget of a few seconds, validated (every default filled)."""
     config = copy.deepcopy(base)
     config["paths"] = {"data": str(data_dir), "results": str(results_dir), "logs": str(results_dir / "logs")}
     # Blocks params.yaml leaves to the registry's defaults, there for tests to set keys in.
@@ -70,7 +70,9 @@ def small_config(base: dict, data_dir: Path, results_dir: Path, **training) -> d
     config["tracking"] = {"enabled": True, "uri": f"sqlite:///{results_dir / 'mlflow.db'}"}
     # A generator that trains in seconds: the workflow tests check the plumbing, not image quality.
     config["generation"] = {"digits": TINY_GENERATION}
-    return config
+    from dmlsynth.config import validate
+
+    return validate(config)
 
 
 @pytest.fixture(scope="session")

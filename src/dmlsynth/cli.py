@@ -105,6 +105,13 @@ def _load_config(path: str) -> dict:
     return cfg.load(path)
 
 
+def _statistics(path: str) -> dict:
+    """The ``statistics`` block of the config at ``path``, or its defaults where there is none."""
+    from dmlsynth import config as cfg
+
+    return (cfg.load(path) if Path(path).is_file() else cfg.config_defaults())["statistics"]
+
+
 def resolve_job(spec: JobCommand, args: argparse.Namespace):
     """The job of ``args``: the workflow's record (``--job``), or resolved from ``--config`` and the job's names."""
     from dmlsynth import jobs
@@ -170,7 +177,7 @@ def _pin_cpu_isa(level: str, args: argparse.Namespace) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from dmlsynth.generation.settings import describe
-    from dmlsynth.pipeline import runs
+    from dmlsynth.resolve import runs
 
     path = config_of_check(args)
     config = _load_config(path)
@@ -187,11 +194,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     from dmlsynth import tracking
     from dmlsynth.layout import find_run_folders
 
-    config = _load_config(args.config) if args.config else {}
+    from dmlsynth.config import config_defaults
+
+    config = _load_config(args.config) if args.config else config_defaults()
     run_dirs = [folder.path for folder in find_run_folders(*args.paths)]
     if not run_dirs:
         raise FileNotFoundError(f"no finished run folders under {', '.join(map(str, args.paths))}")
-    config = {**config, "tracking": {**config.get("tracking", {}), "enabled": True}}
+    config = {**config, "tracking": {**config["tracking"], "enabled": True}}
     if not tracking.track_runs(config, run_dirs):
         return 1
     print(f"{len(run_dirs)} run(s) tracked in {tracking.settings(config).uri}")
@@ -205,10 +214,10 @@ def cmd_table_of_folders(args: argparse.Namespace) -> int:
     from dmlsynth.layout import TableFiles
     from dmlsynth.table import write_table
 
-    config = _load_config(args.config) if Path(args.config).is_file() else {}
+    statistics = _statistics(args.config)
     files = TableFiles.under(str(args.out_dir))
     generation = pd.read_csv(args.generation) if args.generation else None
-    table = write_table(args.runs, files, config.get("statistics"), generation)
+    table = write_table(args.runs, files, statistics, generation)
     log.info("table with %d rows written to %s (in brief: %s)", len(table), files.csv, files.summary_md)
     return 0
 
@@ -220,13 +229,13 @@ def cmd_compare_of_folders(args: argparse.Namespace) -> int:
     from dmlsynth.compare import write_comparison
     from dmlsynth.table import collect, read_table
 
-    config = _load_config(args.config) if Path(args.config).is_file() else {}
+    statistics = _statistics(args.config)
     if not args.table.is_file():
         raise FileNotFoundError(f"{args.table} does not exist: build the results table first (snakemake --cores 1 {args.table})")
     generation = pd.read_csv(args.generation) if args.generation else None
     frame = write_comparison(
         read_table(args.table), collect(args.runs), generation, args.out_csv, args.out_report, args.figure_dir,
-        config.get("statistics"),
+        statistics,
     )  # fmt: skip
     log.info("comparison of %d rows written to %s and %s", len(frame), args.out_csv, args.out_report)
     return 0

@@ -22,7 +22,6 @@ import subprocess
 from collections import Counter
 from typing import Any, Callable, Iterable, Mapping
 
-from dmlsynth import registry
 
 # Hugging Face hub, transformers and diffusers read only their local caches (HF_HOME) with these set.
 OFFLINE_VARIABLES = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -53,8 +52,8 @@ def plugin_version_problem(version: str | None) -> str | None:
 
 
 def settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``cluster`` settings of a validated config, with the registry defaults."""
-    return {**registry.CLUSTER_DEFAULTS, **(config.get("cluster") or {})}
+    """The ``cluster`` block of a validated config (its defaults filled)."""
+    return dict(config["cluster"])
 
 
 def placement(cluster: Mapping[str, Any], gpus: Callable[..., int]) -> dict[str, Callable[..., Any]]:

@@ -35,7 +35,6 @@ STAT_COLUMNS = (
     "mean", "delta", "delta_ci_low", "delta_ci_high", "delta_boot_low", "delta_boot_high", "p_holm", "significant",
     "delta_adj_low", "delta_adj_high", "mdd", "seeds_needed",
 )  # fmt: skip
-COST_COLUMNS = cost.COLUMNS
 
 
 class CompareError(DmlsynthError, ValueError):
@@ -311,11 +310,10 @@ def write_comparison(
     out_csv: str | Path,
     out_report: str | Path,
     figure_dir: str | Path,
-    settings: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any],
 ) -> pd.DataFrame:
-    from dmlsynth import stats
-
-    confidence = float({**stats.DEFAULTS, **(settings or {})}["confidence"])
+    """The comparison report; ``settings``: the validated ``statistics`` block."""
+    confidence = float(settings["confidence"])
     frame = comparison(table, runs, generation)
     figure_dir = Path(figure_dir)
     for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=False):

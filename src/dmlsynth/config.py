@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import copy
 import os
-from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-import jsonschema
 import yaml
 
-from dmlsynth import registry
-from dmlsynth.registry import dataset_settings  # noqa: F401 - the rules read it here (until they read job records)
+from dmlsynth import defaults, registry
 from dmlsynth.io import read_yaml
 from dmlsynth.errors import DmlsynthError
 
@@ -27,9 +24,10 @@ class ConfigError(DmlsynthError, ValueError):
     """params.yaml is malformed or asks for something that does not exist."""
 
 
-def _schema() -> dict[str, Any]:
-    text = resources.files("dmlsynth.schema").joinpath("params.schema.yaml").read_text()
-    schema = yaml.safe_load(text)
+def _schema(datasets: Iterable[str] = ()) -> dict[str, Any]:
+    """The schema with the registry's names and the defaults its entries own: every loss's and method's
+    params, and for each of ``datasets`` its backbone, sizes and generator (:mod:`dmlsynth.defaults`)."""
+    schema = copy.deepcopy(defaults.schema_file())
     names = {
         "@datasets": sorted(registry.datasets()),
         "@methods": sorted(registry.METHODS),
@@ -48,22 +46,64 @@ def _schema() -> dict[str, Any]:
         return node
 
     schema = fill(schema)
-    # Each method's own params are validated by the schema its registry entry declares.
-    schema["properties"]["method_params"]["properties"] = {
-        name: {"type": "object", "additionalProperties": False, "properties": dict(spec.params_schema)}
-        for name, spec in registry.METHODS.items()
+    blocks = schema["properties"]
+    # Each method's own params are validated by the schema its registry entry declares, with its defaults.
+    blocks["method_params"]["properties"] = {
+        name: defaults.params_node(spec.params_schema, spec.defaults, spec.variants) for name, spec in registry.METHODS.items()
     }
-    # A method's loss overrides take the keys loss_params allows for each loss; a plugin's loss brings its own.
-    loss_schemas = schema["properties"]["loss_params"]["properties"]
+    # A method's loss overrides take the keys loss_params allows for each loss (overrides: no defaults);
+    # a plugin's loss brings its own.
+    loss_schemas = blocks["loss_params"]["properties"]
     for name, spec in registry.LOSSES.items():
         loss_schemas.setdefault(name, {"type": "object", "additionalProperties": False, "properties": dict(spec.params_schema)})
-    schema["properties"]["method_loss_params"]["additionalProperties"] = {
+    blocks["method_loss_params"]["additionalProperties"] = {
         "type": "object",
         "propertyNames": {"enum": sorted(registry.LOSSES)},
         "additionalProperties": False,
-        "properties": loss_schemas,
+        "properties": copy.deepcopy(loss_schemas),
     }
+    for name, spec in registry.LOSSES.items():
+        loss_schemas[name] = defaults.params_node(loss_schemas[name]["properties"], spec.defaults)
+    # The datasets' own defaults, per dataset (generation.<d> and dataset_settings.<d> are filled for each of
+    # them: a job or a report may look up a dataset the config does not run).
+    for name in datasets:
+        spec = registry.dataset(name)
+        own = {
+            "backbone": spec.default_backbone, "embedding_dim": spec.default_embedding_dim,
+            "image_size": spec.default_image_size, "cache_short_side": spec.default_cache_short_side,
+        }  # fmt: skip
+        for block, values in (("dataset_settings", own), ("generation", {"generator": spec.default_generator})):
+            entry = copy.deepcopy(blocks[block]["additionalProperties"])
+            for key, value in values.items():
+                entry["properties"][key]["default"] = value
+            blocks[block].setdefault("properties", {})[name] = {**entry, "default": {}}
     return schema
+
+
+def filled(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` (or of a part of one: a test's, ``dmlsynth check-method``'s) with every default
+    filled as :func:`validate` fills it, without validating it."""
+    tree = copy.deepcopy(dict(config))
+    tree.setdefault("training", {})
+    defaults.fill(_schema(registry.datasets()), tree)  # the errors: what a part of a config lacks
+    return tree
+
+
+def config_defaults(datasets: Iterable[str] = ()) -> dict[str, Any]:
+    """What a config that sets nothing of its own resolves to, block by block (for ``datasets``' per-dataset
+    blocks): the defaults :func:`validate` fills. A shipped config states a value only where it differs
+    (``tests/unit/test_defaults.py``); ``docs/configuration.md`` is rendered from this tree."""
+    tree = filled({})
+    for block in ("dataset_settings", "generation"):
+        tree[block] = {name: tree[block][name] for name in datasets}
+    return {key: value for key, value in tree.items() if key in DEFAULTED_BLOCKS}
+
+
+# The blocks of params.yaml with defaults (the others are required or have none).
+DEFAULTED_BLOCKS = (
+    "dataset_settings", "training", "loss_params", "method_params", "evaluation", "statistics", "tracking",
+    "reproducibility", "cluster", "generation",
+)  # fmt: skip
 
 
 def _where(path: Any) -> str:
@@ -145,14 +185,13 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
     config = coerce(copy.deepcopy(dict(config)), _schema())
     # The datasets the config declares (dataset_settings.<name>.source) become names the schema allows.
     declaration_problems = declared.declare(config)
-    schema = _schema()
-    validator = jsonschema.Draft202012Validator(schema)
     problems = list(declaration_problems)
     # A declared dataset whose data cannot be used is said once (above), not again as an unknown name; one the
     # config does not run is not read, and its settings are not an unknown name either.
     undeclared = {name for name, given in (config.get("dataset_settings") or {}).items() if isinstance(given, Mapping) and "source" in given}
     undeclared -= set(registry.datasets())
-    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+    # One pass validates and fills every default (dmlsynth.defaults): the config is complete from here on.
+    for error in defaults.fill(_schema(registry.datasets()), config):
         if error.validator == "enum" and error.instance in undeclared:
             continue
         message = error.message
@@ -189,34 +228,34 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                     f"(it works with: {allowed}); remove one of them, or skip just this pair with "
                     f"`exclude: [{{method: {method}, loss: {loss}}}]`"
                 )
-    for name, given in (config.get("generation") or {}).items():
-        prompts = (given or {}).get("prompts") or {}
-        if prompts.get("source") == "captions" and not prompts.get("captioner"):
+    for name, given in config["generation"].items():  # every block filled (dmlsynth.defaults)
+        prompts = given["prompts"]
+        if prompts["source"] == "captions" and not prompts["captioner"]:
             problems.append(
                 f"  - at generation.{name}.prompts: source is captions but no captioner is given; set "
                 "captioner to a transformers image-to-text model (e.g. Salesforce/blip-image-captioning-base) "
                 "or a local folder, or use source: attributes"
             )
-        generator = (given or {}).get("generator", registry.dataset(name).default_generator)
+        generator = given["generator"]
         if registry.GENERATORS[generator].trained_here and registry.dataset(name).image_mode != "L":
             problems.append(
                 f"  - at generation.{name}.generator: the {generator} generator makes small grayscale images, but "
                 f"{name!r} is a photo dataset: use generator: stable-diffusion"
             )
-        method = ((given or {}).get("fine_tuning") or {}).get("method", "none")
+        method = given["fine_tuning"]["method"]
         if method != "none" and generator != "stable-diffusion":
             problems.append(
                 f"  - at generation.{name}.fine_tuning.method: {method!r} fine-tunes Stable Diffusion, but the "
                 f"generator of {name!r} is {generator!r} (trained on the dataset already): set method: none"
             )
-        if method in ("lora", "both") and (given or {}).get("lora"):
+        if method in ("lora", "both") and given["lora"]:
             problems.append(
                 f"  - at generation.{name}.lora: a LoRA file is given and fine_tuning.method {method!r} trains one "
                 "per class: unset one of them"
             )
     training = config["training"]
     batch, per_class = training["batch_size"], training["m_per_class"]
-    per_class_batches = {**registry.TRAINING_DEFAULTS, **training}["batch_sampling"] == "m_per_class"
+    per_class_batches = training["batch_sampling"] == "m_per_class"
     if per_class_batches and batch % per_class:
         fewest_classes = min(registry.dataset(name).train_classes for name in config["datasets"])
         suggestion = per_class * min(max(1, batch // per_class), fewest_classes)
@@ -272,7 +311,7 @@ def _class_size_problems(config: Mapping[str, Any]) -> list[str]:
     from dmlsynth.data.split import smallest_training_class, validation_class_count
 
     per_class = config["training"]["m_per_class"]
-    if {**registry.TRAINING_DEFAULTS, **config["training"]}["batch_sampling"] != "m_per_class":
+    if config["training"]["batch_sampling"] != "m_per_class":
         return []  # random batches hold whatever the shuffle gives
     problems = []
     for name in config["datasets"]:
@@ -304,7 +343,7 @@ def _loss_param_problems(config: Mapping[str, Any], excluded: set[tuple[str, str
 
 def _cache_problems(config: Mapping[str, Any], dataset: str) -> list[str]:
     """The resized copy (dmlsynth.data.image_cache) is for photos, and must not be smaller than evaluation's resize."""
-    settings = dataset_settings(config, dataset)
+    settings = registry.dataset_settings(config, dataset)
     short_side, where = settings["cache_short_side"], f"dataset_settings.{dataset}.cache_short_side"
     if not short_side:
         return []
@@ -327,7 +366,7 @@ def _protocol_problems(config: Mapping[str, Any]) -> list[str]:
     from dmlsynth.data.preprocessing import Preprocessing
 
     problems = []
-    training = {**registry.TRAINING_DEFAULTS, **config["training"]}
+    training = config["training"]
     epochs = training["epochs"]
     if training["iterations"] is not None:
         if training["iterations"] % epochs:
@@ -348,7 +387,7 @@ def _protocol_problems(config: Mapping[str, Any]) -> list[str]:
     if training["warmup_epochs"] >= epochs:
         problems.append(f"  - at training.warmup_epochs: {training['warmup_epochs']} warm-up epochs leave none of the {epochs} to train the backbone")
     for name in config["datasets"]:
-        settings = dataset_settings(config, name)
+        settings = registry.dataset_settings(config, name)
         pre = Preprocessing.of(settings)
         if pre.bounding_boxes and not registry.dataset(name).bounding_boxes:
             problems.append(f"  - at dataset_settings.{name}.bounding_boxes: {name!r} has no bounding boxes (cars196 has); set it to false")
@@ -368,8 +407,8 @@ def _divisor_near(total: int, wanted: int) -> int:
 
 
 def resolved_training(training: Mapping[str, Any]) -> dict[str, Any]:
-    """``training`` with the registry defaults; a length in ``iterations`` fixes ``batches_per_epoch``."""
-    resolved = {**registry.TRAINING_DEFAULTS, **training}
+    """The (validated) ``training`` block; a length in ``iterations`` fixes ``batches_per_epoch``."""
+    resolved = dict(training)
     if resolved["iterations"] is not None:
         resolved["batches_per_epoch"] = int(resolved["iterations"]) // int(resolved["epochs"])
     return resolved
@@ -430,10 +469,10 @@ def run_params(config: Mapping[str, Any], dataset: str, method: str, loss: str, 
         "seed": int(seed),
         # Where the data came from (mirror URLs, checksums) and cluster resources don't change the numbers.
         "dataset_settings": {
-            k: v for k, v in dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
+            k: v for k, v in registry.dataset_settings(config, dataset).items() if k not in NOT_RUN_PARAMS
         },
         "training": resolved_training(config["training"]),
         "loss_params": registry.loss_params(loss, config, owner),
         "method_params": registry.method_params(registry.METHODS[trained], config),
-        "evaluation": {**registry.EVALUATION_DEFAULTS, **(config.get("evaluation") or {})},
+        "evaluation": dict(config["evaluation"]),
     }

@@ -1,5 +1,5 @@
 """The reference of params.yaml's keys in docs/configuration.md: every key of the schema with the default
-that :func:`dmlsynth.registry.config_defaults` resolves it to and the schema's description.
+that :func:`dmlsynth.config.config_defaults` resolves it to and the schema's description.
 
 Rendered into the document as a generated block (:mod:`dmlsynth.docblocks`, source: the schema file);
 ``tests/unit/test_docblocks.py`` fails when a default, a key or a description changes and the page
@@ -70,11 +70,11 @@ def render(schema_file: Path) -> str:
     """Markdown: one table per block of params.yaml, keys in the schema's order."""
     del schema_file  # the schema as validation uses it, with the registry's names filled in
     from dmlsynth import registry
-    from dmlsynth.config import _schema
+    from dmlsynth.config import _schema, config_defaults
 
     schema = _schema()["properties"]
     datasets = list(registry.DATASETS)
-    defaults = registry.config_defaults(datasets)
+    defaults = config_defaults(datasets)
     out: list[str] = []
     for block, node in schema.items():
         out.append(f"#### `{block}`")

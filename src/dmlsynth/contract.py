@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dmlsynth import registry
+from dmlsynth.config import filled
 from dmlsynth.losses import BaseLoss, build_loss
 from dmlsynth.methods import MethodContext, build_method
 from dmlsynth.models import EmbeddingNet
@@ -73,7 +74,7 @@ def build(method_name: str, loss_name: str, method_params: Mapping[str, Any], se
     inputs, labels = batch()
     if loss_params is None:  # a variant may set loss params of its own (sgar official: the projection head)
         config = {"method_params": {method_name: {"variant": method_params["variant"]}}} if "variant" in method_params else {}
-        loss_params = registry.loss_params(loss_name, config, method_name)
+        loss_params = registry.loss_params(loss_name, filled(config), method_name)
     base = build_loss(loss_name, loss_params, CLASSES, DIM)
 
     @torch.no_grad()
@@ -184,7 +185,7 @@ def entry_problems(kind: str, name: str) -> str | None:
         return None
     spec = registry.METHODS[name]
     jsonschema.validate(dict(spec.defaults), properties[name])
-    jsonschema.validate({**spec.defaults, **spec.off_params}, properties[name])
+    jsonschema.validate(spec.resolve(dict(spec.off_params)), properties[name])
     for variant in spec.variants:
         jsonschema.validate(spec.resolve({"variant": variant}), properties[name])
     unknown = set(spec.compatible_losses or ()) - set(registry.LOSSES)
@@ -211,7 +212,7 @@ def step_problem(method: str, loss: str) -> str | None:
 def off_problem(method: str, loss: str) -> str | None:
     off = dict(registry.METHODS[method].off_params)
     switched_off = train(method, loss, off)
-    control = train(registry.BASELINE, loss, {}, loss_params=registry.loss_params(loss, {}, method))
+    control = train(registry.BASELINE, loss, {}, loss_params=registry.loss_params(loss, filled({}), method))
     if switched_off[0] != control[0]:
         return f"losses per step {switched_off[0]} differ from the control's {control[0]}"
     if not _same(switched_off, control):

@@ -42,7 +42,7 @@ VARIABLES: Mapping[str, Mapping[str, str]] = {
     },
     "native": {},
 }
-LEVELS = tuple(VARIABLES)  # the setting's default: dmlsynth.registry.REPRODUCIBILITY_DEFAULTS
+LEVELS = tuple(VARIABLES)  # the setting's default: the schema's reproducibility.cpu_isa
 # The CPU flags a pinned level needs (/proc/cpuinfo): AVX2 kernels use FMA too.
 REQUIRED_FLAGS: Mapping[str, tuple[str, ...]] = {"avx2": ("avx2", "fma"), "native": ()}
 # Libraries whose dispatch the variables decide: once one is loaded, setting them changes nothing.

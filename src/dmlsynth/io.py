@@ -135,12 +135,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` through a temporary file (load it back with ``weights_only=True``).
 

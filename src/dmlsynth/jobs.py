@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -299,39 +298,18 @@ class JobArgument:
         return f"{record['rule']} {record['name']}: " + "; ".join(pairs(record["params"]))
 
 
-def runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every training run of the config: dataset x method x loss x seed, less ``exclude``d pairs, and the
-    controls the methods are compared with (:func:`dmlsynth.registry.control_label`): ``baseline`` even
-    when the config does not list it, and a baseline with a method's own loss params where it has some.
-    ``method`` is the run's name (its folder and its row in the table)."""
-    excluded = {(e["method"], e["loss"]) for e in config.get("exclude") or []}
-    pairs = [(m, l) for m, l in itertools.product(config["methods"], config["losses"]) if (m, l) not in excluded]
-    for method, loss in list(pairs):
-        if method != registry.BASELINE:
-            control = (registry.control_label(config, method, loss), loss)
-            if control not in pairs:
-                pairs.append(control)
-    names = list(dict.fromkeys(m for m, _ in pairs))  # the configured methods first, then the controls
-    return [
-        {"dataset": d, "method": m, "loss": l, "seed": s}
-        for d, m, l, s in itertools.product(config["datasets"], names, config["losses"], config["seeds"])
-        if (m, l) in pairs
-    ]
-
-
-def comparison_groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The (dataset, loss) pairs of the job matrix: one forest plot each."""
-    return list(dict.fromkeys((run["dataset"], run["loss"]) for run in runs(config)))
-
-
 class Jobs:
-    """The jobs of one validated config: one constructor per rule, each resolved once (cached)."""
+    """The jobs of one config: one constructor per rule, each resolved once (cached), all from the config's
+    resolved tree (:func:`dmlsynth.resolve.resolve`)."""
 
     def __init__(self, config: Mapping[str, Any]):
-        self.config = config
-        self.layout = layout_module.Layout.of(config)
-        self.runs = runs(config)
-        self.validation = split.uses_validation(config)
+        from dmlsynth.resolve import resolve  # not at module level: what resolves the config is no job's code
+
+        self.tree = resolve(config)
+        self.config = self.tree["config"]
+        self.layout = layout_module.Layout.of(self.config)
+        self.runs = self.tree["runs"]
+        self.validation = split.uses_validation(self.config)
         self._cache: dict[tuple, Job] = {}
 
     def _cached(self, key: tuple, make) -> Job:
@@ -342,7 +320,7 @@ class Jobs:
 
     @property
     def cpu_isa(self) -> str:
-        return str({**registry.REPRODUCIBILITY_DEFAULTS, **(self.config.get("reproducibility") or {})}["cpu_isa"])
+        return str(self.config["reproducibility"]["cpu_isa"])
 
     # Settings --------------------------------------------------------------------------------------
     def dataset_settings(self, dataset: str) -> dict[str, Any]:
@@ -359,8 +337,8 @@ class Jobs:
         return image_sets(self.config)
 
     def tracking(self) -> dict[str, Any]:
-        """The ``tracking`` block with its defaults; a job resolves it where it runs ($MLFLOW_TRACKING_URI there wins)."""
-        return {**registry.TRACKING_DEFAULTS, **(self.config.get("tracking") or {})}
+        """The ``tracking`` block; a job resolves it where it runs ($MLFLOW_TRACKING_URI there wins)."""
+        return dict(self.config["tracking"])
 
     def _resources(self, dataset: str, key: str, default: int) -> int:
         return int(self.dataset_settings(dataset)["resources"].get(key, default))
@@ -437,10 +415,7 @@ class Jobs:
             run = self.layout.run(dataset, method, loss, seed)
             return Job(
                 rule="evaluate", name=train.name,
-                params={
-                    "ks": list({**registry.EVALUATION_DEFAULTS, **(self.config.get("evaluation") or {})}["ks"]), "run": train.identity(),
-                    "tracking": self.tracking(),
-                },
+                params={"ks": list(self.config["evaluation"]["ks"]), "run": train.identity(), "tracking": self.tracking()},
                 # Every file of the training (the weights too: a run whose files were deleted is trained again).
                 inputs=dict(train.outputs),
                 outputs={"metrics": run.metrics, "queries": run.queries, "embedding_plot": run.embedding_plot,
@@ -460,7 +435,7 @@ class Jobs:
         return [provenance.stable_repr(registry.METHODS[name]) for name in names]
 
     def _comparison_files(self) -> list[str]:
-        return self.layout.comparison_outputs(comparison_groups(self.config))
+        return self.layout.comparison_outputs(self.tree["comparison_groups"])
 
     def table(self) -> Job:
         def make() -> Job:
@@ -476,7 +451,7 @@ class Jobs:
             return Job(
                 rule="table", name="table",
                 params={
-                    "statistics": {**registry.STATISTICS_DEFAULTS, **(self.config.get("statistics") or {})},
+                    "statistics": dict(self.config["statistics"]),
                     # Which runs, of which config and code: a changed or failed run makes the table out of date.
                     "runs": {f.path: self.evaluate(**run).identity() for f, run in zip(folders, self.runs)},
                     "tracking": self.tracking(),
@@ -500,7 +475,7 @@ class Jobs:
             return Job(
                 rule="compare", name="compare",
                 params={
-                    "confidence": {**registry.STATISTICS_DEFAULTS, **(self.config.get("statistics") or {})}["confidence"],
+                    "confidence": self.config["statistics"]["confidence"],
                     "table": self.table().identity(),
                     # The published numbers it puts beside ours.
                     "published": provenance.params_hash({"text": published.text()}),

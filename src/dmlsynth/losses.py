@@ -254,7 +254,7 @@ class PairUnitSoftmaxLoss(losses.BaseMetricLossFunction):
     sample left over (odd count in its class) is not used; a batch without a pair gives zero.
     """
 
-    def __init__(self, form: str, alpha: float = 45.0, normalize: bool = False, l2_reg: float = 0.0, **kwargs):
+    def __init__(self, form: str, *, normalize: bool, l2_reg: float, alpha: float = 45.0, **kwargs):
         super().__init__(**kwargs)
         if form not in ("n_pairs", "angular"):
             raise ValueError(f"PairUnitSoftmaxLoss is the unit form of n_pairs or angular, got {form!r}")
@@ -333,8 +333,7 @@ class PotentialFieldLoss(losses.WeightRegularizerMixin, losses.BaseMetricLossFun
     """
 
     def __init__(
-        self, num_classes: int, embedding_size: int, proxies_per_class: int = 1, alpha: float = 4.0,
-        delta: float = 0.2, **kwargs,
+        self, num_classes: int, embedding_size: int, *, proxies_per_class: int, alpha: float, delta: float, **kwargs,
     ):
         super().__init__(**kwargs)
         if self.distance.is_inverted:

@@ -22,9 +22,10 @@ import yaml
 
 from dmlsynth import provenance, registry
 from dmlsynth.data.split import training_class_count, uses_validation
-from dmlsynth.jobs import comparison_groups, runs  # the job matrix (its home: dmlsynth.jobs)
+from dmlsynth.config import filled
 from dmlsynth.layout import Layout
 from dmlsynth.published import FILE as PUBLISHED_FILE
+from dmlsynth.resolve import comparison_groups, runs
 
 # Params each stage depends on (top-level keys of params.yaml).
 STAGE_PARAMS = {
@@ -150,6 +151,7 @@ def dvc_yaml(config: Mapping[str, Any]) -> str:
     modules = stage_modules(config)
     project = provenance.PACKAGE_DIR.parent.parent  # src/dmlsynth -> the project folder
     stages: dict[str, Any] = {}
+    unset = filled({})
     for stage, until in STAGE_UNTIL.items():
         if not outputs[stage]:
             continue  # no generation stage when nothing is generated
@@ -161,7 +163,8 @@ def dvc_yaml(config: Mapping[str, Any]) -> str:
         # The published numbers the comparison report puts beside ours are data, not code.
         data = [(provenance.PACKAGE_DIR / PUBLISHED_FILE).relative_to(project).as_posix()] if stage == "report" else []
         entry: dict[str, Any] = {"cmd": cmd, "deps": ["Snakefile", "rules", *code, *data, *upstream]}
-        params = [key for key in STAGE_PARAMS[stage] if key in config]
+        # The keys params.yaml sets (validation filled the others with their defaults: DVC finds no such key there).
+        params = [key for key in STAGE_PARAMS[stage] if key in config and config[key] != unset.get(key)]
         if params:
             entry["params"] = params
         outs = outputs[stage]

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlparse
 
-from dmlsynth import config as cfg
 from dmlsynth import models, registry
 from dmlsynth.layout import Layout
 from dmlsynth.errors import DmlsynthError
@@ -66,7 +65,7 @@ def _dataset_files(config: Mapping[str, Any], dataset: str) -> list[dict[str, An
     files = getattr(module, "FILES", None)
     if not files:  # ships with a library (digits): nothing to download
         return []
-    sources = resolve_sources(dataset, cfg.dataset_settings(config, dataset), files, getattr(module, "EXPECTED", {}))
+    sources = resolve_sources(dataset, registry.dataset_settings(config, dataset), files, getattr(module, "EXPECTED", {}))
     raw = Path(Layout.of(config).raw_dir(dataset))
     return [
         {
@@ -84,7 +83,7 @@ def plan(config: Mapping[str, Any]) -> Plan:
     needed = Plan()
     for dataset in config["datasets"]:
         needed.dataset_files += _dataset_files(config, dataset)
-        settings = cfg.dataset_settings(config, dataset)
+        settings = registry.dataset_settings(config, dataset)
         source = weight_source(settings)
         what = f"the {settings['backbone']} backbone of {dataset}"
         if source is not None or (settings["pretrained"] and settings["backbone"] in models.PUBLISHED_WEIGHTS):
@@ -105,7 +104,7 @@ def plan(config: Mapping[str, Any]) -> Plan:
         if settings["prompts"]["source"] == "captions" and settings["prompts"].get("captioner"):
             needed.hub_models.setdefault(str(settings["prompts"]["captioner"]), (f"generation.{dataset}.prompts.captioner", None))
         # The generation report's feature network (dmlsynth.generation.quality): an ImageNet ResNet-50 on photos.
-        if registry.dataset(dataset).image_mode != "L" and cfg.dataset_settings(config, dataset)["pretrained"]:
+        if registry.dataset(dataset).image_mode != "L" and registry.dataset_settings(config, dataset)["pretrained"]:
             needed.torch_weights.setdefault(models.imagenet_weights().url, f"the generation report of {dataset}")
     # A local folder is loaded from where it is.
     needed.hub_models = {k: v for k, v in needed.hub_models.items() if not Path(k).exists()}

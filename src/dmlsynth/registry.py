@@ -15,6 +15,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from dmlsynth import defaults as _defaults
 from dmlsynth import layout
 from dmlsynth import plugins as _plugins
 
@@ -119,17 +120,13 @@ class MethodSpec:
         return self.compatible_losses is None or loss in self.compatible_losses
 
     def resolve(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The method's params: its defaults, then its variant's defaults, then what ``given`` sets."""
-        given = dict(given or {})
-        params = dict(self.defaults)
-        if self.variants:
-            variant = given.get("variant", params.get("variant"))
-            if variant not in self.variants:
-                raise ValueError(
-                    f"method {self.name!r} has no variant {variant!r}; known: {', '.join(sorted(self.variants))}"
-                )
-            params.update(self.variants[variant])
-        params.update(given)
+        """The method's params outside a config (a test, ``dmlsynth check-method``): ``given`` filled with its
+        variant's defaults, then its own, by the pass that fills a config's (:mod:`dmlsynth.defaults`)."""
+        params = dict(given or {})
+        variant = params.get("variant", self.defaults.get("variant"))
+        if self.variants and variant not in self.variants:
+            raise ValueError(f"method {self.name!r} has no variant {variant!r}; known: {', '.join(sorted(self.variants))}")
+        _defaults.fill(_defaults.params_node(self.params_schema, self.defaults, self.variants), params)
         return params
 
 
@@ -512,49 +509,10 @@ _plugins.install(
 )
 
 
-# Defaults of the optional keys of params.yaml's `training` and `evaluation` (the schema requires the rest).
-TRAINING_DEFAULTS: Mapping[str, Any] = {
-    "batches_per_epoch": None,  # None: one pass over the training images
-    "weight_decay": 0.0,
-    "lr_scheduler": "cosine",
-    "device": "auto",
-    "num_workers": 0,
-    "mixed_precision": "auto",
-    "image_decoding": "workers",  # photos: decoded by the loader workers, or "device" (nvJPEG on CUDA)
-    # The papers' own schedules (config/protocols/): the schema describes each key.
-    "iterations": None,  # None: epochs x batches_per_epoch; else the run's optimisation steps (batches_per_epoch follows)
-    "lr_decay": 0.1,  # factor of the step and multistep schedules
-    "lr_decay_every": 10,  # epochs between decays of the step schedule
-    "lr_milestones": [],  # epochs after which the multistep schedule decays
-    "warmup_epochs": 0,  # epochs that train only the embedding layer and the loss's own parameters
-    "embedding_lr_multiplier": 1.0,
-    "embedding_gradient_multiplier": 1.0,
-    "batch_sampling": "m_per_class",  # random: uniformly shuffled batches (SGAR's official code)
-    "grad_clip_value": None,  # None: no clipping; else every gradient entry clipped to [-v, v]
-}
-EVALUATION_DEFAULTS: Mapping[str, Any] = {"ks": [1, 2, 4, 8], "batch_size": 256}
-# How the results table compares methods with baseline (params.yaml `statistics`; dmlsynth.stats).
-STATISTICS_DEFAULTS: Mapping[str, Any] = {"confidence": 0.95, "alpha": 0.05, "bootstrap_samples": 2000, "bootstrap_seed": 0}
-TRACKING_DEFAULTS: Mapping[str, Any] = {
-    "enabled": True,
-    "uri": "sqlite:///mlflow.db",
-    "artifacts": None,  # None: mlruns/ beside a local store; a tracking server's own default otherwise
-    "timeout": 10,  # seconds a tracking server may take to answer (MLflow's default stalls ~4 min)
-    "runs": "with_table",  # when runs are mirrored into MLflow (TRACKING_RUNS; the schema says what each means)
-}
+# The names the schema allows for tracking.runs and reproducibility.cpu_isa (dmlsynth.cpu_isa); the schema
+# says what each means and holds their defaults.
 TRACKING_RUNS = ("with_table", "as_evaluated")
-# The CPU instruction set every job's numbers are computed with (dmlsynth.cpu_isa; the schema says what each means).
-REPRODUCIBILITY_DEFAULTS: Mapping[str, Any] = {"cpu_isa": "avx2"}
 CPU_ISA_LEVELS = ("avx2", "native")
-# Where cluster jobs run (params.yaml `cluster`; dmlsynth.cluster, docs/cluster.md); changes no result.
-CLUSTER_DEFAULTS: Mapping[str, Any] = {
-    "partition": None,  # SLURM partition of the jobs without a GPU (None: the cluster's default)
-    "gpu_partition": None,  # ... of every job that takes a GPU, whichever rule (None: `partition`)
-    "gpu_model": None,  # the GPU model those jobs ask for (--gpus=<model>:1)
-    "offline": False,  # jobs read models only from the local caches (after `dmlsynth prefetch`)
-}
-
-
 # BLenDeR generation (docs/methods.md §7) ------------------------------------------------------
 
 
@@ -604,56 +562,10 @@ IMAGE_SETS: dict[str, ImageSetSpec] = {
     ]
 }
 
-EMBEDDED_GENERATOR_DEFAULTS: Mapping[str, Any] = {
-    "train_steps": 400,
-    "batch_size": 64,
-    "lr": 0.002,
-    "warmup_steps": 100,
-    "caption_dropout": 0.1,
-    "attribute_keep": 0.5,
-    "unet_channels": [32, 64],
-    "text_width": 64,
-    "text_layers": 2,
-    "max_tokens": 16,
-    "train_timesteps": 1000,
-}
-
 # generation.<dataset>.filter: which generated images a set keeps (dmlsynth.generation.filtering).
-# The paper filters with CLIP but states no threshold or model: both are [project definition]s.
+# The paper filters with CLIP but states no threshold or model: both are [project definition]s (their
+# defaults are the schema's).
 FILTER_SCORERS = ("auto", "clip", "fidelity", "none")
-FILTER_DEFAULTS: Mapping[str, Any] = {
-    "scorer": "auto",  # auto: fidelity for a generator trained here (embedded), clip otherwise; none: keep all
-    "clip_model": "openai/clip-vit-large-patch14",
-    "clip_threshold": 0.2,  # cosine similarity of image and class prompt
-    "fidelity_threshold": 0.5,  # the fidelity classifier's probability of the intended class
-    "extra": 0.1,  # extra images generated per class and set, as a share of images_per_class
-    "batch_size": 32,  # images scored at once
-}
-
-# generation.<dataset>.prompts: where the prompts file's per-class prompts come from (dmlsynth.generation.prompts).
-PROMPT_SOURCES = ("attributes", "captions")
-PROMPT_SOURCE_DEFAULTS: Mapping[str, Any] = {
-    "source": "attributes",  # captions: a captioning model describes real training images of each class
-    "captioner": None,  # a transformers image-to-text model (Hub id or local folder); needed for captions
-    "images_per_class": 8,  # training images captioned per class
-    "max_new_tokens": 30,
-}
-
-# generation.<dataset>.fine_tuning: per-class fine-tuning of Stable Diffusion (dmlsynth.generation.fine_tuning).
-# Off by default (the embedded generator is trained per dataset already); config/paper.yaml turns it on.
-# [project definition] values (the paper names LoRA / textual inversion, not their settings): those of the
-# diffusers example scripts: LoRA rank 4 at lr 1e-4; textual inversion at 5e-4 x batch (their scale_lr).
-FINE_TUNING_DEFAULTS: Mapping[str, Any] = {
-    "method": "none",  # none | lora | textual_inversion | both
-    "steps": 400,
-    "rank": 4,
-    "learning_rate": 0.0001,  # LoRA weights
-    "embedding_learning_rate": 0.002,  # the class token's embedding
-    "batch_size": 4,
-    "resolution": None,  # None: the model's native size (512 for Stable Diffusion 1.5)
-    "checkpoint_every": 100,
-}
-
 # generation.<dataset>.operators / intersection_rule / guidance_norm: how BLenDeR combines the K guidance
 # residuals (dmlsynth.generation.blend; docs/methods.md §7). principal_component is the paper's intersection
 # ("a principal component surrogate"); elementwise, the union's formula and the strength control are
@@ -661,42 +573,6 @@ FINE_TUNING_DEFAULTS: Mapping[str, Any] = {
 BLEND_OPERATORS = ("union", "intersection", "conjunction", "inclusion_exclusion")
 INTERSECTION_RULES = ("principal_component", "elementwise")
 GUIDANCE_NORMS = ("mean", "none")
-
-# generation.<dataset> (the generator itself defaults to the dataset's default_generator).
-GENERATION_DEFAULTS: Mapping[str, Any] = {
-    "model_id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "scheduler": "dpm-solver",
-    "steps": 15,
-    "guidance_scale": 3.0,
-    "images_per_class": 80,
-    # At most this many images per sampler call; on a GPU fewer when they would not fit
-    # into gpu_memory_gib (dmlsynth.generation.batching), and halved on out-of-memory.
-    "batch_size": 80,
-    # GPU memory (GiB) generation may fill: 16 keeps the default below 20 GiB and fits a 24 GiB card;
-    # None: all the memory that is free when the job starts.
-    "gpu_memory_gib": 16,
-    "prompts_per_image": 3,
-    "prompts_per_condition": 2,
-    "operators": {"union": 0.5, "intersection": 0.5},
-    "intersection_rule": "principal_component",  # the paper's surrogate; elementwise: the project's per-element rule
-    # mean: each image's combined residual is rescaled to its mean residual's norm, so operators differ in
-    # direction, not strength (like for like) [project definition]; none: op(d) as it is.
-    "guidance_norm": "mean",
-    "seed": 0,
-    "device": "auto",
-    "fp16": True,
-    "attention_slicing": "auto",
-    "vae_slicing": "auto",  # decode one image at a time; auto = on a GPU
-    "compile": "auto",  # torch.compile the UNet; auto = on a GPU when the job repays it (generators.wants_compile)
-    "textual_inversion": {},
-    "lora": None,
-    "threads": 1,  # CPU threads of each generation job (train_generator, generate, filter_generated)
-    "embedded": EMBEDDED_GENERATOR_DEFAULTS,
-    "filter": FILTER_DEFAULTS,
-    "prompts": PROMPT_SOURCE_DEFAULTS,
-    "fine_tuning": FINE_TUNING_DEFAULTS,
-}
-
 
 # The datasets params.yaml declares (dataset_settings.<name>.source; dmlsynth.data.declared), resolved once at
 # config validation and handed to every job in its record (dmlsynth.jobs.Job): the lookups below see them.
@@ -735,48 +611,22 @@ def declare_records(records: Mapping[str, Mapping[str, Any]]) -> None:
     declare(DatasetSpec(**{**record, "outputs": tuple(record["outputs"])}) for record in records.values())
 
 
-def dataset_defaults(name: str) -> dict[str, Any]:
-    """The ``dataset_settings.<name>`` a config leaves unset."""
-    spec = dataset(name)
-    return {
-        "backbone": spec.default_backbone,
-        "pretrained": False,
-        "embedding_dim": spec.default_embedding_dim,
-        "image_size": spec.default_image_size,
-        "cache_short_side": spec.default_cache_short_side,
-        "urls": {},
-        "resources": {},
-        "weights": None,  # None: the backbone's own ImageNet weights (dmlsynth.weights)
-        "weights_sha256": None,
-        # Photo preprocessing (dmlsynth.data.images.Preprocessing); the defaults are docs/methods.md §1's.
-        "train_transform": "random_resized_crop",
-        "eval_transform": "center_crop",
-        "square_resize": False,
-        "crop_scale": [0.08, 1.0],
-        "bounding_boxes": False,
-        "validation_classes": 0,  # none: the reported epoch is the last (dmlsynth.data.split)
-    }
-
-
 def dataset_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """The dataset's defaults (:func:`dataset_defaults`) updated with ``config['dataset_settings'][dataset]``."""
-    settings = dataset_defaults(dataset)
-    settings.update((config.get("dataset_settings") or {}).get(dataset) or {})
-    return settings
+    """``dataset_settings.<dataset>`` of a validated config (its defaults filled by :func:`dmlsynth.config.validate`)."""
+    return dict(config["dataset_settings"][dataset])
 
 
 def method_params(spec: MethodSpec, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The method's params (:meth:`MethodSpec.resolve`) with ``config['method_params'][name]``."""
-    return spec.resolve((config.get("method_params") or {}).get(spec.name))
+    """``method_params.<name>`` of a validated config (its defaults and its variant's filled)."""
+    return dict(config["method_params"][spec.name])
 
 
 def loss_params(name: str, config: Mapping[str, Any], method: str | None = None) -> dict[str, Any]:
-    """The params of loss ``name``: its defaults, ``config['loss_params'][name]``, then, when it is
-    trained under ``method``, the loss params the method's registry entry needs (``MethodSpec.loss_params``)
-    and ``config['method_loss_params'][method][name]`` (a method's published loss settings, e.g. IAA's
-    Multi-Similarity beta = 40)."""
-    params = dict(LOSSES[name].defaults)
-    params.update((config.get("loss_params") or {}).get(name) or {})
+    """The params of loss ``name``: ``loss_params.<name>`` of a validated config (its defaults filled), then,
+    when it is trained under ``method``, the loss params the method's registry entry needs
+    (``MethodSpec.loss_params``) and ``config['method_loss_params'][method][name]`` (a method's published
+    loss settings, e.g. IAA's Multi-Similarity beta = 40)."""
+    params = dict(config["loss_params"][name])
     if method is not None:
         spec = METHODS[method]
         params.update(spec.loss_params.get(name) or {})
@@ -857,28 +707,3 @@ def compatibility_table() -> str:
         cells = ["yes" if spec.is_compatible(loss) else "—" for loss in losses]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-# The defaults of every block of params.yaml, in one tree -------------------------------------------------
-
-
-def config_defaults(datasets: Iterable[str] = ()) -> dict[str, Any]:
-    """What a config that sets nothing of its own resolves to, block by block (for ``datasets``' per-dataset
-    blocks): the home of every default. A shipped config states a value only where it differs
-    (``tests/unit/test_defaults.py``); ``docs/configuration.md`` is rendered from this tree."""
-    datasets = list(datasets)
-    generation = {}
-    for name in datasets:
-        generation[name] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in GENERATION_DEFAULTS.items()}
-        generation[name]["generator"] = dataset(name).default_generator
-    return {
-        "dataset_settings": {name: dataset_defaults(name) for name in datasets},
-        "training": dict(TRAINING_DEFAULTS),
-        "loss_params": {name: dict(spec.defaults) for name, spec in LOSSES.items()},
-        "method_params": {name: dict(spec.defaults) for name, spec in METHODS.items()},
-        "evaluation": dict(EVALUATION_DEFAULTS),
-        "statistics": dict(STATISTICS_DEFAULTS),
-        "tracking": dict(TRACKING_DEFAULTS),
-        "reproducibility": dict(REPRODUCIBILITY_DEFAULTS),
-        "generation": generation,
-    }

@@ -25,10 +25,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dmlsynth import registry
 
 # `statistics` in params.yaml overrides these (they change no run, only the table).
-DEFAULTS = registry.STATISTICS_DEFAULTS
 
 
 @dataclass(frozen=True)

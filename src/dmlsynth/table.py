@@ -64,7 +64,6 @@ PROVENANCE_COLUMNS = [
 POINT_STATS = tuple(stat for stat in METRIC_STATS if stat not in ("p", "p_holm", "significant", "seeds_needed"))
 POINTS = 100.0
 INTEGER_COLUMNS = ("seeds", "pairs", "optimisation_steps", "batch_size", "threads")
-TEXT_COLUMNS = ("control", "test", "device", "cpu_isa", "seed_list", "chosen_epochs", "params_hashes", "git_commits")
 # Params in which a method's run may differ from its control's: everything else (dataset settings,
 # training, loss params, evaluation) must be equal, or the delta would mix the synthesis with something else.
 METHOD_PARAMS = ("method", "label", "control", "method_params")
@@ -374,14 +373,13 @@ def _row_value(members: list[Run], name: str) -> Any:
     return values.pop() if values else np.nan
 
 
-def aggregate(runs: list[Run], settings: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def aggregate(runs: list[Run], settings: Mapping[str, Any]) -> pd.DataFrame:
     """The table (one row per dataset x method x loss) from runs; NaN where a value does not exist.
 
     Each method's row is compared with its control's (``Run.control``, seed by seed); the control must
     differ from it in nothing but the synthesis (:func:`check_like_for_like`). A run that lacks a metric
     its row's other runs have is refused, never left out of the mean.
     """
-    settings = {**stats.DEFAULTS, **(settings or {})}
     confidence, alpha = float(settings["confidence"]), float(settings["alpha"])
     metrics = metric_names(runs)
     for run in runs:
@@ -660,7 +658,7 @@ def _pct(value: float, signed: bool = False) -> str:
     return NOT_AVAILABLE if pd.isna(value) else (f"{value:+.1f}" if signed else f"{value:.1f}")
 
 
-def summary_markdown(frame: pd.DataFrame, confidence: float, alpha: float = stats.DEFAULTS["alpha"]) -> str:
+def summary_markdown(frame: pd.DataFrame, confidence: float, alpha: float) -> str:
     """The summary as one markdown table per dataset x loss."""
     level = f"{100 * confidence:g} %"
     lines = [
@@ -762,15 +760,14 @@ def headline_metrics(table: pd.DataFrame) -> dict[str, Any]:
 def write_table(
     paths: Iterable[str | Path],
     files: "TableFiles",
-    settings: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any],
     generation: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The table job: the summary (CSV and markdown), the full table (CSV and JSON), DVC's headline metrics
     and the recall figure, from the runs under ``paths`` (and the generation report, for the cost)."""
     runs = collect(paths)
     table = aggregate(runs, settings)
-    resolved = {**stats.DEFAULTS, **(settings or {})}
-    confidence = float(resolved["confidence"])
+    confidence = float(settings["confidence"])
     brief = summary(table, runs, generation)
     payload = {"table": nested(in_points(table), IDENTITY), "runs": nested(in_points(runs_frame(runs)), [*IDENTITY, "seed"])}
     plot_recall(table, files.figure, confidence=confidence)
@@ -781,7 +778,7 @@ def write_table(
     atomic_write_text(files.headline, json.dumps(headline_metrics(table), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(files.csv, table_csv(table))
     atomic_write_text(files.summary_csv, summary_csv(brief))
-    brief_text = summary_markdown(brief, confidence, float(resolved["alpha"])) + _isa_line(table) + "\n"
+    brief_text = summary_markdown(brief, confidence, float(settings["alpha"])) + _isa_line(table) + "\n"
     atomic_write_text(files.summary_md, brief_text)
     atomic_write_text(files.summary_html, html_pages.from_markdown("Results in brief", brief_text))
     atomic_write_text(files.table_html, html_pages.from_frame("Results table", in_points(table), TABLE_UNITS, "{:.2f}"))

@@ -50,9 +50,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from dmlsynth import registry
 from dmlsynth.layout import RunFolder
-from dmlsynth.errors import DmlsynthError
 
 log = logging.getLogger("dmlsynth.tracking")
 
@@ -66,10 +64,6 @@ SUPERSEDED_TAG = "dmlsynth.superseded"
 FAILURES_VARIABLE = "DMLSYNTH_TRACKING_FAILURES"
 
 
-class TrackingError(DmlsynthError, RuntimeError):
-    """The tracking store could not be written; results on disk are unaffected."""
-
-
 @dataclass(frozen=True)
 class TrackingSettings:
     enabled: bool
@@ -78,13 +72,20 @@ class TrackingSettings:
     timeout: float
 
 
-def settings(config: Mapping[str, Any] | None) -> TrackingSettings:
-    """The resolved ``tracking`` settings (registry defaults, config, ``$MLFLOW_TRACKING_URI``)."""
-    values = {**registry.TRACKING_DEFAULTS, **((config or {}).get("tracking") or {})}
+def settings(config: Mapping[str, Any]) -> TrackingSettings:
+    """The ``tracking`` block of a validated config (its defaults filled), ``$MLFLOW_TRACKING_URI`` over its uri."""
+    values = config["tracking"]
     uri = os.environ.get("MLFLOW_TRACKING_URI") or str(values["uri"])
     return TrackingSettings(
         enabled=bool(values["enabled"]), uri=uri, artifacts=artifact_root(uri, values["artifacts"]), timeout=float(values["timeout"])
     )
+
+
+def of_uri(uri: str) -> TrackingSettings:
+    """The settings of a store given by its URI alone (a run tracked by hand): the other keys' defaults."""
+    from dmlsynth import defaults
+
+    return settings({"tracking": defaults.block("tracking", {"uri": uri})})
 
 
 def artifact_root(uri: str, artifacts: str | None) -> str | None:
@@ -266,7 +267,7 @@ def track_run(run_dir: str | Path, tracking: TrackingSettings | str) -> str:
     from mlflow.entities import Metric, Param
 
     if isinstance(tracking, str):
-        tracking = settings({"tracking": {"uri": tracking}})
+        tracking = of_uri(tracking)
     folder = RunFolder(str(run_dir))
     if not Path(folder.record).is_file():
         raise FileNotFoundError(f"{folder.record} does not exist: {run_dir} is not a finished training run")
@@ -485,7 +486,7 @@ def track_fine_tuning(summary_file: str | Path, tracking: TrackingSettings | str
     from mlflow.entities import Metric
 
     if isinstance(tracking, str):
-        tracking = settings({"tracking": {"uri": tracking}})
+        tracking = of_uri(tracking)
     summary = json.loads(Path(summary_file).read_text())
     key = f"fine_tuning/{summary['dataset']}/{summary['label']}/{summary['params_hash']}"
     with store_lock(tracking.uri):

@@ -11,6 +11,7 @@ import yaml
 
 from dmlsynth import config as cfg
 from dmlsynth.pipeline import dvc_yaml
+from dmlsynth.config import filled
 from tests.conftest import small_config
 
 BIN = Path(sys.executable).parent
@@ -126,19 +127,19 @@ def test_dvc_metrics_show_of_the_embedded_default_fits_200_columns(repo_root, tm
 
     import numpy as np
 
-    from dmlsynth import pipeline, registry
+    from dmlsynth import registry, resolve
     from dmlsynth.layout import Layout, TableFiles
     from dmlsynth.table import write_table
     from tests.helpers.runs import make_run, simulated_hits
 
     config = cfg.load(repo_root / "params.yaml")
     rng = np.random.default_rng(0)
-    for run in pipeline.runs(config):
+    for run in resolve.runs(config):
         label, loss = run["method"], run["loss"]
         control = None if label.startswith(registry.BASELINE) else registry.control_label(config, label, loss)
         make_run(tmp_path, run["dataset"], label, loss, run["seed"], simulated_hits(rng, 0.9, 0.0), control=control)
     layout = Layout.of(config)  # results/... as in the project folder
-    write_table([tmp_path / "runs"], TableFiles.under(str(tmp_path / layout.results)), {"bootstrap_samples": 100})
+    write_table([tmp_path / "runs"], TableFiles.under(str(tmp_path / layout.results)), filled({"statistics": {"bootstrap_samples": 100}})["statistics"])
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "COLUMNS": "1000"}
     _dvc_project(tmp_path, env)
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"metrics": [layout.headline_metrics()]}))
@@ -146,7 +147,7 @@ def test_dvc_metrics_show_of_the_embedded_default_fits_200_columns(repo_root, tm
     assert shown.returncode == 0, shown.stderr
     lines = [line for line in shown.stdout.splitlines() if line.strip()]
     assert lines[0].split()[0] == "Path" and len(lines) == 2  # a header and one row of numbers
-    rows = {(r["method"], r["loss"]) for r in pipeline.runs(config)}
+    rows = {(r["method"], r["loss"]) for r in resolve.runs(config)}
     assert all(method in lines[0] for method, _ in rows)  # every method and control has its number
     width = max(map(len, lines))
     assert width <= 200, f"dvc metrics show is {width} columns wide:\n{shown.stdout}"
@@ -157,19 +158,19 @@ def _headline_of_the_default(repo_root, folder: Path, config) -> None:
     """results/metrics.json of params.yaml's rows (every method, its control), from simulated runs."""
     import numpy as np
 
-    from dmlsynth import pipeline, registry
+    from dmlsynth import registry, resolve
     from dmlsynth.layout import Layout, TableFiles
     from dmlsynth.table import write_table
     from tests.helpers.runs import make_run, simulated_hits
 
     rng = np.random.default_rng(0)
     runs = folder / "simulated"
-    for run in pipeline.runs(config):
+    for run in resolve.runs(config):
         label, loss = run["method"], run["loss"]
         control = None if label.startswith(registry.BASELINE) else registry.control_label(config, label, loss)
         make_run(runs, run["dataset"], label, loss, run["seed"], simulated_hits(rng, 0.9, 0.0), control=control)
     files = TableFiles.under(str(folder / "simulated" / "results"))
-    write_table([runs / "runs"], files, {"bootstrap_samples": 100})
+    write_table([runs / "runs"], files, filled({"statistics": {"bootstrap_samples": 100}})["statistics"])
     headline = folder / Layout.of(config).headline_metrics()
     headline.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(files.headline, headline)

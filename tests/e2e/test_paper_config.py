@@ -31,7 +31,7 @@ def test_paper_config_is_the_protocol(paper):
     assert paper["losses"] == ["multi_similarity", "proxy_anchor", "contrastive", "triplet", "potential_field"]
     assert paper["seeds"] == [0, 1, 2]
     for name in paper["datasets"]:
-        settings = cfg.dataset_settings(paper, name)
+        settings = registry.dataset_settings(paper, name)
         assert (settings["backbone"], settings["pretrained"], settings["embedding_dim"], settings["image_size"]) == (
             "resnet50", True, 512, 224
         )
@@ -162,9 +162,9 @@ def test_slurm_profile_is_accepted_by_snakemake(tmp_path, paper):
         (tmp_path / "profiles" / "slurm" / "config.yaml").write_text(yaml.safe_dump(core))
     result = dry_run(tmp_path, "--profile", "profiles/slurm", *([] if plugin else ["--executor", "local"]))
     assert "Using profile profiles/slurm" in result.stdout + result.stderr
-    from dmlsynth import config as cfg, pipeline
+    from dmlsynth import config as cfg, resolve
 
-    assert re.search(rf"^train\s+{len(pipeline.runs(cfg.validate(paper)))}$", result.stdout, re.M)
+    assert re.search(rf"^train\s+{len(resolve.runs(cfg.validate(paper)))}$", result.stdout, re.M)
 
 
 def test_paper_config_gives_iaa_its_published_loss_settings(paper):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dmlsynth import config as cfg
-from dmlsynth import pipeline, registry
+from dmlsynth import registry, resolve
 from dmlsynth.data.split import training_class_count
 from dmlsynth.generation.settings import generation_settings
 from tests.conftest import ROOT
@@ -55,13 +55,13 @@ def test_protocol_validates_alone_and_over_params_yaml(path):
                 if registry.METHODS[method].is_compatible(loss):
                     assert cfg.run_params(config, dataset, method, loss, 0) == cfg.run_params(alone, dataset, method, loss, 0)
     # The job matrix the counts below are made of.
-    runs = pipeline.runs(config)
+    runs = resolve.runs(config)
     assert len(runs) == EXPECTED_JOBS[path]["train"]
 
 
 def test_protocols_set_their_papers_settings():
     iaa, symm, sgar, blender = (cfg.load(ROOT / f"config/protocols/{name}.yaml") for name in ("iaa", "symm", "sgar", "blender"))
-    settings = lambda config, dataset: cfg.dataset_settings(config, dataset)  # noqa: E731
+    settings = lambda config, dataset: registry.dataset_settings(config, dataset)  # noqa: E731
     assert {settings(iaa, d)["backbone"] for d in iaa["datasets"]} == {"googlenet"}
     assert iaa["training"]["lr_scheduler"] == "multistep" and iaa["training"]["lr_milestones"] == [40, 60, 80]
     assert settings(iaa, "cars196")["square_resize"] and not settings(iaa, "cub200")["square_resize"]

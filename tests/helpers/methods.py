@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dmlsynth import registry
+from dmlsynth.config import filled
 from dmlsynth.losses import build_loss
 from dmlsynth.methods.base import MethodContext
 
@@ -50,11 +51,11 @@ def build(
 ):
     """A method on a base loss with its registry defaults updated by ``params`` (proxies seeded).
 
-    The base loss gets the loss params the method's runs use (``registry.loss_params(loss, {}, method)``,
+    The base loss gets the loss params the method's runs use (``registry.loss_params(loss, filled({}), method)``,
     e.g. symm's unit form of n_pairs), updated by ``loss_params``."""
     spec = registry.METHODS[method]
     torch.manual_seed(1234)  # same proxies for every method
-    base = build_loss(loss, {**registry.loss_params(loss, {}, method), **(loss_params or {})}, NUM_CLASSES, EMB_DIM)
+    base = build_loss(loss, {**registry.loss_params(loss, filled({}), method), **(loss_params or {})}, NUM_CLASSES, EMB_DIM)
     context = MethodContext(
         num_classes=NUM_CLASSES,
         embedding_dim=EMB_DIM,

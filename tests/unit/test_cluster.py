@@ -3,6 +3,7 @@
 import pytest
 
 from dmlsynth import cluster
+from dmlsynth.config import filled
 
 # As `scontrol show config` prints it (Slurm 22.05, trimmed).
 SCONTROL = """Configuration data as of 2026-12-02T01:00:00
@@ -83,7 +84,7 @@ def test_a_missing_gpu_model_or_partition_is_named():
 
 def test_placement_sets_only_what_is_configured():
     gpus = lambda w: int(w == "gpu job")  # noqa: E731
-    none = {**cluster.settings({})}
+    none = {**cluster.settings(filled({}))}
     assert cluster.placement(none, gpus) == {}
     placed = cluster.placement({**none, "gpu_partition": "gpu", "gpu_model": "a100"}, gpus)
     assert placed["slurm_partition"]("gpu job") == "gpu" and placed["slurm_partition"]("cpu job") is None

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmlsynth import pipeline, registry
+from dmlsynth import registry, resolve
 from dmlsynth.layout import Layout, TableFiles
 from dmlsynth.compare import CompareError, write_comparison
 from dmlsynth.published import published
 from dmlsynth.table import collect, read_table, write_table
+from dmlsynth.config import filled
 from tests.helpers.runs import make_run, simulated_hits
 
 LOSSES = ("multi_similarity", "proxy_anchor")
@@ -35,14 +36,15 @@ def results(tmp_path):
             make_run(tmp_path, "cub200", "iaa", loss, seed, simulated_hits(rng, 0.7, 0.0), device="cuda", seconds=1800.0)
             make_run(tmp_path, "cub200", "blender", loss, seed, simulated_hits(rng, 0.6, 0.0), device="cuda", seconds=7200.0)
     out = tmp_path / "results"
-    write_table([tmp_path / "runs"], TableFiles.under(str(out)), {"bootstrap_samples": 300}, generation_report())
+    write_table([tmp_path / "runs"], TableFiles.under(str(out)), filled({"statistics": {"bootstrap_samples": 300}})["statistics"], generation_report())
     return tmp_path, out
 
 
 def compare(results, generation=None):
     root, out = results
     return write_comparison(
-        read_table(out / "table.csv"), collect([root / "runs"]), generation, out / "comparison.csv", out / "comparison.md", out / "figures"
+        read_table(out / "table.csv"), collect([root / "runs"]), generation, out / "comparison.csv", out / "comparison.md", out / "figures",
+        filled({})["statistics"],
     )
 
 
@@ -88,7 +90,7 @@ def test_report_files(results):
     assert (raw.loc[raw.method == "baseline", "recall@1_delta"] == "n/a").all()
     # The Snakemake rule declares the same forest plots the command writes.
     config = {"datasets": ["cub200"], "methods": ["baseline", "iaa", "blender"], "losses": list(LOSSES), "seeds": [0, 1]}
-    for path in layout.comparison_outputs(pipeline.comparison_groups(config)):
+    for path in layout.comparison_outputs(resolve.comparison_groups(filled(config))):
         assert Path(path).is_file(), path
 
 
@@ -112,7 +114,7 @@ def test_table_and_runs_must_match(results):
     table = read_table(out / "table.csv")
     runs = [r for r in collect([root / "runs"]) if not (r.method == "iaa" and r.seed == 1)]
     with pytest.raises(CompareError, match="rebuild the table from the same runs"):
-        write_comparison(table, runs, generation_report(), out / "c.csv", out / "c.md", out / "figures")
+        write_comparison(table, runs, generation_report(), out / "c.csv", out / "c.md", out / "figures", filled({})["statistics"])
 
 
 def test_published_numbers_use_project_names():
@@ -156,9 +158,9 @@ def test_report_puts_the_protocols_published_numbers_beside_ours(tmp_path):
         make_run(tmp_path, "cars196", "baseline", "triplet", seed, simulated_hits(rng, 0.5, 0.0))
         make_run(tmp_path, "cars196", "iaa", "triplet", seed, simulated_hits(rng, 0.6, 0.0))
     out = tmp_path / "results"
-    write_table([tmp_path / "runs"], TableFiles.under(str(out)), {"bootstrap_samples": 200})
+    write_table([tmp_path / "runs"], TableFiles.under(str(out)), filled({"statistics": {"bootstrap_samples": 200}})["statistics"])
     table = read_table(out / "table.csv")
-    frame = write_comparison(table, collect([tmp_path / "runs"]), None, out / "c.csv", out / "c.md", out / "figures")
+    frame = write_comparison(table, collect([tmp_path / "runs"]), None, out / "c.csv", out / "c.md", out / "figures", filled({})["statistics"])
     rows = frame.set_index(["dataset", "method"])
     assert rows.loc[("cub200", "iaa"), "backbone"] == "googlenet 512-d"
     assert (rows.loc[("cub200", "iaa"), "published_base_same_setting"], rows.loc[("cub200", "iaa"), "published_method_same_setting"]) == (54.4, 58.9)
@@ -206,9 +208,10 @@ def test_a_shared_generator_is_counted_once_and_cpu_rows_have_blank_gpu_hours(tm
           "generator_train_seconds": 300.0, "generator": "embedded", "device": "cpu"} for image_set in ("blender", "plain")]
     )  # fmt: skip
     out = tmp_path / "results"
-    write_table([tmp_path / "runs"], TableFiles.under(str(out)), {"bootstrap_samples": 100}, report)
+    write_table([tmp_path / "runs"], TableFiles.under(str(out)), filled({"statistics": {"bootstrap_samples": 100}})["statistics"], report)
     frame = write_comparison(
-        read_table(out / "table.csv"), collect([tmp_path / "runs"]), report, out / "comparison.csv", out / "comparison.md", out / "figures"
+        read_table(out / "table.csv"), collect([tmp_path / "runs"]), report, out / "comparison.csv", out / "comparison.md", out / "figures",
+        filled({})["statistics"],
     ).set_index("method")
     assert frame.loc["blender", "generation_seconds"] == pytest.approx(10.0)  # its own sampling: 40 x 0.25 s
     assert frame.loc["sd_plain", "generator_train_seconds"] == 300.0 and frame.loc["baseline", "generator_train_seconds"] == 0

@@ -122,7 +122,7 @@ def test_run_params_resolve_defaults_and_overrides(default_params):
 
 
 def test_incompatible_method_and_loss_is_rejected_unless_excluded(default_params):
-    from dmlsynth.pipeline import runs
+    from dmlsynth.resolve import runs
 
     config = copy.deepcopy(default_params)
     config["methods"] = ["baseline", "symm"]
@@ -145,8 +145,8 @@ def test_resized_copy_is_for_photos_and_not_smaller_than_the_evaluation_resize(d
     with pytest.raises(cfg.ConfigError, match="cub200.cache_short_side: 200 is smaller than the 256 pixels"):
         cfg.validate(paper)
     paper["dataset_settings"]["cub200"]["cache_short_side"] = 0
-    assert cfg.dataset_settings(cfg.validate(paper), "cub200")["cache_short_side"] == 0
-    assert cfg.dataset_settings(cfg.validate(default_params), "cub200")["cache_short_side"] == 256
+    assert registry.dataset_settings(cfg.validate(paper), "cub200")["cache_short_side"] == 0
+    assert registry.dataset_settings(cfg.validate(default_params), "cub200")["cache_short_side"] == 256
 
 
 def test_a_generator_trained_here_is_refused_for_photos(default_params):

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from dmlsynth import config as cfg
-from dmlsynth import cpu_isa, jobs, registry
+from dmlsynth import cpu_isa, jobs
+from dmlsynth.config import config_defaults
 
 
 def _jobs(default_params, **reproducibility) -> jobs.Jobs:
@@ -20,7 +21,7 @@ def _jobs(default_params, **reproducibility) -> jobs.Jobs:
 
 
 def test_the_default_pins_avx2_in_every_job_record(default_params):
-    assert registry.REPRODUCIBILITY_DEFAULTS["cpu_isa"] == "avx2"
+    assert config_defaults()["reproducibility"]["cpu_isa"] == "avx2"
     records = _jobs(default_params)
     run = records.runs[0]
     for job in (records.prepare_data("digits"), records.train(**run), records.evaluate(**run), records.table()):

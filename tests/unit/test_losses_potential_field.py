@@ -114,23 +114,23 @@ def test_half_precision_embeddings_do_not_overflow():
 
 def test_on_device(device):
     torch.manual_seed(0)
-    loss = PotentialFieldLoss(3, 6, proxies_per_class=2)
+    loss = PotentialFieldLoss(3, 6, proxies_per_class=2, alpha=4.0, delta=0.2)
     embeddings, labels = torch.randn(9, 6), torch.tensor([0, 1, 2] * 3)
     expected = float(loss(embeddings, labels))
     assert float(loss.to(device)(embeddings.to(device), labels.to(device))) == pytest.approx(expected, rel=1e-5)
 
 
 def test_bad_use_is_explained():
-    loss = PotentialFieldLoss(2, 4)
+    loss = PotentialFieldLoss(2, 4, proxies_per_class=1, alpha=4.0, delta=0.2)
     embeddings, labels = torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
     with pytest.raises(ValueError, match="no indices_tuple"):
         loss(embeddings, labels, indices_tuple=(torch.tensor([0]), torch.tensor([2]), torch.tensor([0]), torch.tensor([1])))
     with pytest.raises(ValueError, match="delta > 0"):
-        PotentialFieldLoss(2, 4, delta=0.0)
+        PotentialFieldLoss(2, 4, proxies_per_class=1, alpha=4.0, delta=0.0)
     from pytorch_metric_learning.distances import CosineSimilarity
 
     with pytest.raises(ValueError, match="not a similarity"):
-        PotentialFieldLoss(2, 4, distance=CosineSimilarity())
+        PotentialFieldLoss(2, 4, proxies_per_class=1, alpha=4.0, delta=0.2, distance=CosineSimilarity())
 
 
 # Data-level methods (BLenDeR's) train with the base loss alone, like baseline.

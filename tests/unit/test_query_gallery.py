@@ -17,6 +17,7 @@ from dmlsynth.layout import TableFiles
 from dmlsynth.metrics import nearest_neighbors, per_query_metrics
 from dmlsynth.table import collect, query_positions, read_run, resampled_arrays, write_table
 from dmlsynth.training.loop import train_run
+from dmlsynth.config import filled
 from tests.helpers.images import write_photo_dataset
 
 
@@ -147,7 +148,7 @@ def test_a_trained_inshop_run_is_evaluated_on_its_queries_and_tabled(default_par
         folders.append(folder)
     runs = collect(folders)
     assert all("queries" in run.per_query() for run in runs)
-    table = write_table(folders, TableFiles.under(str(tmp_path / "results")))
+    table = write_table(folders, TableFiles.under(str(tmp_path / "results")), filled({})["statistics"])
     row = table.iloc[0]
     assert row["seeds"] == 2 and np.isfinite(row["recall@1_boot_low"]) and np.isnan(row["nmi_boot_low"])
     assert read_run(folders[0]).metrics["recall@1"] == pytest.approx(evaluate_run(folders[0], ks=(1, 2))["recall@1"])

@@ -13,6 +13,7 @@ import itertools
 import pytest
 import torch
 
+from dmlsynth.config import filled
 from dmlsynth import contract, layout, registry
 from dmlsynth.config import _schema
 from dmlsynth.generation.blend import OPERATORS
@@ -57,7 +58,7 @@ def test_every_variant_trains_a_step_and_switched_off_is_exactly_its_control(met
     value, grads = contract.one_step(method, loss, {"variant": variant})
     assert torch.isfinite(torch.tensor(value)) and all(torch.isfinite(g).all() for g in grads)
     off, off_grads = contract.one_step(method, loss, {"variant": variant, **registry.METHODS[method].off_params})
-    config = {"method_params": {method: {"variant": variant}}}
+    config = filled({"method_params": {method: {"variant": variant}}})
     reference, reference_grads = contract.one_step("baseline", loss, {}, loss_params=registry.loss_params(loss, config, method))
     assert off == reference and all(torch.equal(a, b) for a, b in zip(off_grads, reference_grads))
 

@@ -10,11 +10,12 @@ from scipy import stats as scipy_stats
 from dmlsynth import stats
 from dmlsynth.layout import TableFiles
 from dmlsynth.table import TableError, collect, read_table, write_table
+from dmlsynth.config import filled
 from tests.helpers.runs import QUERY_DIFFICULTY, make_run, simulated_hits
 
 def write(root, folders, **settings):
     out = root / "out"
-    table = write_table(folders, TableFiles.under(str(out)), settings or None)
+    table = write_table(folders, TableFiles.under(str(out)), filled({"statistics": settings})["statistics"])
     return table, out
 
 

@@ -8,11 +8,12 @@ from mlflow.tracking import MlflowClient
 from dmlsynth import tracking
 from dmlsynth.layout import TableFiles
 from dmlsynth.table import write_table
+from dmlsynth.config import filled
 from tests.helpers.runs import make_run, simulated_hits
 
 
 def test_every_table_row_is_a_run_with_its_seeds_as_children(tmp_path):
-    settings = tracking.settings({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    settings = tracking.settings(filled({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
     rng = np.random.default_rng(0)
     folders = [
         make_run(tmp_path, "digits", method, "ms", seed, simulated_hits(rng, rate, 0.0))
@@ -22,7 +23,7 @@ def test_every_table_row_is_a_run_with_its_seeds_as_children(tmp_path):
     for folder in folders:
         tracking.track_run(folder, settings)  # as the training jobs do
     files = TableFiles.under(str(tmp_path / "results"))
-    table = write_table([tmp_path / "runs"], files, {"bootstrap_samples": 200})
+    table = write_table([tmp_path / "runs"], files, filled({"statistics": {"bootstrap_samples": 200}})["statistics"])
     table_run = tracking.track_table(settings, files.all(), table)
 
     client = MlflowClient(tracking_uri=settings.uri)
@@ -70,7 +71,7 @@ def _times(folder, started, seconds, params_hash=None):
 
 
 def test_a_row_run_nests_its_own_seed_runs_only_and_lasts_as_long_as_their_training(tmp_path):
-    settings = tracking.settings({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    settings = tracking.settings(filled({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
     rng = np.random.default_rng(1)
     # An older run of better/ms/seed0 with other params (tracked first, then superseded by the current one), and a
     # run of a seed the row no longer has: neither is one of the current row's runs.
@@ -85,7 +86,7 @@ def test_a_row_run_nests_its_own_seed_runs_only_and_lasts_as_long_as_their_train
                 _times(folder, 2000.0 + 100 * seed + (50 if loss == "ms" else 0), 30.0)
                 ids[(method, loss, seed)] = tracking.track_run(folder, settings)
     files = TableFiles.under(str(tmp_path / "results"))
-    tracking.track_table(settings, files.all(), write_table([tmp_path / "runs"], files, {"bootstrap_samples": 100}))
+    tracking.track_table(settings, files.all(), write_table([tmp_path / "runs"], files, filled({"statistics": {"bootstrap_samples": 100}})["statistics"]))
 
     client = MlflowClient(tracking_uri=settings.uri)
     experiment = client.get_experiment_by_name("digits").experiment_id

@@ -33,7 +33,7 @@ TRAINING_CLASS_SIZES: dict[str, tuple[int, ...]] = {"digits": (178, 182, 177, 18
 
 def validation_class_count(config: Mapping[str, Any], dataset: str) -> int:
     """``dataset_settings.<dataset>.validation_classes`` (0: no validation split)."""
-    return int(registry.dataset_settings(config, dataset).get("validation_classes", 0) or 0)
+    return int(registry.dataset_settings(config, dataset)["validation_classes"])
 
 
 def split_class_count(config: Mapping[str, Any], dataset: str) -> int:

@@ -191,8 +191,8 @@ def _pick(choices: dict[str, torch.Tensor], operators: Sequence[str]) -> torch.T
 def combine(
     residuals: torch.Tensor,
     operators: Sequence[str],
-    intersection_rule: str = "principal_component",
-    guidance_norm: str = "none",
+    intersection_rule: str,
+    guidance_norm: str,
 ) -> torch.Tensor:
     """Apply ``operators[b]`` to image b's residuals, then the strength control; returns ``(B, ...)``.
 
@@ -221,8 +221,8 @@ def _share_along(difference: torch.Tensor, direction: torch.Tensor) -> torch.Ten
 def guidance_statistics(
     residuals: torch.Tensor,
     operators: Sequence[str],
-    intersection_rule: str = "principal_component",
-    guidance_norm: str = "none",
+    intersection_rule: str,
+    guidance_norm: str,
 ) -> dict[str, torch.Tensor]:
     """Per image of one denoising step, float64 tensors ``(B,)``:
 

@@ -95,11 +95,13 @@ def sample(
     unconditional: torch.Tensor,
     operators: Sequence[str],
     noise: torch.Tensor,
-    guidance_scale: float = 7.5,
-    steps: int = 25,
-    scheduler: str = "ddim",
-    intersection_rule: str = "principal_component",
-    guidance_norm: str = "none",
+    *,
+    # No defaults: the caller passes the resolved generation.<dataset> values (a bare call would sample otherwise).
+    guidance_scale: float,
+    steps: int,
+    scheduler: str,
+    intersection_rule: str,
+    guidance_norm: str,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` and return images ``(B, C, H, W)`` in [-1, 1].

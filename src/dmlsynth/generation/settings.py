@@ -22,6 +22,7 @@ left out of what decides whether a class is generated again.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Mapping
 
@@ -29,9 +30,6 @@ from dmlsynth import registry
 
 # Settings that change the speed of generation, not its images (see the module docstring).
 SPEED_SETTINGS = ("batch_size", "gpu_memory_gib", "attention_slicing", "vae_slicing", "compile", "threads")
-# Groups of settings merged key by key over the registry defaults.
-NESTED_SETTINGS = ("embedded", "fine_tuning", "filter", "prompts")
-
 # How often fine-tuning checkpoints: it changes neither the fine-tuned weights nor the images.
 FINE_TUNING_CHECKPOINT = "checkpoint_every"
 
@@ -41,14 +39,8 @@ GRID_ORDER = ("plain", "union", "intersection", "blender")
 
 
 def generation_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """Registry defaults (the dataset's default generator) updated with ``config['generation'][dataset]``."""
-    settings = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in registry.GENERATION_DEFAULTS.items()}
-    settings["generator"] = registry.dataset(dataset).default_generator
-    given = dict(((config.get("generation") or {}).get(dataset)) or {})
-    for group in NESTED_SETTINGS:
-        settings[group].update(given.pop(group, None) or {})
-    settings.update(given)
-    return settings
+    """``generation.<dataset>`` of a validated config (its defaults, and the dataset's generator, filled)."""
+    return copy.deepcopy(dict(config["generation"][dataset]))
 
 
 def filter_scorer(settings: Mapping[str, Any]) -> str:
@@ -77,8 +69,8 @@ def image_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     input of its own), plus how many images are made. Fine-tuning counts only when it is on, and
     without its checkpoint interval (which does not change the weights)."""
     kept = {k: v for k, v in settings.items() if k not in SPEED_SETTINGS and k not in ("filter", "prompts")}
-    tuning = dict(kept.pop("fine_tuning", None) or {})
-    if tuning.get("method", "none") != "none":
+    tuning = kept.pop("fine_tuning")
+    if tuning["method"] != "none":
         kept["fine_tuning"] = {k: v for k, v in tuning.items() if k != FINE_TUNING_CHECKPOINT}
     return {**kept, "images_generated": images_generated(settings)}
 

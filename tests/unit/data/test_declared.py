@@ -69,17 +69,17 @@ def test_a_manifest_takes_its_split_column(tmp_path, default_params):
 def test_an_added_or_changed_image_changes_the_preparation_identity(tmp_path, default_params):
     root = folder(tmp_path / "f", {"a": 3, "b": 3, "c": 3, "d": 3})
     config = cfg.validate(params(default_params, {"source": "image_folder", "root": str(root)}))
-    # Each identity right after its config's validation: the declared spec is the process's (one config each).
+    # Jobs resolves (and so declares) its config again: each identity sees the files as they are then.
     before, trained = jobs.Jobs(config).prepare_data("mine").identity(), jobs.Jobs(config).train("mine", "baseline", "contrastive", 0).identity()
     again = jobs.Jobs(cfg.validate(params(default_params, {"source": "image_folder", "root": str(root)}))).prepare_data("mine")
     assert again.identity() == before  # same files: same job
     Image.new("L", (8, 8), 99).save(root / "a" / "new.png")
     added = cfg.validate(params(default_params, {"source": "image_folder", "root": str(root)}))
-    assert jobs.Jobs(added).prepare_data("mine").identity() != before
+    added_identity = jobs.Jobs(added).prepare_data("mine").identity()
+    assert added_identity != before
     assert jobs.Jobs(added).train("mine", "baseline", "contrastive", 0).identity() != trained
     time.sleep(0.01)
     Image.new("L", (9, 9), 1).save(root / "a" / "new.png")  # rewritten: another size
-    added_identity = jobs.Jobs(added).prepare_data("mine").identity()
     changed = cfg.validate(params(default_params, {"source": "image_folder", "root": str(root)}))
     assert jobs.Jobs(changed).prepare_data("mine").identity() != added_identity
 

@@ -145,6 +145,7 @@ def test_measured_memory_model_bounds_a_real_sampler_call(tmp_path):
         noise = torch.randn(images, *components.latent_shape, generator=torch.Generator().manual_seed(0))
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        sample(components, conditions, unconditional, ["union"] * images, noise, steps=2, scheduler="dpm-solver")
+        sample(components, conditions, unconditional, ["union"] * images, noise, guidance_scale=7.5, steps=2,
+               scheduler="dpm-solver", intersection_rule="principal_component", guidance_norm="none")
         torch.cuda.synchronize()
         assert torch.cuda.max_memory_allocated() <= model.peak(images, k), images

@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from dmlsynth.config import config_defaults
+from dmlsynth.config import filled
 from dmlsynth import registry
 from dmlsynth.generation import blend
 from dmlsynth.generation.blend import (
@@ -50,7 +52,7 @@ def shared_and_attributes(k=3, n=60, seed=0, overlap=False):
 
 def apply(name, d, rule):
     """Operator ``name`` on every image of ``d`` under ``rule``, through the function the sampler calls."""
-    return combine(d, [name] * d.shape[1], intersection_rule=rule)
+    return combine(d, [name] * d.shape[1], intersection_rule=rule, guidance_norm="none")
 
 
 def norms(x):
@@ -253,7 +255,7 @@ def test_inclusion_exclusion_is_conjunction_minus_k_minus_one_intersections():
 @pytest.mark.parametrize("rule", RULES)
 def test_combine_picks_operator_per_image(rule):
     d = residuals(k=3, b=4)
-    out = combine(d, ["union", "intersection", "conjunction", "inclusion_exclusion"], rule)
+    out = combine(d, ["union", "intersection", "conjunction", "inclusion_exclusion"], rule, "none")
     torch.testing.assert_close(out[0], union(d)[0])
     torch.testing.assert_close(out[1], intersection(d, rule)[1])
     torch.testing.assert_close(out[2], conjunction(d)[2])
@@ -350,15 +352,15 @@ def test_operators_on_device(device, rule, norm):
 
 def test_bad_input_is_explained():
     with pytest.raises(ValueError, match="one per image"):
-        combine(residuals(b=2), ["union"])
+        combine(residuals(b=2), ["union"], "principal_component", "none")
     with pytest.raises(ValueError, match="unknown operator"):
-        combine(residuals(b=1), ["xor"])
+        combine(residuals(b=1), ["xor"], "principal_component", "none")
     with pytest.raises(ValueError, match=r"\(K, B"):
         intersection(torch.zeros(3))
     with pytest.raises(ValueError, match="known: principal_component, elementwise"):
         intersection(residuals(), "median")
     with pytest.raises(ValueError, match="guidance_norm 'max'; known: mean, none"):
-        combine(residuals(b=1), ["union"], guidance_norm="max")
+        combine(residuals(b=1), ["union"], "principal_component", guidance_norm="max")
 
 
 def test_the_schema_offers_the_registry_names(default_params):
@@ -379,7 +381,7 @@ def test_the_schema_offers_the_registry_names(default_params):
 # --- on a trained generator ---------------------------------------------------------------------
 
 # A short training (about 15 s on 1 core): its residuals already behave like the full generator's.
-SMALL_GENERATOR = {**registry.EMBEDDED_GENERATOR_DEFAULTS, "train_steps": 120, "batch_size": 32, "unet_channels": [16, 32], "text_width": 32, "warmup_steps": 30}
+SMALL_GENERATOR = {**config_defaults(["digits"])["generation"]["digits"]["embedded"], "train_steps": 120, "batch_size": 32, "unet_channels": [16, 32], "text_width": 32, "warmup_steps": 30}
 
 
 @pytest.fixture(scope="module")
@@ -404,7 +406,7 @@ def test_union_and_intersection_differ_at_every_step_on_the_digits_generator(dig
     from dmlsynth.generation.sampler import encode_prompts, sample
     from dmlsynth.generation.settings import generation_settings, set_recipe
 
-    defaults = generation_settings({}, "digits")
+    defaults = generation_settings(filled({}), "digits")
     components, entries, labels = digits_generator
     recipe = set_recipe("union", defaults)
     seeds = [image_seed(0, label, "union", i) for label in labels for i in range(2)]

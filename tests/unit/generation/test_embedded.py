@@ -13,11 +13,12 @@ from dmlsynth.methods.blender import mix_synthetic
 from dmlsynth.generation.embedded import load_embedded, train_embedded
 from dmlsynth.generation.prompts import build_prompts, read_prompts, write_prompts
 from dmlsynth.generation.run import GenerationError, generate_class, merge_parts
-from dmlsynth import registry
 from dmlsynth.generation.settings import generation_settings
+from dmlsynth.config import filled
+from dmlsynth.config import config_defaults
 
-DEFAULTS = generation_settings({}, "digits")
-TINY = {**registry.EMBEDDED_GENERATOR_DEFAULTS, "train_steps": 6, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1, "warmup_steps": 1}
+DEFAULTS = generation_settings(filled({}), "digits")
+TINY = {**config_defaults(["digits"])["generation"]["digits"]["embedded"], "train_steps": 6, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1, "warmup_steps": 1}
 SETS = ["blender", "plain"]
 
 

@@ -20,6 +20,7 @@ from dmlsynth.generation.generators import load_generator
 from dmlsynth.generation.prompts import write_prompts
 from dmlsynth.generation.run import generate_class, merge_parts
 from dmlsynth.generation.settings import filter_scorer, generation_settings, image_settings, images_generated
+from dmlsynth.config import filled
 
 from tests.helpers.generation import save_tiny_clip, save_tiny_stable_diffusion
 
@@ -73,14 +74,14 @@ def test_a_short_set_keeps_what_passed_and_warns(tmp_path, caplog):
 
 def test_extra_images_only_when_filtering_and_a_threshold_change_regenerates_nothing():
     config = {"generation": {"digits": {"images_per_class": 10, "filter": {"extra": 0.25}}}}
-    settings = generation_settings(config, "digits")
+    settings = generation_settings(filled(config), "digits")
     assert filter_scorer(settings) == "fidelity" and images_generated(settings) == 13
-    off = generation_settings({"generation": {"digits": {"images_per_class": 10, "filter": {"scorer": "none"}}}}, "digits")
+    off = generation_settings(filled({"generation": {"digits": {"images_per_class": 10, "filter": {"scorer": "none"}}}}), "digits")
     assert images_generated(off) == 10
-    stricter = generation_settings({"generation": {"digits": {"images_per_class": 10, "filter": {"extra": 0.25,
-                                   "fidelity_threshold": 0.9}}}}, "digits")  # fmt: skip
+    stricter = generation_settings(filled({"generation": {"digits": {"images_per_class": 10, "filter": {"extra": 0.25,
+                                   "fidelity_threshold": 0.9}}}}), "digits")  # fmt: skip
     assert image_settings(stricter) == image_settings(settings) != image_settings(off)
-    sd = generation_settings({"generation": {"cub200": {}}}, "cub200")
+    sd = generation_settings(filled({"generation": {"cub200": {}}}), "cub200")
     assert filter_scorer(sd) == "clip"
 
 
@@ -128,7 +129,7 @@ def test_generation_then_filtering_keeps_each_sets_budget(sd_dir, clip_dir, tmp_
         "generator": "stable-diffusion", "model_id": str(sd_dir), "device": device, "images_per_class": 3,
         "batch_size": 4, "steps": 2, "scheduler": "ddim", "filter": {"clip_model": str(clip_dir), "extra": 1.0},
     }}}  # fmt: skip
-    settings = generation_settings(config, "cub200")
+    settings = generation_settings(filled(config), "cub200")
     components = load_generator(settings, None)
     prompts = write_prompts(
         {"dataset": "cub200", "classes": [{"label": 1, "class_name": "001.Black_footed_Albatross",

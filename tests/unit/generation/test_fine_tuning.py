@@ -22,6 +22,7 @@ from dmlsynth.generation.generators import load_generator
 from dmlsynth.generation.prompts import write_prompts
 from dmlsynth.generation.run import generate_class
 from dmlsynth.generation.settings import generation_settings, images_generated
+from dmlsynth.config import filled
 
 from tests.helpers.generation import save_tiny_stable_diffusion
 
@@ -56,7 +57,7 @@ def settings_for(model_dir, device="cpu", **tuning):
     config = {"methods": ["blender"], "generation": {"cub200": {
         "generator": "stable-diffusion", "model_id": str(model_dir), "device": device, "images_per_class": 2,
         "batch_size": 2, "steps": 2, "scheduler": "ddim", "fine_tuning": fine_tuning}}}  # fmt: skip
-    return generation_settings(config, "cub200")
+    return generation_settings(filled(config), "cub200")
 
 
 def test_fine_tuned_class_generates_with_its_lora_and_token(model_dir, images, tmp_path, device):

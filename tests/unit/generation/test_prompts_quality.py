@@ -14,6 +14,7 @@ from dmlsynth.generation.prompts import build_prompts, digit_measurements, read_
 from dmlsynth.generation.quality import mean_pairwise_distance, quality_rows, sample_grid
 from dmlsynth.generation.settings import generation_settings, image_sets, set_recipe
 from dmlsynth.pipeline import stage_outputs
+from dmlsynth.config import filled
 
 
 def test_digit_measurements_follow_thickness_slant_and_size():
@@ -158,7 +159,7 @@ def test_cli_reports_generation_errors_without_traceback(tmp_path, capsys, defau
     for part in job.inputs["parts"]:  # every class's filtered part holds plain images only
         Path(part).parent.mkdir(parents=True, exist_ok=True)
         Path(part).write_text("image_set,path,label,class_name,split,operator,prompts,seed,params_hash\nplain,images/0/0000.png,0,zero,train,conjunction,{},1,x\n")
-    assert len(job.inputs["parts"]) == training_class_count(config, "digits")
+    assert len(job.inputs["parts"]) == training_class_count(filled(config), "digits")
     assert main(["merge-generated", "--config", str(tmp_path / "params.yaml"), "--dataset", "digits", "--image-set", "union"]) == 2
     assert "no images of image set 'union'" in capsys.readouterr().err
     assert not Path(job.outputs["manifest"]).exists()
@@ -171,7 +172,7 @@ def test_report_goes_to_mlflow(tmp_path):
     from dmlsynth.generation.quality import COLUMNS
 
     row = dict.fromkeys(COLUMNS, 1.0) | {"dataset": "digits", "image_set": "blender", "operator": "union", "generator": "embedded", "fidelity": 0.97}
-    settings = tracking.settings({"tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+    settings = tracking.settings(filled({"tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}}))
     tracking.track_generation(settings, pd.DataFrame([row]), {}, tmp_path / "generation.csv")
     tracking.track_generation(settings, pd.DataFrame([row | {"fidelity": 0.99}]), {}, tmp_path / "generation.csv")  # a re-run updates the same run
     client = MlflowClient(tracking_uri=settings.uri)
@@ -214,7 +215,7 @@ def _planned(frame, image_set, settings=None):
     from dmlsynth.generation.run import plan_image
 
     entries = {int(entry["label"]): entry for entry in build_prompts("digits", frame)["classes"]}
-    recipe = set_recipe(image_set, settings or generation_settings({}, "digits"))
+    recipe = set_recipe(image_set, settings or generation_settings(filled({}), "digits"))
     plans = [plan_image(entries[int(label)], recipe, seed) for seed, label in enumerate(frame["label"])]
     return frame.assign(
         operator=[plan["operator"] for plan in plans],

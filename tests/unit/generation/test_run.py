@@ -11,8 +11,9 @@ from PIL import Image
 from dmlsynth.generation.prompts import write_prompts
 from dmlsynth.generation.run import GenerationError, generate_class
 from dmlsynth.generation.settings import generation_settings
+from dmlsynth.config import filled
 
-DEFAULTS = generation_settings({}, "digits")
+DEFAULTS = generation_settings(filled({}), "digits")
 
 from tests.helpers.generation import tiny_pixel_components
 

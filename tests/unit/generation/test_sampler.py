@@ -4,10 +4,18 @@ import pytest
 import torch
 
 from dmlsynth.generation.blend import combine
-from dmlsynth.generation.sampler import blend_embeddings, encode_prompts, make_scheduler, sample
+from dmlsynth.generation import sampler
+from dmlsynth.generation.sampler import blend_embeddings, encode_prompts, make_scheduler
 from dmlsynth.registry import GUIDANCE_NORMS, INTERSECTION_RULES
 
 from tests.helpers.generation import tiny_pixel_components
+
+# The sampler takes every setting from its caller (no defaults); these tests' own, unless a test sets one.
+SETTINGS = dict(guidance_scale=7.5, steps=25, scheduler="ddim", intersection_rule="principal_component", guidance_norm="none")
+
+
+def sample(*args, **settings):
+    return sampler.sample(*args, **{**SETTINGS, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,8 @@ def test_one_unet_call_per_step_on_stacked_batch(components, monkeypatch):
         return forward(sample_, t, encoder_hidden_states=encoder_hidden_states, **kw)
 
     monkeypatch.setattr(components.unet, "forward", counting)
-    sample(components, cond, uncond, ["union", "intersection"], noise(b), steps=steps, scheduler="ddim")
+    sample(components, cond, uncond, ["union", "intersection"], noise(b), guidance_scale=7.5, steps=steps, scheduler="ddim",
+           intersection_rule="principal_component", guidance_norm="none")
     assert len(calls) == steps
     assert all(size == (k + 1) * b for size, _ in calls)
     hidden = calls[0][1]

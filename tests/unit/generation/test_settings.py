@@ -1,6 +1,8 @@
 """Generation settings: the paper recipe per dataset, the training-class count, speed vs image settings."""
 
 
+from dmlsynth.config import config_defaults
+from dmlsynth.config import filled
 from dmlsynth import config as cfg
 from dmlsynth import registry
 from dmlsynth.generation.settings import (
@@ -19,7 +21,7 @@ def test_paper_config_sets_the_stable_diffusion_recipe_per_dataset():
     # the digits recipe is the registry's default).
     merged = cfg.load_layered(ROOT / "params.yaml", ROOT / "config" / "paper.yaml")
     assert {"cub200", "cars196"} <= set(merged["generation"])
-    assert generation_settings(merged, "digits")["guidance_scale"] == registry.GENERATION_DEFAULTS["guidance_scale"]
+    assert generation_settings(merged, "digits")["guidance_scale"] == config_defaults(["digits"])["generation"]["digits"]["guidance_scale"]
     for config in (paper, merged):
         for dataset in ("cub200", "cars196"):
             settings = generation_settings(config, dataset)
@@ -29,11 +31,11 @@ def test_paper_config_sets_the_stable_diffusion_recipe_per_dataset():
             assert settings["images_per_class"] == 150 and settings["fp16"] and settings["device"] == "auto"
             assert settings["gpu_memory_gib"] == 16  # the default that peaks below 20 GiB
     # Not the digits recipe (guidance 3.0, 15 steps) that photo datasets silently got before.
-    assert generation_settings(paper, "cub200")["guidance_scale"] != registry.GENERATION_DEFAULTS["guidance_scale"]
+    assert generation_settings(paper, "cub200")["guidance_scale"] != config_defaults(["digits"])["generation"]["digits"]["guidance_scale"]
 
 
 def test_speed_settings_are_not_image_settings():
-    settings = generation_settings({"methods": ["blender"]}, "digits")
+    settings = generation_settings(filled({"methods": ["blender"]}), "digits")
     kept = image_settings(settings)
     assert set(SPEED_SETTINGS) <= set(settings) and not set(SPEED_SETTINGS) & set(kept)
     assert {"seed", "steps", "guidance_scale", "device", "fp16", "model_id", "images_per_class"} <= set(kept)
@@ -41,7 +43,7 @@ def test_speed_settings_are_not_image_settings():
 
 def test_the_operator_rules_are_image_settings():
     """A new intersection rule or strength control makes every class's images again (the part's key)."""
-    settings = generation_settings({"methods": ["blender"]}, "digits")
+    settings = generation_settings(filled({"methods": ["blender"]}), "digits")
     assert (settings["intersection_rule"], settings["guidance_norm"]) == ("principal_component", "mean")
     for key, other in (("intersection_rule", "elementwise"), ("guidance_norm", "none")):
         assert image_settings({**settings, key: other}) != image_settings(settings)
@@ -62,11 +64,11 @@ def test_describe_says_what_generation_makes_and_what_training_adds(default_para
 
 
 def test_fine_tuning_is_an_image_setting_only_when_on():
-    off = generation_settings({"methods": ["blender"]}, "digits")
+    off = generation_settings(filled({"methods": ["blender"]}), "digits")
     assert off["fine_tuning"]["method"] == "none" and "fine_tuning" not in image_settings(off)
     assert image_settings({**off, "fine_tuning": {**off["fine_tuning"], "steps": 7}}) == image_settings(off)
     on = generation_settings(
-        {"methods": ["blender"], "generation": {"cub200": {"fine_tuning": {"method": "lora", "rank": 8}}}}, "cub200"
+        filled({"methods": ["blender"], "generation": {"cub200": {"fine_tuning": {"method": "lora", "rank": 8}}}}), "cub200"
     )
     kept = image_settings(on)["fine_tuning"]
     assert kept["method"] == "lora" and kept["rank"] == 8 and kept["steps"] == on["fine_tuning"]["steps"]

@@ -13,6 +13,7 @@ from dmlsynth.generation.prompts import write_prompts
 from dmlsynth.generation.run import generate_class
 from dmlsynth.generation.settings import generation_settings
 from dmlsynth.generation.generators import load_generator
+from dmlsynth.config import filled
 
 from tests.helpers.generation import save_tiny_stable_diffusion
 
@@ -26,7 +27,7 @@ def sd_settings(model_dir, **over):
     config = {"methods": ["blender"], "generation": {"digits": {"generator": "stable-diffusion", "model_id": str(model_dir),
               "device": "cpu", "images_per_class": 2, "batch_size": 2, "steps": 2, "scheduler": "ddim",
               "filter": {"scorer": "none"}, **over}}}
-    return generation_settings(config, "digits")
+    return generation_settings(filled(config), "digits")
 
 
 def test_loads_through_from_pretrained_and_generates_rgb_images(model_dir, tmp_path):
@@ -75,7 +76,7 @@ def test_missing_model_is_explained(tmp_path):
 
 
 def test_photo_datasets_default_to_stable_diffusion():
-    assert generation_settings({"methods": ["blender"]}, "digits")["generator"] == "embedded"
+    assert generation_settings(filled({"methods": ["blender"]}), "digits")["generator"] == "embedded"
 
 
 def bird_prompts(path):
@@ -112,7 +113,8 @@ def test_generates_in_fp16_on_cuda(device, model_dir, tmp_path, caplog):
     unconditional = encode_prompts(components, [""])[0]
     conditions = encode_prompts(components, ["a photo of a bird, red"]).unsqueeze(1).expand(1, 2, -1, -1)
     images = sample(components, conditions, unconditional, ["conjunction"] * 2,
-                    torch.randn(2, *components.latent_shape), guidance_scale=7.5, steps=3)  # fmt: skip
+                    torch.randn(2, *components.latent_shape), guidance_scale=7.5, steps=3, scheduler="ddim",
+                    intersection_rule="principal_component", guidance_norm="none")  # fmt: skip
     assert torch.isfinite(images).all()
 
 
@@ -127,9 +129,10 @@ def test_latent_images_do_not_depend_on_the_batch(model_dir):
     uncond = encode_prompts(components, [""])[0]
     noise = torch.randn(n, *components.latent_shape, generator=torch.Generator().manual_seed(0))
     ops = ["union", "intersection"] * 2
-    whole = sample(components, cond, uncond, ops, noise, steps=3, scheduler="dpm-solver")
-    halves = torch.cat([sample(components, cond[:, s : s + 2], uncond, ops[s : s + 2], noise[s : s + 2], steps=3,
-                               scheduler="dpm-solver") for s in (0, 2)])  # fmt: skip
+    options = dict(guidance_scale=7.5, steps=3, scheduler="dpm-solver", intersection_rule="principal_component", guidance_norm="none")
+    whole = sample(components, cond, uncond, ops, noise, **options)
+    halves = torch.cat([sample(components, cond[:, s : s + 2], uncond, ops[s : s + 2], noise[s : s + 2], **options)
+                        for s in (0, 2)])  # fmt: skip
     torch.testing.assert_close(halves, whole, atol=1e-5, rtol=0)
 
 

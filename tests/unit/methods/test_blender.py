@@ -92,9 +92,7 @@ def test_blender_methods_are_registered_and_configurable():
     assert cfg.run_params(config, "digits", "blender", "multi_similarity", 0)["method_params"] == {"synthetic_per_real": 1.0}
     assert cfg.run_params(config, "digits", "sd_plain", "multi_similarity", 0)["method_params"] == {"synthetic_per_real": "all"}
     # Numbers from the command line arrive as strings (snakemake --config): read as numbers; "all" stays a word.
-    assert cfg.validate({**config, "method_params": {"blender": {"synthetic_per_real": "0.25"}}})["method_params"] == {
-        "blender": {"synthetic_per_real": 0.25}
-    }
+    assert cfg.validate({**config, "method_params": {"blender": {"synthetic_per_real": "0.25"}}})["method_params"]["blender"] == {"synthetic_per_real": 0.25}
     for bad in (-1, "most", True):
         config["method_params"] = {"blender": {"synthetic_per_real": bad}}
         with pytest.raises(cfg.ConfigError, match=r"synthetic_per_real: .* is not allowed; expected a number x >= 0 .* or all"):

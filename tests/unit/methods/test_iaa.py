@@ -12,6 +12,7 @@ from dmlsynth import registry
 
 from dmlsynth.methods import iaa
 from dmlsynth.methods.iaa import class_statistics, corrected_variance, lambda_at, sample_synthetic
+from dmlsynth.config import filled
 from tests.helpers.losses import official_multi_similarity
 from tests.helpers.methods import (
     EMB_DIM,
@@ -260,7 +261,7 @@ def test_multi_similarity_mines_each_anchor_without_its_own_copies(monkeypatch):
     got = method(originals, labels)
     (got_grad,) = torch.autograd.grad(got, originals)
 
-    p = registry.loss_params("multi_similarity", {}, "iaa")
+    p = registry.loss_params("multi_similarity", filled({}), "iaa")
     owner = torch.arange(4).repeat(2)
     args = (labels, torch.cat([originals, copies]), labels.repeat(2), owner)
     expected = official_multi_similarity(originals, *args, p["alpha"], p["beta"], p["base"], p["miner_epsilon"])

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from dmlsynth.config import filled
 from dmlsynth import registry
 from dmlsynth.config import ConfigError, validate
 from dmlsynth.losses import build_loss
@@ -19,7 +20,7 @@ CLASSES, PER_CLASS, DIM = 4, 6, 8
 
 def official_sgar(variant: str = "official", params=None, seed: int = 3, loss_params=None) -> GradedRanking:
     """sgar of ``variant`` on proxy_anchor with the loss params its runs use (the head), in float64."""
-    config = {"method_params": {"sgar": {"variant": variant, **(params or {})}}}
+    config = filled({"method_params": {"sgar": {"variant": variant, **(params or {})}}})
     torch.manual_seed(11)  # proxies and head
     base = build_loss("proxy_anchor", {**registry.loss_params("proxy_anchor", config, "sgar"), **(loss_params or {})}, CLASSES, DIM)
     context = MethodContext(
@@ -192,9 +193,9 @@ def test_directions_are_permuted_per_class_from_the_runs_generator():
 @pytest.mark.parametrize("variant", ["official", "paper"])
 def test_weight_zero_is_exactly_its_control_with_the_head(variant):
     """The off switch: the base loss through the same head, i.e. the control `baseline+projection_head=true`."""
-    config = {"method_params": {"sgar": {"variant": variant}}}
+    config = filled({"method_params": {"sgar": {"variant": variant}}})
     assert registry.control_label(config, "sgar", "proxy_anchor") == "baseline+projection_head=true"
-    assert registry.control_label({}, "sgar", "proxy_anchor") == "baseline"  # project: the plain loss
+    assert registry.control_label(filled({}), "sgar", "proxy_anchor") == "baseline"  # project: the plain loss
     off = official_sgar(variant, params={"weight": 0.0})
     raw, labels = embeddings_near_proxies(off)
     torch.manual_seed(11)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dmlsynth.config import filled
 from dmlsynth import registry
 from dmlsynth.config import ConfigError, validate
 from dmlsynth.losses import unit_logits
@@ -191,16 +192,16 @@ def test_switched_off_is_exactly_its_control(loss):
     """The control: baseline with the loss params symm's runs use (for N-pair and angular their unit form)."""
     inputs, labels = batch()
     off = loss_and_grad(build("symm", loss, {"synthesis": False}), inputs, labels)
-    control = loss_and_grad(build("baseline", loss, loss_params=registry.loss_params(loss, {}, "symm")), inputs, labels)
+    control = loss_and_grad(build("baseline", loss, loss_params=registry.loss_params(loss, filled({}), "symm")), inputs, labels)
     assert off[0] == control[0] and torch.equal(off[1], control[1])
     on = loss_and_grad(build("symm", loss), inputs, labels)
     assert on[0] != control[0]
     if loss in ("n_pairs", "angular"):
         # Not the plain baseline: that is pytorch-metric-learning's form, with other pairs.
-        assert registry.control_label({}, "symm", loss) != "baseline"
+        assert registry.control_label(filled({}), "symm", loss) != "baseline"
         assert off[0] != loss_and_grad(build("baseline", loss), inputs, labels)[0]
     else:
-        assert registry.control_label({}, "symm", loss) == "baseline"
+        assert registry.control_label(filled({}), "symm", loss) == "baseline"
 
 
 @pytest.mark.parametrize("loss", SYMM_LOSSES)
@@ -272,7 +273,7 @@ def test_n_pairs_and_angular_are_the_official_unit_softmax(loss, override, candi
         ]
     else:
         slots = [(SLOT_NAMES.index(x), SLOT_NAMES.index(y)) for x, y in SEARCHED[candidates]]
-    params = {**registry.loss_params(loss, {}, "symm"), **override}
+    params = {**registry.loss_params(loss, filled({}), "symm"), **override}
     assert params["pairs"] == "units"
     expected = direct_unit_softmax(embeddings, labels, loss, slots, params["normalize"], params["l2_reg"])
     assert float(method(embeddings, labels)) == pytest.approx(float(expected), rel=1e-5)
@@ -280,7 +281,7 @@ def test_n_pairs_and_angular_are_the_official_unit_softmax(loss, override, candi
 
 def test_angular_runs_as_the_official_code_by_default():
     """Raw features with the L2 penalty (clovaai/symmetrical-synthesis train.py: angular_l2norm False, l2_reg True)."""
-    params = registry.loss_params("angular", {}, "symm")
+    params = registry.loss_params("angular", filled({}), "symm")
     assert params["normalize"] is False and params["l2_reg"] == 0.002 and params["pairs"] == "units"
     inputs, labels = batch(per_class=4)
     embeddings = torch.nn.Linear(inputs.shape[1], 16)(inputs).detach()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dmlsynth import config as cfg
-from dmlsynth import registry
 from dmlsynth.training.build import build_run
 from dmlsynth.training.loop import train_step
+from dmlsynth.config import config_defaults
 
 
 def params_for(config, seed=0, **training):
@@ -24,8 +24,8 @@ def epoch_indices(run) -> list[int]:
 
 
 def test_the_defaults_keep_m_per_class_batches_and_no_clipping():
-    assert registry.TRAINING_DEFAULTS["batch_sampling"] == "m_per_class"
-    assert registry.TRAINING_DEFAULTS["grad_clip_value"] is None
+    assert config_defaults()["training"]["batch_sampling"] == "m_per_class"
+    assert config_defaults()["training"]["grad_clip_value"] is None
 
 
 def test_random_batches_are_a_seeded_shuffle_without_repeats_and_not_m_per_class(config, digits_manifest):

@@ -12,6 +12,7 @@ from dmlsynth import config as cfg
 from dmlsynth.evaluation import evaluate_run
 from dmlsynth.layout import RunFolder
 from dmlsynth.training.loop import train_run
+from dmlsynth.config import filled
 from tests.helpers.training import Interrupted, stop_after
 
 VALIDATION_CLASSES = 2  # digits 3 and 4 of the training digits 0-4
@@ -101,7 +102,7 @@ def test_validation_is_tracked_per_epoch(config, digits_manifest, tmp_path):
     from dmlsynth import tracking
 
     train_run(validated(config, epochs=2), digits_manifest, tmp_path / "run", progress=False)
-    settings = tracking.settings({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    settings = tracking.settings(filled({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
     run_id = tracking.track_run(tmp_path / "run", settings)
     client = MlflowClient(tracking_uri=settings.uri)
     history = pd.read_csv(RunFolder(str(tmp_path / "run")).history)
