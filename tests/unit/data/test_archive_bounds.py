@@ -70,16 +70,38 @@ def test_a_bomb_is_refused_quickly_before_anything_is_written(bomb, request, tmp
     assert not (tmp_path / "dest").exists()
 
 
-def test_the_archive_as_a_whole_is_bounded_too(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["zip", "tgz"])
+def test_the_archive_as_a_whole_is_bounded_too(kind, tmp_path, monkeypatch):
     """Many members, each below the floor, that together expand far past the ratio."""
     monkeypatch.setattr(archive_module, "RATIO_FLOOR", 1 << 20)
-    path = tmp_path / "many.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zipped:
-        for i in range(4):
-            zipped.writestr(f"part{i}.txt", bytes(1 << 19))  # 512 KiB each, below the (lowered) floor
+    path = tmp_path / f"many.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for i in range(4):
+                zipped.writestr(f"part{i}.txt", bytes(1 << 19))  # 512 KiB each, below the (lowered) floor
+    else:
+        with tarfile.open(path, "w:gz") as tar:
+            for i in range(4):
+                info = tarfile.TarInfo(f"part{i}.txt")
+                info.size = 1 << 19
+                tar.addfile(info, io.BytesIO(bytes(info.size)))
     (tmp_path / "out").mkdir()
     with pytest.raises(ArchiveError, match="the archive expands to"):
         extract_into(path, tmp_path / "out")
+
+
+def test_the_bounds_are_inclusive(tmp_path, monkeypatch):
+    """Exactly MAX_RATIO times, and exactly the free space, still extract."""
+    floor = archive_module.RATIO_FLOOR
+    archive_module.check_expansion(tmp_path, "x", 100 * floor, floor)
+    with pytest.raises(ArchiveError):
+        archive_module.check_expansion(tmp_path, "x", 100 * floor + 1, floor)
+    archive_module.check_expansion(tmp_path, "x", floor, 1)  # at the floor: no ratio checked
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda folder: usage(10**6, 0, 1000))
+    archive_module.check_space(tmp_path, 1000, tmp_path)
+    with pytest.raises(ArchiveError):
+        archive_module.check_space(tmp_path, 1001, tmp_path)
 
 
 def test_images_that_do_not_compress_are_extracted(tmp_path, monkeypatch):
@@ -109,8 +131,23 @@ def test_an_archive_larger_than_the_free_space_is_refused_before_writing(tmp_pat
     assert not any((tmp_path / "out").iterdir())
 
 
+class Trickle(io.RawIOBase):
+    """A member's stream that hands out 4 bytes per read (the declared size is counted over all of them)."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = min(4, self.left)
+        self.left -= n
+        return bytes(n)
+
+
 def test_a_member_longer_than_it_declares_stops_at_its_declared_size(tmp_path):
     out = io.BytesIO()
     with pytest.raises(ArchiveError, match="more than the 10 bytes it declares"):
-        archive_module._copy_at_most(io.BytesIO(bytes(11)), out, 10, tmp_path / "a.zip", "x")
-    archive_module._copy_at_most(io.BytesIO(bytes(10)), out, 10, tmp_path / "a.zip", "x")
+        archive_module._copy_at_most(Trickle(11), out, 10, tmp_path / "a.zip", "x")
+    assert len(out.getvalue()) <= 10  # stopped at the bound, not after writing the rest
+    out = io.BytesIO()
+    archive_module._copy_at_most(Trickle(10), out, 10, tmp_path / "a.zip", "x")
+    assert out.getvalue() == bytes(10)
