@@ -178,8 +178,12 @@ def dvc_yaml(config: Mapping[str, Any]) -> str:
     for stage, stage_job_list in jobs.items():
         if not outputs[stage]:
             continue  # no generation stage when nothing is generated
-        # Snakemake runs the stage's rules and what they need (up to date already when the stages before ran).
-        cmd = "snakemake --cores all --until " + " ".join(dict.fromkeys(job.rule for job in stage_job_list))
+        # Snakemake runs the stage's last rules and what they need (up to date already when the stages before ran):
+        # the rules of the jobs whose files no other job of the stage reads (naming the rules in between too
+        # trips Snakemake's scheduler, "Out of jobs ready to be started", snakemake/snakemake#823).
+        read = {f for job in stage_job_list for f in job.input_files()}
+        last = dict.fromkeys(job.rule for job in stage_job_list if not set(job.made()) & read)
+        cmd = "snakemake --cores all --until " + " ".join(last)
         code = [path.relative_to(project).as_posix() for path in provenance.source_files(modules[stage])]
         # The published numbers the comparison report puts beside ours are data, not code.
         data = [(provenance.PACKAGE_DIR / PUBLISHED_FILE).relative_to(project).as_posix()] if stage == "report" else []
