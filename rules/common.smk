@@ -1,5 +1,6 @@
 # Shared definitions: the validated config, the layout of every file, the job matrix and helpers.
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from dmlsynth import cluster
 from dmlsynth import config as dmlsynth_config
-from dmlsynth import gpu_slots, jobs, layout, provenance, registry, resolve, tracking, workflow as dmlsynth_workflow
+from dmlsynth import gpu_slots, jobs, layout, pipeline, provenance, recovery, registry, resolve, tracking, workflow as dmlsynth_workflow
 
 try:
     CFG = dmlsynth_config.validate(config, source="the workflow config (params.yaml, --configfile, --config)")
@@ -39,6 +40,12 @@ dmlsynth_workflow.put_first_on_path(Path(sys.executable).parent)
 # sums them per rule.
 # Jobs record the git state of this project folder (not of wherever the package is installed).
 os.environ[provenance.PROJECT_DIR_VARIABLE] = str(Path(workflow.basedir).resolve())
+# The commands jobs print to recover from a failure name this workflow and this config (dmlsynth.recovery).
+os.environ[recovery.VARIABLE] = json.dumps(
+    recovery.workflow_options(
+        workflow.main_snakefile, Path.cwd(), workflow.config_settings.configfiles, workflow.config_settings.config_args
+    )
+)
 # Long jobs stop (after a checkpoint) when the main Snakemake process is killed; a cluster job's own
 # Snakemake (job step) keeps the main process's identity and heartbeat (dmlsynth.workflow.announce).
 dmlsynth_workflow.announce(workflow.is_main_process)

@@ -130,6 +130,13 @@ def run_job(spec: JobCommand, args: argparse.Namespace) -> int:
 
     from dmlsynth.gpu_slots import claim
 
+    from dmlsynth import jobs, provenance
+
+    # The checks the workflow makes (rules/common.smk) for a job run by hand in another checkout's folder too:
+    # the run would record that folder's git commit for the imported package's code.
+    problem = provenance.other_checkout(provenance.project_dir(), "the job run in")
+    if problem:
+        raise jobs.JobError(problem)
     job = resolve_job(spec, args)
     _pin_cpu_isa(job.cpu_isa, args)
     if spec.gpu:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dmlsynth import published as published_numbers
-from dmlsynth import cost, html_pages, registry
+from dmlsynth import cost, html_pages, recovery, registry
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import comparison_html_of, forest_figure_name
 from dmlsynth import stats
@@ -93,7 +93,7 @@ def comparison(table: pd.DataFrame, runs: list[Run], generation: pd.DataFrame | 
         if len(members) != record["seeds"]:
             raise CompareError(
                 f"the table has {record['seeds']} seed(s) of {dataset}/{method}/{loss} but {len(members)} run folder(s) "
-                f"were given: rebuild the table from the same runs (snakemake --cores 1 --forcerun table)"
+                f"were given: rebuild the table from the same runs ({recovery.rerun('table')}; the comparison follows)"
             )
         row: dict[str, Any] = {
             k: record.get(k, np.nan)

@@ -9,6 +9,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -185,7 +186,7 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
     config = coerce(copy.deepcopy(dict(config)), _schema())
     # The datasets the config declares (dataset_settings.<name>.source) become names the schema allows.
     declaration_problems = declared.declare(config)
-    problems = list(declaration_problems)
+    problems = list(declaration_problems) + _non_finite(config)
     # A declared dataset whose data cannot be used is said once (above), not again as an unknown name; one the
     # config does not run is not read, and its settings are not an unknown name either.
     undeclared = {name for name, given in (config.get("dataset_settings") or {}).items() if isinstance(given, Mapping) and "source" in given}
@@ -199,6 +200,8 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
             message = f"{error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
         elif error.validator == "anyOf" and error.schema.get("description"):
             message = f"{error.instance!r} is not allowed; expected {error.schema['description']}"
+        elif error.validator == "maximum":
+            message += " (a sanity bound on sizes, several times the largest any paper uses: check for a typo)"
         elif error.validator == "additionalProperties" and "was unexpected" in message:
             allowed = sorted(error.schema.get("properties", {}))
             message += f"; allowed keys: {', '.join(allowed) if allowed else 'none'}"
@@ -210,6 +213,18 @@ def validate(config: Mapping[str, Any], source: str = "params.yaml") -> dict[str
             f"{source} is not valid:\n" + "\n".join(problems) + "\nFix these keys (see docs/configuration.md)."
         )
     return config
+
+
+def _non_finite(node: Any, path: tuple = ()) -> list[str]:
+    """Every NaN or infinite number of the config (YAML's .nan and .inf, `--config training.lr=nan`): no
+    setting takes one, and the schema's bounds let NaN through (every comparison with it is false)."""
+    if isinstance(node, Mapping):
+        return [p for key, value in node.items() for p in _non_finite(value, (*path, key))]
+    if isinstance(node, list):
+        return [p for index, value in enumerate(node) for p in _non_finite(value, (*path, index))]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"  - at {_where(path)}: {node} is not a finite number; give a number (e.g. 1e-4, not .nan or .inf)"]
+    return []
 
 
 def _semantic_problems(config: Mapping[str, Any]) -> list[str]:

@@ -49,6 +49,10 @@ def _describe(node: Mapping[str, Any]) -> str:
         bounds.append(f"≥ {node['minimum']}")
     if "exclusiveMinimum" in node:
         bounds.append(f"> {node['exclusiveMinimum']}")
+    if "maximum" in node:
+        bounds.append(f"≤ {node['maximum']}")
+    if "exclusiveMaximum" in node:
+        bounds.append(f"< {node['exclusiveMaximum']}")
     return " or ".join(kind if isinstance(kind, list) else [kind]) + (f" {', '.join(bounds)}" if bounds else "")
 
 

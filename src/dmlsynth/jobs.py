@@ -77,6 +77,15 @@ NEUTRAL: Mapping[str, tuple[str, ...]] = {
 # Where fine-tuning is off, the sampler reads no fine-tuning setting but its method.
 FINE_TUNING_OFF = ("steps", "rank", "learning_rate", "embedding_learning_rate", "batch_size", "resolution")
 
+# Record outputs that name a place a job writes into, not something it makes: the dataset's folder and its raw
+# downloads (prompts search them too), the folder of generated images (generate and filter write it), the
+# fine-tuning checkpoint (removed when the weights are done), the results and figures folders. Neither
+# Snakemake nor DVC tracks them; they track the rest (Job.made). Rule -> the names of such outputs.
+PLACES = {
+    "prepare_data": {"dataset_dir", "raw_dir"}, "prompts": {"search"}, "fine_tune": {"checkpoint"},
+    "generate": {"generated"}, "filter_generated": {"generated"}, "table": {"results"}, "compare": {"figures"},
+}
+
 
 class JobError(DmlsynthError, ValueError):
     """A job record that does not fit (another version's, or not a record)."""
@@ -224,6 +233,11 @@ class Job:
                 "datasets": registry.declared_records(),
             }
         )  # fmt: skip
+
+    def made(self) -> list[str]:
+        """The files and folders the job makes (its rule's outputs, its DVC stage's outs): outputs less PLACES."""
+        places = PLACES.get(self.rule, ())
+        return [str(f) for k, v in self.outputs.items() if k not in places for f in (v if isinstance(v, (list, tuple)) else [v])]
 
     def input_files(self) -> list[str]:
         return [str(f) for value in self.inputs.values() for f in (value if isinstance(value, (list, tuple)) else [value])]

@@ -1,15 +1,17 @@
-"""The pipeline's stages for DVC, derived from the same layout and code as the Snakemake rules.
+"""The pipeline's stages for DVC: the job records of :mod:`dmlsynth.jobs`, grouped per stage.
 
 ``dmlsynth dvc-yaml`` writes ``dvc.yaml`` from :func:`dvc_yaml`. Each DVC
-stage runs Snakemake up to one rule (``snakemake --until RULE``), so both
-tools run the very same jobs and Snakemake decides which are out of date:
+stage runs Snakemake up to the rules of its jobs (``snakemake --until RULE…``),
+so both tools run the very same jobs and Snakemake decides which are out of date:
 
-- a stage's ``outs`` are the files its rules write (:mod:`dmlsynth.layout`;
-  a test compares them with Snakemake's own ``--summary``), marked
+- a stage's ``outs`` are what its jobs' records say they make
+  (:meth:`dmlsynth.jobs.Job.made`; a test compares them with Snakemake's own
+  ``--summary``) and the image folders their manifests list, marked
   ``persist`` so DVC leaves existing results in place and Snakemake re-runs
   only the jobs whose params, code or inputs changed — ``dvc repro`` after
   the Snakemake quick start or after a code change redoes exactly that work;
-- a stage's code dependencies are the source files its jobs execute
+- its ``deps`` are its jobs' record inputs that other stages make (with the
+  images a manifest lists) and the source files its jobs execute
   (:func:`dmlsynth.provenance.source_files`, the same closure the Snakemake
   rules' code digests hash).
 """
@@ -21,8 +23,8 @@ from typing import Any, Mapping
 import yaml
 
 from dmlsynth import provenance, registry
-from dmlsynth.data.split import training_class_count, uses_validation
 from dmlsynth.config import filled
+from dmlsynth.data.split import training_class_count
 from dmlsynth.layout import Layout
 from dmlsynth.published import FILE as PUBLISHED_FILE
 from dmlsynth.resolve import comparison_groups, runs
@@ -35,30 +37,8 @@ STAGE_PARAMS = {
     "evaluate": ["evaluation"],
     "report": ["statistics"],
 }
-# The stages whose outputs each stage reads (as in the Snakemake rules' inputs).
-STAGE_INPUTS = {
-    "data": [],
-    "generate": ["data"],
-    "train": ["data", "generate"],
-    "evaluate": ["train"],
-    "report": ["train", "evaluate", "generate"],
-}
-# The Snakemake rules each stage runs up to (None: the default target, the table).
-STAGE_UNTIL = {
-    "data": ["prepare_data"],
-    "generate": ["generation_report"],
-    "train": ["train"],
-    "evaluate": ["evaluate"],
-    "report": None,
-}
-# The data stage also makes the resized copies of photo datasets (dmlsynth.data.image_cache).
-CACHE_RULE = "cache_images"
-CACHE_MODULE = "dmlsynth.data.image_cache"
-
-
-def cached_datasets(config: Mapping[str, Any]) -> list[str]:
-    """The datasets of ``config`` that training reads through a resized copy."""
-    return [d for d in config["datasets"] if _dataset_value(config, d, "cache_short_side")]
+# The DVC stages, in pipeline order (:func:`stage_jobs` puts each rule's jobs into one).
+STAGES = ("data", "generate", "train", "evaluate", "report")
 
 
 def stage_jobs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -68,10 +48,10 @@ def stage_jobs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
     from dmlsynth.generation.settings import generation_settings, image_sets
 
     jobs = Jobs(config)
-    stages: dict[str, list[Any]] = {stage: [] for stage in STAGE_UNTIL}
+    stages: dict[str, list[Any]] = {stage: [] for stage in STAGES}
     for dataset in config["datasets"]:
         stages["data"].append(jobs.prepare_data(dataset))
-        if dataset in cached_datasets(config):
+        if jobs.dataset_settings(dataset)["cache_short_side"]:  # read through a resized copy
             stages["data"].append(jobs.cache_images(dataset))
         if not image_sets(config):
             continue
@@ -93,76 +73,94 @@ def stage_jobs(config: Mapping[str, Any]) -> dict[str, list[Any]]:
     return stages
 
 
-def stage_modules(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The modules each stage's jobs start from — their commands, the runtime and the registry-named
-    modules they use (:meth:`dmlsynth.jobs.Job.code_digest`); their imports follow (:mod:`dmlsynth.provenance`)."""
-    return {
-        stage: sorted({m for job in jobs for m in job.code_modules})
-        for stage, jobs in stage_jobs(config).items()
+def stage_modules(stages: Mapping[str, list[Any]]) -> dict[str, list[str]]:
+    """The modules each stage's jobs (:func:`stage_jobs`) start from — their commands, the runtime and the
+    registry-named modules they use (:meth:`dmlsynth.jobs.Job.code_digest`); their imports follow
+    (:mod:`dmlsynth.provenance`)."""
+    return {stage: sorted({m for job in jobs for m in job.code_modules}) for stage, jobs in stages.items()
     }
 
 
-def _dataset_value(config: Mapping[str, Any], dataset: str, key: str) -> Any:
-    from dmlsynth.registry import dataset_settings
-
-    return dataset_settings(config, dataset)[key]
+def _files(value: Any) -> list[str]:
+    return [str(f) for f in (value if isinstance(value, (list, tuple)) else [value])]
 
 
-def stage_outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Every file (or folder) each stage's rules write."""
-    from dmlsynth.generation.fine_tuning import fine_tunes
-    from dmlsynth.generation.settings import generation_settings, image_sets
-
+def _image_folders(config: Mapping[str, Any], job: Any) -> list[str]:
+    """The folders of images a job's manifest or index lists (DVC versions them; Snakemake knows them through
+    the manifest, written last, that marks them complete)."""
     layout = Layout.of(config)
-    all_runs = [layout.run(**run) for run in runs(config)]
-    sets = image_sets(config)
-    generated: list[str] = []
-    if sets:
-        for dataset in config["datasets"]:
-            generated.append(layout.prompts(dataset))
-            if generation_settings(config, dataset)["generator"] == "embedded":
-                generated.append(layout.generator_dir(dataset))
-            classes = range(training_class_count(config, dataset))
-            if fine_tunes(generation_settings(config, dataset)):
-                generated += [layout.fine_tuned_dir(dataset, i) for i in classes]
-            generated += [layout.generated_part(dataset, i) for i in classes]
-            generated += [layout.filtered_part(dataset, i) for i in classes]
-            generated += [layout.image_set_manifest(dataset, s) for s in sets]
-            generated += [layout.image_set_images(dataset, s) for s in sets]
-        generated.append(layout.generation_csv())
-        generated += [layout.generated_grid(d) for d in config["datasets"]]
+    if job.rule == "prepare_data":  # what the preparation leaves beside the manifest (its registry spec)
+        dataset = job.params["dataset"]
+        return [layout.dataset_file(name, dataset) for name in registry.dataset(dataset).outputs]
+    if job.rule == "cache_images":
+        return [layout.resized_dir(job.params["dataset"])]
+    if job.rule == "merge_generated":
+        return [layout.image_set_images(job.name.split("/")[0], job.params["image_set"])]
+    return []
+
+
+def _job_outputs(config: Mapping[str, Any], stages: Mapping[str, list[Any]]) -> dict[str, list[list[str]]]:
+    """Each stage's jobs with what DVC versions of each: what its record says it makes
+    (:meth:`dmlsynth.jobs.Job.made`) and the image folders it lists; a file inside one of these folders is in
+    it (DVC versions a folder as a whole: the resized copy's index is in the resized copy)."""
+    result: dict[str, list[list[str]]] = {}
+    for stage, jobs in stages.items():
+        result[stage] = []
+        for job in jobs:
+            files = list(dict.fromkeys([*job.made(), *_image_folders(config, job)]))
+            result[stage].append([f for f in files if not any(f.startswith(other + "/") for other in files)])
+    return result
+
+
+def stage_outputs(config: Mapping[str, Any], stages: Mapping[str, list[Any]] | None = None) -> dict[str, list[str]]:
+    """Every file (or folder) each stage's jobs (:func:`stage_jobs`) write, from their records."""
+    per_job = _job_outputs(config, stage_jobs(config) if stages is None else stages)
+    return {stage: list(dict.fromkeys(f for files in jobs for f in files)) for stage, jobs in per_job.items()}
+
+
+def stage_inputs(config: Mapping[str, Any], stages: Mapping[str, list[Any]]) -> dict[str, list[str]]:
+    """The files each stage reads that other stages write: its jobs' record inputs (as the rules' inputs), a
+    manifest with the images it lists."""
+    made: dict[str, tuple[str, list[str]]] = {}
+    for (stage, jobs), outputs in zip(stages.items(), _job_outputs(config, stages).values()):
+        for job, files in zip(jobs, outputs):
+            images = [f for f in _image_folders(config, job) if f in files]
+            for f in [*files, *job.made()]:  # a file inside a versioned folder (the resized copy's index): the folder
+                out = next(o for o in files if f == o or f.startswith(o + "/"))
+                made[f] = (stage, list(dict.fromkeys([out, *images])))
     return {
-        "data": [
-            layout.dataset_file(name, dataset) for dataset in config["datasets"] for name in registry.dataset(dataset).outputs
-        ]
-        + [layout.resized_dir(dataset) for dataset in cached_datasets(config)],
-        # BLenDeR's images (empty when no configured method trains with generated images).
-        "generate": generated,
-        "train": [path for run in all_runs for path in run.training_outputs(validation=uses_validation(config))],
-        "evaluate": [path for run in all_runs for path in run.evaluation_outputs()],
-        "report": layout.table_outputs() + layout.comparison_outputs(comparison_groups(config)),
-    }
+        stage: list(dict.fromkeys(
+            dependency
+            for job in jobs for value in job.inputs.values() for f in _files(value) if made.get(f, (stage,))[0] != stage
+            for dependency in made[f][1]
+        ))
+        for stage, jobs in stages.items()
+    }  # fmt: skip
 
 
 def dvc_yaml(config: Mapping[str, Any]) -> str:
     """The text of dvc.yaml for ``config`` (params.yaml)."""
     layout = Layout.of(config)
-    outputs = stage_outputs(config)
-    modules = stage_modules(config)
+    jobs = stage_jobs(config)
+    outputs = stage_outputs(config, jobs)
+    upstream = stage_inputs(config, jobs)
+    modules = stage_modules(jobs)
     project = provenance.PACKAGE_DIR.parent.parent  # src/dmlsynth -> the project folder
     stages: dict[str, Any] = {}
     unset = filled({})
-    for stage, until in STAGE_UNTIL.items():
+    for stage, stage_job_list in jobs.items():
         if not outputs[stage]:
             continue  # no generation stage when nothing is generated
-        if stage == "data" and cached_datasets(config):
-            until = [*until, CACHE_RULE]
-        cmd = "snakemake --cores all" + (f" --until {' '.join(until)}" if until else "")
+        # Snakemake runs the stage's last rules and what they need (up to date already when the stages before ran):
+        # the rules of the jobs whose files no other job of the stage reads (naming the rules in between too
+        # trips Snakemake's scheduler, "Out of jobs ready to be started", snakemake/snakemake#823).
+        read = {f for job in stage_job_list for f in job.input_files()}
+        last = dict.fromkeys(job.rule for job in stage_job_list if not set(job.made()) & read)
+        cmd = "snakemake --cores all --until " + " ".join(last)
         code = [path.relative_to(project).as_posix() for path in provenance.source_files(modules[stage])]
-        upstream = [o for before in STAGE_INPUTS[stage] for o in outputs[before] if not o.endswith(".png")]
         # The published numbers the comparison report puts beside ours are data, not code.
         data = [(provenance.PACKAGE_DIR / PUBLISHED_FILE).relative_to(project).as_posix()] if stage == "report" else []
-        entry: dict[str, Any] = {"cmd": cmd, "deps": ["Snakefile", "rules", *code, *data, *upstream]}
+        entry: dict[str, Any] = {"cmd": cmd, "deps": ["Snakefile", "rules", *code, *data, *upstream[stage]]}
         # The keys params.yaml sets (validation filled the others with their defaults: DVC finds no such key there).
         params = [key for key in STAGE_PARAMS[stage] if key in config and config[key] != unset.get(key)]
         if params:

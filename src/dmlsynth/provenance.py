@@ -235,8 +235,9 @@ def stable_repr(value: Any) -> str:
     return json.dumps(plain(value), sort_keys=True, default=str)
 
 
-def other_checkout(project: str | Path) -> str | None:
-    """Why the workflow of ``project`` must not run with the imported package, or None.
+def other_checkout(project: str | Path, what: str = "the workflow in") -> str | None:
+    """Why the workflow (or a job run by hand: ``what``) of ``project`` must not run with the imported package,
+    or None.
 
     A checkout with a package of its own (``<project>/src/dmlsynth``) must import that one: otherwise the
     code digests (what re-runs a job) come from one tree while the git commit and DVC's dependencies
@@ -245,7 +246,7 @@ def other_checkout(project: str | Path) -> str | None:
     own = Path(project).resolve() / "src" / PACKAGE
     if own.is_dir() and own.resolve() != PACKAGE_DIR:
         return (
-            f"the workflow in {Path(project).resolve()} imports dmlsynth from {PACKAGE_DIR}, another checkout: its code "
+            f"{what} {Path(project).resolve()} imports dmlsynth from {PACKAGE_DIR}, another checkout: its code "
             f"would decide the re-runs while {own} is what git and DVC record. Install this checkout "
             f"(pip install -e {Path(project).resolve()}) or run with PYTHONPATH={own.parent}"
         )

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dmlsynth import cost, html_pages, registry, stats
+from dmlsynth import cost, html_pages, recovery, registry, stats
 from dmlsynth.metrics import METRIC_KEYS
 from dmlsynth.io import atomic_write_text, save_figure
 from dmlsynth.layout import RunFolder, TableFiles
@@ -134,12 +134,17 @@ class Run:
 
 
 def _rerun_evaluation(folder: Path) -> str:
-    return f"re-run its evaluation (snakemake --cores 1 --forcerun evaluate {RunFolder(str(folder)).metrics})"
+    return f"re-run its evaluation ({recovery.remake(RunFolder(str(folder)).metrics)})"
 
 
 def _how_to_make(folder: Path, job: str) -> str:
     run = RunFolder(str(folder))
-    return f"run its {job} job (snakemake --cores 1 {run.record if job == 'training' else run.metrics})"
+    return f"run its {job} job ({recovery.make(run.record if job == 'training' else run.metrics)})"
+
+
+def _retrain(folder: Path) -> str:
+    # The broken record is newer than the training's inputs: `snakemake <record>` would find nothing to do.
+    return f"train it again ({recovery.remake(RunFolder(str(folder)).record)})"
 
 
 def run_folders(paths: Iterable[str | Path]) -> list[Path]:
@@ -191,7 +196,7 @@ def read_run(folder: str | Path) -> Run:
         identity = {key: params[key] for key in ("dataset", "method", "loss", "seed")}
         code = record.get("code") or {}
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise TableError(f"{run.record} is not a run record ({exc}); {_how_to_make(folder, 'training')}") from exc
+        raise TableError(f"{run.record} is not a run record ({exc}); {_retrain(folder)}") from exc
     try:
         metrics = json.loads(Path(run.metrics).read_text())
         values = {k: float(v) for k, v in metrics.items() if k not in BOOKKEEPING}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dmlsynth import recovery
 from dmlsynth.commands import tracked
 from dmlsynth.commands._classes import class_job
 from dmlsynth.jobs import Job
@@ -24,6 +25,6 @@ def run(job: Job) -> None:
         identity=job.identity(), callbacks=[lambda step: stop_if_workflow_gone(f"step {step}")],
     )  # fmt: skip
     tracked(
-        job, f"the fine-tuning of {dataset} class {label}", f"snakemake --forcerun fine_tune {out_dir}",
+        job, f"the fine-tuning of {dataset} class {label}", recovery.remake(out_dir),
         lambda settings: tracking.track_fine_tuning(out_dir / FINE_TUNING_SUMMARY, settings),
     )  # fmt: skip

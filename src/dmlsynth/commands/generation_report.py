@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dmlsynth import recovery
 from dmlsynth.commands import tracked
 from dmlsynth.jobs import Job
 
@@ -16,7 +17,7 @@ def run(job: Job) -> None:
     table = generation_report(datasets, list(job.params["image_sets"]), layout, threads=job.threads)
     print(table.to_string(index=False))
     tracked(
-        job, "the generation report", f"snakemake --forcerun generation_report {layout.generation_csv()}",
+        job, "the generation report", recovery.remake(layout.generation_csv()),
         lambda settings: tracking.track_generation(
             settings, table, {d: layout.generated_grid(d) for d in datasets}, layout.generation_csv()
         ),

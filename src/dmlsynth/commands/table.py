@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dmlsynth import recovery
 from dmlsynth.commands import log, remove_stale, tracked
 from dmlsynth.jobs import Job
 
@@ -29,6 +30,6 @@ def run(job: Job) -> None:
             lambda settings: [tracking.track_run(run_dir, settings) for run_dir in runs],
         )  # fmt: skip
     tracked(
-        job, "the results table", f"snakemake --forcerun table {files.csv}",
+        job, "the results table", recovery.remake(files.csv),
         lambda settings: tracking.track_table(settings, files.all(), table),
     )  # fmt: skip

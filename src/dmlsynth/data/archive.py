@@ -14,6 +14,14 @@ destination, symbolic and hard links, character/block devices, FIFOs and
 any other non-regular member. On top of these checks the standard
 library's ``data`` extraction filter (PEP 706) is applied as a second line
 of defence.
+
+Refused archives (decompression bombs): an archive, or a zip member, that
+expands to more than :data:`MAX_RATIO` times its compressed size (past
+:data:`RATIO_FLOOR`), and one that does not fit on the destination's disk.
+The declared sizes are checked before anything is written (a tar's as its
+headers are read, so a bomb is refused before its data is decompressed), and
+each zip member's write stops at its declared size (a zip's sizes can lie; a
+tar member is always exactly its declared size).
 """
 
 from __future__ import annotations
@@ -41,6 +49,38 @@ class ArchiveError(DataError):
     """An archive is damaged or contains members that must not be extracted."""
 
 
+# Dataset archives hold JPEG or PNG images, which gzip and deflate leave at about 1:1, and text lists (under
+# 20:1); zeros reach about 1000:1. An archive that expands 100 times its size is no dataset but a bomb.
+MAX_RATIO = 100
+# Below 16 MiB expanded no ratio is checked: small, repetitive text may compress well and fills no disk.
+RATIO_FLOOR = 1 << 24
+
+
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.2f} GiB" if size >= 1 << 30 else f"{size / (1 << 20):.1f} MiB"
+
+
+def check_expansion(archive: Path, what: str, expanded: int, compressed: int) -> None:
+    """Refuse ``what`` (the archive or one of its members) if it expands more than :data:`MAX_RATIO` times."""
+    if expanded > RATIO_FLOOR and expanded > MAX_RATIO * max(compressed, 1):
+        raise ArchiveError(
+            f"{archive}: {what} expands to {_gib(expanded)} from {_gib(compressed)} (more than {MAX_RATIO} times); "
+            "a dataset archive of images does not compress like that, so it is not extracted (a decompression bomb "
+            "or the wrong file). Delete it and get the file from the official source or a trusted mirror; if it is "
+            "genuine, extract it yourself into the dataset's raw folder."
+        )
+
+
+def check_space(archive: Path, expanded: int, folder: Path) -> None:
+    """Refuse to start an extraction of ``expanded`` bytes that cannot fit on ``folder``'s disk."""
+    free = shutil.disk_usage(folder).free
+    if expanded > free:
+        raise ArchiveError(
+            f"{archive} expands to {_gib(expanded)} but only {_gib(free)} is free at {folder}: free space (or put "
+            "paths.data on a larger disk) and run again"
+        )
+
+
 def check_member(member: tarfile.TarInfo) -> str | None:
     """Why ``member`` must not be extracted, or ``None`` if it is a plain file or folder inside the target."""
     name = member.name
@@ -63,10 +103,17 @@ def check_member(member: tarfile.TarInfo) -> str | None:
 
 
 def _members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """Every member, header by header (reading decompresses the archive: damage shows up here); the expansion is
+    checked at each header, before the data it announces is decompressed."""
+    size, members, expanded = archive.stat().st_size, [], 0
     try:
-        return tar.getmembers()  # reads (decompresses) the whole archive: damage shows up here
+        for member in tar:
+            members.append(member)
+            expanded += member.size if member.isfile() else 0
+            check_expansion(archive, "the archive", expanded, size)
     except (*_READ_ERRORS, OSError) as exc:
         raise _damaged(archive, exc) from exc
+    return members
 
 
 def _damaged(archive: Path, exc: BaseException) -> ArchiveError:
@@ -121,19 +168,37 @@ def _extract_zip(archive: Path, folder: Path) -> None:
             members = zipped.infolist()
             _refuse(archive, [(m.filename, why) for m in members if (why := check_zip_member(m)) is not None])
             for member in members:
+                check_expansion(archive, f"member {member.filename!r}", member.file_size, member.compress_size)
+            expanded = sum(m.file_size for m in members)
+            check_expansion(archive, "the archive", expanded, archive.stat().st_size)
+            check_space(archive, expanded, folder)
+            for member in members:
                 target = folder / member.filename
                 if member.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zipped.open(member) as source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out, 1 << 20)  # a CRC mismatch raises at the member's end
+                    _copy_at_most(source, out, member.file_size, archive, member.filename)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, lzma.LZMAError, NotImplementedError) as exc:
         raise _damaged(archive, exc) from exc
     except OSError as exc:
         raise ArchiveError(
             f"cannot write the contents of {archive} to {folder.parent} ({exc}); check free disk space and permissions"
         ) from exc
+
+
+def _copy_at_most(source, out, declared: int, archive: Path, name: str) -> None:
+    """Copy ``source`` to ``out``, stopping at ``declared`` bytes (a CRC mismatch raises at the member's end)."""
+    written = 0
+    while chunk := source.read(1 << 20):
+        written += len(chunk)
+        if written > declared:
+            raise ArchiveError(
+                f"{archive}: member {name!r} holds more than the {declared} bytes it declares; the archive is "
+                "damaged or forged. Delete it and get the file from the official source or a trusted mirror."
+            )
+        out.write(chunk)
 
 
 def _starts_like_zip(archive: Path) -> bool:
@@ -158,6 +223,7 @@ def extract_into(archive: str | os.PathLike[str], folder: Path) -> None:
     with tar:
         members = _members(tar, archive)
         _refuse(archive, [(m.name, why) for m in members if (why := check_member(m)) is not None])
+        check_space(archive, sum(m.size for m in members if m.isfile()), folder)
         try:
             tar.extractall(folder, members=members, filter="data")
         except tarfile.FilterError as exc:

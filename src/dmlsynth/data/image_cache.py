@@ -45,6 +45,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from dmlsynth import recovery
 from dmlsynth.data.errors import DataError
 from dmlsynth.data.manifest import read_manifest
 from dmlsynth.io import WriteError, atomic_output, atomic_write_text
@@ -197,7 +198,7 @@ def open_cache(manifest: str | os.PathLike[str], short_side: int, frame: pd.Data
     out_dir = cache_dir(manifest)
     index = out_dir / INDEX
     rebuild = (
-        f"build it with `snakemake --cores 8 {index}` (add `--forcerun cache_images` to rebuild it), "
+        f"build it with `{recovery.make(index, cores=8)}` (`{recovery.remake(index, cores=8)}` rebuilds it), "
         f"or set cache_short_side: 0 in dataset_settings to train on the original images"
     )
     if not index.is_file():

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from dmlsynth import recovery
 from dmlsynth.io import atomic_write_text
 from dmlsynth.errors import DmlsynthError
 
@@ -52,12 +53,12 @@ def read_manifest(path: str | os.PathLike[str], check_files: bool = True) -> pd.
     if not path.is_file():
         raise ManifestError(
             f"manifest {path} does not exist: prepare the dataset first "
-            f"(snakemake --cores 1 {path}) or check paths.data in params.yaml"
+            f"({recovery.make(path)}) or check paths.data in params.yaml"
         )
     try:
         frame = pd.read_csv(path, dtype={"path": str, "class_name": str, "split": str, "retrieval": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"manifest {path} is not a readable CSV ({exc}); delete it and prepare the dataset again") from exc
+        raise ManifestError(f"manifest {path} is not a readable CSV ({exc}); prepare the dataset again ({recovery.remake(path)})") from exc
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ManifestError(f"manifest {path} lacks columns {missing}; expected {COLUMNS}")

@@ -152,7 +152,7 @@ def test_open_cache_maps_dataset_files_and_passes_others_through(photos):
 
 
 def test_open_cache_refuses_a_copy_of_other_images_or_settings(photos):
-    with pytest.raises(ImageCacheError, match="snakemake --cores 8 .*resized/index.csv"):
+    with pytest.raises(ImageCacheError, match="snakemake .*resized/index.csv --cores 8"):
         open_cache(photos, 256)
     build_cache(photos, 256, progress=False)
     with pytest.raises(ImageCacheError, match="asks for short side 288"):

@@ -72,10 +72,9 @@ def test_generation_config_block(default_params):
     assert set_recipe("plain", settings) == {"operators": {"conjunction": 1.0}, "prompts_per_image": 1, "prompts_per_condition": 1, "plain": True}
     assert stage_outputs(config)["generate"] == [
         "data/digits/prompts.yaml", "data/digits/generator",
-        *[f"data/digits/generated/parts/class{i}.csv" for i in range(5)],
-        *[f"data/digits/generated/filtered/class{i}.csv" for i in range(5)],
-        "data/digits/generated/blender/manifest.csv", "data/digits/generated/plain/manifest.csv",
-        "data/digits/generated/blender/images", "data/digits/generated/plain/images",
+        *[f"data/digits/generated/{step}/class{i}.csv" for i in range(5) for step in ("parts", "filtered")],
+        "data/digits/generated/blender/manifest.csv", "data/digits/generated/blender/images",
+        "data/digits/generated/plain/manifest.csv", "data/digits/generated/plain/images",
         "results/generation.csv", "results/figures/generated_digits.png",
     ]
     assert stage_outputs({**config, "methods": ["baseline"]})["generate"] == []

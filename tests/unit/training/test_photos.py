@@ -75,7 +75,7 @@ def test_a_damaged_copy_says_to_rebuild_it(default_params, tmp_path):
 
 def test_a_missing_copy_says_how_to_build_it(default_params, tmp_path):
     manifest = write_photo_dataset(tmp_path / "cub200", SIZES[:8], classes=4)
-    with pytest.raises(ImageCacheError, match="snakemake --cores 8 .*resized/index.csv"):
+    with pytest.raises(ImageCacheError, match="snakemake .*resized/index.csv --cores 8"):
         build_run(photo_params(default_params), manifest)
 
 
