@@ -32,6 +32,65 @@ DEVICES = [
 ]
 
 
+# Seconds each module's tests took (pytest --durations, the whole suite on 2 busy cores, 2026-12-07), the
+# longest first. pytest-xdist runs a module whole on one worker, in the order the modules come (pyproject's
+# addopts: --no-loadscope-reorder), so the longest start first and the short ones fill both workers to the end:
+# a long module started last would leave one worker alone with it. Only the order depends on these numbers;
+# a module not listed comes after them (tests/unit/test_test_order.py keeps the names real).
+LONGEST_MODULES = {
+    "tests/e2e/test_dvc.py": 1105,
+    "tests/e2e/test_generation_workflow.py": 753,
+    "tests/e2e/test_workflow.py": 618,
+    "tests/e2e/test_reliability.py": 610,
+    "tests/e2e/test_slurm.py": 503,
+    "tests/e2e/test_blend_operators_benchmark.py": 310,
+    "tests/e2e/test_devices_workflow.py": 288,
+    "tests/e2e/test_embedded_default_numbers.py": 247,
+    "tests/e2e/test_reading_results.py": 241,
+    "tests/e2e/test_reruns.py": 190,
+    "tests/e2e/test_prefetch.py": 158,
+    "tests/e2e/test_sgar_official_workflow.py": 153,
+    "tests/e2e/test_methods_digits_benchmark.py": 145,
+    "tests/e2e/test_declared_dataset_workflow.py": 118,
+    "tests/e2e/test_plugin_workflow.py": 118,
+    "tests/e2e/test_potential_field_workflow.py": 111,
+    "tests/unit/test_records_current.py": 108,
+    "tests/e2e/test_cpu_isa_jobs.py": 90,
+    "tests/unit/training/test_like_for_like.py": 75,
+    "tests/e2e/test_like_for_like_workflow.py": 59,
+    "tests/e2e/test_job_processes.py": 49,
+    "tests/unit/test_tracking_summary.py": 46,
+    "tests/unit/training/test_validation.py": 45,
+    "tests/e2e/test_training_throughput_benchmark.py": 37,
+    "tests/e2e/test_full_disk.py": 37,
+    "tests/e2e/test_cluster_resources.py": 36,
+    "tests/unit/test_compare.py": 36,
+    "tests/unit/test_tracking.py": 34,
+    "tests/e2e/test_documented_commands.py": 32,
+}
+
+
+def module_order(items: list) -> list:
+    """``items`` with the modules in :data:`LONGEST_MODULES`'s order first (a module's own tests keep theirs),
+    then the modules that run a workflow (``slow``), then the rest, each group in collection order."""
+
+    def rank(item) -> tuple[int, float]:
+        module = item.nodeid.split("::", 1)[0]
+        if module in LONGEST_MODULES:
+            return 0, -LONGEST_MODULES[module]
+        return (1 if item.get_closest_marker("slow") else 2), 0.0
+
+    firsts: dict[str, tuple[int, float]] = {}
+    for item in items:  # a module ranks by its slowest kind of test, so it stays in one piece
+        module = item.nodeid.split("::", 1)[0]
+        firsts[module] = min(firsts.get(module, (3, 0.0)), rank(item))
+    return sorted(items, key=lambda item: firsts[item.nodeid.split("::", 1)[0]])
+
+
+def pytest_collection_modifyitems(config, items):
+    items[:] = module_order(items)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     """``"cpu"``, and ``"cuda"`` where a GPU is present (skipped otherwise)."""
