@@ -45,13 +45,14 @@ PROJECT_DIR_VARIABLE = "DMLSYNTH_PROJECT_DIR"
 # method that breaks it from training); build the job record and parse the command line (what they decide is
 # in the record's params: a new default is a new params value); schedule and supervise a job (which GPU, whether
 # its workflow lives, one job per run folder and its SLURM job, the machine's load); remove stale files and track (the commands
-# package module). ``data.manifest`` reads a manifest's CSV: the numbers come from the file, which the
+# package module); word the commands printed after a failure (recovery). ``data.manifest`` reads a manifest's CSV: the numbers come from the file, which the
 # prepare_data job writes (its digest names the module, :class:`dmlsynth.jobs.Jobs`).
 BOOKKEEPING = frozenset(
     f"{PACKAGE}.{name}"
     for name in (
         "provenance", "io", "layout", "tracking", "docblocks", "registry", "errors", "plugins", "catalog", "contract",
         "jobs", "cli", "commands", "workflow", "heartbeat", "machine", "gpu_slots", "run_lock", "cluster", "data.manifest",
+        "recovery",
     )
 )  # fmt: skip
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dmlsynth import config as cfg
-from dmlsynth import jobs, pipeline, provenance, registry
+from dmlsynth import jobs, pipeline, provenance, registry, resolve
 from tests.conftest import ROOT, small_config
 
 TRAINED = ("compare", "evaluate", "table", "train")  # a training and everything that reads its run
@@ -73,10 +73,11 @@ def module_name(file: Path) -> str:
 EXPECTED_TINY: dict[tuple[str, ...], set[str]] = {
     (): {
         "__main__", "catalog", "cli", "cluster", "commands", "commands.cache_images", "commands.fine_tune", "config",
-        "config_reference", "contract", "data.archive", "data.cars", "data.csv_manifest", "data.cub", "data.declared",
+        "config_reference", "contract", "data.archive", "defaults", "data.cars", "data.csv_manifest", "data.cub", "data.declared",
         "data.download", "data.image_folder", "data.inshop", "data.sop", "data.sources", "docblocks", "errors",
         "gpu_slots", "heartbeat", "io", "jobs", "layout", "machine", "methods.iaa", "methods.sgar", "methods.symm",
-        "pipeline", "plugins", "prefetch", "provenance", "registry", "run_lock", "tracking", "workflow",
+        "pipeline", "plugins", "prefetch", "provenance", "recovery", "registry", "resolve", "run_lock", "tracking",
+        "workflow",
     },
     # The package's own __init__ runs first in every job; cpu_isa pins the instruction set every job computes with.
     EVERY: {"", "cpu_isa", "data"},
@@ -140,7 +141,7 @@ def test_bookkeeping_edits_rerun_none_of_the_paper_jobs_and_a_method_only_its_ow
         symm = changed(before, identities(paper))
     runs = [name for rule, name in symm if rule in ("train", "evaluate")]
     assert kinds(symm) == TRAINED and runs and all(name.split("/")[1] == "symm" for name in runs)
-    assert len(symm) == 2 * len([r for r in jobs.runs(paper) if r["method"] == "symm"]) + 2
+    assert len(symm) == 2 * len([r for r in resolve.runs(paper) if r["method"] == "symm"]) + 2
     provenance._digest.cache_clear()
 
 
