@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from dmlsynth import registry
-from dmlsynth.config import filled
 from dmlsynth.losses import BaseLoss, build_loss
 from dmlsynth.methods import MethodContext, build_method
 from dmlsynth.models import EmbeddingNet
@@ -74,6 +73,8 @@ def build(method_name: str, loss_name: str, method_params: Mapping[str, Any], se
     inputs, labels = batch()
     if loss_params is None:  # a variant may set loss params of its own (sgar official: the projection head)
         config = {"method_params": {method_name: {"variant": method_params["variant"]}}} if "variant" in method_params else {}
+        from dmlsynth.config import filled  # here: a training's gate of a built-in method imports no config code
+
         loss_params = registry.loss_params(loss_name, filled(config), method_name)
     base = build_loss(loss_name, loss_params, CLASSES, DIM)
 
@@ -212,6 +213,8 @@ def step_problem(method: str, loss: str) -> str | None:
 def off_problem(method: str, loss: str) -> str | None:
     off = dict(registry.METHODS[method].off_params)
     switched_off = train(method, loss, off)
+    from dmlsynth.config import filled
+
     control = train(registry.BASELINE, loss, {}, loss_params=registry.loss_params(loss, filled({}), method))
     if switched_off[0] != control[0]:
         return f"losses per step {switched_off[0]} differ from the control's {control[0]}"
