@@ -142,3 +142,8 @@ def test_effective_records_the_variables_set_and_torch_s_dispatch(clean_environm
     assert cpu_isa.effective() == {"MKL_CBWR": "AVX2", "torch_dispatch": "AVX2"}
     clean_environment.delitem(sys.modules, "torch")
     assert cpu_isa.effective() == {"MKL_CBWR": "AVX2"}
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and __import__("platform").machine() == "x86_64"), reason="reads an x86-64 Linux cpuinfo")
+def test_this_machine_s_flags_are_read_by_default():
+    assert "sse2" in cpu_isa.cpu_flags()  # every x86-64 CPU has it
