@@ -346,9 +346,7 @@ class Jobs:
         return generation_settings(self.config, dataset)
 
     def image_sets(self) -> list[str]:
-        from dmlsynth.generation.settings import image_sets
-
-        return image_sets(self.config)
+        return list(self.tree["image_sets"])
 
     def tracking(self) -> dict[str, Any]:
         """The ``tracking`` block; a job resolves it where it runs ($MLFLOW_TRACKING_URI there wins)."""
@@ -503,8 +501,11 @@ class Jobs:
         return self._cached(("compare",), make)
 
     # Generation ------------------------------------------------------------------------------------
+    def validation_classes(self, dataset: str) -> int:
+        return int(self.tree["datasets"][dataset]["validation_classes"])
+
     def training_classes(self, dataset: str) -> int:
-        return split.training_class_count(self.config, dataset)
+        return int(self.tree["datasets"][dataset]["training_classes"])
 
     def prompts(self, dataset: str) -> Job:
         def make() -> Job:
@@ -514,7 +515,7 @@ class Jobs:
                 rule="prompts", name=dataset,
                 params={
                     "dataset": dataset, "prompts": settings["prompts"], "seed": settings["seed"], "device": settings["device"],
-                    "validation_classes": split.validation_class_count(self.config, dataset),
+                    "validation_classes": self.validation_classes(dataset),
                 },
                 inputs={"manifest": self.layout.manifest(dataset)},
                 outputs={"prompts": self.layout.prompts(dataset), "search": self.layout.raw_dir(dataset)},
@@ -533,7 +534,7 @@ class Jobs:
                 params={
                     "dataset": dataset, "embedded": settings["embedded"], "seed": settings["seed"],
                     "image_size": int(self.dataset_settings(dataset)["image_size"]),
-                    "validation_classes": split.validation_class_count(self.config, dataset),
+                    "validation_classes": self.validation_classes(dataset),
                     "generator": settings["generator"],
                 },
                 inputs={"manifest": self.layout.manifest(dataset)},
@@ -560,7 +561,7 @@ class Jobs:
                 rule="fine_tune", name=f"{dataset}/class{class_index}",
                 params={
                     "dataset": dataset, "class_index": int(class_index), "generation": settings,
-                    "validation_classes": split.validation_class_count(self.config, dataset), "tracking": self.tracking(),
+                    "validation_classes": self.validation_classes(dataset), "tracking": self.tracking(),
                 },
                 inputs={"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset)},
                 outputs={"weights": self.layout.fine_tuned_dir(dataset, class_index),
@@ -589,7 +590,7 @@ class Jobs:
                 rule="generate", name=f"{dataset}/class{class_index}",
                 params={
                     "dataset": dataset, "class_index": int(class_index), "image_sets": self.image_sets(), "generation": settings,
-                    "validation_classes": split.validation_class_count(self.config, dataset),
+                    "validation_classes": self.validation_classes(dataset),
                 },
                 inputs=inputs,
                 outputs={"part": self.layout.generated_part(dataset, class_index), "generated": self.layout.generated_dir(dataset)},
@@ -616,7 +617,7 @@ class Jobs:
                     "dataset": dataset, "class_index": int(class_index), "generation": settings, "scorer": scorer,
                     "image_size": int(self.dataset_settings(dataset)["image_size"]),
                     "pretrained": bool(self.dataset_settings(dataset)["pretrained"]),
-                    "validation_classes": split.validation_class_count(self.config, dataset),
+                    "validation_classes": self.validation_classes(dataset),
                 },
                 inputs={"manifest": self.layout.manifest(dataset), "prompts": self.layout.prompts(dataset),
                         "part": self.layout.generated_part(dataset, class_index)},
@@ -667,7 +668,7 @@ class Jobs:
                         d: {
                             "generation": settings[d], "image_size": int(self.dataset_settings(d)["image_size"]),
                             "pretrained": bool(self.dataset_settings(d)["pretrained"]),
-                            "validation_classes": split.validation_class_count(self.config, d),
+                            "validation_classes": self.validation_classes(d),
                         }
                         for d in datasets
                     },

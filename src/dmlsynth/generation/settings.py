@@ -14,10 +14,10 @@ by one sampling recipe; a data-level method names the set it trains with
 Every set of a dataset has the same budget (``images_per_class`` images per
 training class, same steps and guidance scale).
 
-Some settings change only how fast images are made, not which images
-(:data:`SPEED_SETTINGS`: each image has its own seed, so the batch size does
-not choose it; slicing and compiling only reorder float arithmetic). They are
-left out of what decides whether a class is generated again.
+Which of these settings decide whether a class is generated again is the job
+record's business (:data:`dmlsynth.jobs.NEUTRAL`): the batch size, slicing and
+compiling stay compared, since they reorder float arithmetic and a batch size
+measurably changed a generated pixel.
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ import math
 from typing import Any, Mapping
 
 from dmlsynth import registry
-
-# Settings that change the speed of generation, not its images (see the module docstring).
-SPEED_SETTINGS = ("batch_size", "gpu_memory_gib", "attention_slicing", "vae_slicing", "compile", "threads")
-# How often fine-tuning checkpoints: it changes neither the fine-tuned weights nor the images.
-FINE_TUNING_CHECKPOINT = "checkpoint_every"
 
 IMAGE_SETS = registry.IMAGE_SETS
 # Order of the columns of the sample grid after the real images.
@@ -61,18 +56,6 @@ def images_generated(settings: Mapping[str, Any]) -> int:
     if filter_scorer(settings) == "none":
         return budget
     return budget + math.ceil(float(settings["filter"]["extra"]) * budget)
-
-
-def image_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What the generated images depend on: ``settings`` without :data:`SPEED_SETTINGS`, the filter
-    or the prompts' source (both act before or after sampling; the prompts file they write is an
-    input of its own), plus how many images are made. Fine-tuning counts only when it is on, and
-    without its checkpoint interval (which does not change the weights)."""
-    kept = {k: v for k, v in settings.items() if k not in SPEED_SETTINGS and k not in ("filter", "prompts")}
-    tuning = kept.pop("fine_tuning")
-    if tuning["method"] != "none":
-        kept["fine_tuning"] = {k: v for k, v in tuning.items() if k != FINE_TUNING_CHECKPOINT}
-    return {**kept, "images_generated": images_generated(settings)}
 
 
 def image_sets(config: Mapping[str, Any], dataset: str | None = None) -> list[str]:

@@ -19,7 +19,7 @@ from dmlsynth.generation.filtering import (
 from dmlsynth.generation.generators import load_generator
 from dmlsynth.generation.prompts import write_prompts
 from dmlsynth.generation.run import generate_class, merge_parts
-from dmlsynth.generation.settings import filter_scorer, generation_settings, image_settings, images_generated
+from dmlsynth.generation.settings import filter_scorer, generation_settings, images_generated
 from dmlsynth.config import filled
 
 from tests.helpers.generation import save_tiny_clip, save_tiny_stable_diffusion
@@ -80,7 +80,12 @@ def test_extra_images_only_when_filtering_and_a_threshold_change_regenerates_not
     assert images_generated(off) == 10
     stricter = generation_settings(filled({"generation": {"digits": {"images_per_class": 10, "filter": {"extra": 0.25,
                                    "fidelity_threshold": 0.9}}}}), "digits")  # fmt: skip
-    assert image_settings(stricter) == image_settings(settings) != image_settings(off)
+    assert images_generated(stricter) == images_generated(settings)
+    from tests.unit.generation.test_settings import generate_identity
+
+    filtered = {"images_per_class": 10, "filter": {"extra": 0.25}}
+    assert generate_identity("digits", **filtered) == generate_identity("digits", **{**filtered, "filter": {"extra": 0.25, "fidelity_threshold": 0.9}})
+    assert generate_identity("digits", **filtered) != generate_identity("digits", images_per_class=10, filter={"scorer": "none"})
     sd = generation_settings(filled({"generation": {"cub200": {}}}), "cub200")
     assert filter_scorer(sd) == "clip"
 

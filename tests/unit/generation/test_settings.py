@@ -1,16 +1,12 @@
-"""Generation settings: the paper recipe per dataset, the training-class count, speed vs image settings."""
+"""Generation settings: the paper recipe per dataset, the training-class count, which settings regenerate a class."""
 
 
 from dmlsynth.config import config_defaults
 from dmlsynth.config import filled
 from dmlsynth import config as cfg
 from dmlsynth import registry
-from dmlsynth.generation.settings import (
-    SPEED_SETTINGS,
-    describe,
-    generation_settings,
-    image_settings,
-)
+from dmlsynth import jobs
+from dmlsynth.generation.settings import describe, generation_settings
 
 from tests.conftest import ROOT
 
@@ -34,20 +30,19 @@ def test_paper_config_sets_the_stable_diffusion_recipe_per_dataset():
     assert generation_settings(paper, "cub200")["guidance_scale"] != config_defaults(["digits"])["generation"]["digits"]["guidance_scale"]
 
 
-def test_speed_settings_are_not_image_settings():
-    settings = generation_settings(filled({"methods": ["blender"]}), "digits")
-    kept = image_settings(settings)
-    assert set(SPEED_SETTINGS) <= set(settings) and not set(SPEED_SETTINGS) & set(kept)
-    assert {"seed", "steps", "guidance_scale", "device", "fp16", "model_id", "images_per_class"} <= set(kept)
+def generate_identity(dataset: str, **generation) -> str:
+    """The identity of the first class's generation job (what re-runs it) under ``generation.<dataset>``."""
+    config = cfg.validate({**cfg.load(ROOT / "params.yaml"), "datasets": [dataset], "methods": ["blender"],
+                           "generation": {dataset: generation}})  # fmt: skip
+    return jobs.Jobs(config).generate(dataset, 0).identity()
 
 
-def test_the_operator_rules_are_image_settings():
-    """A new intersection rule or strength control makes every class's images again (the part's key)."""
+def test_the_operator_rules_regenerate_every_class():
+    """A new intersection rule or strength control makes every class's images again (the job's identity)."""
     settings = generation_settings(filled({"methods": ["blender"]}), "digits")
     assert (settings["intersection_rule"], settings["guidance_norm"]) == ("principal_component", "mean")
     for key, other in (("intersection_rule", "elementwise"), ("guidance_norm", "none")):
-        assert image_settings({**settings, key: other}) != image_settings(settings)
-        assert image_settings({**settings, key: other})[key] == other
+        assert generate_identity("digits", **{key: other}) != generate_identity("digits")
 
 
 def test_describe_says_what_generation_makes_and_what_training_adds(default_params):
@@ -63,18 +58,12 @@ def test_describe_says_what_generation_makes_and_what_training_adds(default_para
     assert describe({**config, "methods": ["baseline", "symm"]}) == []
 
 
-def test_fine_tuning_is_an_image_setting_only_when_on():
-    off = generation_settings(filled({"methods": ["blender"]}), "digits")
-    assert off["fine_tuning"]["method"] == "none" and "fine_tuning" not in image_settings(off)
-    assert image_settings({**off, "fine_tuning": {**off["fine_tuning"], "steps": 7}}) == image_settings(off)
-    on = generation_settings(
-        filled({"methods": ["blender"], "generation": {"cub200": {"fine_tuning": {"method": "lora", "rank": 8}}}}), "cub200"
-    )
-    kept = image_settings(on)["fine_tuning"]
-    assert kept["method"] == "lora" and kept["rank"] == 8 and kept["steps"] == on["fine_tuning"]["steps"]
+def test_fine_tuning_regenerates_only_when_on():
+    assert generate_identity("digits", fine_tuning={"steps": 7}) == generate_identity("digits")  # off: not read
+    on = {"method": "lora", "rank": 8}
+    assert generate_identity("cub200", fine_tuning={**on, "steps": 7}) != generate_identity("cub200", fine_tuning=on)
     # The checkpoint interval changes neither the weights nor the images.
-    assert "checkpoint_every" not in kept
-    assert image_settings({**on, "fine_tuning": {**on["fine_tuning"], "checkpoint_every": 3}}) == image_settings(on)
+    assert generate_identity("cub200", fine_tuning={**on, "checkpoint_every": 3}) == generate_identity("cub200", fine_tuning=on)
 
 
 def test_training_classes_follow_a_smaller_copy_of_the_dataset():
