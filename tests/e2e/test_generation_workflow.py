@@ -1,7 +1,7 @@
 """End to end through Snakemake: prompts -> generator -> per-class generation -> training -> report.
 
-The embedded default with ``device: auto`` (CUDA where present), and the Stable Diffusion path
-on a tiny CUB-200-2011 copy with a tiny random SD model, on the CPU and in fp16 on CUDA.
+The Stable Diffusion path on a tiny CUB-200-2011 copy with a tiny random SD model, on the CPU and in
+fp16 on CUDA (the embedded generator's path: test_workflow.py), and a hand-edited prompts file.
 """
 
 import json
@@ -10,7 +10,6 @@ import shutil
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -24,76 +23,6 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir, *args):
     return run_snakemake(workdir, *args).output
-
-
-def test_generation_workflow_is_complete_and_restartable(default_params, tmp_path):
-    config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
-    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
-    config["methods"] = ["baseline", "blender", "sd_plain"]
-    config["losses"] = ["multi_similarity"]
-    config["seeds"] = [0]
-    config["training"]["device"] = "auto"
-    config["generation"] = {"digits": {
-        "images_per_class": 4, "batch_size": 4, "steps": 2, "device": "auto",
-        # The barely trained generator's digits would fail the fidelity filter: threshold 0 keeps them all.
-        "filter": {"extra": 0.5, "fidelity_threshold": 0.0},
-        "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
-    }}  # fmt: skip
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
-
-    snakemake(tmp_path, "results/table.csv")
-
-    table = pd.read_csv(tmp_path / "results" / "table.csv")
-    assert set(table.method) == {"baseline", "blender", "sd_plain"}
-    # device: auto trained the generator on CUDA where there is one.
-    generator = json.loads((tmp_path / "data/digits/generator/generator.json").read_text())
-    assert generator["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
-    report = pd.read_csv(tmp_path / "results" / "generation.csv")
-    assert {"blender", "plain"} == set(report.image_set)
-    assert report.fidelity.between(0, 1).all() and (report.chance == 0.2).all()
-    # The cost of the images: sampling time per image and the generator's training time.
-    assert (report.seconds_per_image > 0).all() and (report.generator_train_seconds > 0).all()
-    assert (tmp_path / "results" / "figures" / "generated_digits.png").is_file()
-    # Filtering: 4 + 2 extra images per class and set, none rejected, the 2 extra unused.
-    pooled = report[report.operator.isin(["all", "cfg"])]
-    assert set(pooled["filter"]) == {"fidelity"} and (pooled.generated == 6 * 5).all()
-    assert (pooled.rejected == 0).all() and (pooled.unused == 2 * 5).all() and (pooled.images == 4 * 5).all()
-    assert pooled.kept_score.between(0, 1).all()
-    # How the images were guided, recorded per image by each sampling run and averaged over the kept images
-    # (the defaults: the principal-component intersection and the strength control).
-    assert set(report.intersection_rule) == {"principal_component"} and set(report.guidance_norm) == {"mean"}
-    rows = report.set_index(["image_set", "operator"])
-    plain = rows.loc[("plain", "cfg")]
-    assert plain.guidance_ratio == 1 and pd.isna(plain.difference_along_mean)  # ordinary guidance
-    kept = pd.read_csv(tmp_path / "data" / "digits" / "generated" / "blender" / "manifest.csv")
-    for operator in ("union", "intersection"):
-        row = rows.loc[("blender", operator)]
-        images = kept[kept.operator == operator]
-        for name in ("guidance_ratio", "difference_along_mean", "applied_difference_along_mean"):
-            assert row[name] == pytest.approx(images[name].mean(), abs=1e-4), (operator, name)
-        assert 0 <= row.applied_difference_along_mean <= 1 and 0 <= row.difference_along_mean <= 1
-    # The principal-component intersection is never longer than the mean residual; the union is not it.
-    assert rows.loc[("blender", "intersection"), "guidance_ratio"] <= 1 + 1e-4
-    assert rows.loc[("blender", "union"), "guidance_ratio"] != rows.loc[("blender", "intersection"), "guidance_ratio"]
-    real = pd.read_csv(tmp_path / "data" / "digits" / "manifest.csv")
-    train_classes = set(real.loc[real.split == "train", "label"])
-    for image_set in ("blender", "plain"):
-        generated = pd.read_csv(tmp_path / "data" / "digits" / "generated" / image_set / "manifest.csv")
-        assert set(generated.label) == train_classes and len(generated) == 4 * len(train_classes)
-        assert generated.score.between(0, 1).all()
-    record = yaml.safe_load((tmp_path / "results/runs/digits/blender/multi_similarity/seed0/run.yaml").read_text())
-    assert record["train_images"] == {"real": (real.split == "train").sum(), "generated": 4 * len(train_classes)}
-
-    # As after a run killed while generating class 3 (neither its part nor its filtered part written):
-    # that class is redone alone, complete classes are not.
-    (tmp_path / "data/digits/generated/parts/class3.csv").unlink()
-    (tmp_path / "data/digits/generated/filtered/class3.csv").unlink()
-    (tmp_path / "data/digits/generated/blender/manifest.csv").unlink()
-    out = snakemake(tmp_path, "data/digits/generated/blender/manifest.csv")
-    assert re.search(r"^generate\s+1$", out, re.M), out  # job stats: one generate job ...
-    assert re.search(r"^filter_generated\s+1$", out, re.M), out  # ... and its filter job ...
-    assert "class_index=3" in out and "class_index=2" not in out  # ... for class 3
-    assert "rule train_generator" not in out
 
 
 def test_stable_diffusion_path_through_the_workflow(default_params, tmp_path, device):

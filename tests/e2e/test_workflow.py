@@ -1,33 +1,55 @@
-"""End to end: the real Snakemake workflow on a tiny config."""
+"""End to end: the real Snakemake workflow on a tiny config, from the dataset through generated images and
+training to the table, the comparison and the report, with `device: auto` (CUDA where present)."""
 
+import json
+import re
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tests.conftest import small_config
+from tests.helpers.workflow import copy_of
 from tests.helpers.workflow import snakemake as run_snakemake
 
 
-def snakemake(repo_root, workdir, *args, check=True):
+def snakemake(workdir, *args, check=True):
     return run_snakemake(workdir, *args, check=check, cores=4)
 
 
-@pytest.mark.slow
-def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(repo_root, default_params, tmp_path):
-    config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
+@pytest.fixture(scope="module")
+def finished(default_params, tmp_path_factory):
+    """(config, folder): the tiny embedded workflow with generated images run to its default target (the table
+    and the comparison report), shared by the tests of this module; one that changes it takes a copy (copy_of).
+
+    No synthesis and both generated image sets (BLenDeR's and sd_plain's: the longest chain of jobs), two losses
+    and two seeds; `device: auto` (CUDA where present). A feature-space method goes through the same jobs to the
+    table in test_like_for_like_workflow.py, test_declared_dataset_workflow.py and the shared baseline+symm run
+    (tests/e2e/conftest.py)."""
+    workdir = tmp_path_factory.mktemp("finished-with-generation")
+    config = small_config(default_params, workdir / "data", workdir / "results", epochs=1, batches_per_epoch=2)
     config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
-    # No synthesis and generated images (the longest chain of jobs); a feature-space method goes through the same
-    # jobs to the table in test_like_for_like_workflow.py, test_declared_dataset_workflow.py and the shared
-    # baseline+symm run (tests/e2e/conftest.py).
-    config["methods"] = ["baseline", "blender"]
+    config["methods"] = ["baseline", "blender", "sd_plain"]
     config["losses"] = ["multi_similarity", "contrastive"]
     config["seeds"] = [0, 1]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    config["training"]["device"] = "auto"
+    config["generation"] = {"digits": {
+        "images_per_class": 4, "batch_size": 4, "steps": 2, "device": "auto",
+        # The barely trained generator's digits would fail the fidelity filter: threshold 0 keeps them all.
+        "filter": {"extra": 0.5, "fidelity_threshold": 0.0},
+        "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
+    }}  # fmt: skip
+    (workdir / "params.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir)  # the default target: the table and the comparison report
+    return config, workdir
 
-    snakemake(repo_root, tmp_path)  # the default target: the table and the comparison report
+
+@pytest.mark.slow
+def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(finished):
+    config, tmp_path = finished
 
     table = pd.read_csv(tmp_path / "results" / "table.csv")
     expected_rows = {("digits", m, l) for m in config["methods"] for l in config["losses"]}
@@ -46,8 +68,13 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(repo_root, d
         assert (tmp_path / "results" / "figures" / f"forest_digits_{loss}.png").is_file()
     comparison = pd.read_csv(tmp_path / "results" / "comparison.csv")
     assert len(comparison) == len(table) and (comparison.loc[comparison.method == "blender", "generation_seconds"] > 0).all()
-    # A CPU-only run costs no GPU-hours, whatever the method: the cell is blank (generation.csv says where images were sampled).
-    assert comparison["gpu_hours"].isna().all() and (pd.read_csv(tmp_path / "results" / "generation.csv")["device"] == "cpu").all()
+    # generation.csv says where the images were sampled; a CPU-only run costs no GPU-hours, whatever the method
+    # (the cell is blank), and on CUDA the generated images' sampling is counted in the rows that train on them.
+    devices = pd.read_csv(tmp_path / "results" / "generation.csv")["device"]
+    if torch.cuda.is_available():
+        assert devices.str.startswith("cuda").all() and (comparison.loc[comparison.method != "baseline", "gpu_hours"] > 0).all()
+    else:
+        assert comparison["gpu_hours"].isna().all() and (devices == "cpu").all()
     for run in ("digits/baseline/contrastive/seed1",):
         for name in ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv", "metrics.json", "embeddings.png"):
             assert (tmp_path / "results" / "runs" / run / name).is_file()
@@ -73,10 +100,10 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(repo_root, d
     summary = client.search_runs([client.get_experiment_by_name("summary").experiment_id])
     assert len(summary) == 1 and "table.csv" in {a.path for a in client.list_artifacts(summary[0].info.run_id)}
 
-    again = snakemake(repo_root, tmp_path)
+    again = snakemake(tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    snakemake(repo_root, tmp_path, "--report", "results/report.html")
+    snakemake(tmp_path, "--report", "results/report.html")
     html = (tmp_path / "results" / "report.html").read_text()
     expected_captions = [
         "Results table: one row", "recall_at_1.png", "Training curves", "Test embeddings",
@@ -92,7 +119,7 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(repo_root, d
 def test_invalid_config_stops_before_any_job(repo_root, default_params, tmp_path):
     config = dict(default_params, methods=["baseline", "magic"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(repo_root, tmp_path, "results/table.csv", check=False)
+    result = snakemake(tmp_path, "results/table.csv", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "at methods[1]: 'magic' is not allowed; allowed values: baseline" in output
@@ -189,3 +216,60 @@ def test_a_missing_generated_image_says_which_part_file_to_delete(repo_root, def
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"made again when you delete {parts[1]}" in result.stderr
     assert "prepare the dataset again" not in result.stderr
+
+
+@pytest.mark.slow
+def test_generation_workflow_is_complete_and_restartable(finished, tmp_path):
+    config, finished = finished
+    table = pd.read_csv(finished / "results" / "table.csv")
+    assert set(table.method) == {"baseline", "blender", "sd_plain"}
+    # device: auto trained the generator on CUDA where there is one.
+    generator = json.loads((finished / "data/digits/generator/generator.json").read_text())
+    assert generator["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
+    report = pd.read_csv(finished / "results" / "generation.csv")
+    assert {"blender", "plain"} == set(report.image_set)
+    assert report.fidelity.between(0, 1).all() and (report.chance == 0.2).all()
+    # The cost of the images: sampling time per image and the generator's training time.
+    assert (report.seconds_per_image > 0).all() and (report.generator_train_seconds > 0).all()
+    assert (finished / "results" / "figures" / "generated_digits.png").is_file()
+    # Filtering: 4 + 2 extra images per class and set, none rejected, the 2 extra unused.
+    pooled = report[report.operator.isin(["all", "cfg"])]
+    assert set(pooled["filter"]) == {"fidelity"} and (pooled.generated == 6 * 5).all()
+    assert (pooled.rejected == 0).all() and (pooled.unused == 2 * 5).all() and (pooled.images == 4 * 5).all()
+    assert pooled.kept_score.between(0, 1).all()
+    # How the images were guided, recorded per image by each sampling run and averaged over the kept images
+    # (the defaults: the principal-component intersection and the strength control).
+    assert set(report.intersection_rule) == {"principal_component"} and set(report.guidance_norm) == {"mean"}
+    rows = report.set_index(["image_set", "operator"])
+    plain = rows.loc[("plain", "cfg")]
+    assert plain.guidance_ratio == 1 and pd.isna(plain.difference_along_mean)  # ordinary guidance
+    kept = pd.read_csv(finished / "data" / "digits" / "generated" / "blender" / "manifest.csv")
+    for operator in ("union", "intersection"):
+        row = rows.loc[("blender", operator)]
+        images = kept[kept.operator == operator]
+        for name in ("guidance_ratio", "difference_along_mean", "applied_difference_along_mean"):
+            assert row[name] == pytest.approx(images[name].mean(), abs=1e-4), (operator, name)
+        assert 0 <= row.applied_difference_along_mean <= 1 and 0 <= row.difference_along_mean <= 1
+    # The principal-component intersection is never longer than the mean residual; the union is not it.
+    assert rows.loc[("blender", "intersection"), "guidance_ratio"] <= 1 + 1e-4
+    assert rows.loc[("blender", "union"), "guidance_ratio"] != rows.loc[("blender", "intersection"), "guidance_ratio"]
+    real = pd.read_csv(finished / "data" / "digits" / "manifest.csv")
+    train_classes = set(real.loc[real.split == "train", "label"])
+    for image_set in ("blender", "plain"):
+        generated = pd.read_csv(finished / "data" / "digits" / "generated" / image_set / "manifest.csv")
+        assert set(generated.label) == train_classes and len(generated) == 4 * len(train_classes)
+        assert generated.score.between(0, 1).all()
+    record = yaml.safe_load((finished / "results/runs/digits/blender/multi_similarity/seed0/run.yaml").read_text())
+    assert record["train_images"] == {"real": (real.split == "train").sum(), "generated": 4 * len(train_classes)}
+
+    # As after a run killed while generating class 3 (neither its part nor its filtered part written):
+    # that class is redone alone, complete classes are not.
+    copy_of(finished, tmp_path)
+    (tmp_path / "data/digits/generated/parts/class3.csv").unlink()
+    (tmp_path / "data/digits/generated/filtered/class3.csv").unlink()
+    (tmp_path / "data/digits/generated/blender/manifest.csv").unlink()
+    out = snakemake(tmp_path, "data/digits/generated/blender/manifest.csv").output
+    assert re.search(r"^generate\s+1$", out, re.M), out  # job stats: one generate job ...
+    assert re.search(r"^filter_generated\s+1$", out, re.M), out  # ... and its filter job ...
+    assert "class_index=3" in out and "class_index=2" not in out  # ... for class 3
+    assert "rule train_generator" not in out
