@@ -79,18 +79,18 @@ def test_forcerun_retrains_and_a_code_change_reruns_exactly_its_runs(finished_ba
 
 
 @pytest.fixture(scope="module")
-def finished_project_copy(default_params, tmp_path_factory):
+def finished_project_copy(finished_baseline_symm, tmp_path_factory):
     """A folder with a copy of the project (workflow and package, imported instead of the installed one: the
-    workflow refuses a package of another checkout) whose tiny baseline+symm workflow has run to the table
-    with it. Tests that edit its source take a copy of the folder (copy_of)."""
-    workdir = tmp_path_factory.mktemp("project-copy")
+    workflow refuses a package of another checkout) and a copy of the finished tiny baseline+symm workflow: its
+    records are those the copy's workflow would make (same code, same digests; the first test below checks that
+    it has nothing to do). Tests that edit its source take a copy of the folder (copy_of)."""
+    config, finished = finished_baseline_symm
+    workdir = copy_of(finished, tmp_path_factory.mktemp("project-copy"))
     for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
         source = ROOT / name
         copy_ = shutil.copytree if source.is_dir() else shutil.copy
         copy_(source, workdir / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if source.is_dir() else {}))
-    config = tiny_workflow(default_params, workdir, methods=["baseline", "symm"], losses=["multi_similarity"], seeds=[0])
-    snakemake(workdir, "results/table.csv", env={"PYTHONPATH": str(workdir / "src")}, snakefile=workdir / "Snakefile")
-    return config, workdir
+    return copy.deepcopy(config), workdir
 
 
 def test_a_code_change_reruns_only_the_runs_that_execute_it(finished_project_copy, tmp_path):
