@@ -1,18 +1,17 @@
-"""The workflow on whatever device is there: `device: auto`, GPU slots, and photo datasets through their resized copy."""
+"""Photo datasets through their resized copy, on whatever device is there (`device: auto`; the embedded workflow's GPU
+slots: test_workflow.py)."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from dmlsynth import config as cfg
-from tests.conftest import ROOT, small_config
+from tests.conftest import ROOT
 from tests.helpers.datasets import cub_fixture, place
 
 
@@ -21,38 +20,6 @@ def snakemake(workdir, *args):
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"snakemake failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
-
-
-@pytest.mark.slow
-def test_embedded_workflow_with_device_auto_gives_each_gpu_job_its_own_slot(default_params, tmp_path):
-    """On a GPU machine every run trains on CUDA; without one, on the CPU. Either way jobs take GPU slots."""
-    config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=2)
-    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
-    config.update(methods=["baseline", "blender"], seeds=[0])
-    config["training"]["device"] = "auto"
-    config["generation"]["digits"]["device"] = "auto"
-    config["dataset_settings"]["digits"]["resources"] = {"gpu": 1}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
-    slots = torch.cuda.device_count() or 2
-
-    snakemake(tmp_path, "results/table.csv", "--cores", "4", "--resources", f"gpu={slots}")
-
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    records = sorted((tmp_path / "results" / "runs").rglob("run.yaml"))
-    assert len(records) == 2
-    for record in records:
-        assert yaml.safe_load(record.read_text())["environment"]["device"] == expected
-    taken = []
-    for log in sorted((tmp_path / "logs" / "train").rglob("*.log")):
-        found = re.search(r"GPU slot\(s\) \[(\d+)\] of (\d+): CUDA_VISIBLE_DEVICES=(\d+)", log.read_text())
-        assert found, f"{log} names no GPU slot"
-        assert int(found[2]) == slots and found[1] == found[3]
-        taken.append(int(found[1]))
-    assert set(taken) <= set(range(slots))
-    assert (pd.read_csv(tmp_path / "results" / "table.csv")["recall@1_mean"] > 30).all()  # in %
-    # How many GPUs the workflow is given changes no result: nothing re-runs.
-    again = snakemake(tmp_path, "results/table.csv", "--cores", "4", "--resources", "gpu=1")
-    assert "Nothing to be done" in again
 
 
 @pytest.mark.slow

@@ -85,10 +85,10 @@ def test_dvc_repro_makes_what_snakemake_would_make(repo_root, default_params, tm
     config = small_config(default_params, tmp_path, tmp_path, epochs=1, batches_per_epoch=2)
     config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
     # Every kind of stage (dvc.yaml's stages are `snakemake --until` steps): generated images (blender), a
-    # control with its own loss params (iaa's baseline+beta=40), two seeds for the paired statistics. The
-    # default's other methods run the same stages with other method code (that they run: test_workflow.py).
+    # control with its own loss params (iaa's baseline+beta=40: '+' and '=' in its files' paths). The default's
+    # other methods and seeds run the same stages with other method code or seeds (test_workflow.py).
     config["methods"] = ["baseline", "iaa", "blender"]
-    config["seeds"] = [0, 1]
+    config["seeds"] = [0]
     config["tracking"] = {"enabled": False}
     project = tmp_path / "dvc"
     project.mkdir()
@@ -114,7 +114,7 @@ def test_dvc_repro_makes_what_snakemake_would_make(repo_root, default_params, tm
     assert "baseline R@1" in run(str(BIN / "dvc"), "metrics", "show", "--json")  # the headline metrics
     table = pd.read_csv(project / "results" / "table.csv")
     runs = {(r["method"], r["loss"]) for r in resolve.runs(cfg.validate(config))}
-    assert set(zip(table.method, table.loss)) == runs and (table.seeds == 2).all()
+    assert set(zip(table.method, table.loss)) == runs and (table.seeds == 1).all()
     assert "up to date" in run(str(BIN / "dvc"), "status").lower()
     # Snakemake finds every job's output current: a stage that ran with other params, code or inputs than
     # the workflow's (or left a job out) would be planned again here.

@@ -5,11 +5,11 @@ import pytest
 import yaml
 
 from tests.conftest import small_config
-from tests.e2e.test_workflow import snakemake
+from tests.helpers.workflow import snakemake
 
 
 @pytest.mark.slow
-def test_potential_field_runs_to_the_table(repo_root, default_params, tmp_path):
+def test_potential_field_runs_to_the_table(default_params, tmp_path):
     config = small_config(default_params, tmp_path / "data", tmp_path / "results", epochs=1, batches_per_epoch=3)
     config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
     config["tracking"] = {"enabled": False}
@@ -21,7 +21,7 @@ def test_potential_field_runs_to_the_table(repo_root, default_params, tmp_path):
     config["seeds"] = [0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
 
-    snakemake(repo_root, tmp_path, "results/table.csv")
+    snakemake(tmp_path, "results/table.csv", cores=4)
 
     table = pd.read_csv(tmp_path / "results" / "table.csv")
     assert set(zip(table.method, table.loss)) == {("baseline", "potential_field"), ("iaa", "potential_field")}
@@ -32,5 +32,5 @@ def test_potential_field_runs_to_the_table(repo_root, default_params, tmp_path):
     # Symmetrical Synthesis needs mined negative pairs: the config is rejected before any job runs.
     config["methods"] = ["symm"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(repo_root, tmp_path, "results/table.csv", check=False)
+    result = snakemake(tmp_path, "results/table.csv", check=False, cores=4)
     assert result.returncode != 0 and "method 'symm' does not work with loss 'potential_field'" in result.stdout + result.stderr

@@ -20,13 +20,17 @@ def snakemake(workdir, *args, check=True):
     return run_snakemake(workdir, *args, check=check, cores=4)
 
 
+# The GPU slots the shared run is given: one per GPU, or two on a machine without one (the slots are taken all the same).
+GPU_SLOTS = torch.cuda.device_count() or 2
+
+
 @pytest.fixture(scope="module")
 def finished(default_params, tmp_path_factory):
     """(config, folder): the tiny embedded workflow with generated images run to its default target (the table
     and the comparison report), shared by the tests of this module; one that changes it takes a copy (copy_of).
 
     No synthesis and both generated image sets (BLenDeR's and sd_plain's: the longest chain of jobs), two losses
-    and two seeds; `device: auto` (CUDA where present). A feature-space method goes through the same jobs to the
+    and two seeds; `device: auto` (CUDA where present), each GPU job in a GPU slot of its own. A feature-space method goes through the same jobs to the
     table in test_like_for_like_workflow.py, test_declared_dataset_workflow.py and the shared baseline+symm run
     (tests/e2e/conftest.py)."""
     workdir = tmp_path_factory.mktemp("finished-with-generation")
@@ -36,6 +40,8 @@ def finished(default_params, tmp_path_factory):
     config["losses"] = ["multi_similarity", "contrastive"]
     config["seeds"] = [0, 1]
     config["training"]["device"] = "auto"
+    # Each training and the generator's take a GPU slot (test_every_gpu_job_gets_its_own_slot...).
+    config["dataset_settings"]["digits"]["resources"] = {"gpu": 1}
     config["generation"] = {"digits": {
         "images_per_class": 4, "batch_size": 4, "steps": 2, "device": "auto",
         # The barely trained generator's digits would fail the fidelity filter: threshold 0 keeps them all.
@@ -43,7 +49,7 @@ def finished(default_params, tmp_path_factory):
         "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
     }}  # fmt: skip
     (workdir / "params.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir)  # the default target: the table and the comparison report
+    snakemake(workdir, "--resources", f"gpu={GPU_SLOTS}")  # the default target: the table and the comparison report
     return config, workdir
 
 
@@ -113,6 +119,27 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(finished):
         expected_captions += ["generated_digits.png", "Quality of the generated training images"]
     for expected in expected_captions:
         assert expected in html, expected
+
+
+@pytest.mark.slow
+def test_every_gpu_job_gets_its_own_slot_and_the_slots_given_change_no_result(finished):
+    """On a GPU machine every run trains on CUDA; without one, on the CPU. Either way jobs take GPU slots."""
+    config, workdir = finished
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    records = sorted((workdir / "results" / "runs").rglob("run.yaml"))
+    assert len(records) == len(config["methods"]) * len(config["losses"]) * len(config["seeds"])
+    for record in records:
+        assert yaml.safe_load(record.read_text())["environment"]["device"] == expected
+    taken = []
+    for log in sorted((workdir / "logs" / "train").rglob("*.log")):
+        found = re.search(r"GPU slot\(s\) \[(\d+)\] of (\d+): CUDA_VISIBLE_DEVICES=(\d+)", log.read_text())
+        assert found, f"{log} names no GPU slot"
+        assert int(found[2]) == GPU_SLOTS and found[1] == found[3]
+        taken.append(int(found[1]))
+    assert len(taken) == len(records) and set(taken) <= set(range(GPU_SLOTS))
+    # How many GPUs the workflow is given changes no result: nothing re-runs.
+    again = snakemake(workdir, "results/table.csv", "--resources", "gpu=1")
+    assert "Nothing to be done" in again.output
 
 
 @pytest.mark.slow
