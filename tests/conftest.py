@@ -91,6 +91,13 @@ def pytest_collection_modifyitems(config, items):
     items[:] = module_order(items)
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Workers for `-n auto` (pyproject's addopts): one per core the process may use, and one more, which takes
+    the time that the others leave a core idle (the SLURM test waits on the plugin's status checks, 40 s
+    apart; each workflow test waits on its jobs' start-up and Snakemake's own bookkeeping between jobs)."""
+    return len(os.sched_getaffinity(0)) + 1
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     """``"cpu"``, and ``"cuda"`` where a GPU is present (skipped otherwise)."""
