@@ -198,45 +198,50 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
-            header = self.headers.get("Range")
+            # Logged in the order the requests arrive, before the answer: a client that sends its next request as
+            # soon as it has this answer must not find that one logged first (each request has its own thread).
+            first = not server.requests
+            request = Request(self.path, self.headers.get("Range"), 0, 0)
+            server.requests.append(request)
+            header = request.range
             if self.path in server.redirects:  # like the Caltech data record's ?download=1 link
+                request.status = 302
                 self.send_response(302)
                 self.send_header("Location", server.redirects[self.path])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                server.requests.append(Request(self.path, header, 302, 0))
                 return
             data = server.files.get(self.path.split("?")[0])
             if data is None:
+                request.status = 404
                 self.send_error(404)
-                server.requests.append(Request(self.path, header, 404, 0))
                 return
             start = 0
             status = 200
             if header and server.mode in ("range", "truncate", "truncate_once"):
                 start = int(header.removeprefix("bytes=").split("-")[0])
                 if start >= len(data):
+                    request.status = 416
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(data)}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
-                    server.requests.append(Request(self.path, header, 416, 0))
                     return
                 status = 206
             body = data[start:]
+            cut = server.mode == "truncate" or (server.mode == "truncate_once" and first)
+            request.status, request.body_bytes = status, len(body) // 2 if cut else len(body)
             self.send_response(status)
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
-            cut = server.mode == "truncate" or (server.mode == "truncate_once" and not server.requests)
             if cut:
                 body = body[: len(body) // 2]
                 self.close_connection = True
             self.wfile.write(body)
             self.wfile.flush()
-            server.requests.append(Request(self.path, header, status, len(body)))
 
     return Handler
 

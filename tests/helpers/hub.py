@@ -84,9 +84,9 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                     self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    if body:
-                        self.wfile.write(data)
+                    if body:  # logged before it is sent: the client may have it, and be gone, before this thread goes on
                         hub.downloads.append(f"{repo}/{name}")
+                        self.wfile.write(data)
                     return
             self.send_response(404)
             self.send_header("X-Error-Code", "EntryNotFound")
