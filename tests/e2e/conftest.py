@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from filelock import FileLock
 
+from tests.conftest import small_config
 from tests.helpers.workflow import snakemake, tiny_workflow
 
 
@@ -41,4 +43,41 @@ def finished_baseline_symm(default_params, tmp_path_factory):
         snakemake(workdir)
 
     workdir = made_once(tmp_path_factory, "finished-baseline-symm", make)
+    return copy.deepcopy(yaml.safe_load((workdir / "params.yaml").read_text())), workdir
+
+
+# The GPU slots the embedded run is given: one per GPU, or two on a machine without one (taken all the same).
+EMBEDDED_GPU_SLOTS = torch.cuda.device_count() or 2
+
+
+@pytest.fixture(scope="session")
+def finished_embedded(default_params, tmp_path_factory):
+    """(config, folder): the tiny embedded workflow with generated images run to its default target (the table
+    and the comparison report). Read it as it is; a test that changes it takes a copy (copy_of).
+
+    No synthesis and both generated image sets (BLenDeR's and sd_plain's: the longest chain of jobs), two losses
+    and two seeds, as the paper protocol trains (``batches_per_epoch: null``: one pass over the real training
+    images per epoch, whatever a batch holds); ``device: auto`` (CUDA where present), each GPU job in a GPU slot
+    of its own. A feature-space method goes through the same jobs to the table in test_like_for_like_workflow.py,
+    test_declared_dataset_workflow.py and the baseline+symm run above."""
+
+    def make(workdir: Path) -> None:
+        config = small_config(default_params, workdir / "data", workdir / "results", epochs=1, batches_per_epoch=None)
+        config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
+        config["methods"] = ["baseline", "blender", "sd_plain"]
+        config["losses"] = ["multi_similarity", "contrastive"]
+        config["seeds"] = [0, 1]
+        config["training"]["device"] = "auto"
+        config["dataset_settings"]["digits"]["resources"] = {"gpu": 1}
+        config["generation"] = {"digits": {
+            "images_per_class": 4, "batch_size": 4, "steps": 2, "device": "auto",
+            # The barely trained generator's digits would fail the fidelity filter: threshold 0 keeps them all.
+            "filter": {"extra": 0.5, "fidelity_threshold": 0.0},
+            "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
+        }}  # fmt: skip
+        (workdir / "params.yaml").write_text(yaml.safe_dump(config))
+        # The default target: the table and the comparison report.
+        snakemake(workdir, "--resources", f"gpu={EMBEDDED_GPU_SLOTS}", cores=4)
+
+    workdir = made_once(tmp_path_factory, "finished-embedded", make)
     return copy.deepcopy(yaml.safe_load((workdir / "params.yaml").read_text())), workdir

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from tests.conftest import small_config
+from tests.e2e.conftest import EMBEDDED_GPU_SLOTS
 from tests.helpers.workflow import copy_of
 from tests.helpers.workflow import snakemake as run_snakemake
 
@@ -20,42 +21,11 @@ def snakemake(workdir, *args, check=True):
     return run_snakemake(workdir, *args, check=check, cores=4)
 
 
-# The GPU slots the shared run is given: one per GPU, or two on a machine without one (the slots are taken all the same).
-GPU_SLOTS = torch.cuda.device_count() or 2
-
-
-@pytest.fixture(scope="module")
-def finished(default_params, tmp_path_factory):
-    """(config, folder): the tiny embedded workflow with generated images run to its default target (the table
-    and the comparison report), shared by the tests of this module; one that changes it takes a copy (copy_of).
-
-    No synthesis and both generated image sets (BLenDeR's and sd_plain's: the longest chain of jobs), two losses
-    and two seeds; `device: auto` (CUDA where present), each GPU job in a GPU slot of its own. A feature-space method goes through the same jobs to the
-    table in test_like_for_like_workflow.py, test_declared_dataset_workflow.py and the shared baseline+symm run
-    (tests/e2e/conftest.py)."""
-    workdir = tmp_path_factory.mktemp("finished-with-generation")
-    config = small_config(default_params, workdir / "data", workdir / "results", epochs=1, batches_per_epoch=2)
-    config["paths"] = {"data": "data", "results": "results", "logs": "logs"}
-    config["methods"] = ["baseline", "blender", "sd_plain"]
-    config["losses"] = ["multi_similarity", "contrastive"]
-    config["seeds"] = [0, 1]
-    config["training"]["device"] = "auto"
-    # Each training and the generator's take a GPU slot (test_every_gpu_job_gets_its_own_slot...).
-    config["dataset_settings"]["digits"]["resources"] = {"gpu": 1}
-    config["generation"] = {"digits": {
-        "images_per_class": 4, "batch_size": 4, "steps": 2, "device": "auto",
-        # The barely trained generator's digits would fail the fidelity filter: threshold 0 keeps them all.
-        "filter": {"extra": 0.5, "fidelity_threshold": 0.0},
-        "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
-    }}  # fmt: skip
-    (workdir / "params.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir, "--resources", f"gpu={GPU_SLOTS}")  # the default target: the table and the comparison report
-    return config, workdir
-
-
 @pytest.mark.slow
-def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(finished):
-    config, tmp_path = finished
+def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(finished_embedded, tmp_path):
+    # (The report and the second run write into the folder: they run in a copy.)
+    config, finished = finished_embedded
+    copy_of(finished, tmp_path)
 
     table = pd.read_csv(tmp_path / "results" / "table.csv")
     expected_rows = {("digits", m, l) for m in config["methods"] for l in config["losses"]}
@@ -64,6 +34,19 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(finished):
     for column in [c for c in table.columns if c.endswith("_mean")]:
         assert table[column].between(0, 100).all(), column  # in % (docs/outputs.md)
     assert table["recall@1_mean"].min() > 30  # far above chance (20 %) even after one short epoch
+    # Like for like: one optimisation budget per loss, whatever the method. An epoch is one pass over the real
+    # training images, so the generated images change what BLenDeR's and sd_plain's batches hold, not how many.
+    records = {
+        (r["params"]["label"], r["params"]["loss"], r["params"]["seed"]): r
+        for r in (yaml.safe_load(p.read_text()) for p in (tmp_path / "results" / "runs").rglob("run.yaml"))
+    }
+    for loss in config["losses"]:
+        budgets = {key: r["budget"]["optimisation_steps"] for key, r in records.items() if key[1] == loss}
+        assert len(budgets) == 6 and len(set(budgets.values())) == 1, budgets
+        assert (table[table.loss == loss]["optimisation_steps"].astype(int) == next(iter(budgets.values()))).all()
+    for method in ("blender", "sd_plain"):
+        assert records[(method, "multi_similarity", 0)]["budget"]["images_seen"]["generated"] > 0, method
+        assert (table[table.method == method]["control"] == "baseline").all()
     baseline = table[table.method == "baseline"]
     assert baseline["recall@1_delta"].isna().all()  # 'n/a': baseline is the reference
     compared = table[table.method != "baseline"]
@@ -122,9 +105,10 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(finished):
 
 
 @pytest.mark.slow
-def test_every_gpu_job_gets_its_own_slot_and_the_slots_given_change_no_result(finished):
+def test_every_gpu_job_gets_its_own_slot_and_the_slots_given_change_no_result(finished_embedded, tmp_path):
     """On a GPU machine every run trains on CUDA; without one, on the CPU. Either way jobs take GPU slots."""
-    config, workdir = finished
+    config, finished = finished_embedded
+    workdir = copy_of(finished, tmp_path)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     records = sorted((workdir / "results" / "runs").rglob("run.yaml"))
     assert len(records) == len(config["methods"]) * len(config["losses"]) * len(config["seeds"])
@@ -134,9 +118,9 @@ def test_every_gpu_job_gets_its_own_slot_and_the_slots_given_change_no_result(fi
     for log in sorted((workdir / "logs" / "train").rglob("*.log")):
         found = re.search(r"GPU slot\(s\) \[(\d+)\] of (\d+): CUDA_VISIBLE_DEVICES=(\d+)", log.read_text())
         assert found, f"{log} names no GPU slot"
-        assert int(found[2]) == GPU_SLOTS and found[1] == found[3]
+        assert int(found[2]) == EMBEDDED_GPU_SLOTS and found[1] == found[3]
         taken.append(int(found[1]))
-    assert len(taken) == len(records) and set(taken) <= set(range(GPU_SLOTS))
+    assert len(taken) == len(records) and set(taken) <= set(range(EMBEDDED_GPU_SLOTS))
     # How many GPUs the workflow is given changes no result: nothing re-runs.
     again = snakemake(workdir, "results/table.csv", "--resources", "gpu=1")
     assert "Nothing to be done" in again.output
@@ -246,8 +230,8 @@ def test_a_missing_generated_image_says_which_part_file_to_delete(repo_root, def
 
 
 @pytest.mark.slow
-def test_generation_workflow_is_complete_and_restartable(finished, tmp_path):
-    config, finished = finished
+def test_generation_workflow_is_complete_and_restartable(finished_embedded, tmp_path):
+    config, finished = finished_embedded
     table = pd.read_csv(finished / "results" / "table.csv")
     assert set(table.method) == {"baseline", "blender", "sd_plain"}
     # device: auto trained the generator on CUDA where there is one.
