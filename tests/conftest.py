@@ -32,41 +32,42 @@ DEVICES = [
 ]
 
 
-# Seconds each module's tests took (pytest --durations, the whole suite on 2 busy cores, 2026-12-07), the
-# longest first. pytest-xdist runs a module whole on one worker, in the order the modules come (pyproject's
-# addopts: --no-loadscope-reorder), so the longest start first and the short ones fill both workers to the end:
+# Seconds each module's tests took (pytest --durations, the whole suite on 2 cores and 3 workers, 2026-12-07),
+# the longest first. pytest-xdist runs a module whole on one worker, in the order the modules come (pyproject's
+# addopts: --no-loadscope-reorder), so the longest start first and the short ones fill the workers to the end:
 # a long module started last would leave one worker alone with it. Only the order depends on these numbers;
 # a module not listed comes after them (tests/unit/test_test_order.py keeps the names real).
 LONGEST_MODULES = {
-    "tests/e2e/test_dvc.py": 1105,
-    "tests/e2e/test_generation_workflow.py": 753,
-    "tests/e2e/test_workflow.py": 618,
-    "tests/e2e/test_reliability.py": 610,
-    "tests/e2e/test_slurm.py": 503,
-    "tests/e2e/test_blend_operators_benchmark.py": 310,
-    "tests/e2e/test_devices_workflow.py": 288,
-    "tests/e2e/test_embedded_default_numbers.py": 247,
-    "tests/e2e/test_reading_results.py": 241,
-    "tests/e2e/test_reruns.py": 190,
-    "tests/e2e/test_prefetch.py": 158,
-    "tests/e2e/test_sgar_official_workflow.py": 153,
-    "tests/e2e/test_methods_digits_benchmark.py": 145,
-    "tests/e2e/test_declared_dataset_workflow.py": 118,
-    "tests/e2e/test_plugin_workflow.py": 118,
-    "tests/e2e/test_potential_field_workflow.py": 111,
-    "tests/unit/test_records_current.py": 108,
-    "tests/e2e/test_cpu_isa_jobs.py": 90,
-    "tests/unit/training/test_like_for_like.py": 75,
-    "tests/e2e/test_like_for_like_workflow.py": 59,
-    "tests/e2e/test_job_processes.py": 49,
-    "tests/unit/test_tracking_summary.py": 46,
-    "tests/unit/training/test_validation.py": 45,
-    "tests/e2e/test_training_throughput_benchmark.py": 37,
-    "tests/e2e/test_full_disk.py": 37,
+    "tests/e2e/test_slurm.py": 308,
+    "tests/e2e/test_workflow.py": 271,
+    "tests/e2e/test_dvc.py": 251,
+    "tests/e2e/test_generation_workflow.py": 239,
+    "tests/e2e/test_blend_operators_benchmark.py": 169,
+    "tests/e2e/test_reliability.py": 154,
+    "tests/unit/training/test_like_for_like.py": 98,
+    "tests/e2e/test_job_code.py": 86,
+    "tests/e2e/test_methods_digits_benchmark.py": 76,
+    "tests/e2e/test_like_for_like_workflow.py": 76,
+    "tests/e2e/test_reading_results.py": 72,
+    "tests/e2e/test_plugin_workflow.py": 71,
+    "tests/e2e/test_embedded_default_numbers.py": 58,
+    "tests/e2e/test_recovery_hints.py": 55,
+    "tests/e2e/test_reruns.py": 53,
+    "tests/e2e/test_prefetch.py": 45,
+    "tests/unit/test_compare.py": 43,
     "tests/e2e/test_cluster_resources.py": 36,
-    "tests/unit/test_compare.py": 36,
-    "tests/unit/test_tracking.py": 34,
+    "tests/e2e/test_declared_dataset_workflow.py": 34,
+    "tests/e2e/test_potential_field_workflow.py": 33,
+    "tests/e2e/test_training_throughput_benchmark.py": 33,
+    "tests/unit/test_tracking.py": 32,
     "tests/e2e/test_documented_commands.py": 32,
+    "tests/e2e/test_job_processes.py": 25,
+    "tests/e2e/test_sgar_official_workflow.py": 23,
+    "tests/e2e/test_devices_workflow.py": 23,
+    "tests/e2e/test_cpu_isa_jobs.py": 23,
+    "tests/e2e/test_paper_config.py": 21,
+    "tests/e2e/test_protocols.py": 19,
+    "tests/e2e/test_full_disk.py": 17,
 }
 
 

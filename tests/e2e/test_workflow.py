@@ -42,7 +42,7 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(finished_emb
     }
     for loss in config["losses"]:
         budgets = {key: r["budget"]["optimisation_steps"] for key, r in records.items() if key[1] == loss}
-        assert len(budgets) == 6 and len(set(budgets.values())) == 1, budgets
+        assert len(budgets) == 3 * 2 and len(set(budgets.values())) == 1, budgets  # 3 methods, 2 seeds
         assert (table[table.loss == loss]["optimisation_steps"].astype(int) == next(iter(budgets.values()))).all()
     for method in ("blender", "sd_plain"):
         assert records[(method, "multi_similarity", 0)]["budget"]["images_seen"]["generated"] > 0, method
@@ -64,11 +64,11 @@ def test_workflow_runs_to_the_comparison_and_then_has_nothing_to_do(finished_emb
         assert devices.str.startswith("cuda").all() and (comparison.loc[comparison.method != "baseline", "gpu_hours"] > 0).all()
     else:
         assert comparison["gpu_hours"].isna().all() and (devices == "cpu").all()
-    for run in ("digits/baseline/contrastive/seed1",):
+    for run in ("digits/baseline/multi_similarity/seed1",):
         for name in ("embeddings.npz", "model.pt", "run.yaml", "train_log.csv", "metrics.json", "embeddings.png"):
             assert (tmp_path / "results" / "runs" / run / name).is_file()
     assert (tmp_path / "results" / "figures" / "recall_at_1.png").is_file()
-    assert (tmp_path / "logs" / "train" / "digits" / "baseline" / "contrastive" / "seed1.log").is_file()
+    assert (tmp_path / "logs" / "train" / "digits" / "baseline" / "multi_similarity" / "seed1.log").is_file()
 
     # MLflow: exactly one run per training job, with its params and final metrics, plus the summary.
     from mlflow.tracking import MlflowClient
