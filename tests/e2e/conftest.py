@@ -12,7 +12,7 @@ import torch
 import yaml
 from filelock import FileLock
 
-from tests.conftest import small_config
+from tests.conftest import TINY_GENERATION, small_config
 from tests.helpers.workflow import snakemake, tiny_workflow
 
 
@@ -56,8 +56,9 @@ def finished_embedded(default_params, tmp_path_factory):
     and the comparison report). Read it as it is; a test that changes it takes a copy (copy_of).
 
     No synthesis and both generated image sets (BLenDeR's and sd_plain's: the longest chain of jobs), one loss
-    and two seeds (several losses' rows and controls: test_like_for_like_workflow.py), as the paper protocol trains (``batches_per_epoch: null``: one pass over the real training
-    images per epoch, whatever a batch holds); ``device: auto`` (CUDA where present), each GPU job in a GPU slot
+    and two seeds (several losses' rows and controls: test_like_for_like_workflow.py), trained as the paper
+    protocol trains (``batches_per_epoch: null``: one pass over the real training images per epoch, whatever a
+    batch holds); ``device: auto`` (CUDA where present), each GPU job in a GPU slot
     of its own. A feature-space method goes through the same jobs to the table in test_like_for_like_workflow.py,
     test_declared_dataset_workflow.py and the baseline+symm run above."""
 
@@ -69,12 +70,8 @@ def finished_embedded(default_params, tmp_path_factory):
         config["seeds"] = [0, 1]
         config["training"]["device"] = "auto"
         config["dataset_settings"]["digits"]["resources"] = {"gpu": 1}
-        config["generation"] = {"digits": {
-            "images_per_class": 4, "batch_size": 4, "steps": 2, "device": "auto",
-            # The barely trained generator's digits would fail the fidelity filter: threshold 0 keeps them all.
-            "filter": {"extra": 0.5, "fidelity_threshold": 0.0},
-            "embedded": {"train_steps": 10, "batch_size": 16, "unet_channels": [8, 16], "text_width": 16, "text_layers": 1},
-        }}  # fmt: skip
+        # The tiny generator, with 2 extra images per class for the filter to choose from (4 + 50 %).
+        config["generation"] = {"digits": {**TINY_GENERATION, "device": "auto", "filter": {"extra": 0.5, "fidelity_threshold": 0.0}}}
         (workdir / "params.yaml").write_text(yaml.safe_dump(config))
         # The default target: the table and the comparison report.
         snakemake(workdir, "--resources", f"gpu={EMBEDDED_GPU_SLOTS}", cores=4)

@@ -16,6 +16,7 @@ from dmlsynth import resolve
 from dmlsynth.pipeline import dvc_yaml
 from dmlsynth.config import filled
 from tests.conftest import small_config
+from tests.helpers.workflow import project_copy
 
 BIN = Path(sys.executable).parent
 
@@ -90,14 +91,7 @@ def test_dvc_repro_makes_what_snakemake_would_make(repo_root, default_params, tm
     config["methods"] = ["baseline", "iaa", "blender"]
     config["seeds"] = [0]
     config["tracking"] = {"enabled": False}
-    project = tmp_path / "dvc"
-    project.mkdir()
-    for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
-        source = repo_root / name
-        if source.is_dir():
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(source, project / name)
+    project = project_copy(tmp_path / "dvc")
     (project / "params.yaml").write_text(yaml.safe_dump(config))
     (project / "dvc.yaml").write_text(dvc_yaml(cfg.validate(config)))
     # The project's copy runs its own copy of the package (the workflow refuses another checkout's).

@@ -3,7 +3,6 @@
 import copy
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import yaml
 
 from dmlsynth.layout import Layout
 from tests.conftest import ROOT
-from tests.helpers.workflow import copy_of, snakemake, tiny_workflow
+from tests.helpers.workflow import copy_of, project_copy, snakemake, tiny_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -85,11 +84,7 @@ def finished_project_copy(finished_baseline_symm, tmp_path_factory):
     records are those the copy's workflow would make (same code, same digests; the first test below checks that
     it has nothing to do). Tests that edit its source take a copy of the folder (copy_of)."""
     config, finished = finished_baseline_symm
-    workdir = copy_of(finished, tmp_path_factory.mktemp("project-copy"))
-    for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
-        source = ROOT / name
-        copy_ = shutil.copytree if source.is_dir() else shutil.copy
-        copy_(source, workdir / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info")} if source.is_dir() else {}))
+    workdir = project_copy(copy_of(finished, tmp_path_factory.mktemp("project-copy")))
     return copy.deepcopy(config), workdir
 
 

@@ -41,6 +41,19 @@ def tiny_workflow(default_params: dict, workdir: Path, **overrides) -> dict:
     return config
 
 
+def project_copy(folder: Path) -> Path:
+    """A copy of the project's workflow and package in ``folder``, for a test that runs (or edits) its own copy:
+    the workflow refuses a package of another checkout, so its commands take ``PYTHONPATH=<folder>/src``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "rules", "report", "src", "environment.yml", "environment.post-deploy.sh"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, folder / name)
+    return folder
+
+
 def copy_of(finished: Path, workdir: Path) -> Path:
     """A copy of the finished workflow folder ``finished`` in ``workdir`` (Snakemake's records included, every
     file's modification time kept: Snakemake compares them), for a test that changes it. The folder's paths
